@@ -1,0 +1,79 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// The `kafka:` section of the topology.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Prepended to every topic name, e.g. `staging.`; empty in production by default.
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// Replication factor of topics erpstream creates (use 3 on a production cluster).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// How long the producer waits to batch records before sending.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Longest time a fetch waits on the broker for new data (low values cut latency).
+    #[serde(default = "default_fetch_wait", with = "humantime_serde")]
+    pub fetch_wait: Duration,
+    /// How long a produce may wait for the broker's acknowledgement before it counts as
+    /// failed (the webhook then answers 503).
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties (security settings, for example).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(1)
+}
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl KafkaConfig {
+    /// A configuration with defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: String::new(),
+            replication_factor: default_replication_factor(),
+            linger: default_linger(),
+            fetch_wait: default_fetch_wait(),
+            delivery_timeout: default_delivery_timeout(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The broker-side name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
+    /// Base client settings shared by producers, consumers and admin clients.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            .set("broker.address.family", "v4")
+            .set("log_level", "4");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

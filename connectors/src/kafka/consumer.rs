@@ -1,0 +1,61 @@
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+
+use super::KafkaConfig;
+
+/// A group consumer whose context records revoked partitions.
+pub type GroupConsumer = StreamConsumer<TrackingContext>;
+
+/// Remembers partitions taken away by a rebalance, so that state kept for them is dropped
+/// and restored afresh if they come back.
+#[derive(Default, Clone)]
+pub struct TrackingContext {
+    revoked: Arc<Mutex<HashSet<(String, i32)>>>,
+}
+
+impl TrackingContext {
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> HashSet<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            for element in list.elements() {
+                revoked.insert((element.topic().to_string(), element.partition()));
+            }
+            tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+}
+
+/// A consumer in group `group_id` that stores offsets only when told to.
+pub fn group_consumer(
+    config: &KafkaConfig,
+    group_id: &str,
+    client_id: &str,
+) -> Result<(GroupConsumer, TrackingContext), KafkaError> {
+    let context = TrackingContext::default();
+    let consumer = config
+        .client_config(client_id)
+        .set("group.id", group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", config.fetch_wait.as_millis().max(1).to_string())
+        .set("fetch.min.bytes", "1")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create_with_context(context.clone())?;
+    Ok((consumer, context))
+}

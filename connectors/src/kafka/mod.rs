@@ -1,0 +1,31 @@
+//! The Kafka transport every component shares: one configuration, an acknowledged
+//! producer, group consumers with manual offset storage, changelog-backed state and topic
+//! creation.
+//!
+//! Contract: a [`Publisher`] send completes only when the broker has acknowledged the record
+//! (`acks=all`, idempotent producer); consumers never store an offset on their own
+//! (`enable.auto.offset.store=false`): a component stores the offset of a record only once
+//! the record's effects are durable, and the client commits stored offsets periodically and
+//! at shutdown. After a crash, records after the last commit are seen again, so every
+//! consumer tolerates repeats.
+
+mod admin;
+mod changelog;
+mod config;
+mod consumer;
+mod producer;
+
+pub use admin::{TopicSpec, ensure_topics};
+pub use changelog::Changelog;
+pub use config::KafkaConfig;
+pub use consumer::{GroupConsumer, TrackingContext, group_consumer};
+pub use producer::{Ack, PublishError, Publisher, RawRecord};
+
+/// Kafka header carrying the W3C trace context.
+pub const TRACEPARENT_HEADER: &str = erpstream_schemas::trace::HEADER;
+
+/// Reads a header's value from a consumed message.
+pub fn header<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::{Headers, Message};
+    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+}

@@ -1,0 +1,58 @@
+//! Secrets referenced from the topology: read from an environment variable or a file, never
+//! written inline, never printed (`SecretString` redacts itself in `Debug`).
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where a secret comes from. In YAML: `{ env: ERP_WEBHOOK_SECRET }` or
+/// `{ file: /run/secrets/erp_webhook }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretRef {
+    /// Name of an environment variable holding the secret.
+    Env(String),
+    /// Path of a file holding the secret (trailing newline ignored).
+    File(std::path::PathBuf),
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set.
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// The file could not be read.
+    #[error("could not read secret file {path}: {source}")]
+    File {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The secret is empty.
+    #[error("secret from {0} is empty")]
+    Empty(String),
+}
+
+impl SecretRef {
+    /// Reads the secret now.
+    pub fn resolve(&self) -> Result<SecretString, SecretError> {
+        let (value, origin) = match self {
+            SecretRef::Env(name) => (
+                std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))?,
+                format!("environment variable {name}"),
+            ),
+            SecretRef::File(path) => (
+                std::fs::read_to_string(path)
+                    .map_err(|source| SecretError::File { path: path.clone(), source })?,
+                format!("file {}", path.display()),
+            ),
+        };
+        let trimmed = value.trim_end_matches(['\n', '\r']);
+        if trimmed.is_empty() {
+            return Err(SecretError::Empty(origin));
+        }
+        Ok(SecretString::from(trimmed.to_string()))
+    }
+}

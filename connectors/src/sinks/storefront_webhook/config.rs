@@ -1,0 +1,113 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::SecretRef;
+use crate::validation::Problem;
+
+/// Configuration of a `storefront_webhook` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorefrontWebhookConfig {
+    /// Logical topics to deliver: `inventory.available` and/or `catalog.update` contracts.
+    pub inputs: Vec<String>,
+    /// URL every delivery is POSTed to.
+    pub url: String,
+    /// The storefront's secret; deliveries carry `X-Signature` (hex HMAC-SHA256 of the body).
+    pub secret: SecretRef,
+    /// Longest time one request may take before it counts as failed (and is retried).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Deliveries in flight at once (never more than one per sku and location).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Keys waiting for delivery before consumption pauses.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// How long an event's idempotency key is remembered to drop repeats.
+    #[serde(default = "default_dedupe_window", with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Retry schedule for 408, 429, 5xx and timeouts.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included, before the record goes to `<topic>.dlq`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_concurrency() -> usize {
+    32
+}
+fn default_max_pending() -> usize {
+    100_000
+}
+fn default_dedupe_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl StorefrontWebhookConfig {
+    /// Checks the rules no type can express; `at` is this component's path in the file.
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problems.push(Problem::new(format!("{at}.url"), "must be an http(s) URL")),
+        }
+        if self.inputs.is_empty() {
+            problems.push(Problem::new(format!("{at}.inputs"), "must list at least one topic"));
+        }
+        if self.request_timeout.is_zero() {
+            problems.push(Problem::new(format!("{at}.request_timeout"), "must be > 0"));
+        }
+        if self.concurrency == 0 {
+            problems.push(Problem::new(format!("{at}.concurrency"), "must be > 0"));
+        }
+        if self.max_pending == 0 {
+            problems.push(Problem::new(format!("{at}.max_pending"), "must be > 0"));
+        }
+        if self.retry.max_attempts == 0 {
+            problems.push(Problem::new(format!("{at}.retry.max_attempts"), "must be > 0"));
+        }
+        if self.retry.initial_backoff.is_zero() {
+            problems.push(Problem::new(format!("{at}.retry.initial_backoff"), "must be > 0"));
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            problems.push(Problem::new(format!("{at}.retry.max_backoff"), "must be >= retry.initial_backoff"));
+        }
+        problems
+    }
+}

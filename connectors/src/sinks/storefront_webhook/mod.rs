@@ -1,0 +1,706 @@
+//! `storefront_webhook`: delivers stock (`inventory.available`) and catalog
+//! (`catalog.update`) changes to the storefront as signed webhooks in the shapes of the sales
+//! interface spec §4, with `new_quantity` = available to sell.
+//!
+//! Contract:
+//! - Per delivery key (sku + location, or catalog group) at most one request is in flight,
+//!   and updates waiting behind it collapse to the newest: the storefront may skip an
+//!   intermediate figure but never receives an older one after a newer one.
+//! - A guard remembers, per key, the last delivered version (and, for catalog records, the
+//!   idempotency keys seen within `dedupe_window`); it is written to a changelog topic after
+//!   each 2xx and restored when a partition is assigned, so repeats from reprocessing are
+//!   not delivered again.
+//! - 408, 429, 5xx and timeouts are retried with capped exponential backoff and jitter; after
+//!   `retry.max_attempts`, or at once for other 4xx, the input record goes to `<topic>.dlq`
+//!   with `erpstream.error`, `erpstream.source` and `erpstream.attempts` headers.
+//! - An input offset is stored only when every delivery it produced is durable: delivered
+//!   and guarded, superseded by a newer delivery that is, or dead-lettered. The one window
+//!   left is a crash between a 2xx and its guard write; the repeat then carries the same
+//!   `webhook-id`, so the storefront can recognise it.
+
+mod config;
+mod service;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use erpstream_schemas::{Codec, EventKind};
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{RetryConfig, StorefrontWebhookConfig};
+pub use service::{DeliveryService, Outcome, backoff};
+
+use crate::kafka::{Changelog, GroupConsumer, KafkaConfig, Publisher, RawRecord, TrackingContext, TRACEPARENT_HEADER};
+use crate::metrics as m;
+
+mod payload;
+
+/// Component type name in the topology.
+pub const TYPE: &str = "storefront_webhook";
+/// How long shutdown waits for deliveries in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the sink could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Kafka refused a consumer operation.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::SecretError),
+    /// An input topic carries a contract this sink cannot deliver.
+    #[error("input {0} carries {1:?}, which the storefront sink cannot deliver")]
+    UnsupportedInput(String, EventKind),
+}
+
+/// One input topic and where its state and failures go.
+#[derive(Clone)]
+pub struct Input {
+    /// Broker-side topic name.
+    pub topic: String,
+    /// Contract of its records.
+    pub kind: EventKind,
+    /// Changelog of the delivery guard for this topic.
+    pub changelog: Changelog,
+    /// Broker-side dead-letter topic.
+    pub dlq_topic: String,
+}
+
+/// A running `storefront_webhook` sink.
+pub struct StorefrontWebhookSink {
+    id: String,
+    config: StorefrontWebhookConfig,
+    service: Arc<DeliveryService>,
+    consumer: Arc<GroupConsumer>,
+    context: TrackingContext,
+    inputs: HashMap<String, Input>,
+    codec: Codec,
+    publisher: Publisher,
+}
+
+impl StorefrontWebhookSink {
+    /// Builds the sink: reads the secret, creates the consumer (group `group_id`) and the
+    /// HTTP client. No delivery happens until [`run`](Self::run).
+    pub fn build(
+        id: &str,
+        config: StorefrontWebhookConfig,
+        inputs: Vec<Input>,
+        kafka: &KafkaConfig,
+        group_id: &str,
+        publisher: Publisher,
+    ) -> Result<Self, SinkError> {
+        for input in &inputs {
+            if !matches!(input.kind, EventKind::InventoryAvailable | EventKind::CatalogUpdate) {
+                return Err(SinkError::UnsupportedInput(input.topic.clone(), input.kind));
+            }
+        }
+        let secret = config.secret.resolve()?;
+        let service = DeliveryService::new(config.url.clone(), secret, config.request_timeout, id)?;
+        let (consumer, context) = crate::kafka::group_consumer(kafka, group_id, id)?;
+        Ok(Self {
+            id: id.to_string(),
+            service: Arc::new(service),
+            consumer: Arc::new(consumer),
+            context,
+            inputs: inputs.into_iter().map(|i| (i.topic.clone(), i)).collect(),
+            codec: publisher.codec().clone(),
+            publisher,
+            config,
+        })
+    }
+
+    /// Consumes and delivers until `shutdown` turns true, then drains deliveries in flight
+    /// (up to 15 s) and commits the offsets that are safe to commit.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+        let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        let mut state = State::new(&self);
+        loop {
+            state.dispatch(&self);
+            let next_retry = state.next_retry();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(done) = state.tasks.join_next() => match done {
+                    Ok(done) => state.complete(&self, done),
+                    Err(err) => tracing::error!(error = %err, "delivery task failed"),
+                },
+                _ = sleep_until(next_retry), if next_retry.is_some() => state.wake_retries(),
+                message = self.consumer.recv(), if state.pending_count < self.config.max_pending => {
+                    match message {
+                        Ok(message) => {
+                            let message = message.detach();
+                            state.take(&self, message).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "consume failed");
+                            metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.id.clone(),
+                                m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => "consume", m::STAGE => "receive").increment(1);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }
+            state.store_offsets(&self);
+        }
+        tracing::info!(in_flight = state.tasks.len(), "draining deliveries");
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while !state.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, state.tasks.join_next()).await {
+                Ok(Some(Ok(done))) => state.complete_draining(&self, done),
+                Ok(Some(Err(err))) => tracing::error!(error = %err, "delivery task failed"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(left = state.tasks.len(), "drain timed out; undelivered records will be redelivered after restart");
+                    break;
+                }
+            }
+            state.store_offsets(&self);
+        }
+        state.store_offsets(&self);
+        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %err, "final offset commit failed");
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A topic partition of the input.
+type Tp = (String, i32);
+
+/// What the guard remembers per key; written to the changelog as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum GuardEntry {
+    /// Last delivered stock figure of a sku at a location.
+    Stock { version: i64, available: String },
+    /// ERP time of the last delivered catalog record of a group.
+    Catalog { occurred_at: i64 },
+    /// An idempotency key already delivered, and when.
+    Seen { at: i64 },
+}
+
+/// One delivery waiting or in flight.
+struct Delivery {
+    tp: Tp,
+    key: String,
+    /// Compared per key: stock version, or catalog ERP time.
+    order: i64,
+    /// Guard entries to record once delivered.
+    record: Vec<(String, GuardEntry)>,
+    body: bytes::Bytes,
+    webhook_id: String,
+    traceparent: Option<String>,
+    ingested_at: i64,
+    occurred_at: i64,
+    /// Input offsets (in `tp`) that are done once this delivery is.
+    covers: Vec<i64>,
+    /// The input record, for the dead-letter topic.
+    source: Arc<OwnedMessage>,
+    attempts: u32,
+    last_error: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    in_flight: Option<i64>,
+    pending: Option<Delivery>,
+    waiting_until: Option<Instant>,
+}
+
+/// Offsets of one partition that are taken but not yet done.
+#[derive(Default)]
+struct Progress {
+    outstanding: BTreeMap<i64, u32>,
+    next: i64,
+    stored: i64,
+}
+
+enum Done {
+    Attempt(Delivery, Outcome),
+    Finalized(Tp, Vec<i64>),
+}
+
+struct State {
+    guard: HashMap<Tp, HashMap<String, GuardEntry>>,
+    slots: HashMap<(Tp, String), Slot>,
+    ready: VecDeque<(Tp, String)>,
+    retries: BinaryHeap<Reverse<(Instant, Tp, String)>>,
+    progress: HashMap<Tp, Progress>,
+    tasks: JoinSet<Done>,
+    pending_count: usize,
+}
+
+impl State {
+    fn new(_sink: &StorefrontWebhookSink) -> Self {
+        Self {
+            guard: HashMap::new(),
+            slots: HashMap::new(),
+            ready: VecDeque::new(),
+            retries: BinaryHeap::new(),
+            progress: HashMap::new(),
+            tasks: JoinSet::new(),
+            pending_count: 0,
+        }
+    }
+
+    /// Takes one input record: restores the partition's guard if needed, turns the record
+    /// into deliveries and queues them.
+    async fn take(&mut self, sink: &StorefrontWebhookSink, message: OwnedMessage) {
+        for revoked in sink.context.take_revoked() {
+            self.guard.remove(&revoked);
+            self.progress.remove(&revoked);
+        }
+        let tp: Tp = (message.topic().to_string(), message.partition());
+        let offset = message.offset();
+        let Some(input) = sink.inputs.get(&tp.0).cloned() else { return };
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        if !self.guard.contains_key(&tp) {
+            self.restore(sink, &input, tp.1).await;
+        }
+        let progress = self.progress.entry(tp.clone()).or_insert_with(|| Progress { next: offset, stored: offset, ..Default::default() });
+        progress.next = progress.next.max(offset + 1);
+        let message = Arc::new(message);
+        let deliveries = match self.deliveries(sink, &input, &tp, &message).await {
+            Ok(deliveries) => deliveries,
+            Err(reason) => {
+                // Undecodable: nothing can ever deliver it, so it goes to the DLQ right away.
+                tracing::warn!(topic = %tp.0, partition = tp.1, offset, error = %reason, "undecodable record");
+                self.add_outstanding(&tp, offset, 1);
+                let delivery = Delivery {
+                    tp: tp.clone(), key: String::new(), order: 0, record: vec![], body: bytes::Bytes::new(),
+                    webhook_id: String::new(), traceparent: None, ingested_at: 0, occurred_at: 0,
+                    covers: vec![offset], source: message, attempts: 0, last_error: reason,
+                };
+                self.dead_letter(sink, delivery);
+                return;
+            }
+        };
+        if deliveries.is_empty() {
+            return;
+        }
+        self.add_outstanding(&tp, offset, deliveries.len() as u32);
+        for delivery in deliveries {
+            self.enqueue(sink, delivery);
+        }
+    }
+
+    async fn restore(&mut self, sink: &StorefrontWebhookSink, input: &Input, partition: i32) {
+        let horizon = erpstream_schemas::now_millis() - sink.config.dedupe_window.as_millis() as i64;
+        let mut entries = HashMap::new();
+        let mut attempt = 0u32;
+        loop {
+            match input.changelog.restore(partition).await {
+                Ok(raw) => {
+                    for (key, value) in raw {
+                        match serde_json::from_slice::<GuardEntry>(&value) {
+                            Ok(GuardEntry::Seen { at }) if at < horizon => {}
+                            Ok(entry) => {
+                                entries.insert(key, entry);
+                            }
+                            Err(err) => tracing::warn!(error = %err, "skipping unreadable guard entry"),
+                        }
+                    }
+                    break;
+                }
+                Err(err) => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, attempt, "guard restore failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+                }
+            }
+        }
+        tracing::info!(topic = %input.topic, partition, keys = entries.len(), "delivery guard restored");
+        self.guard.insert((input.topic.clone(), partition), entries);
+    }
+
+    /// The deliveries one record asks for, after the guard and the queue have had their say.
+    async fn deliveries(
+        &mut self,
+        sink: &StorefrontWebhookSink,
+        input: &Input,
+        tp: &Tp,
+        message: &Arc<OwnedMessage>,
+    ) -> Result<Vec<Delivery>, String> {
+        let payload = message.payload().ok_or("record has no value")?;
+        let traceparent = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT_HEADER).and_then(|h| h.value))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(erpstream_schemas::Traceparent::parse)
+            .map(|t| t.child().to_string());
+        let guard = self.guard.get(tp);
+        let mut out = Vec::new();
+        match input.kind {
+            EventKind::InventoryAvailable => {
+                let record: erpstream_schemas::InventoryAvailable =
+                    sink.codec.decode(payload).await.map_err(|e| e.to_string())?;
+                for location in &record.locations {
+                    let key = format!("stock|{}|{}", record.sku, location.location_code);
+                    let available = location.available.normalize().to_string();
+                    let delivered = match guard.and_then(|g| g.get(&key)) {
+                        Some(GuardEntry::Stock { version, available }) => Some((*version, available.as_str())),
+                        _ => None,
+                    };
+                    let queued = self.queued_order(tp, &key);
+                    let newest_known = delivered.map(|d| d.0).into_iter().chain(queued).max();
+                    if newest_known.is_some_and(|v| location.version <= v) {
+                        self.drop_metric(sink, "stale");
+                        continue;
+                    }
+                    if queued.is_none() && delivered.is_some_and(|d| d.1 == available) {
+                        self.drop_metric(sink, "unchanged");
+                        continue;
+                    }
+                    out.push(Delivery {
+                        tp: tp.clone(),
+                        order: location.version,
+                        record: vec![(key.clone(), GuardEntry::Stock { version: location.version, available })],
+                        body: payload::stock(&record, location),
+                        webhook_id: format!("stock:{}:{}:{}", record.sku, location.location_code, location.version),
+                        traceparent: traceparent.clone(),
+                        ingested_at: record.ingested_at,
+                        occurred_at: record.occurred_at,
+                        covers: vec![message.offset()],
+                        source: message.clone(),
+                        attempts: 0,
+                        last_error: String::new(),
+                        key,
+                    });
+                }
+            }
+            EventKind::CatalogUpdate => {
+                let record: erpstream_schemas::CatalogUpdate =
+                    sink.codec.decode(payload).await.map_err(|e| e.to_string())?;
+                let key = format!("catalog|{}", record.group_id);
+                let seen_key = format!("seen|{}", record.idempotency_key);
+                if guard.is_some_and(|g| g.contains_key(&seen_key)) {
+                    self.drop_metric(sink, "duplicate");
+                    return Ok(out);
+                }
+                let delivered = match guard.and_then(|g| g.get(&key)) {
+                    Some(GuardEntry::Catalog { occurred_at }) => Some(*occurred_at),
+                    _ => None,
+                };
+                let newest_known = delivered.into_iter().chain(self.queued_order(tp, &key)).max();
+                if newest_known.is_some_and(|t| record.occurred_at < t) {
+                    self.drop_metric(sink, "stale");
+                    return Ok(out);
+                }
+                let now = erpstream_schemas::now_millis();
+                out.push(Delivery {
+                    tp: tp.clone(),
+                    order: record.occurred_at,
+                    record: vec![
+                        (key.clone(), GuardEntry::Catalog { occurred_at: record.occurred_at }),
+                        (seen_key, GuardEntry::Seen { at: now }),
+                    ],
+                    body: payload::catalog(&record),
+                    webhook_id: format!("catalog:{}", record.event_id),
+                    traceparent,
+                    ingested_at: record.ingested_at,
+                    occurred_at: record.occurred_at,
+                    covers: vec![message.offset()],
+                    source: message.clone(),
+                    attempts: 0,
+                    last_error: String::new(),
+                    key,
+                });
+            }
+            other => return Err(format!("unsupported contract {other:?}")),
+        }
+        Ok(out)
+    }
+
+    fn queued_order(&self, tp: &Tp, key: &str) -> Option<i64> {
+        let slot = self.slots.get(&(tp.clone(), key.to_string()))?;
+        slot.pending.as_ref().map(|p| p.order).into_iter().chain(slot.in_flight).max()
+    }
+
+    fn drop_metric(&self, sink: &StorefrontWebhookSink, reason: &'static str) {
+        metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => sink.id.clone(),
+            m::COMPONENT_TYPE => TYPE, m::REASON => reason).increment(1);
+    }
+
+    fn add_outstanding(&mut self, tp: &Tp, offset: i64, count: u32) {
+        if let Some(progress) = self.progress.get_mut(tp) {
+            *progress.outstanding.entry(offset).or_default() += count;
+        }
+    }
+
+    fn release(&mut self, tp: &Tp, offsets: &[i64]) {
+        let Some(progress) = self.progress.get_mut(tp) else { return };
+        for offset in offsets {
+            if let Some(count) = progress.outstanding.get_mut(offset) {
+                *count -= 1;
+                if *count == 0 {
+                    progress.outstanding.remove(offset);
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery, collapsing it with a waiting one for the same key.
+    fn enqueue(&mut self, sink: &StorefrontWebhookSink, mut delivery: Delivery) {
+        let slot_key = (delivery.tp.clone(), delivery.key.clone());
+        let slot = self.slots.entry(slot_key.clone()).or_default();
+        if let Some(older) = slot.pending.take() {
+            // The newer figure replaces the waiting one; the older records are done when it is.
+            delivery.covers.extend(older.covers);
+            delivery.attempts = older.attempts;
+            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => sink.id.clone(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => "superseded").increment(1);
+        } else {
+            self.pending_count += 1;
+        }
+        let ready = slot.in_flight.is_none() && slot.waiting_until.is_none();
+        slot.pending = Some(delivery);
+        if ready {
+            self.ready.push_back(slot_key);
+        }
+        metrics::gauge!(m::PENDING, m::COMPONENT_ID => sink.id.clone()).set(self.pending_count as f64);
+    }
+
+    /// Starts deliveries while there is room.
+    fn dispatch(&mut self, sink: &StorefrontWebhookSink) {
+        while self.tasks.len() < sink.config.concurrency {
+            let Some(slot_key) = self.ready.pop_front() else { break };
+            let Some(slot) = self.slots.get_mut(&slot_key) else { continue };
+            if slot.in_flight.is_some() || slot.waiting_until.is_some() {
+                continue;
+            }
+            let Some(delivery) = slot.pending.take() else { continue };
+            self.pending_count -= 1;
+            slot.in_flight = Some(delivery.order);
+            let service = sink.service.clone();
+            self.tasks.spawn(async move {
+                let outcome = service.send(delivery.body.clone(), &delivery.webhook_id, delivery.traceparent.as_deref()).await;
+                Done::Attempt(delivery, outcome)
+            });
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.retries.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn wake_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.retries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, tp, key))) = self.retries.pop() else { break };
+            let slot_key = (tp, key);
+            if let Some(slot) = self.slots.get_mut(&slot_key) {
+                slot.waiting_until = None;
+                if slot.pending.is_some() && slot.in_flight.is_none() {
+                    self.ready.push_back(slot_key);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, sink: &StorefrontWebhookSink, done: Done) {
+        match done {
+            Done::Finalized(tp, covers) => self.release(&tp, &covers),
+            Done::Attempt(mut delivery, outcome) => {
+                let slot_key = (delivery.tp.clone(), delivery.key.clone());
+                delivery.attempts += 1;
+                match outcome {
+                    Outcome::Delivered => self.delivered(sink, delivery),
+                    Outcome::Reject { reason } => {
+                        delivery.last_error = reason;
+                        self.finish_slot(&slot_key);
+                        self.dead_letter(sink, delivery);
+                    }
+                    Outcome::Retry { reason, retry_after } => {
+                        metrics::counter!(m::RETRIES, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+                        tracing::debug!(key = %delivery.key, attempts = delivery.attempts, reason = %reason, "delivery failed");
+                        delivery.last_error = reason;
+                        let max_attempts = sink.config.retry.max_attempts;
+                        let attempts = delivery.attempts;
+                        let slot = self.slots.entry(slot_key.clone()).or_default();
+                        slot.in_flight = None;
+                        // A newer figure waiting supersedes the failed one; otherwise the failed
+                        // one waits for its retry. Either way the streak's attempts carry over.
+                        let give_up = match slot.pending.as_mut() {
+                            Some(newer) => {
+                                newer.covers.append(&mut delivery.covers);
+                                newer.attempts = newer.attempts.max(attempts);
+                                newer.last_error = delivery.last_error.clone();
+                                if newer.attempts >= max_attempts {
+                                    self.pending_count -= 1;
+                                    slot.pending.take()
+                                } else {
+                                    None
+                                }
+                            }
+                            None if attempts >= max_attempts => Some(delivery),
+                            None => {
+                                slot.pending = Some(delivery);
+                                self.pending_count += 1;
+                                None
+                            }
+                        };
+                        match give_up {
+                            Some(failed) => {
+                                self.finish_slot(&slot_key);
+                                self.dead_letter(sink, failed);
+                            }
+                            None => self.schedule_retry(sink, slot_key, attempts, retry_after),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// During shutdown: record what finished, start nothing new.
+    fn complete_draining(&mut self, sink: &StorefrontWebhookSink, done: Done) {
+        match done {
+            Done::Attempt(delivery, Outcome::Delivered) => self.delivered(sink, delivery),
+            Done::Attempt(..) => {}
+            Done::Finalized(tp, covers) => self.release(&tp, &covers),
+        }
+    }
+
+    fn schedule_retry(&mut self, sink: &StorefrontWebhookSink, slot_key: (Tp, String), attempts: u32, hint: Option<Duration>) {
+        let at = Instant::now() + backoff(&sink.config.retry, attempts, hint);
+        if let Some(slot) = self.slots.get_mut(&slot_key) {
+            slot.waiting_until = Some(at);
+        }
+        self.retries.push(Reverse((at, slot_key.0, slot_key.1)));
+    }
+
+    /// The slot's request ended; start the next waiting figure, or forget the slot.
+    fn finish_slot(&mut self, slot_key: &(Tp, String)) {
+        if let Some(slot) = self.slots.get_mut(slot_key) {
+            slot.in_flight = None;
+            if slot.pending.is_some() {
+                if slot.waiting_until.is_none() {
+                    self.ready.push_back(slot_key.clone());
+                }
+            } else {
+                self.slots.remove(slot_key);
+            }
+        }
+    }
+
+    fn delivered(&mut self, sink: &StorefrontWebhookSink, delivery: Delivery) {
+        let now = erpstream_schemas::now_millis();
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        metrics::histogram!(m::END_TO_END_LATENCY, m::COMPONENT_ID => sink.id.clone())
+            .record(((now - delivery.ingested_at).max(0) as f64) / 1000.0);
+        metrics::histogram!(m::ERP_TO_SINK_LATENCY, m::COMPONENT_ID => sink.id.clone())
+            .record(((now - delivery.occurred_at).max(0) as f64) / 1000.0);
+        let slot_key = (delivery.tp.clone(), delivery.key.clone());
+        let guard = self.guard.entry(delivery.tp.clone()).or_default();
+        for (key, entry) in &delivery.record {
+            guard.insert(key.clone(), entry.clone());
+        }
+        self.finish_slot(&slot_key);
+        let Some(input) = sink.inputs.get(&delivery.tp.0) else { return };
+        let changelog = input.changelog.clone();
+        let (tp, covers, record) = (delivery.tp, delivery.covers, delivery.record);
+        self.tasks.spawn(async move {
+            let writes = record.iter().map(|(key, entry)| {
+                let value = serde_json::to_vec(entry).ok();
+                let changelog = &changelog;
+                let partition = tp.1;
+                async move {
+                    let mut wait = Duration::from_millis(100);
+                    loop {
+                        match changelog.write(partition, key, value.clone()).await {
+                            Ok(_) => break,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "guard write failed; retrying");
+                                tokio::time::sleep(wait).await;
+                                wait = (wait * 2).min(Duration::from_secs(5));
+                            }
+                        }
+                    }
+                }
+            });
+            join_all(writes).await;
+            Done::Finalized(tp, covers)
+        });
+    }
+
+    fn dead_letter(&mut self, sink: &StorefrontWebhookSink, delivery: Delivery) {
+        let Some(input) = sink.inputs.get(&delivery.tp.0) else { return };
+        metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        tracing::warn!(key = %delivery.key, attempts = delivery.attempts, error = %delivery.last_error, "dead-lettering record");
+        let source = &delivery.source;
+        let mut headers: Vec<(String, Vec<u8>)> = source
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        headers.retain(|(k, _)| !k.starts_with("erpstream."));
+        headers.extend([
+            ("erpstream.error".to_string(), delivery.last_error.clone().into_bytes()),
+            ("erpstream.source".to_string(), sink.id.clone().into_bytes()),
+            ("erpstream.attempts".to_string(), delivery.attempts.to_string().into_bytes()),
+            ("erpstream.original.topic".to_string(), source.topic().as_bytes().to_vec()),
+            ("erpstream.original.partition".to_string(), source.partition().to_string().into_bytes()),
+            ("erpstream.original.offset".to_string(), source.offset().to_string().into_bytes()),
+            ("erpstream.failed_at".to_string(), erpstream_schemas::now_millis().to_string().into_bytes()),
+        ]);
+        let record = RawRecord {
+            topic: input.dlq_topic.clone(),
+            key: source.key().map(<[u8]>::to_vec),
+            payload: source.payload().map(<[u8]>::to_vec),
+            headers,
+            partition: None,
+        };
+        let publisher = sink.publisher.clone();
+        let (tp, covers) = (delivery.tp, delivery.covers);
+        self.tasks.spawn(async move {
+            let mut wait = Duration::from_millis(100);
+            while let Err(err) = publisher.send(record.clone()).await {
+                tracing::warn!(error = %err, "dead-letter write failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Done::Finalized(tp, covers)
+        });
+    }
+
+    /// Stores, per partition, the offset below which every record is done.
+    fn store_offsets(&mut self, sink: &StorefrontWebhookSink) {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), progress) in &mut self.progress {
+            let safe = progress.outstanding.keys().next().copied().unwrap_or(progress.next);
+            if safe > progress.stored {
+                progress.stored = safe;
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(safe));
+            }
+        }
+        if list.count() > 0 {
+            if let Err(err) = sink.consumer.store_offsets(&list) {
+                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! `erp_webhook`: ERP pushes (`POST /webhooks/erp`) become `catalog.update` and
+//! `inventory.change` events.
+//!
+//! Contract: `202 {event_id, topic, partition, offset}` is sent only after the broker
+//! acknowledged the record (`acks=all`); anything the broker did not take is answered `503`
+//! with `Retry-After`, so the ERP retries and nothing acknowledged is lost. The event's
+//! `idempotency_key` is the Standard Webhooks `webhook-id` (or an `Idempotency-Key` header),
+//! else the SHA-256 of the body, so an ERP retry carries the same key; a retry seen recently
+//! by this process is answered with the first reply without publishing again, and older
+//! repeats are dropped by the `dedupe` processor. The ERP's `timestamp` is never a reason to
+//! refuse: stale quantities are the inventory processor's business.
+
+mod config;
+pub mod payload;
+pub mod signature;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use erpstream_schemas::{CatalogUpdate, InventoryChange, Traceparent, Variant, now_millis};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+pub use config::ErpWebhookConfig;
+use payload::{ErpEvent, ErpWebhook as ParsedWebhook};
+use signature::Verifier;
+
+use crate::kafka::{KafkaConfig, PublishError, Publisher};
+use crate::metrics as m;
+use crate::secret::SecretError;
+
+/// Component type name in the topology.
+pub const TYPE: &str = "erp_webhook";
+/// Seconds an ERP should wait before retrying a 503.
+const RETRY_AFTER_SECS: u64 = 5;
+/// How many recent acknowledgements are kept to answer retries without republishing.
+const RECENT_ACKS: usize = 100_000;
+
+/// The body of a 202.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    /// Id of the published event.
+    pub event_id: String,
+    /// Broker-side topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A running `erp_webhook` source.
+pub struct ErpWebhookSource {
+    id: String,
+    config: ErpWebhookConfig,
+    verifier: Verifier,
+    publisher: Publisher,
+    catalog_topic: String,
+    inventory_topic: String,
+    recent: Mutex<RecentAcks>,
+}
+
+impl ErpWebhookSource {
+    /// Builds the source: resolves its secrets and topic names (no network I/O).
+    pub fn build(
+        id: &str,
+        config: ErpWebhookConfig,
+        kafka: &KafkaConfig,
+        publisher: Publisher,
+    ) -> Result<Self, SecretError> {
+        let secrets = config.secrets.iter().map(|s| s.resolve()).collect::<Result<Vec<_>, _>>()?;
+        let verifier = Verifier::new(
+            secrets,
+            config.standard_webhooks,
+            config.frappe_signature,
+            config.timestamp_tolerance,
+        );
+        Ok(Self {
+            id: id.to_string(),
+            catalog_topic: kafka.topic(&config.catalog_topic),
+            inventory_topic: kafka.topic(&config.inventory_topic),
+            verifier,
+            publisher,
+            config,
+            recent: Mutex::new(RecentAcks::default()),
+        })
+    }
+
+    /// The HTTP route of this source.
+    pub fn router(self: Arc<Self>) -> Router {
+        let path = self.config.path.clone();
+        Router::new().route(&path, post(handle)).with_state(self)
+    }
+
+    async fn accept(&self, headers: &HeaderMap, body: Body) -> Result<Accepted, Refusal> {
+        let started = Instant::now();
+        let limit = self.config.max_body.as_u64() as usize;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Refusal::TooLarge(limit));
+        }
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Refusal::TooLarge(limit))?;
+        self.verifier
+            .verify(headers, &bytes, now_millis() / 1000)
+            .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
+        let parsed = payload::parse(&bytes).map_err(Refusal::Invalid)?;
+        let key = idempotency_key(&self.id, headers, &bytes);
+        if let Some(previous) = self.recent_ack(&key) {
+            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate").increment(1);
+            return Ok(previous);
+        }
+        let trace = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Traceparent::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(Traceparent::new_root);
+        let accepted = self.publish(parsed, key.clone(), &trace).await.map_err(Refusal::Broker)?;
+        self.remember(key, accepted.clone());
+        metrics::histogram!(m::INGEST_LATENCY, m::COMPONENT_ID => self.id.clone())
+            .record(started.elapsed().as_secs_f64());
+        Ok(accepted)
+    }
+
+    async fn publish(
+        &self,
+        webhook: ParsedWebhook,
+        idempotency_key: String,
+        trace: &Traceparent,
+    ) -> Result<Accepted, PublishError> {
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let ingested_at = now_millis();
+        let ack = match webhook.event {
+            ErpEvent::Inventory(data) => {
+                let event = InventoryChange {
+                    event_id: event_id.clone(),
+                    idempotency_key,
+                    source_system: self.config.source_system.clone(),
+                    source: self.id.clone(),
+                    occurred_at: webhook.occurred_at,
+                    ingested_at,
+                    sku: data.sku,
+                    location_code: data.location_code,
+                    new_quantity: data.new_quantity,
+                    allocated_qty: data.allocated_qty,
+                    in_transit_qty: data.in_transit_qty,
+                    quantity_change: data.quantity_change,
+                    change_reason: data.change_reason,
+                    reference_id: data.reference_id,
+                };
+                self.publisher.publish(&self.inventory_topic, &event, trace).await?
+            }
+            ErpEvent::Catalog(data) => {
+                let event = CatalogUpdate {
+                    event_id: event_id.clone(),
+                    idempotency_key,
+                    source_system: self.config.source_system.clone(),
+                    source: self.id.clone(),
+                    occurred_at: webhook.occurred_at,
+                    ingested_at,
+                    group_id: data.group_id,
+                    group_name: data.group_name,
+                    description: data.description,
+                    category_path: data.category_path,
+                    tax_code: data.tax_code,
+                    is_active: data.is_active,
+                    product_family: data.product_family,
+                    lead_time_days: data.lead_time_days,
+                    variants: data
+                        .variants
+                        .into_iter()
+                        .map(|v| Variant {
+                            sku: v.sku,
+                            variant_title: v.variant_title,
+                            selling_price: v.selling_price,
+                            mrp: v.mrp,
+                            current_stock: v.current_stock,
+                            specifications: v
+                                .specifications
+                                .iter()
+                                .map(|(k, v)| (k.clone(), payload::spec_text(v)))
+                                .collect(),
+                            media_assets: v.media_assets,
+                        })
+                        .collect(),
+                };
+                self.publisher.publish(&self.catalog_topic, &event, trace).await?
+            }
+        };
+        Ok(Accepted { event_id, topic: ack.topic, partition: ack.partition, offset: ack.offset })
+    }
+
+    fn recent_ack(&self, key: &str) -> Option<Accepted> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+    }
+
+    fn remember(&self, key: String, accepted: Accepted) {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).insert(key, accepted);
+    }
+}
+
+async fn handle(State(source): State<Arc<ErpWebhookSource>>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("component", component_kind = "source",
+        component_id = %source.id, component_type = TYPE);
+    async move {
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => source.id.clone(),
+            m::COMPONENT_TYPE => TYPE).increment(1);
+        match source.accept(&headers, body).await {
+            Ok(accepted) => {
+                metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => source.id.clone(),
+                    m::COMPONENT_TYPE => TYPE).increment(1);
+                (StatusCode::ACCEPTED, axum::Json(accepted)).into_response()
+            }
+            Err(refusal) => {
+                metrics::counter!(m::ERRORS, m::COMPONENT_ID => source.id.clone(),
+                    m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => refusal.kind(),
+                    m::STAGE => "receive").increment(1);
+                refusal.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a webhook was not accepted, and the reply that says so.
+#[derive(Debug)]
+enum Refusal {
+    TooLarge(usize),
+    Unauthorized(String),
+    Invalid(payload::FieldError),
+    Broker(PublishError),
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge(_) => "payload_too_large",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Invalid(_) => "invalid_payload",
+            Refusal::Broker(_) => "broker_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
+            )
+                .into_response(),
+            Refusal::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "unauthorized", "reason": reason})),
+            )
+                .into_response(),
+            Refusal::Invalid(e) => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+            )
+                .into_response(),
+            Refusal::Broker(e) => {
+                tracing::warn!(error = %e, "webhook not stored");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"error": "not stored, retry later", "reason": e.to_string()})),
+                )
+                    .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                response
+            }
+        }
+    }
+}
+
+/// The key that is equal for every delivery of the same ERP change.
+fn idempotency_key(source: &str, headers: &HeaderMap, body: &[u8]) -> String {
+    let header_key = [signature::WEBHOOK_ID, "idempotency-key"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200);
+    match header_key {
+        Some(key) => format!("{source}:{key}"),
+        None => format!("{source}:sha256:{}", hex::encode(Sha256::digest(body))),
+    }
+}
+
+/// A bounded first-in-first-out map of recent acknowledgements.
+#[derive(Default)]
+struct RecentAcks {
+    by_key: HashMap<String, Accepted>,
+    order: VecDeque<String>,
+}
+
+impl RecentAcks {
+    fn get(&self, key: &str) -> Option<Accepted> {
+        self.by_key.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, accepted: Accepted) {
+        if self.by_key.insert(key.clone(), accepted).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECENT_ACKS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The ERP webhook payloads of the sales interface spec §4 (`catalog.update`,
+//! `inventory.change`), validated field by field. Every refusal names the field and the rule.
+
+use std::collections::BTreeMap;
+
+use erpstream_schemas::decimal::{self, MONEY_SCALE, QUANTITY_SCALE};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// A refused field: `field` is a dotted path such as `data.variants[0].sku`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// Path of the offending field in the body.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    event_type: String,
+    timestamp: String,
+    data: serde_json::Value,
+}
+
+/// `data` of an `inventory.change` webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InventoryData {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Warehouse or store.
+    pub location_code: String,
+    /// Absolute quantity now on hand.
+    #[serde(default)]
+    pub new_quantity: Option<Decimal>,
+    /// Relative adjustment, instead of `new_quantity`.
+    #[serde(default)]
+    pub quantity_change: Option<Decimal>,
+    /// Allocated quantity.
+    #[serde(default)]
+    pub allocated_qty: Option<Decimal>,
+    /// In-transit quantity.
+    #[serde(default)]
+    pub in_transit_qty: Option<Decimal>,
+    /// ERP reason code.
+    #[serde(default)]
+    pub change_reason: Option<String>,
+    /// Business reference of a relative adjustment.
+    #[serde(default)]
+    pub reference_id: Option<String>,
+}
+
+/// One variant in a `catalog.update` webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VariantData {
+    /// Unique sku.
+    pub sku: String,
+    /// Display title.
+    #[serde(default)]
+    pub variant_title: Option<String>,
+    /// Selling price.
+    #[serde(default)]
+    pub selling_price: Option<Decimal>,
+    /// Maximum retail price.
+    #[serde(default)]
+    pub mrp: Option<Decimal>,
+    /// Absolute stock.
+    #[serde(default)]
+    pub current_stock: Option<Decimal>,
+    /// Dynamic attributes (values rendered as text).
+    #[serde(default)]
+    pub specifications: BTreeMap<String, serde_json::Value>,
+    /// Image URLs.
+    #[serde(default)]
+    pub media_assets: Vec<String>,
+}
+
+/// `data` of a `catalog.update` webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CatalogData {
+    /// Parent style id.
+    pub group_id: String,
+    /// Display name.
+    pub group_name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Category breadcrumb.
+    #[serde(default)]
+    pub category_path: Vec<String>,
+    /// Tax code.
+    #[serde(default)]
+    pub tax_code: Option<String>,
+    /// Whether sellable.
+    #[serde(default = "default_active")]
+    pub is_active: bool,
+    /// Planning product family.
+    #[serde(default)]
+    pub product_family: Option<String>,
+    /// Planning lead time.
+    #[serde(default)]
+    pub lead_time_days: Option<i32>,
+    /// Variants.
+    #[serde(default)]
+    pub variants: Vec<VariantData>,
+}
+
+fn default_active() -> bool {
+    true
+}
+
+/// A validated webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErpEvent {
+    /// `inventory.change`.
+    Inventory(InventoryData),
+    /// `catalog.update`.
+    Catalog(CatalogData),
+}
+
+/// A validated webhook with its ERP time (epoch ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErpWebhook {
+    /// The payload.
+    pub event: ErpEvent,
+    /// The envelope's `timestamp`.
+    pub occurred_at: i64,
+}
+
+/// Parses and validates a webhook body.
+pub fn parse(body: &[u8]) -> Result<ErpWebhook, FieldError> {
+    let envelope: Envelope = deserialize_at("", &mut serde_json::Deserializer::from_slice(body))?;
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(envelope.timestamp.trim())
+        .map_err(|_| FieldError::new("timestamp", "must be an RFC 3339 date-time, e.g. 2024-01-20T10:05:00Z"))?
+        .timestamp_millis();
+    if !envelope.data.is_object() {
+        return Err(FieldError::new("data", "must be an object"));
+    }
+    let event = match envelope.event_type.as_str() {
+        "inventory.change" => {
+            let data: InventoryData = deserialize_at("data.", envelope.data)?;
+            validate_inventory(&data)?;
+            ErpEvent::Inventory(data)
+        }
+        "catalog.update" => {
+            let data: CatalogData = deserialize_at("data.", envelope.data)?;
+            validate_catalog(&data)?;
+            ErpEvent::Catalog(data)
+        }
+        _ => {
+            return Err(FieldError::new(
+                "event_type",
+                "must be catalog.update or inventory.change",
+            ));
+        }
+    };
+    Ok(ErpWebhook { event, occurred_at })
+}
+
+fn deserialize_at<'de, T, D>(prefix: &str, deserializer: D) -> Result<T, FieldError>
+where
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        if let Some(name) = missing_field(&inner) {
+            let parent = if path == "." { String::new() } else { format!("{path}.") };
+            return FieldError::new(format!("{prefix}{parent}{name}"), "is required");
+        }
+        let field = if path == "." || path == "?" { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+        let field = if field.is_empty() { "body".to_string() } else { field };
+        FieldError::new(field, clean_reason(&inner))
+    })
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+fn clean_reason(message: &str) -> String {
+    // serde_json appends " at line L column C"; the field path already says where.
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn require_text(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.len() > 256 {
+        return Err(FieldError::new(field, "must be at most 256 characters"));
+    }
+    Ok(())
+}
+
+fn check_decimal(field: &str, value: Option<Decimal>, scale: u32) -> Result<(), FieldError> {
+    match value {
+        Some(v) => decimal::check(v, scale).map_err(|e| FieldError::new(field, e.to_string())),
+        None => Ok(()),
+    }
+}
+
+fn validate_inventory(data: &InventoryData) -> Result<(), FieldError> {
+    require_text("data.sku", &data.sku)?;
+    require_text("data.location_code", &data.location_code)?;
+    match (data.new_quantity, data.quantity_change) {
+        (None, None) => {
+            return Err(FieldError::new("data.new_quantity", "is required (or quantity_change for a relative adjustment)"));
+        }
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new("data.quantity_change", "must not be sent together with new_quantity"));
+        }
+        _ => {}
+    }
+    check_decimal("data.new_quantity", data.new_quantity, QUANTITY_SCALE)?;
+    check_decimal("data.quantity_change", data.quantity_change, QUANTITY_SCALE)?;
+    check_decimal("data.allocated_qty", data.allocated_qty, QUANTITY_SCALE)?;
+    check_decimal("data.in_transit_qty", data.in_transit_qty, QUANTITY_SCALE)?;
+    Ok(())
+}
+
+fn validate_catalog(data: &CatalogData) -> Result<(), FieldError> {
+    require_text("data.group_id", &data.group_id)?;
+    require_text("data.group_name", &data.group_name)?;
+    for (i, variant) in data.variants.iter().enumerate() {
+        let at = |f: &str| format!("data.variants[{i}].{f}");
+        require_text(&at("sku"), &variant.sku)?;
+        check_decimal(&at("selling_price"), variant.selling_price, MONEY_SCALE)?;
+        check_decimal(&at("mrp"), variant.mrp, MONEY_SCALE)?;
+        check_decimal(&at("current_stock"), variant.current_stock, QUANTITY_SCALE)?;
+        for price in [("selling_price", variant.selling_price), ("mrp", variant.mrp)] {
+            if price.1.is_some_and(|p| p.is_sign_negative() && !p.is_zero()) {
+                return Err(FieldError::new(at(price.0), "must not be negative"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders a specification value as text (numbers keep their exact digits).
+pub fn spec_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

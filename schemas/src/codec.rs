@@ -1,0 +1,340 @@
+//! The Confluent wire-format codec, through `schema_registry_converter`.
+//!
+//! Registration happens once at start-up ([`Codec::register`]); a schema the registry refuses
+//! as incompatible stops the start, because publishing under an unregistered contract would
+//! break every consumer. Encoding always uses the schema of this build (the `.avsc` files), so
+//! a newer version registered by someone else never changes what erpstream writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::events::{Event, EventKind};
+
+/// Why a value could not be encoded, decoded or registered.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The registry could not be reached or refused the call.
+    #[error("schema registry: {message}")]
+    Registry {
+        /// What the client reported.
+        message: String,
+        /// Whether trying again later may succeed (network, 5xx).
+        retriable: bool,
+    },
+    /// The value does not fit its schema (a bug or an out-of-range input).
+    #[error("could not encode {kind:?}: {source}")]
+    Encode {
+        /// The contract being written.
+        kind: EventKind,
+        /// Avro's reason.
+        #[source]
+        source: apache_avro::Error,
+    },
+    /// The bytes are not a record of the expected contract.
+    #[error("could not decode record: {0}")]
+    Decode(String),
+    /// A bundled `.avsc` file does not parse (a build defect).
+    #[error("bundled schema {kind:?} is invalid: {source}")]
+    BundledSchema {
+        /// The contract.
+        kind: EventKind,
+        /// Avro's reason.
+        #[source]
+        source: apache_avro::Error,
+    },
+}
+
+impl CodecError {
+    /// Whether the same call may succeed later.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, CodecError::Registry { retriable: true, .. })
+    }
+
+    fn registry(err: SRCError) -> Self {
+        let message = match &err.cause {
+            Some(cause) => format!("{}: {cause}", err.error),
+            None => err.error.clone(),
+        };
+        CodecError::Registry { message, retriable: err.retriable }
+    }
+}
+
+/// Encodes and decodes erpstream events in the Confluent wire format.
+#[derive(Clone)]
+pub struct Codec {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: SrSettings,
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    schemas: HashMap<EventKind, Schema>,
+}
+
+impl Codec {
+    /// A codec talking to the registry at `registry_url` (no I/O yet).
+    pub fn new(registry_url: &str) -> Result<Self, CodecError> {
+        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_string())
+            .set_timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .map_err(CodecError::registry)?;
+        let mut schemas = HashMap::new();
+        for kind in EventKind::ALL {
+            let schema = Schema::parse_str(kind.schema_text())
+                .map_err(|source| CodecError::BundledSchema { kind, source })?;
+            schemas.insert(kind, schema);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                encoder: AvroEncoder::new(settings.clone()),
+                decoder: AvroDecoder::new(settings.clone()),
+                settings,
+                schemas,
+            }),
+        })
+    }
+
+    /// The registry URL this codec uses.
+    pub fn settings(&self) -> &SrSettings {
+        &self.inner.settings
+    }
+
+    /// Registers the contract of `kind` under `<topic>-value` and returns its schema id.
+    /// Registering an identical schema again returns the same id.
+    pub async fn register(&self, topic: &str, kind: EventKind) -> Result<u32, CodecError> {
+        let registered =
+            post_schema(&self.inner.settings, subject(topic), supplied(kind))
+                .await
+                .map_err(CodecError::registry)?;
+        Ok(registered.id)
+    }
+
+    /// Encodes `event` for `topic` (wire format with the id of this build's schema).
+    pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>, CodecError> {
+        let value = self.to_value(event)?;
+        let strategy =
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied(E::KIND));
+        self.inner.encoder.encode_value(value, &strategy).await.map_err(CodecError::registry)
+    }
+
+    /// The Avro value of `event`, resolved against its schema (decimals, timestamps, unions).
+    pub fn to_value<E: Event>(&self, event: &E) -> Result<Value, CodecError> {
+        let schema = &self.inner.schemas[&E::KIND];
+        apache_avro::to_value(event)
+            .and_then(|v| v.resolve(schema))
+            .map_err(|source| CodecError::Encode { kind: E::KIND, source })
+    }
+
+    /// Decodes a wire-format record into `E`.
+    pub async fn decode<E: Event>(&self, payload: &[u8]) -> Result<E, CodecError> {
+        let value = self.decode_value(payload).await?;
+        apache_avro::from_value::<E>(&value).map_err(|e| CodecError::Decode(e.to_string()))
+    }
+
+    /// Decodes a wire-format record into a generic Avro value, whatever its schema.
+    pub async fn decode_value(&self, payload: &[u8]) -> Result<Value, CodecError> {
+        if payload.len() < 5 || payload[0] != 0 {
+            return Err(CodecError::Decode("not in the Confluent wire format".into()));
+        }
+        let decoded = self.inner.decoder.decode(Some(payload)).await.map_err(|e| {
+            if e.retriable { CodecError::registry(e) } else { CodecError::Decode(e.error) }
+        })?;
+        Ok(decoded.value)
+    }
+}
+
+/// The TopicNameStrategy subject of a topic's values.
+pub fn subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+fn supplied(kind: EventKind) -> SuppliedSchema {
+    SuppliedSchema::new(
+        Some(kind.record_name().to_string()),
+        SchemaType::Avro,
+        kind.schema_text().to_string(),
+    )
+}
+
+/// Converts a decoded Avro value to JSON for people and pipes: decimals as exact numbers,
+/// timestamps as RFC 3339 strings, unions unwrapped.
+pub fn value_to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Null => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => J::from(*i),
+        Value::Long(i) | Value::TimeMicros(i) => J::from(*i),
+        Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
+            chrono::DateTime::from_timestamp_millis(*ms)
+                .map(|t| J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+                .unwrap_or(J::from(*ms))
+        }
+        Value::Float(f) => J::from(*f),
+        Value::Double(f) => J::from(*f),
+        Value::String(s) | Value::Enum(_, s) => J::String(s.clone()),
+        Value::Uuid(u) => J::String(u.to_string()),
+        Value::Bytes(b) | Value::Fixed(_, b) => J::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+        Value::Decimal(d) => decimal_json(d),
+        Value::Union(_, inner) => value_to_json(inner),
+        Value::Array(items) => J::Array(items.iter().map(value_to_json).collect()),
+        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()),
+        Value::Record(fields) => {
+            J::Object(fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
+        }
+        other => J::String(format!("{other:?}")),
+    }
+}
+
+fn decimal_json(d: &apache_avro::Decimal) -> serde_json::Value {
+    // The scale lives in the schema, not the value: render the unscaled integer; callers that
+    // need exact numbers decode into the typed events instead.
+    let bytes: Vec<u8> = d.try_into().unwrap_or_default();
+    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
+    let mut buf = [fill; 16];
+    if bytes.len() <= 16 {
+        buf[16 - bytes.len()..].copy_from_slice(&bytes);
+    }
+    serde_json::Value::from(i128::from_be_bytes(buf).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::*;
+    use rust_decimal::Decimal;
+    use std::str::FromStr;
+
+    fn round_trip<E: Event + PartialEq + std::fmt::Debug>(event: E) {
+        let codec = Codec::new("http://127.0.0.1:1").unwrap();
+        let value = codec.to_value(&event).unwrap();
+        let schema = &codec.inner.schemas[&E::KIND];
+        #[allow(deprecated)]
+        let bytes = apache_avro::to_avro_datum(schema, value).unwrap();
+        #[allow(deprecated)]
+        let back = apache_avro::from_avro_datum(schema, &mut &bytes[..], None).unwrap();
+        assert_eq!(apache_avro::from_value::<E>(&back).unwrap(), event);
+    }
+
+    fn d(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_contract_round_trips_exactly() {
+        round_trip(InventoryChange {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "k".into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1_705_744_800_000,
+            ingested_at: 1_705_744_800_123,
+            sku: "DRONE-X1-PRO-KIT".into(),
+            location_code: "WH-TECH-01".into(),
+            new_quantity: Some(d("14")),
+            allocated_qty: None,
+            in_transit_qty: Some(d("2.5")),
+            quantity_change: None,
+            change_reason: Some("POS_SALE".into()),
+            reference_id: None,
+        });
+        round_trip(CatalogUpdate {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "k".into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1,
+            ingested_at: 2,
+            group_id: "GRP-UAV-X1".into(),
+            group_name: "Falcon X1".into(),
+            description: None,
+            category_path: vec!["Drones".into()],
+            tax_code: Some("HSN-8802".into()),
+            is_active: true,
+            product_family: None,
+            lead_time_days: Some(14),
+            variants: vec![Variant {
+                sku: "DRONE-X1-PRO-KIT".into(),
+                variant_title: None,
+                selling_price: Some(d("45000.00")),
+                mrp: Some(d("55000.0001")),
+                current_stock: Some(d("15")),
+                specifications: [("Range".to_string(), "5 km".to_string())].into(),
+                media_assets: vec![],
+            }],
+        });
+        round_trip(SalesOrder {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "ORD-1".into(),
+            source_system: "storefront".into(),
+            source: "orders".into(),
+            occurred_at: 1,
+            ingested_at: 2,
+            transaction_id: "ORD-1".into(),
+            status: OrderStatus::Open,
+            customer_name: Some("Jane Doe".into()),
+            customer_tax_id: None,
+            line_items: vec![LineItem {
+                sku: "A".into(),
+                quantity: d("2"),
+                unit_price: d("500.00"),
+                location_code: None,
+            }],
+        });
+        round_trip(InventoryAvailable {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "A@3".into(),
+            source_system: "ERP".into(),
+            source: "inventory".into(),
+            occurred_at: 1,
+            ingested_at: 2,
+            sku: "A".into(),
+            locations: vec![LocationStock {
+                location_code: "WH".into(),
+                on_hand: d("5"),
+                reserved: d("3"),
+                safety_stock: d("0"),
+                available: d("2"),
+                version: 3,
+                as_of: 4,
+            }],
+            version: 3,
+        });
+    }
+
+    #[test]
+    fn rejects_more_decimals_than_the_schema_holds() {
+        let codec = Codec::new("http://127.0.0.1:1").unwrap();
+        let mut change = InventoryChange {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "k".into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1,
+            ingested_at: 2,
+            sku: "A".into(),
+            location_code: "L".into(),
+            new_quantity: Some(d("1.0001")),
+            allocated_qty: None,
+            in_transit_qty: None,
+            quantity_change: None,
+            change_reason: None,
+            reference_id: None,
+        };
+        assert!(codec.to_value(&change).is_err());
+        change.new_quantity = Some(d("1.001"));
+        assert!(codec.to_value(&change).is_ok());
+    }
+}

@@ -1,0 +1,25 @@
+//! Event contracts of erpstream.
+//!
+//! The `.avsc` files in `schemas/avro/` are the single source of truth: this crate embeds
+//! them, mirrors them as Rust types ([`events`]) and encodes/decodes those types in the
+//! Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary) through a
+//! schema registry ([`codec`]). Subjects follow the TopicNameStrategy: `<topic>-value`.
+//!
+//! Quantities are Avro `decimal(18,3)` and money `decimal(18,4)`; no binary floats anywhere.
+
+pub mod codec;
+pub mod decimal;
+pub mod events;
+pub mod trace;
+
+pub use codec::{Codec, CodecError};
+pub use events::{
+    CatalogUpdate, Event, EventKind, InventoryAvailable, InventoryChange, LineItem, LocationStock,
+    OrderStatus, SalesOrder, Variant,
+};
+pub use trace::Traceparent;
+
+/// Milliseconds since the Unix epoch, the unit of every `timestamp-millis` field.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
