@@ -7,12 +7,31 @@ use serde::Deserialize;
 /// Where a secret comes from. In YAML: `{ env: ERP_WEBHOOK_SECRET }` or
 /// `{ file: /run/secrets/erp_webhook }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "SecretFields")]
 pub enum SecretRef {
     /// Name of an environment variable holding the secret.
     Env(String),
     /// Path of a file holding the secret (trailing newline ignored).
     File(std::path::PathBuf),
+}
+
+/// The YAML shape of a [`SecretRef`]: exactly one of `env` or `file`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretFields {
+    env: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl TryFrom<SecretFields> for SecretRef {
+    type Error = &'static str;
+    fn try_from(fields: SecretFields) -> Result<Self, Self::Error> {
+        match (fields.env, fields.file) {
+            (Some(env), None) if !env.is_empty() => Ok(SecretRef::Env(env)),
+            (None, Some(file)) => Ok(SecretRef::File(file)),
+            _ => Err("must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)"),
+        }
+    }
 }
 
 /// Why a secret could not be read.

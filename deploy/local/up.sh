@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Starts the local stack: Postgres 15 (wal_level=logical), the tansu broker and the
+# erpstream schema registry. Idempotent: what already runs is left alone. Installs tansu
+# 0.6.0 with cargo if it is missing. Settings: deploy/local/env.sh.
+#
+# ERPSTREAM_BIN: the erpstream binary to run the registry with (default: build release).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+state="$ERPSTREAM_STATE_DIR"
+mkdir -p "$state/run" "$state/log"
+
+log() { printf '[up] %s\n' "$*" >&2; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+wait_for() { # what, seconds, command...
+  local what=$1 seconds=$2; shift 2
+  for _ in $(seq 1 $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  log "$what did not come up in ${seconds}s; see $state/log"; return 1
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# --- binaries -------------------------------------------------------------------------
+if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
+  log "installing tansu 0.6.0 (about 10-20 minutes on 2 cores, once)"
+  cargo install tansu --version 0.6.0 --locked --features libsql
+fi
+if [ -z "${ERPSTREAM_BIN:-}" ]; then
+  log "building erpstream (release)"
+  (cd "$ERPSTREAM_ROOT" && cargo build --release --bin erpstream)
+  ERPSTREAM_BIN="$ERPSTREAM_ROOT/target/release/erpstream"
+fi
+[ -x "$ERPSTREAM_BIN" ] || { log "ERPSTREAM_BIN=$ERPSTREAM_BIN is not executable"; exit 1; }
+echo "$ERPSTREAM_BIN" > "$state/run/erpstream.bin"
+
+# --- Postgres -------------------------------------------------------------------------
+pgdata="$state/pg"
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+  # Postgres refuses to run as root; the Debian package's postgres user runs it.
+  id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+  as_pg=(runuser -u postgres --)
+fi
+if [ ! -f "$pgdata/PG_VERSION" ]; then
+  log "creating Postgres cluster in $pgdata"
+  mkdir -p "$pgdata" "$state/pg-socket"
+  [ "$(id -u)" = 0 ] && chown postgres "$pgdata" "$state/pg-socket"
+  chmod 700 "$pgdata"
+  "${as_pg[@]}" "$ERPSTREAM_PG_BIN/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 >"$state/log/initdb.log"
+  cat >>"$pgdata/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $ERPSTREAM_PG_PORT
+unix_socket_directories = '$state/pg-socket'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_connections = 200
+CONF
+fi
+if ! "${as_pg[@]}" "$ERPSTREAM_PG_BIN/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+  log "starting Postgres on 127.0.0.1:$ERPSTREAM_PG_PORT"
+  touch "$state/log/postgres.log"; [ "$(id -u)" = 0 ] && chown postgres "$state/log/postgres.log"
+  "${as_pg[@]}" "$ERPSTREAM_PG_BIN/pg_ctl" -D "$pgdata" -l "$state/log/postgres.log" -w -t 60 start >/dev/null
+fi
+psql_() { psql -h 127.0.0.1 -p "$ERPSTREAM_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'erpstream'")" != 1 ]; then
+  psql_ -d postgres -c "CREATE DATABASE erpstream"
+fi
+[ "$(psql_ -d postgres -c 'SHOW wal_level')" = logical ] || { log "wal_level is not logical"; exit 1; }
+
+# --- broker ---------------------------------------------------------------------------
+if ! alive "$state/run/tansu.pid"; then
+  if port_open "$ERPSTREAM_KAFKA_PORT"; then log "port $ERPSTREAM_KAFKA_PORT is taken by another process"; exit 1; fi
+  log "starting tansu on 127.0.0.1:$ERPSTREAM_KAFKA_PORT"
+  # tansu resolves sqlite:// paths against its working directory.
+  (cd "$state" && exec nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
+    --storage-engine "sqlite://tansu.db" \
+    >"$state/log/tansu.log" 2>&1) &
+  echo $! > "$state/run/tansu.pid"
+  wait_for tansu 30 port_open "$ERPSTREAM_KAFKA_PORT"
+fi
+
+# --- registry -------------------------------------------------------------------------
+if ! alive "$state/run/registry.pid"; then
+  if port_open "$ERPSTREAM_REGISTRY_PORT"; then log "port $ERPSTREAM_REGISTRY_PORT is taken by another process"; exit 1; fi
+  log "starting the schema registry on 127.0.0.1:$ERPSTREAM_REGISTRY_PORT"
+  nohup "$ERPSTREAM_BIN" registry --listen "127.0.0.1:$ERPSTREAM_REGISTRY_PORT" \
+    --database-url "$ERPSTREAM_DATABASE_URL" >"$state/log/registry.log" 2>&1 &
+  echo $! > "$state/run/registry.pid"
+  wait_for registry 30 curl -fsS "$ERPSTREAM_REGISTRY_URL/subjects"
+fi
+
+# --- dev secrets (generated once, never committed) ------------------------------------
+if [ ! -f "$state/secrets.env" ]; then
+  umask 077
+  {
+    echo "export ERP_WEBHOOK_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "export STOREFRONT_WEBHOOK_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  } > "$state/secrets.env"
+fi
+log "stack is up: broker $ERPSTREAM_BROKERS, registry $ERPSTREAM_REGISTRY_URL, postgres $ERPSTREAM_DATABASE_URL"

@@ -1,0 +1,136 @@
+//! `dedupe`: drops records whose idempotency key was already seen within `retention`.
+//!
+//! State: per input partition, idempotency key → first-seen time (epoch ms), in the
+//! changelog as `key → "<ms>"`. Keys older than the retention are skipped at restore and
+//! purged (with tombstones) as processing goes on, so the compacted changelog stays bounded.
+//! Repeats of the same key always land in the same partition because the record key (sku,
+//! group id) is part of what the sender repeats.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use erpstream_connectors::validation::Problem;
+use serde::Deserialize;
+
+use super::{Effects, Emit, Processor, Record};
+use erpstream_connectors::metrics as m;
+
+/// Component type name in the topology.
+pub const TYPE: &str = "dedupe";
+/// Records processed between two purges of expired keys.
+const PURGE_EVERY: u64 = 10_000;
+
+/// Configuration of a `dedupe` processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// Topics (or an upstream processor) to read.
+    pub inputs: Vec<String>,
+    /// How long an idempotency key is remembered.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Topic to write surviving records to, when no processor reads this one.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+impl DedupeConfig {
+    /// Checks the rules no type can express.
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.inputs.is_empty() {
+            problems.push(Problem::new(format!("{at}.inputs"), "must list at least one input"));
+        }
+        if self.retention.is_zero() {
+            problems.push(Problem::new(format!("{at}.retention"), "must be > 0"));
+        }
+        problems
+    }
+}
+
+/// A running `dedupe` processor.
+pub struct Dedupe {
+    id: String,
+    retention_ms: i64,
+    output: Option<String>,
+    seen: HashMap<i32, HashMap<String, i64>>,
+    processed: u64,
+}
+
+impl Dedupe {
+    /// A processor writing survivors to the broker-side `output` topic, if any.
+    pub fn new(id: &str, config: &DedupeConfig, output: Option<String>) -> Self {
+        Self {
+            id: id.to_string(),
+            retention_ms: config.retention.as_millis() as i64,
+            output,
+            seen: HashMap::new(),
+            processed: 0,
+        }
+    }
+
+    fn purge(&mut self, index: usize, now: i64, effects: &mut Effects) {
+        let horizon = now - self.retention_ms;
+        for (partition, keys) in &mut self.seen {
+            keys.retain(|key, at| {
+                let keep = *at >= horizon;
+                if !keep {
+                    effects.changelog.push((index, *partition, key.clone(), None));
+                }
+                keep
+            });
+        }
+    }
+}
+
+impl Processor for Dedupe {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
+        let horizon = erpstream_schemas::now_millis() - self.retention_ms;
+        let keys = entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let at: i64 = std::str::from_utf8(&value).ok()?.parse().ok()?;
+                (at >= horizon).then_some((key, at))
+            })
+            .collect();
+        self.seen.insert(partition, keys);
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        self.seen.remove(&partition);
+    }
+
+    fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
+        let now = erpstream_schemas::now_millis();
+        self.processed += 1;
+        if self.processed % PURGE_EVERY == 0 {
+            self.purge(index, now, effects);
+        }
+        let key = record.event.idempotency_key();
+        let keys = self.seen.entry(record.partition).or_default();
+        if keys.get(key).is_some_and(|at| *at >= now - self.retention_ms) {
+            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate").increment(1);
+            return false;
+        }
+        keys.insert(key.to_string(), now);
+        effects.changelog.push((index, record.partition, key.to_string(), Some(now.to_string().into_bytes())));
+        if let Some(output) = &self.output {
+            let mut raw = record.raw.clone();
+            raw.topic = output.clone();
+            effects.emit.push(Emit::Raw(raw));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use erpstream_connectors::kafka::RawRecord;
+use erpstream_schemas::InventoryChange;
+
+use super::*;
+use crate::processors::{Decoded, Effects, Processor, Record};
+
+fn record(partition: i32, offset: i64, key: &str) -> Record {
+    Record {
+        topic: "inventory.change".into(),
+        partition,
+        offset,
+        raw: RawRecord::default(),
+        trace: None,
+        event: Decoded::InventoryChange(InventoryChange {
+            event_id: format!("e{offset}"),
+            idempotency_key: key.into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1,
+            ingested_at: 1,
+            sku: "A".into(),
+            location_code: "L".into(),
+            new_quantity: None,
+            allocated_qty: None,
+            in_transit_qty: None,
+            quantity_change: None,
+            change_reason: None,
+            reference_id: None,
+        }),
+    }
+}
+
+fn config() -> DedupeConfig {
+    DedupeConfig { inputs: vec!["inventory.change".into()], retention: Duration::from_secs(3600), output: None }
+}
+
+#[test]
+fn drops_repeats_and_survives_restore() {
+    let mut dedupe = Dedupe::new("dedupe", &config(), None);
+    let mut effects = Effects::default();
+    assert!(dedupe.process(0, &record(0, 1, "k1"), &mut effects));
+    assert!(!dedupe.process(0, &record(0, 2, "k1"), &mut effects));
+    assert!(dedupe.process(0, &record(0, 3, "k2"), &mut effects));
+    assert_eq!(effects.changelog.len(), 2);
+
+    // A new instance restored from the changelog writes still drops the repeat.
+    let entries: HashMap<String, Vec<u8>> =
+        effects.changelog.into_iter().map(|(_, _, k, v)| (k, v.unwrap())).collect();
+    let mut restored = Dedupe::new("dedupe", &config(), None);
+    restored.restore(0, entries);
+    assert!(!restored.process(0, &record(0, 4, "k1"), &mut Effects::default()));
+    assert!(restored.process(0, &record(0, 5, "k3"), &mut Effects::default()));
+}
+
+#[test]
+fn forgets_keys_past_retention() {
+    let mut dedupe = Dedupe::new("dedupe", &config(), None);
+    let old = (erpstream_schemas::now_millis() - 7_200_000).to_string().into_bytes();
+    dedupe.restore(0, HashMap::from([("k1".to_string(), old)]));
+    assert!(dedupe.process(0, &record(0, 1, "k1"), &mut Effects::default()));
+}

@@ -1,0 +1,95 @@
+//! Stream processors: consume topics, keep keyed state, emit derived records.
+//!
+//! A chain of processors (`dedupe` → `inventory`) runs in one consumer task ([`task`]).
+//! Contract of a [`Processor`]:
+//! - Input is at-least-once: after a crash, records after the last committed offset come
+//!   again. Processing a record twice must leave the same state and emit the same records
+//!   (the same versions), so repeats are harmless downstream.
+//! - State is per input partition and lives in memory, made durable through a changelog
+//!   topic (partition `p` of the changelog belongs to input partition `p`); it is restored
+//!   before the first record of a partition is processed and dropped when the partition is
+//!   revoked.
+//! - The task makes a batch's emitted records durable first, then its changelog writes, and
+//!   only then stores the input offsets. A crash between those steps re-runs the batch on the
+//!   restored state, which re-emits identical records instead of losing any.
+
+pub mod dedupe;
+pub mod inventory;
+pub mod task;
+
+use std::collections::HashMap;
+
+use erpstream_connectors::kafka::RawRecord;
+use erpstream_schemas::{CatalogUpdate, InventoryAvailable, InventoryChange, SalesOrder, Traceparent};
+
+/// An input record as processors see it: the raw record and its decoded event.
+pub struct Record {
+    /// Broker-side topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The encoded record, for pass-through and dead-lettering.
+    pub raw: RawRecord,
+    /// Trace context of the record, if it carried one.
+    pub trace: Option<Traceparent>,
+    /// The decoded value.
+    pub event: Decoded,
+}
+
+/// A decoded record value.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    /// `inventory.change`.
+    InventoryChange(InventoryChange),
+    /// `catalog.update`.
+    CatalogUpdate(CatalogUpdate),
+    /// `sales.order`.
+    SalesOrder(SalesOrder),
+    /// `inventory.available`.
+    InventoryAvailable(InventoryAvailable),
+}
+
+impl Decoded {
+    /// The event's idempotency key.
+    pub fn idempotency_key(&self) -> &str {
+        use erpstream_schemas::Event;
+        match self {
+            Decoded::InventoryChange(e) => e.idempotency_key(),
+            Decoded::CatalogUpdate(e) => e.idempotency_key(),
+            Decoded::SalesOrder(e) => e.idempotency_key(),
+            Decoded::InventoryAvailable(e) => e.idempotency_key(),
+        }
+    }
+}
+
+/// A record a processor asks to publish.
+pub enum Emit {
+    /// A new `inventory.available` state on the broker-side topic.
+    Available(String, Box<InventoryAvailable>, Traceparent),
+    /// An input record passed on unchanged.
+    Raw(RawRecord),
+}
+
+/// What processing a batch asks the task to make durable.
+#[derive(Default)]
+pub struct Effects {
+    /// Records to publish, in order.
+    pub emit: Vec<Emit>,
+    /// Changelog writes: (processor index, partition, key, value or tombstone).
+    pub changelog: Vec<(usize, i32, String, Option<Vec<u8>>)>,
+}
+
+/// One stage of a chain. See the module documentation for the contract.
+pub trait Processor: Send + Sync {
+    /// The processor's id in the topology.
+    fn id(&self) -> &str;
+    /// Replaces the state of `partition` with the changelog's latest values.
+    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>);
+    /// Forgets the state of a revoked partition.
+    fn revoke(&mut self, partition: i32);
+    /// Processes one record. `index` is this processor's place in the chain (for changelog
+    /// writes). Returns whether the record goes on to the next processor.
+    fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool;
+}

@@ -1,0 +1,310 @@
+//! The consumer task that runs one processor chain: consume a batch, process it record by
+//! record, make its effects durable in order (emitted records, then changelogs from the last
+//! processor of the chain to the first), then store the batch's offsets.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use erpstream_connectors::kafka::{Changelog, GroupConsumer, Publisher, RawRecord, TrackingContext, TRACEPARENT_HEADER};
+use erpstream_connectors::metrics as m;
+use erpstream_schemas::{Codec, CodecError, EventKind, Traceparent};
+use futures::StreamExt;
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::{Decoded, Effects, Emit, Processor, Record};
+
+/// Most records taken into one batch.
+const MAX_BATCH: usize = 1_000;
+
+/// One processor chain and its consumer.
+pub struct StreamTask {
+    name: String,
+    consumer: GroupConsumer,
+    context: TrackingContext,
+    /// Broker-side input topic → its contract and dead-letter topic.
+    inputs: HashMap<String, (EventKind, String)>,
+    chain: Vec<Box<dyn Processor>>,
+    changelogs: Vec<Changelog>,
+    publisher: Publisher,
+    codec: Codec,
+    restored: HashSet<i32>,
+}
+
+impl StreamTask {
+    /// A task over `inputs` (broker topic, contract, dead-letter topic) running `chain`,
+    /// whose processor `i` persists to `changelogs[i]`.
+    pub fn new(
+        name: String,
+        (consumer, context): (GroupConsumer, TrackingContext),
+        inputs: Vec<(String, EventKind, String)>,
+        chain: Vec<Box<dyn Processor>>,
+        changelogs: Vec<Changelog>,
+        publisher: Publisher,
+    ) -> Self {
+        Self {
+            name,
+            consumer,
+            context,
+            inputs: inputs.into_iter().map(|(t, k, d)| (t, (k, d))).collect(),
+            chain,
+            changelogs,
+            codec: publisher.codec().clone(),
+            publisher,
+            restored: HashSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true; the batch in progress is finished first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), rdkafka::error::KafkaError> {
+        let topics: Vec<String> = self.inputs.keys().cloned().collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        tracing::info!(task = %self.name, ?topics, "processor chain started");
+        loop {
+            let batch: Vec<OwnedMessage> = {
+                let mut stream = self.consumer.stream().ready_chunks(MAX_BATCH);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    batch = stream.next() => match batch {
+                        Some(batch) => batch.into_iter().filter_map(|m| match m {
+                            Ok(m) => Some(m.detach()),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "consume failed");
+                                None
+                            }
+                        }).collect(),
+                        None => break,
+                    },
+                }
+            };
+            if batch.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            self.process_batch(batch, &mut shutdown).await;
+        }
+        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %err, "final offset commit failed");
+        }
+        Ok(())
+    }
+
+    async fn process_batch(&mut self, batch: Vec<OwnedMessage>, shutdown: &mut watch::Receiver<bool>) {
+        for (_, partition) in self.context.take_revoked() {
+            self.restored.remove(&partition);
+            for processor in &mut self.chain {
+                processor.revoke(partition);
+            }
+        }
+        let mut effects = Effects::default();
+        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut dead_letters = Vec::new();
+        for message in batch {
+            let partition = message.partition();
+            if !self.restored.contains(&partition) {
+                self.restore(partition).await;
+            }
+            offsets.insert((message.topic().to_string(), partition), message.offset() + 1);
+            match self.decode(&message).await {
+                Ok(record) => {
+                    for (index, processor) in self.chain.iter_mut().enumerate() {
+                        if !processor.process(index, &record, &mut effects) {
+                            break;
+                        }
+                    }
+                }
+                Err(err) if err.is_retriable() => {
+                    // The registry is unreachable: retry this record rather than skip it.
+                    tracing::warn!(error = %err, "decode needs the registry; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    offsets.remove(&(message.topic().to_string(), partition));
+                    self.seek_back(&message);
+                    break;
+                }
+                Err(err) => dead_letters.push((message, err.to_string())),
+            }
+        }
+        if !self.make_durable(effects, dead_letters, shutdown).await {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in offsets {
+            let _ = list.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+        if let Err(err) = self.consumer.store_offsets(&list) {
+            tracing::debug!(error = %err, "offset store refused (partition revoked?)");
+        }
+    }
+
+    fn seek_back(&self, message: &OwnedMessage) {
+        if let Err(err) = self.consumer.seek(message.topic(), message.partition(), Offset::Offset(message.offset()), Duration::from_secs(5)) {
+            tracing::warn!(error = %err, "seek failed");
+        }
+    }
+
+    async fn restore(&mut self, partition: i32) {
+        for (processor, changelog) in self.chain.iter_mut().zip(&self.changelogs) {
+            let mut attempt = 0u32;
+            let entries = loop {
+                match changelog.restore(partition).await {
+                    Ok(entries) => break entries,
+                    Err(err) => {
+                        attempt += 1;
+                        tracing::warn!(error = %err, attempt, "state restore failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+                    }
+                }
+            };
+            tracing::info!(processor = processor.id(), partition, keys = entries.len(), "state restored");
+            processor.restore(partition, entries);
+        }
+        self.restored.insert(partition);
+    }
+
+    async fn decode(&self, message: &OwnedMessage) -> Result<Record, CodecError> {
+        let (kind, _) = self.inputs[message.topic()];
+        let payload = message.payload().unwrap_or_default();
+        let event = match kind {
+            EventKind::InventoryChange => Decoded::InventoryChange(self.codec.decode(payload).await?),
+            EventKind::CatalogUpdate => Decoded::CatalogUpdate(self.codec.decode(payload).await?),
+            EventKind::SalesOrder => Decoded::SalesOrder(self.codec.decode(payload).await?),
+            EventKind::InventoryAvailable => Decoded::InventoryAvailable(self.codec.decode(payload).await?),
+        };
+        let headers: Vec<(String, Vec<u8>)> = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        let trace = headers
+            .iter()
+            .find(|(k, _)| k == TRACEPARENT_HEADER)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(Traceparent::parse);
+        Ok(Record {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            raw: RawRecord {
+                topic: message.topic().to_string(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers,
+                partition: None,
+            },
+            trace,
+            event,
+        })
+    }
+
+    /// Publishes emitted records and dead letters, then changelog writes from the last
+    /// processor back to the first, retrying until each is acknowledged: skipping one would
+    /// lose data, and stopping halfway is safe because the offsets are not stored yet.
+    async fn make_durable(&self, effects: Effects, dead_letters: Vec<(OwnedMessage, String)>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut records = Vec::with_capacity(effects.emit.len() + dead_letters.len());
+        for emit in effects.emit {
+            match emit {
+                Emit::Raw(raw) => records.push(raw),
+                Emit::Available(topic, event, trace) => {
+                    let payload = loop {
+                        match self.codec.encode(&topic, event.as_ref()).await {
+                            Ok(payload) => break payload,
+                            Err(err) => {
+                                tracing::error!(error = %err, "encode failed; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    };
+                    records.push(RawRecord {
+                        topic,
+                        key: Some(event.sku.clone().into_bytes()),
+                        payload: Some(payload),
+                        headers: vec![(TRACEPARENT_HEADER.to_string(), trace.to_string().into_bytes())],
+                        partition: None,
+                    });
+                }
+            }
+        }
+        for (message, error) in dead_letters {
+            let dlq = self.inputs[message.topic()].1.clone();
+            metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
+            tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
+            let mut headers: Vec<(String, Vec<u8>)> = message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default();
+            headers.extend([
+                ("erpstream.error".to_string(), error.into_bytes()),
+                ("erpstream.source".to_string(), self.name.clone().into_bytes()),
+                ("erpstream.attempts".to_string(), b"1".to_vec()),
+                ("erpstream.original.partition".to_string(), message.partition().to_string().into_bytes()),
+                ("erpstream.original.offset".to_string(), message.offset().to_string().into_bytes()),
+            ]);
+            records.push(RawRecord {
+                topic: dlq,
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers,
+                partition: None,
+            });
+        }
+        if !self.send_all(records, shutdown).await {
+            return false;
+        }
+        for index in (0..self.chain.len()).rev() {
+            let writes: Vec<RawRecord> = effects
+                .changelog
+                .iter()
+                .filter(|(i, ..)| *i == index)
+                .map(|(_, partition, key, value)| RawRecord {
+                    topic: self.changelogs[index].topic().to_string(),
+                    key: Some(key.clone().into_bytes()),
+                    payload: value.clone(),
+                    headers: Vec::new(),
+                    partition: Some(*partition),
+                })
+                .collect();
+            if !self.send_all(writes, shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends every record, retrying failures; `false` if shutdown interrupted it.
+    async fn send_all(&self, records: Vec<RawRecord>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut pending = records;
+        let mut wait = Duration::from_millis(100);
+        while !pending.is_empty() {
+            // Sends are queued in order, so records of one key keep their order.
+            let results = join_all(pending.iter().cloned().map(|r| self.publisher.send(r))).await;
+            let failed: Vec<RawRecord> = pending
+                .into_iter()
+                .zip(results)
+                .filter_map(|(record, result)| match result {
+                    Ok(_) => None,
+                    Err(err) => {
+                        tracing::warn!(topic = %record.topic, error = %err, "publish failed; retrying");
+                        Some(record)
+                    }
+                })
+                .collect();
+            if failed.is_empty() {
+                return true;
+            }
+            metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor",
+                m::ERROR_TYPE => "publish", m::STAGE => "emit").increment(failed.len() as u64);
+            if *shutdown.borrow() {
+                tracing::warn!("shutting down with unpublished effects; the batch will be re-processed after restart");
+                return false;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            pending = failed;
+        }
+        true
+    }
+}

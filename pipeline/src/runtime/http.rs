@@ -1,0 +1,52 @@
+//! Operations endpoints: `/metrics` (Prometheus), `/healthz` (the process answers),
+//! `/readyz` (the broker and the registry are reachable).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use erpstream_connectors::kafka::Publisher;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+#[derive(Clone)]
+struct Ops {
+    metrics: PrometheusHandle,
+    publisher: Publisher,
+    registry_url: String,
+    client: reqwest::Client,
+}
+
+/// The operations routes.
+pub fn operations(metrics: PrometheusHandle, publisher: Publisher, registry_url: &str) -> Router {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
+    let ops = Ops { metrics, publisher, registry_url: registry_url.trim_end_matches('/').to_string(), client };
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .with_state(ops)
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], ops.metrics.render())
+}
+
+async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
+    let broker = ops.publisher.broker_reachable(Duration::from_secs(2)).await;
+    let registry = ops
+        .client
+        .get(format!("{}/subjects", ops.registry_url))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    let status = if broker && registry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    (status, axum::Json(json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+        "checks": {"broker": word(broker), "registry": word(registry)},
+    })))
+}

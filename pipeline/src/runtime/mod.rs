@@ -1,0 +1,277 @@
+//! Builds a validated [`Topology`] into running components and runs them until SIGTERM.
+//!
+//! Start-up order: register every contract with the registry (a refusal stops the start),
+//! create missing topics (a partition-count mismatch stops the start), build sources,
+//! processor chains and sinks, then open the HTTP listener. Shutdown order: stop accepting
+//! HTTP requests (requests in flight finish), let every processor finish its batch and every
+//! sink drain its deliveries in flight, commit stored offsets, flush the producer.
+
+mod http;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
+use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
+use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
+use erpstream_schemas::{Codec, CodecError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::processors::dedupe::Dedupe;
+use crate::processors::inventory::Inventory;
+use crate::processors::task::StreamTask;
+use crate::processors::Processor;
+use crate::topology::{ProcessorConfig, SinkConfig, SourceConfig, Topology};
+
+/// Why the pipeline could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The registry refused a contract or stayed unreachable.
+    #[error("schema registry: {0}")]
+    Registry(#[from] CodecError),
+    /// The broker refused an operation.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A secret could not be read.
+    #[error("{0}")]
+    Secret(#[from] erpstream_connectors::SecretError),
+    /// A sink could not be built.
+    #[error("{0}")]
+    Sink(#[from] storefront_webhook::SinkError),
+    /// The HTTP listener could not be opened.
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A component stopped with an error.
+    #[error("component {0} failed: {1}")]
+    Component(String, String),
+}
+
+/// Dead-letter topic of a broker-side topic.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Changelog topic of a component's state (broker-side).
+pub fn changelog_topic(kafka: &KafkaConfig, app_id: &str, component: &str, qualifier: Option<&str>) -> String {
+    match qualifier {
+        Some(q) => kafka.topic(&format!("{app_id}.{component}.{q}.changelog")),
+        None => kafka.topic(&format!("{app_id}.{component}.changelog")),
+    }
+}
+
+/// Runs `topology` until SIGTERM or SIGINT.
+pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), RuntimeError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let kafka = topology.kafka.clone();
+    let codec = Codec::new(&topology.registry.url)?;
+    register_contracts(&topology, &codec).await?;
+    kafka::ensure_topics(&kafka, &topic_specs(&topology)).await?;
+    let publisher = Publisher::new(&kafka, &format!("{}-producer", topology.app_id), codec.clone())?;
+
+    let mut router = axum::Router::new();
+    for (id, source) in &topology.sources {
+        let SourceConfig::ErpWebhook(config) = source;
+        let source = ErpWebhookSource::build(id, config.clone(), &kafka, publisher.clone())?;
+        router = router.merge(Arc::new(source).router());
+    }
+
+    let mut tasks: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+    for (name, task) in processor_tasks(&topology, &publisher)? {
+        let span = tracing::info_span!("component", component_kind = "processor", component_id = %name);
+        let rx = shutdown_rx.clone();
+        tasks.spawn(async move { (name, task.run(rx).await.map_err(|e| e.to_string())) }.instrument(span));
+    }
+    for (id, sink) in &topology.sinks {
+        let SinkConfig::StorefrontWebhook(config) = sink;
+        let inputs = config
+            .inputs
+            .iter()
+            .map(|logical| {
+                let topic = kafka.topic(logical);
+                storefront_webhook::Input {
+                    kind: topology.contract(logical).unwrap_or(erpstream_schemas::EventKind::InventoryAvailable),
+                    changelog: Changelog::new(
+                        changelog_topic(&kafka, &topology.app_id, id, Some(logical)),
+                        kafka.clone(),
+                        publisher.clone(),
+                    ),
+                    dlq_topic: dlq_topic(&topic),
+                    topic,
+                }
+            })
+            .collect();
+        let group = format!("{}.{id}", topology.app_id);
+        let sink = StorefrontWebhookSink::build(id, config.clone(), inputs, &kafka, &group, publisher.clone())?;
+        let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
+            component_type = storefront_webhook::TYPE);
+        let rx = shutdown_rx.clone();
+        let name = id.clone();
+        tasks.spawn(async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }.instrument(span));
+    }
+
+    let router = router.merge(http::operations(metrics, publisher.clone(), &topology.registry.url));
+    let listener = tokio::net::TcpListener::bind(topology.http.listen)
+        .await
+        .map_err(|source| RuntimeError::Listen { addr: topology.http.listen, source })?;
+    tracing::info!(listen = %topology.http.listen, "erpstream is running");
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await
+    });
+
+    let mut failure = None;
+    tokio::select! {
+        _ = telemetry::termination() => tracing::info!("shutting down"),
+        Some(done) = tasks.join_next() => {
+            let (name, result) = done.unwrap_or_else(|e| ("task".into(), Err(e.to_string())));
+            let reason = result.err().unwrap_or_else(|| "stopped unexpectedly".into());
+            tracing::error!(component = %name, error = %reason, "component stopped; shutting down");
+            failure = Some(RuntimeError::Component(name, reason));
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((name, Err(reason))) = done {
+            tracing::error!(component = %name, error = %reason, "component failed during shutdown");
+        }
+    }
+    let flush = publisher.clone();
+    let _ = tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(10))).await;
+    tracing::info!("stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+async fn register_contracts(topology: &Topology, codec: &Codec) -> Result<(), RuntimeError> {
+    for logical in topology.topics.keys() {
+        let Some(kind) = topology.contract(logical) else { continue };
+        let topic = topology.kafka.topic(logical);
+        let mut attempt = 0;
+        loop {
+            match codec.register(&topic, kind).await {
+                Ok(id) => {
+                    tracing::info!(subject = %erpstream_schemas::codec::subject(&topic), id, "contract registered");
+                    break;
+                }
+                Err(err) if err.is_retriable() && attempt < 30 => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, attempt, "registry not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every topic the topology needs: declared ones, dead-letter topics of consumed topics, and
+/// changelogs (compacted) of stateful components.
+pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
+    let kafka = &topology.kafka;
+    let mut specs = Vec::new();
+    let mut add = |name: String, partitions: i32, compacted: bool| {
+        if !specs.iter().any(|s: &TopicSpec| s.name == name) {
+            specs.push(TopicSpec { name, partitions, compacted });
+        }
+    };
+    for (logical, topic) in &topology.topics {
+        add(kafka.topic(logical), topic.partitions, topic.compacted);
+    }
+    for chain in chains(topology) {
+        let partitions = chain_partitions(topology, &chain);
+        for input in topology.processors[&chain[0]].inputs() {
+            add(dlq_topic(&kafka.topic(input)), partitions, false);
+        }
+        for id in &chain {
+            add(changelog_topic(kafka, &topology.app_id, id, None), partitions, true);
+        }
+    }
+    for (id, sink) in &topology.sinks {
+        let SinkConfig::StorefrontWebhook(config) = sink;
+        for input in &config.inputs {
+            let partitions = topology.topics.get(input).map_or(1, |t| t.partitions);
+            add(dlq_topic(&kafka.topic(input)), partitions, false);
+            add(changelog_topic(kafka, &topology.app_id, id, Some(input)), partitions, true);
+        }
+    }
+    specs
+}
+
+/// Processor chains, each starting at a processor that reads topics only.
+fn chains(topology: &Topology) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (id, processor) in &topology.processors {
+        if processor.inputs().iter().any(|i| topology.processors.contains_key(i)) {
+            continue;
+        }
+        let mut chain = vec![id.clone()];
+        while let Some((next, _)) = topology
+            .processors
+            .iter()
+            .find(|(_, p)| p.inputs().iter().any(|i| i == chain.last().unwrap_or(id)))
+        {
+            if chain.contains(next) {
+                break;
+            }
+            chain.push(next.clone());
+        }
+        out.push(chain);
+    }
+    out
+}
+
+fn chain_partitions(topology: &Topology, chain: &[String]) -> i32 {
+    topology.processors[&chain[0]]
+        .inputs()
+        .iter()
+        .filter_map(|i| topology.topics.get(i))
+        .map(|t| t.partitions)
+        .max()
+        .unwrap_or(1)
+}
+
+fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Vec<(String, StreamTask)>, RuntimeError> {
+    let kafka = &topology.kafka;
+    let mut tasks = Vec::new();
+    for chain in chains(topology) {
+        let mut processors: Vec<Box<dyn Processor>> = Vec::new();
+        let mut changelogs = Vec::new();
+        for id in &chain {
+            let processor: Box<dyn Processor> = match &topology.processors[id] {
+                ProcessorConfig::Dedupe(c) => Box::new(Dedupe::new(id, c, c.output.as_deref().map(|o| kafka.topic(o)))),
+                ProcessorConfig::Inventory(c) => Box::new(Inventory::new(id, c, kafka.topic(&c.output))),
+            };
+            processors.push(processor);
+            changelogs.push(Changelog::new(changelog_topic(kafka, &topology.app_id, id, None), kafka.clone(), publisher.clone()));
+        }
+        let inputs = topology.processors[&chain[0]]
+            .inputs()
+            .iter()
+            .filter_map(|logical| {
+                let kind = topology.contract(logical)?;
+                let topic = kafka.topic(logical);
+                Some((topic.clone(), kind, dlq_topic(&topic)))
+            })
+            .collect();
+        let name = chain.join("+");
+        let group = format!("{}.{}", topology.app_id, chain[0]);
+        let consumer = kafka::group_consumer(kafka, &group, &name)?;
+        tasks.push((name.clone(), StreamTask::new(name, consumer, inputs, processors, changelogs, publisher.clone())));
+    }
+    Ok(tasks)
+}
