@@ -1,1 +1,407 @@
-//! placeholder
+//! Harness for erpstream's end-to-end tests: a real pipeline process against the real local
+//! stack (started by `deploy/local/up.sh`), a storefront receiver that verifies signatures,
+//! and helpers to post signed webhooks and read topics back through the registry.
+//!
+//! Every test gets its own app id and topic prefix, so tests run side by side.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Secret the test ERP signs with.
+pub const ERP_SECRET: &str = "test-erp-secret";
+/// Secret the test storefront verifies with.
+pub const STOREFRONT_SECRET: &str = "test-storefront-secret";
+
+/// Where the local stack is.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Registry URL.
+    pub registry: String,
+}
+
+impl Stack {
+    /// Reads the stack's address from the environment `deploy/local/env.sh` exports.
+    pub fn from_env() -> Self {
+        let get = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the tests with deploy/local/test.sh, or start deploy/local/up.sh and source deploy/local/env.sh")
+            })
+        };
+        Self { brokers: get("ERPSTREAM_BROKERS"), registry: get("ERPSTREAM_REGISTRY_URL") }
+    }
+}
+
+/// A fresh random suffix.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("x"))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Lowercase hex HMAC-SHA256.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request the storefront received.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Parsed body.
+    pub body: Value,
+    /// Whether `X-Signature` matched.
+    pub signed: bool,
+    /// The `webhook-id` header.
+    pub webhook_id: String,
+    /// The status the storefront answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct StorefrontState {
+    deliveries: Mutex<Vec<Delivery>>,
+    /// 0: answer 200; otherwise answer this status.
+    fail_with: AtomicU16,
+    /// Skus that always fail with 500.
+    poisoned: Mutex<Vec<String>>,
+}
+
+/// A storefront receiver on a random port.
+#[derive(Clone)]
+pub struct Storefront {
+    state: Arc<StorefrontState>,
+    /// Its URL.
+    pub url: String,
+}
+
+impl Storefront {
+    /// Starts the receiver.
+    pub async fn start() -> Self {
+        let state = Arc::new(StorefrontState::default());
+        let app = axum::Router::new().route("/storefront", axum::routing::post(receive)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind storefront");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { state, url: format!("http://{addr}/storefront") }
+    }
+
+    /// Answer every request with `status` (0 = healthy again).
+    pub fn fail_with(&self, status: u16) {
+        self.state.fail_with.store(status, Ordering::SeqCst);
+    }
+
+    /// Always answer 500 for deliveries about `sku`.
+    pub fn poison(&self, sku: &str) {
+        self.state.poisoned.lock().expect("lock").push(sku.to_string());
+    }
+
+    /// Every request so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.deliveries.lock().expect("lock").clone()
+    }
+
+    /// Successful (2xx) inventory deliveries of `sku`, in arrival order.
+    pub fn stock_of(&self, sku: &str) -> Vec<Value> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.status < 300 && d.body["event_type"] == "inventory.change" && d.body["data"]["sku"] == sku)
+            .map(|d| d.body["data"].clone())
+            .collect()
+    }
+}
+
+async fn receive(State(state): State<Arc<StorefrontState>>, headers: HeaderMap, body: bytes::Bytes) -> StatusCode {
+    let signed = headers.get("x-signature").and_then(|v| v.to_str().ok()) == Some(sign(STOREFRONT_SECRET, &body).as_str());
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let sku = parsed["data"]["sku"].as_str().unwrap_or_default().to_string();
+    let mut status = match state.fail_with.load(Ordering::SeqCst) {
+        0 => 200,
+        s => s,
+    };
+    if state.poisoned.lock().expect("lock").contains(&sku) {
+        status = 500;
+    }
+    if !signed {
+        status = 401;
+    }
+    let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    state.deliveries.lock().expect("lock").push(Delivery { body: parsed, signed, webhook_id, status });
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Knobs of a test topology.
+#[derive(Clone, Debug)]
+pub struct TopologyOptions {
+    /// Broker to use (defaults to the stack's).
+    pub brokers: String,
+    /// Registry to use.
+    pub registry: String,
+    /// Storefront URL.
+    pub storefront: String,
+    /// Sink attempts before the DLQ.
+    pub max_attempts: u32,
+    /// Produce acknowledgement timeout.
+    pub delivery_timeout: &'static str,
+}
+
+/// A running `erpstream run` process with its own app id, topics and port.
+pub struct Pipeline {
+    child: Option<Child>,
+    topology: PathBuf,
+    /// Base URL of its HTTP listener.
+    pub url: String,
+    /// Its topic prefix.
+    pub prefix: String,
+    log: PathBuf,
+}
+
+impl Pipeline {
+    /// A topology for this test (not started yet).
+    pub fn configure(options: &TopologyOptions) -> Self {
+        let prefix = unique("t") + ".";
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("erpstream-test-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let topology = dir.join("topology.yaml");
+        let text = format!(
+            r#"app_id: {app}
+http:
+  listen: 127.0.0.1:{port}
+kafka:
+  brokers: {brokers}
+  topic_prefix: "{prefix}"
+  delivery_timeout: {delivery_timeout}
+registry:
+  url: {registry}
+topics:
+  catalog.update: {{ partitions: 2 }}
+  inventory.change: {{ partitions: 2 }}
+  inventory.available: {{ partitions: 2, compacted: true }}
+sources:
+  erp:
+    type: erp_webhook
+    secrets: [{{ env: TEST_ERP_SECRET_OLD }}, {{ env: TEST_ERP_SECRET }}]
+    max_body: 64KiB
+processors:
+  dedupe:
+    type: dedupe
+    inputs: [inventory.change]
+  inventory:
+    type: inventory
+    inputs: [dedupe]
+    output: inventory.available
+sinks:
+  storefront:
+    type: storefront_webhook
+    inputs: [inventory.available, catalog.update]
+    url: {storefront}
+    secret: {{ env: TEST_STOREFRONT_SECRET }}
+    request_timeout: 2s
+    retry: {{ max_attempts: {attempts}, initial_backoff: 50ms, max_backoff: 500ms }}
+"#,
+            app = prefix.trim_end_matches('.'),
+            brokers = options.brokers,
+            registry = options.registry,
+            storefront = options.storefront,
+            attempts = options.max_attempts,
+            delivery_timeout = options.delivery_timeout,
+        );
+        std::fs::write(&topology, text).expect("write topology");
+        Self { child: None, log: dir.join("pipeline.log"), topology, url: format!("http://127.0.0.1:{port}"), prefix }
+    }
+
+    /// Starts the process and waits until `/readyz` answers 200.
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("--topology")
+            .arg(&self.topology)
+            .env("TEST_ERP_SECRET_OLD", "rotated-out-secret")
+            .env("TEST_ERP_SECRET", ERP_SECRET)
+            .env("TEST_STOREFRONT_SECRET", STOREFRONT_SECRET)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn erpstream");
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.url);
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("erpstream exited with {status} during start-up; log:\n{}", self.log_text());
+                }
+            }
+            if client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < until, "pipeline not ready after 90s; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown work at all.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "erpstream exited with {status} after SIGTERM; log:\n{}", self.log_text());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            panic!("erpstream did not stop within 30s of SIGTERM");
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The broker-side name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.prefix)
+    }
+
+    /// POSTs a body to `/webhooks/erp` signed with `secret`; returns status, headers and JSON.
+    pub async fn post_webhook(&self, body: &[u8], secret: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/webhooks/erp", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(secret) = secret {
+            request = request.header("x-signature", sign(secret, body));
+        }
+        let response = request.send().await.expect("post webhook");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, headers, json)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The erpstream binary under test: `ERPSTREAM_BIN`, else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("ERPSTREAM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/erpstream"))
+}
+
+/// An `inventory.change` webhook body.
+pub fn inventory_body(sku: &str, location: &str, quantity: i64, timestamp: &str) -> Vec<u8> {
+    serde_json::json!({
+        "event_type": "inventory.change",
+        "timestamp": timestamp,
+        "data": {"sku": sku, "location_code": location, "new_quantity": quantity, "change_reason": "POS_SALE"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    /// Key.
+    pub key: String,
+    /// Raw value.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: HashMap<String, String>,
+}
+
+/// Every record currently in `topic` (all partitions, up to their high watermarks).
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader-"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+            ends.insert(p, high);
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() && Instant::now() < until {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let headers = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
+        records.push(TopicRecord {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&message.partition());
+        }
+    }
+    records
+}

@@ -136,7 +136,12 @@ pub struct ErpWebhook {
 
 /// Parses and validates a webhook body.
 pub fn parse(body: &[u8]) -> Result<ErpWebhook, FieldError> {
-    let envelope: Envelope = deserialize_at("", &mut serde_json::Deserializer::from_slice(body))?;
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| FieldError::new("body", format!("is not valid JSON: {}", clean_reason(&e.to_string()))))?;
+    if !json.is_object() {
+        return Err(FieldError::new("body", "must be a JSON object with event_type, timestamp and data"));
+    }
+    let envelope: Envelope = deserialize_at("", json)?;
     let occurred_at = chrono::DateTime::parse_from_rfc3339(envelope.timestamp.trim())
         .map_err(|_| FieldError::new("timestamp", "must be an RFC 3339 date-time, e.g. 2024-01-20T10:05:00Z"))?
         .timestamp_millis();

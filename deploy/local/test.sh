@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: builds erpstream, starts the local stack
+# (installing tansu if missing), runs unit and end-to-end tests with cargo-nextest, and
+# stops the stack it started. Extra arguments go to `cargo nextest run`.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ERPSTREAM_ROOT"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "[test] installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi
+echo "[test] building" >&2
+cargo build --workspace --all-targets
+export ERPSTREAM_BIN="$ERPSTREAM_ROOT/target/debug/erpstream"
+started_stack=0
+if [ ! -f "$ERPSTREAM_STATE_DIR/run/tansu.pid" ] || ! kill -0 "$(cat "$ERPSTREAM_STATE_DIR/run/tansu.pid")" 2>/dev/null; then
+  started_stack=1
+fi
+deploy/local/up.sh
+if [ "$started_stack" = 1 ] && [ "${ERPSTREAM_KEEP_STACK:-0}" != 1 ]; then
+  trap 'deploy/local/down.sh' EXIT
+fi
+cargo nextest run --workspace --no-fail-fast "$@"
