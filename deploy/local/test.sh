@@ -11,7 +11,7 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 echo "[test] building" >&2
 cargo build --workspace --all-targets
-export ERPSTREAM_BIN="$ERPSTREAM_ROOT/target/debug/erpstream"
+export ERPSTREAM_BIN="${CARGO_TARGET_DIR:-$ERPSTREAM_ROOT/target}/debug/erpstream"
 started_stack=0
 if [ ! -f "$ERPSTREAM_STATE_DIR/run/tansu.pid" ] || ! kill -0 "$(cat "$ERPSTREAM_STATE_DIR/run/tansu.pid")" 2>/dev/null; then
   started_stack=1

@@ -26,7 +26,7 @@ fi
 if [ -z "${ERPSTREAM_BIN:-}" ]; then
   log "building erpstream (release)"
   (cd "$ERPSTREAM_ROOT" && cargo build --release --bin erpstream)
-  ERPSTREAM_BIN="$ERPSTREAM_ROOT/target/release/erpstream"
+  ERPSTREAM_BIN="${CARGO_TARGET_DIR:-$ERPSTREAM_ROOT/target}/release/erpstream"
 fi
 [ -x "$ERPSTREAM_BIN" ] || { log "ERPSTREAM_BIN=$ERPSTREAM_BIN is not executable"; exit 1; }
 echo "$ERPSTREAM_BIN" > "$state/run/erpstream.bin"
