@@ -2,8 +2,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::KafkaConfig;
 
@@ -58,4 +58,13 @@ pub fn group_consumer(
         .set("heartbeat.interval.ms", "1000")
         .create_with_context(context.clone())?;
     Ok((consumer, context))
+}
+
+/// Commits the stored offsets synchronously at shutdown; "nothing stored since the last
+/// commit" is not an error.
+pub fn commit_stored(consumer: &GroupConsumer) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final offset commit failed"),
+    }
 }

@@ -18,7 +18,7 @@ mod producer;
 pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::Changelog;
 pub use config::KafkaConfig;
-pub use consumer::{GroupConsumer, TrackingContext, group_consumer};
+pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
 pub use producer::{Ack, PublishError, Publisher, RawRecord};
 
 /// Kafka header carrying the W3C trace context.

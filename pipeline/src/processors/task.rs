@@ -10,7 +10,7 @@ use erpstream_connectors::metrics as m;
 use erpstream_schemas::{Codec, CodecError, EventKind, Traceparent};
 use futures::StreamExt;
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -88,9 +88,7 @@ impl StreamTask {
             }
             self.process_batch(batch, &mut shutdown).await;
         }
-        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %err, "final offset commit failed");
-        }
+        erpstream_connectors::kafka::commit_stored(&self.consumer);
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use erpstream_schemas::{Codec, EventKind};
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -172,9 +172,7 @@ impl StorefrontWebhookSink {
             state.store_offsets(&self);
         }
         state.store_offsets(&self);
-        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %err, "final offset commit failed");
-        }
+        crate::kafka::commit_stored(&self.consumer);
         Ok(())
     }
 }
