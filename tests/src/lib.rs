@@ -203,6 +203,7 @@ kafka:
   brokers: {brokers}
   topic_prefix: "{prefix}"
   delivery_timeout: {delivery_timeout}
+  idempotence: false
 registry:
   url: {registry}
 topics:

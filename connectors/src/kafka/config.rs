@@ -26,11 +26,20 @@ pub struct KafkaConfig {
     /// failed (the webhook then answers 503).
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// Idempotent producer (no duplicates or reordering from producer retries). Keep it on
+    /// with real Kafka; tansu 0.6.0 can panic in its sequence check and stop serving, so the
+    /// local stack turns it off. Without it retries may duplicate a record (dedupe and the
+    /// version guards absorb that) and one request is in flight per connection to keep order.
+    #[serde(default = "default_idempotence")]
+    pub idempotence: bool,
     /// Extra librdkafka properties (security settings, for example).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
 
+fn default_idempotence() -> bool {
+    true
+}
 fn default_replication_factor() -> i32 {
     1
 }
@@ -54,6 +63,7 @@ impl KafkaConfig {
             linger: default_linger(),
             fetch_wait: default_fetch_wait(),
             delivery_timeout: default_delivery_timeout(),
+            idempotence: default_idempotence(),
             properties: BTreeMap::new(),
         }
     }

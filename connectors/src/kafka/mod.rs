@@ -3,7 +3,7 @@
 //! creation.
 //!
 //! Contract: a [`Publisher`] send completes only when the broker has acknowledged the record
-//! (`acks=all`, idempotent producer); consumers never store an offset on their own
+//! (`acks=all`, idempotent producer unless `kafka.idempotence` is off); consumers never store an offset on their own
 //! (`enable.auto.offset.store=false`): a component stores the offset of a record only once
 //! the record's effects are durable, and the client commits stored offsets periodically and
 //! at shutdown. After a crash, records after the last commit are seen again, so every

@@ -71,10 +71,12 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer (no I/O until the first send).
     pub fn new(config: &KafkaConfig, client_id: &str, codec: Codec) -> Result<Self, KafkaError> {
-        let producer = config
-            .client_config(client_id)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
+        let mut client = config.client_config(client_id);
+        client.set("acks", "all").set("enable.idempotence", config.idempotence.to_string());
+        if !config.idempotence {
+            client.set("max.in.flight.requests.per.connection", "1");
+        }
+        let producer = client
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
             .set("request.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
