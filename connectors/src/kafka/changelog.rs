@@ -50,12 +50,14 @@ impl Changelog {
             .await
     }
 
-    /// Reads `partition` from its beginning to the high watermark at the time of the call
-    /// and returns the latest value of every live key.
-    pub async fn restore(&self, partition: i32) -> Result<HashMap<String, Vec<u8>>, KafkaError> {
+    /// Reads each of `partitions` from its beginning to its high watermark at the time of
+    /// the call, with one consumer, and returns the latest value of every live key per
+    /// partition.
+    pub async fn restore(&self, partitions: &[i32]) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
         let topic = self.topic.clone();
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || restore_blocking(&config, &topic, partition))
+        let partitions = partitions.to_vec();
+        tokio::task::spawn_blocking(move || restore_blocking(&config, &topic, &partitions))
             .await
             .map_err(|_| KafkaError::Canceled)?
     }
@@ -64,8 +66,8 @@ impl Changelog {
 fn restore_blocking(
     config: &KafkaConfig,
     topic: &str,
-    partition: i32,
-) -> Result<HashMap<String, Vec<u8>>, KafkaError> {
+    partitions: &[i32],
+) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
     let consumer: BaseConsumer = config
         .client_config("erpstream-restore")
         .set("group.id", format!("{topic}.restore"))
@@ -73,34 +75,43 @@ fn restore_blocking(
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", config.fetch_wait.as_millis().max(1).to_string())
         .create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-    let mut state = HashMap::new();
-    if high <= low {
+    let mut state: HashMap<i32, HashMap<String, Vec<u8>>> = HashMap::new();
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        state.insert(partition, HashMap::new());
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    if ends.is_empty() {
         return Ok(state);
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
+    while !ends.is_empty() {
         if std::time::Instant::now() > deadline {
             return Err(KafkaError::Canceled);
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
         let message = message?;
-        if let Some(key) = message.key() {
+        let partition = message.partition();
+        if let (Some(key), Some(keys)) = (message.key(), state.get_mut(&partition)) {
             let key = String::from_utf8_lossy(key).into_owned();
             match message.payload() {
                 Some(value) => {
-                    state.insert(key, value.to_vec());
+                    keys.insert(key, value.to_vec());
                 }
                 None => {
-                    state.remove(&key);
+                    keys.remove(&key);
                 }
             }
         }
-        if message.offset() + 1 >= high {
-            return Ok(state);
+        if ends.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
+            ends.remove(&partition);
         }
     }
+    Ok(state)
 }

@@ -3,8 +3,9 @@
 //!
 //! The load is open-loop: webhook `i` is due at `start + i / rate`, and latency is measured
 //! from that scheduled time, so a lagging generator cannot hide delay. Every inventory
-//! update of a sku and location carries a quantity that key never had before, so each
-//! delivered quantity identifies the webhook that caused it.
+//! update of a sku and location carries a quantity that key never had before (random start
+//! in a wide range, then counting up, so earlier runs do not collide), so each delivered
+//! quantity identifies the webhook that caused it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,7 +149,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             let sku = skus.choose(&mut rng).cloned().unwrap_or_default();
             let location = locations.choose(&mut rng).cloned().unwrap_or_default();
             let key = (sku.clone(), location.clone());
-            let quantity = quantities.entry(key.clone()).and_modify(|q| *q += 1).or_insert(rng.random_range(10..500));
+            let quantity = quantities.entry(key.clone()).and_modify(|q| *q += 1).or_insert(rng.random_range(10..10_000_000));
             let quantity = quantity.to_string();
             state.inner.lock().unwrap_or_else(|p| p.into_inner()).due.insert((sku.clone(), location.clone(), quantity.clone()), due);
             last_sent.insert(key, quantity.clone());

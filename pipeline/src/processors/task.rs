@@ -2,7 +2,7 @@
 //! record, make its effects durable in order (emitted records, then changelogs from the last
 //! processor of the chain to the first), then store the batch's offsets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use erpstream_connectors::kafka::{Changelog, GroupConsumer, Publisher, RawRecord, TrackingContext, TRACEPARENT_HEADER};
@@ -102,11 +102,18 @@ impl StreamTask {
         let mut effects = Effects::default();
         let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead_letters = Vec::new();
+        let mut unrestored: BTreeSet<i32> =
+            batch.iter().map(|m| m.partition()).filter(|p| !self.restored.contains(p)).collect();
+        if !unrestored.is_empty() {
+            // Restore every assigned partition now, in one pass, rather than one partition
+            // at a time as their first records arrive.
+            if let Ok(assignment) = self.consumer.assignment() {
+                unrestored.extend(assignment.elements().iter().map(|e| e.partition()).filter(|p| !self.restored.contains(p)));
+            }
+            self.restore(&unrestored.into_iter().collect::<Vec<_>>()).await;
+        }
         for message in batch {
             let partition = message.partition();
-            if !self.restored.contains(&partition) {
-                self.restore(partition).await;
-            }
             offsets.insert((message.topic().to_string(), partition), message.offset() + 1);
             match self.decode(&message).await {
                 Ok(record) => {
@@ -145,12 +152,12 @@ impl StreamTask {
         }
     }
 
-    async fn restore(&mut self, partition: i32) {
+    async fn restore(&mut self, partitions: &[i32]) {
         for (processor, changelog) in self.chain.iter_mut().zip(&self.changelogs) {
             let mut attempt = 0u32;
-            let entries = loop {
-                match changelog.restore(partition).await {
-                    Ok(entries) => break entries,
+            let mut restored = loop {
+                match changelog.restore(partitions).await {
+                    Ok(restored) => break restored,
                     Err(err) => {
                         attempt += 1;
                         tracing::warn!(error = %err, attempt, "state restore failed; retrying");
@@ -158,10 +165,13 @@ impl StreamTask {
                     }
                 }
             };
-            tracing::info!(processor = processor.id(), partition, keys = entries.len(), "state restored");
-            processor.restore(partition, entries);
+            for &partition in partitions {
+                let entries = restored.remove(&partition).unwrap_or_default();
+                tracing::info!(processor = processor.id(), partition, keys = entries.len(), "state restored");
+                processor.restore(partition, entries);
+            }
         }
-        self.restored.insert(partition);
+        self.restored.extend(partitions.iter().copied());
     }
 
     async fn decode(&self, message: &OwnedMessage) -> Result<Record, CodecError> {

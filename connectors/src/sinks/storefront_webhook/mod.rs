@@ -275,7 +275,18 @@ impl State {
         let Some(input) = sink.inputs.get(&tp.0).cloned() else { return };
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         if !self.guard.contains_key(&tp) {
-            self.restore(sink, &input, tp.1).await;
+            // Restore every assigned partition of this topic in one pass.
+            let mut partitions = vec![tp.1];
+            if let Ok(assignment) = sink.consumer.assignment() {
+                partitions.extend(
+                    assignment
+                        .elements_for_topic(&tp.0)
+                        .iter()
+                        .map(|e| e.partition())
+                        .filter(|p| *p != tp.1 && !self.guard.contains_key(&(tp.0.clone(), *p))),
+                );
+            }
+            self.restore(sink, &input, &partitions).await;
         }
         let progress = self.progress.entry(tp.clone()).or_insert_with(|| Progress { next: offset, stored: offset, ..Default::default() });
         progress.next = progress.next.max(offset + 1);
@@ -304,21 +315,25 @@ impl State {
         }
     }
 
-    async fn restore(&mut self, sink: &StorefrontWebhookSink, input: &Input, partition: i32) {
+    async fn restore(&mut self, sink: &StorefrontWebhookSink, input: &Input, partitions: &[i32]) {
         let horizon = erpstream_schemas::now_millis() - sink.config.dedupe_window.as_millis() as i64;
-        let mut entries = HashMap::new();
         let mut attempt = 0u32;
         loop {
-            match input.changelog.restore(partition).await {
-                Ok(raw) => {
-                    for (key, value) in raw {
-                        match serde_json::from_slice::<GuardEntry>(&value) {
-                            Ok(GuardEntry::Seen { at }) if at < horizon => {}
-                            Ok(entry) => {
-                                entries.insert(key, entry);
+            match input.changelog.restore(partitions).await {
+                Ok(restored) => {
+                    for (partition, raw) in restored {
+                        let mut entries = HashMap::new();
+                        for (key, value) in raw {
+                            match serde_json::from_slice::<GuardEntry>(&value) {
+                                Ok(GuardEntry::Seen { at }) if at < horizon => {}
+                                Ok(entry) => {
+                                    entries.insert(key, entry);
+                                }
+                                Err(err) => tracing::warn!(error = %err, "skipping unreadable guard entry"),
                             }
-                            Err(err) => tracing::warn!(error = %err, "skipping unreadable guard entry"),
                         }
+                        tracing::info!(topic = %input.topic, partition, keys = entries.len(), "delivery guard restored");
+                        self.guard.insert((input.topic.clone(), partition), entries);
                     }
                     break;
                 }
@@ -329,8 +344,6 @@ impl State {
                 }
             }
         }
-        tracing::info!(topic = %input.topic, partition, keys = entries.len(), "delivery guard restored");
-        self.guard.insert((input.topic.clone(), partition), entries);
     }
 
     /// The deliveries one record asks for, after the guard and the queue have had their say.
