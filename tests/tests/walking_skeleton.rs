@@ -53,6 +53,17 @@ async fn signed_inventory_change_reaches_the_storefront_and_decodes_through_the_
     assert_eq!(event.new_quantity.map(|q| q.normalize().to_string()), Some("14".to_string()));
     assert_eq!(event.event_id, reply["event_id"].as_str().unwrap_or_default());
     assert_eq!(event.occurred_at, 1_705_745_100_000);
+
+    let metrics = reqwest::get(format!("{}/metrics", pipeline.url)).await.expect("metrics").text().await.expect("text");
+    for series in [
+        r#"erpstream_end_to_end_latency_seconds_count{component_id="storefront"} 1"#,
+        r#"erpstream_component_sent_events_total{component_id="erp",component_type="erp_webhook"} 1"#,
+        r#"erpstream_component_sent_events_total{component_id="storefront",component_type="storefront_webhook"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "missing {series} in /metrics:\n{metrics}");
+    }
+    let ready = reqwest::get(format!("{}/readyz", pipeline.url)).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -75,7 +75,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let kafka = topology.kafka.clone();
     let codec = Codec::new(&topology.registry.url)?;
     register_contracts(&topology, &codec).await?;
-    kafka::ensure_topics(&kafka, &topic_specs(&topology)).await?;
+    create_topics(&kafka, &topology).await?;
     let publisher = Publisher::new(&kafka, &format!("{}-producer", topology.app_id), codec.clone())?;
 
     let mut router = axum::Router::new();
@@ -177,6 +177,26 @@ async fn register_contracts(topology: &Topology, codec: &Codec) -> Result<(), Ru
         }
     }
     Ok(())
+}
+
+/// Creates missing topics, waiting out a broker that is slow to answer (it may have just
+/// started); a partition-count mismatch stops the start at once.
+async fn create_topics(kafka: &KafkaConfig, topology: &Topology) -> Result<(), RuntimeError> {
+    let specs = topic_specs(topology);
+    let mut attempt = 0;
+    loop {
+        match kafka::ensure_topics(kafka, &specs).await {
+            Ok(()) => return Ok(()),
+            Err(rdkafka::error::KafkaError::AdminOp(code))
+                if attempt < 30 && !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidPartitions) =>
+            {
+                attempt += 1;
+                tracing::warn!(error = %code, attempt, "broker did not create topics yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// Every topic the topology needs: declared ones, dead-letter topics of consumed topics, and
