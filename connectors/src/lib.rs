@@ -12,4 +12,4 @@ pub mod sinks;
 pub mod sources;
 pub mod validation;
 
-pub use secret::{SecretRef, SecretError};
+pub use secret::{SecretError, SecretRef};

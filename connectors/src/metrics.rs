@@ -37,16 +37,32 @@ pub const REASON: &str = "reason";
 
 /// Registers descriptions for every metric above (call once at start-up).
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(RECEIVED_EVENTS, "Events a component took in.");
     describe_counter!(SENT_EVENTS, "Events a component published or delivered.");
     describe_counter!(ERRORS, "Component failures by error_type and stage.");
     describe_counter!(DROPPED_EVENTS, "Events dropped on purpose, by reason.");
     describe_counter!(DEAD_LETTERED, "Records sent to a dead-letter topic.");
     describe_counter!(RETRIES, "Delivery attempts that were retried.");
-    describe_histogram!(END_TO_END_LATENCY, Unit::Seconds, "Accepted by erpstream to sink 2xx.");
-    describe_histogram!(ERP_TO_SINK_LATENCY, Unit::Seconds, "ERP change time to sink 2xx.");
-    describe_histogram!(INGEST_LATENCY, Unit::Seconds, "Webhook receipt to broker acknowledgement.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Outbound HTTP request duration.");
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Accepted by erpstream to sink 2xx."
+    );
+    describe_histogram!(
+        ERP_TO_SINK_LATENCY,
+        Unit::Seconds,
+        "ERP change time to sink 2xx."
+    );
+    describe_histogram!(
+        INGEST_LATENCY,
+        Unit::Seconds,
+        "Webhook receipt to broker acknowledgement."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Outbound HTTP request duration."
+    );
     describe_gauge!(PENDING, "Deliveries waiting in a sink.");
 }

@@ -29,7 +29,9 @@ impl TryFrom<SecretFields> for SecretRef {
         match (fields.env, fields.file) {
             (Some(env), None) if !env.is_empty() => Ok(SecretRef::Env(env)),
             (None, Some(file)) => Ok(SecretRef::File(file)),
-            _ => Err("must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)"),
+            _ => Err(
+                "must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)",
+            ),
         }
     }
 }
@@ -63,8 +65,10 @@ impl SecretRef {
                 format!("environment variable {name}"),
             ),
             SecretRef::File(path) => (
-                std::fs::read_to_string(path)
-                    .map_err(|source| SecretError::File { path: path.clone(), source })?,
+                std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?,
                 format!("file {}", path.display()),
             ),
         };

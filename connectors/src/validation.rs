@@ -13,7 +13,10 @@ pub struct Problem {
 impl Problem {
     /// A problem at `path`.
     pub fn new(path: impl Into<String>, rule: impl Into<String>) -> Self {
-        Self { path: path.into(), rule: rule.into() }
+        Self {
+            path: path.into(),
+            rule: rule.into(),
+        }
     }
 }
 

@@ -33,7 +33,11 @@ enum Command {
     /// Serve a Confluent-compatible schema registry stored in Postgres (for local use).
     Registry {
         /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:8081", env = "ERPSTREAM_REGISTRY_LISTEN")]
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8081",
+            env = "ERPSTREAM_REGISTRY_LISTEN"
+        )]
         listen: SocketAddr,
         /// Postgres connection string.
         #[arg(long, env = "ERPSTREAM_REGISTRY_DATABASE_URL")]
@@ -106,21 +110,48 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run { topology } => {
-            let topology = Topology::load(&topology).map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
-            let metrics = runtime::telemetry::init_metrics().context("could not install the metrics recorder")?;
+            let topology = Topology::load(&topology)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
+            let metrics = runtime::telemetry::init_metrics()
+                .context("could not install the metrics recorder")?;
             runtime::run(topology, metrics).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Registry { listen, database_url } => {
+        Command::Registry {
+            listen,
+            database_url,
+        } => {
             registry::serve(listen, &database_url).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { target, listen, events, rate, skus, locations, duplicates, erp_secret, storefront_secret, report } => {
+        Command::Demo {
+            target,
+            listen,
+            events,
+            rate,
+            skus,
+            locations,
+            duplicates,
+            erp_secret,
+            storefront_secret,
+            report,
+        } => {
             anyhow::ensure!(rate > 0.0, "--rate must be > 0");
-            anyhow::ensure!(skus > 0 && locations > 0, "--skus and --locations must be > 0");
+            anyhow::ensure!(
+                skus > 0 && locations > 0,
+                "--skus and --locations must be > 0"
+            );
             let config = demo::DemoConfig {
-                target, listen, events, rate, skus, locations, duplicate_share: duplicates,
-                erp_secret, storefront_secret, settle: Duration::from_secs(60),
+                target,
+                listen,
+                events,
+                rate,
+                skus,
+                locations,
+                duplicate_share: duplicates,
+                erp_secret,
+                storefront_secret,
+                settle: Duration::from_secs(60),
             };
             let result = demo::run(config).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
@@ -128,9 +159,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
                     .with_context(|| format!("could not write {}", path.display()))?;
             }
-            let healthy = result.failed == 0 && result.bad_signatures == 0 && result.out_of_order == 0
+            let healthy = result.failed == 0
+                && result.bad_signatures == 0
+                && result.out_of_order == 0
                 && result.keys_consistent == result.keys_total;
-            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -57,7 +57,13 @@ pub enum CodecError {
 impl CodecError {
     /// Whether the same call may succeed later.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, CodecError::Registry { retriable: true, .. })
+        matches!(
+            self,
+            CodecError::Registry {
+                retriable: true,
+                ..
+            }
+        )
     }
 
     fn registry(err: SRCError) -> Self {
@@ -65,7 +71,10 @@ impl CodecError {
             Some(cause) => format!("{}: {cause}", err.error),
             None => err.error.clone(),
         };
-        CodecError::Registry { message, retriable: err.retriable }
+        CodecError::Registry {
+            message,
+            retriable: err.retriable,
+        }
     }
 }
 
@@ -114,19 +123,25 @@ impl Codec {
     /// Registers the contract of `kind` under `<topic>-value` and returns its schema id.
     /// Registering an identical schema again returns the same id.
     pub async fn register(&self, topic: &str, kind: EventKind) -> Result<u32, CodecError> {
-        let registered =
-            post_schema(&self.inner.settings, subject(topic), supplied(kind))
-                .await
-                .map_err(CodecError::registry)?;
+        let registered = post_schema(&self.inner.settings, subject(topic), supplied(kind))
+            .await
+            .map_err(CodecError::registry)?;
         Ok(registered.id)
     }
 
     /// Encodes `event` for `topic` (wire format with the id of this build's schema).
     pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>, CodecError> {
         let value = self.to_value(event)?;
-        let strategy =
-            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied(E::KIND));
-        self.inner.encoder.encode_value(value, &strategy).await.map_err(CodecError::registry)
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            topic.to_string(),
+            false,
+            supplied(E::KIND),
+        );
+        self.inner
+            .encoder
+            .encode_value(value, &strategy)
+            .await
+            .map_err(CodecError::registry)
     }
 
     /// The Avro value of `event`, resolved against its schema (decimals, timestamps, unions).
@@ -134,7 +149,10 @@ impl Codec {
         let schema = &self.inner.schemas[&E::KIND];
         apache_avro::to_value(event)
             .and_then(|v| v.resolve(schema))
-            .map_err(|source| CodecError::Encode { kind: E::KIND, source })
+            .map_err(|source| CodecError::Encode {
+                kind: E::KIND,
+                source,
+            })
     }
 
     /// Decodes a wire-format record into `E`.
@@ -146,11 +164,22 @@ impl Codec {
     /// Decodes a wire-format record into a generic Avro value, whatever its schema.
     pub async fn decode_value(&self, payload: &[u8]) -> Result<Value, CodecError> {
         if payload.len() < 5 || payload[0] != 0 {
-            return Err(CodecError::Decode("not in the Confluent wire format".into()));
+            return Err(CodecError::Decode(
+                "not in the Confluent wire format".into(),
+            ));
         }
-        let decoded = self.inner.decoder.decode(Some(payload)).await.map_err(|e| {
-            if e.retriable { CodecError::registry(e) } else { CodecError::Decode(e.error) }
-        })?;
+        let decoded = self
+            .inner
+            .decoder
+            .decode(Some(payload))
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    CodecError::registry(e)
+                } else {
+                    CodecError::Decode(e.error)
+                }
+            })?;
         Ok(decoded.value)
     }
 }
@@ -186,14 +215,23 @@ pub fn value_to_json(value: &Value) -> serde_json::Value {
         Value::Double(f) => J::from(*f),
         Value::String(s) | Value::Enum(_, s) => J::String(s.clone()),
         Value::Uuid(u) => J::String(u.to_string()),
-        Value::Bytes(b) | Value::Fixed(_, b) => J::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+        Value::Bytes(b) | Value::Fixed(_, b) => {
+            J::String(b.iter().map(|x| format!("{x:02x}")).collect())
+        }
         Value::Decimal(d) => decimal_json(d),
         Value::Union(_, inner) => value_to_json(inner),
         Value::Array(items) => J::Array(items.iter().map(value_to_json).collect()),
-        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()),
-        Value::Record(fields) => {
-            J::Object(fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
-        }
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), value_to_json(v)))
+                .collect(),
+        ),
+        Value::Record(fields) => J::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_to_json(v)))
+                .collect(),
+        ),
         other => J::String(format!("{other:?}")),
     }
 }
@@ -202,7 +240,11 @@ fn decimal_json(d: &apache_avro::Decimal) -> serde_json::Value {
     // The scale lives in the schema, not the value: render the unscaled integer; callers that
     // need exact numbers decode into the typed events instead.
     let bytes: Vec<u8> = d.try_into().unwrap_or_default();
-    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
+    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0
+    };
     let mut buf = [fill; 16];
     if bytes.len() <= 16 {
         buf[16 - bytes.len()..].copy_from_slice(&bytes);

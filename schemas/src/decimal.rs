@@ -111,8 +111,16 @@ macro_rules! scaled_module {
     };
 }
 
-scaled_module!(quantity, QUANTITY_SCALE, "Serde for quantity fields, `decimal(18,3)`.");
-scaled_module!(money, MONEY_SCALE, "Serde for money fields, `decimal(18,4)`.");
+scaled_module!(
+    quantity,
+    QUANTITY_SCALE,
+    "Serde for quantity fields, `decimal(18,3)`."
+);
+scaled_module!(
+    money,
+    MONEY_SCALE,
+    "Serde for money fields, `decimal(18,4)`."
+);
 
 /// Owned bytes that deserialize from Avro `bytes` (or a sequence of u8).
 struct ByteBuf(Vec<u8>);
@@ -131,7 +139,10 @@ impl<'de> Deserialize<'de> for ByteBuf {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
                 Ok(ByteBuf(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ByteBuf, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ByteBuf, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);
@@ -167,16 +178,29 @@ mod tests {
 
     #[test]
     fn round_trips_exactly() {
-        for text in ["45000.00", "0.001", "-1", "-128.5", "999999999999999.999", "0"] {
+        for text in [
+            "45000.00",
+            "0.001",
+            "-1",
+            "-128.5",
+            "999999999999999.999",
+            "0",
+        ] {
             let d = Decimal::from_str(text).unwrap();
             let bytes = to_bytes(d, QUANTITY_SCALE).unwrap();
-            assert_eq!(from_bytes(&bytes, QUANTITY_SCALE).unwrap().normalize(), d.normalize());
+            assert_eq!(
+                from_bytes(&bytes, QUANTITY_SCALE).unwrap().normalize(),
+                d.normalize()
+            );
         }
     }
 
     #[test]
     fn big_endian_twos_complement() {
-        assert_eq!(to_bytes(Decimal::from(1), 0).unwrap(), vec![0, 0, 0, 0, 0, 0, 0, 0x01]);
+        assert_eq!(
+            to_bytes(Decimal::from(1), 0).unwrap(),
+            vec![0, 0, 0, 0, 0, 0, 0, 0x01]
+        );
         assert_eq!(to_bytes(Decimal::from(-1), 0).unwrap(), vec![0xff; 8]);
         assert_eq!(from_bytes(&[0xff, 0x7f], 0).unwrap(), Decimal::from(-129));
         assert_eq!(from_bytes(&[0x00, 0x80], 0).unwrap(), Decimal::from(128));

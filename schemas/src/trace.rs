@@ -22,7 +22,11 @@ impl Traceparent {
         let mut parent_id = [0u8; 8];
         rng.fill_bytes(&mut trace_id);
         rng.fill_bytes(&mut parent_id);
-        Self { trace_id, parent_id, sampled: true }
+        Self {
+            trace_id,
+            parent_id,
+            sampled: true,
+        }
     }
 
     /// A child span in the same trace (a new hop of the pipeline).
@@ -49,7 +53,11 @@ impl Traceparent {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        Some(Self { trace_id, parent_id, sampled: flag[0] & 1 == 1 })
+        Some(Self {
+            trace_id,
+            parent_id,
+            sampled: flag[0] & 1 == 1,
+        })
     }
 
     /// The 32-hex-digit trace id.
@@ -100,9 +108,12 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "01-00000000000000000000000000000001-0000000000000001-01",
-                    "00-00000000000000000000000000000000-0000000000000001-01",
-                    "00-xyz-0000000000000001-01"] {
+        for bad in [
+            "",
+            "01-00000000000000000000000000000001-0000000000000001-01",
+            "00-00000000000000000000000000000000-0000000000000001-01",
+            "00-xyz-0000000000000001-01",
+        ] {
             assert!(Traceparent::parse(bad).is_none(), "{bad}");
         }
     }

@@ -43,18 +43,31 @@ impl Stack {
                 panic!("{name} is not set: run the tests with deploy/local/test.sh, or start deploy/local/up.sh and source deploy/local/env.sh")
             })
         };
-        Self { brokers: get("ERPSTREAM_BROKERS"), registry: get("ERPSTREAM_REGISTRY_URL") }
+        Self {
+            brokers: get("ERPSTREAM_BROKERS"),
+            registry: get("ERPSTREAM_REGISTRY_URL"),
+        }
     }
 }
 
 /// A fresh random suffix.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("x"))
+    format!(
+        "{prefix}{}",
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..10)
+            .unwrap_or("x")
+    )
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Lowercase hex HMAC-SHA256.
@@ -65,13 +78,20 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes.
-pub async fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let until = Instant::now() + deadline;
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -110,11 +130,18 @@ impl Storefront {
     /// Starts the receiver.
     pub async fn start() -> Self {
         let state = Arc::new(StorefrontState::default());
-        let app = axum::Router::new().route("/storefront", axum::routing::post(receive)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind storefront");
+        let app = axum::Router::new()
+            .route("/storefront", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind storefront");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { state, url: format!("http://{addr}/storefront") }
+        Self {
+            state,
+            url: format!("http://{addr}/storefront"),
+        }
     }
 
     /// Answer every request with `status` (0 = healthy again).
@@ -124,7 +151,11 @@ impl Storefront {
 
     /// Always answer 500 for deliveries about `sku`.
     pub fn poison(&self, sku: &str) {
-        self.state.poisoned.lock().expect("lock").push(sku.to_string());
+        self.state
+            .poisoned
+            .lock()
+            .expect("lock")
+            .push(sku.to_string());
     }
 
     /// Every request so far.
@@ -136,16 +167,28 @@ impl Storefront {
     pub fn stock_of(&self, sku: &str) -> Vec<Value> {
         self.deliveries()
             .into_iter()
-            .filter(|d| d.status < 300 && d.body["event_type"] == "inventory.change" && d.body["data"]["sku"] == sku)
+            .filter(|d| {
+                d.status < 300
+                    && d.body["event_type"] == "inventory.change"
+                    && d.body["data"]["sku"] == sku
+            })
             .map(|d| d.body["data"].clone())
             .collect()
     }
 }
 
-async fn receive(State(state): State<Arc<StorefrontState>>, headers: HeaderMap, body: bytes::Bytes) -> StatusCode {
-    let signed = headers.get("x-signature").and_then(|v| v.to_str().ok()) == Some(sign(STOREFRONT_SECRET, &body).as_str());
+async fn receive(
+    State(state): State<Arc<StorefrontState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> StatusCode {
+    let signed = headers.get("x-signature").and_then(|v| v.to_str().ok())
+        == Some(sign(STOREFRONT_SECRET, &body).as_str());
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let sku = parsed["data"]["sku"].as_str().unwrap_or_default().to_string();
+    let sku = parsed["data"]["sku"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut status = match state.fail_with.load(Ordering::SeqCst) {
         0 => 200,
         s => s,
@@ -156,8 +199,17 @@ async fn receive(State(state): State<Arc<StorefrontState>>, headers: HeaderMap, 
     if !signed {
         status = 401;
     }
-    let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    state.deliveries.lock().expect("lock").push(Delivery { body: parsed, signed, webhook_id, status });
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    state.deliveries.lock().expect("lock").push(Delivery {
+        body: parsed,
+        signed,
+        webhook_id,
+        status,
+    });
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
@@ -240,12 +292,22 @@ sinks:
             delivery_timeout = options.delivery_timeout,
         );
         std::fs::write(&topology, text).expect("write topology");
-        Self { child: None, log: dir.join("pipeline.log"), topology, url: format!("http://127.0.0.1:{port}"), prefix }
+        Self {
+            child: None,
+            log: dir.join("pipeline.log"),
+            topology,
+            url: format!("http://127.0.0.1:{port}"),
+            prefix,
+        }
     }
 
     /// Starts the process and waits until `/readyz` answers 200.
     pub async fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(binary())
             .arg("run")
             .arg("--topology")
@@ -263,15 +325,27 @@ sinks:
         let url = format!("{}/readyz", self.url);
         let until = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("erpstream exited with {status} during start-up; log:\n{}", self.log_text());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "erpstream exited with {status} during start-up; log:\n{}",
+                    self.log_text()
+                );
             }
-            if client.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
                 return;
             }
-            assert!(Instant::now() < until, "pipeline not ready after 90s; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < until,
+                "pipeline not ready after 90s; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -287,11 +361,18 @@ sinks:
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let until = Instant::now() + Duration::from_secs(30);
             while Instant::now() < until {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "erpstream exited with {status} after SIGTERM; log:\n{}", self.log_text());
+                    assert!(
+                        status.success(),
+                        "erpstream exited with {status} after SIGTERM; log:\n{}",
+                        self.log_text()
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -312,7 +393,11 @@ sinks:
     }
 
     /// POSTs a body to `/webhooks/erp` signed with `secret`; returns status, headers and JSON.
-    pub async fn post_webhook(&self, body: &[u8], secret: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    pub async fn post_webhook(
+        &self,
+        body: &[u8],
+        secret: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut request = reqwest::Client::new()
             .post(format!("{}/webhooks/erp", self.url))
             .header("content-type", "application/json")
@@ -338,7 +423,9 @@ impl Drop for Pipeline {
 pub fn binary() -> PathBuf {
     std::env::var_os("ERPSTREAM_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/erpstream"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/erpstream")
+        })
 }
 
 /// An `inventory.change` webhook body.
@@ -372,14 +459,24 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
     let mut assignment = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in 0..partitions as i32 {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
         if high > low {
-            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assign");
             ends.insert(p, high);
         }
     }
@@ -390,17 +487,31 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
     consumer.assign(&assignment).expect("assign");
     let until = Instant::now() + Duration::from_secs(30);
     while !ends.is_empty() && Instant::now() < until {
-        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let headers = message
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         records.push(TopicRecord {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             payload: message.payload().unwrap_or_default().to_vec(),
             headers,
         });
-        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
             ends.remove(&message.partition());
         }
     }

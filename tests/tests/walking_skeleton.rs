@@ -33,13 +33,25 @@ async fn signed_inventory_change_reaches_the_storefront_and_decodes_through_the_
     let (status, _, reply) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["topic"], pipeline.topic("inventory.change"));
-    assert!(reply["event_id"].as_str().is_some_and(|id| id.len() == 36), "{reply}");
-    assert!(reply["offset"].as_i64().is_some() && reply["partition"].as_i64().is_some(), "{reply}");
+    assert!(
+        reply["event_id"].as_str().is_some_and(|id| id.len() == 36),
+        "{reply}"
+    );
+    assert!(
+        reply["offset"].as_i64().is_some() && reply["partition"].as_i64().is_some(),
+        "{reply}"
+    );
 
-    let delivered = wait_for("storefront delivery", LONG, || storefront.stock_of("DRONE-X1-PRO-KIT").pop()).await;
+    let delivered = wait_for("storefront delivery", LONG, || {
+        storefront.stock_of("DRONE-X1-PRO-KIT").pop()
+    })
+    .await;
     assert_eq!(delivered["new_quantity"], 14);
     assert_eq!(delivered["location_code"], "WH-TECH-01");
-    assert!(storefront.deliveries().iter().all(|d| d.signed), "every delivery carries a valid X-Signature");
+    assert!(
+        storefront.deliveries().iter().all(|d| d.signed),
+        "every delivery carries a valid X-Signature"
+    );
 
     let stack = Stack::from_env();
     let records = read_topic(&stack.brokers, &pipeline.topic("inventory.change"));
@@ -47,22 +59,48 @@ async fn signed_inventory_change_reaches_the_storefront_and_decodes_through_the_
     let record = &records[0];
     assert_eq!(record.key, "DRONE-X1-PRO-KIT");
     assert_eq!(record.payload[0], 0, "Confluent wire format magic byte");
-    assert!(record.headers.get("traceparent").is_some_and(|t| t.starts_with("00-")), "{:?}", record.headers);
+    assert!(
+        record
+            .headers
+            .get("traceparent")
+            .is_some_and(|t| t.starts_with("00-")),
+        "{:?}",
+        record.headers
+    );
     let codec = Codec::new(&stack.registry).expect("codec");
-    let event: InventoryChange = codec.decode(&record.payload).await.expect("decodes through the registry");
-    assert_eq!(event.new_quantity.map(|q| q.normalize().to_string()), Some("14".to_string()));
-    assert_eq!(event.event_id, reply["event_id"].as_str().unwrap_or_default());
+    let event: InventoryChange = codec
+        .decode(&record.payload)
+        .await
+        .expect("decodes through the registry");
+    assert_eq!(
+        event.new_quantity.map(|q| q.normalize().to_string()),
+        Some("14".to_string())
+    );
+    assert_eq!(
+        event.event_id,
+        reply["event_id"].as_str().unwrap_or_default()
+    );
     assert_eq!(event.occurred_at, 1_705_745_100_000);
 
-    let metrics = reqwest::get(format!("{}/metrics", pipeline.url)).await.expect("metrics").text().await.expect("text");
+    let metrics = reqwest::get(format!("{}/metrics", pipeline.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for series in [
         r#"erpstream_end_to_end_latency_seconds_count{component_id="storefront"} 1"#,
         r#"erpstream_component_sent_events_total{component_id="erp",component_type="erp_webhook"} 1"#,
         r#"erpstream_component_sent_events_total{component_id="storefront",component_type="storefront_webhook"} 1"#,
     ] {
-        assert!(metrics.contains(series), "missing {series} in /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(series),
+            "missing {series} in /metrics:\n{metrics}"
+        );
     }
-    let ready = reqwest::get(format!("{}/readyz", pipeline.url)).await.expect("readyz");
+    let ready = reqwest::get(format!("{}/readyz", pipeline.url))
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
 }
 
@@ -74,8 +112,14 @@ async fn a_repeated_webhook_is_delivered_once_even_across_a_restart() {
     let (first, _, a) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     let (second, _, b) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     assert_eq!((first, second), (202, 202));
-    assert_eq!(a["event_id"], b["event_id"], "a retry is answered like the first delivery");
-    wait_for("first delivery", LONG, || storefront.stock_of("DUP-1").pop()).await;
+    assert_eq!(
+        a["event_id"], b["event_id"],
+        "a retry is answered like the first delivery"
+    );
+    wait_for("first delivery", LONG, || {
+        storefront.stock_of("DUP-1").pop()
+    })
+    .await;
 
     // After a restart the in-process answer cache is gone: the repeat is published again
     // and must be dropped by the dedupe processor.
@@ -83,13 +127,30 @@ async fn a_repeated_webhook_is_delivered_once_even_across_a_restart() {
     pipeline.start().await;
     let (third, _, _) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     assert_eq!(third, 202);
-    pipeline.post_webhook(&inventory_body("DUP-SENTINEL", "WH", 1, "2024-01-20T10:06:00Z"), Some(ERP_SECRET)).await;
-    wait_for("sentinel delivery", LONG, || storefront.stock_of("DUP-SENTINEL").pop()).await;
+    pipeline
+        .post_webhook(
+            &inventory_body("DUP-SENTINEL", "WH", 1, "2024-01-20T10:06:00Z"),
+            Some(ERP_SECRET),
+        )
+        .await;
+    wait_for("sentinel delivery", LONG, || {
+        storefront.stock_of("DUP-SENTINEL").pop()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(storefront.stock_of("DUP-1").len(), 1, "{:?}", storefront.stock_of("DUP-1"));
+    assert_eq!(
+        storefront.stock_of("DUP-1").len(),
+        1,
+        "{:?}",
+        storefront.stock_of("DUP-1")
+    );
     let stack = Stack::from_env();
     let published = read_topic(&stack.brokers, &pipeline.topic("inventory.change"));
-    assert_eq!(published.iter().filter(|r| r.key == "DUP-1").count(), 2, "the repeat after restart was published");
+    assert_eq!(
+        published.iter().filter(|r| r.key == "DUP-1").count(),
+        2,
+        "the repeat after restart was published"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,9 +163,16 @@ async fn bad_requests_are_refused_with_the_reason_and_nothing_is_published() {
     assert_eq!(status, 401, "{reply}");
     let (status, _, reply) = pipeline.post_webhook(&body, None).await;
     assert_eq!(status, 401, "{reply}");
-    assert!(reply["reason"].as_str().is_some_and(|r| r.contains("missing signature")), "{reply}");
+    assert!(
+        reply["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("missing signature")),
+        "{reply}"
+    );
 
-    let (status, _, reply) = pipeline.post_webhook(b"{\"event_type\": ", Some(ERP_SECRET)).await;
+    let (status, _, reply) = pipeline
+        .post_webhook(b"{\"event_type\": ", Some(ERP_SECRET))
+        .await;
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["field"], "body");
 
@@ -119,12 +187,20 @@ async fn bad_requests_are_refused_with_the_reason_and_nothing_is_published() {
     assert_eq!(status, 413, "{reply}");
 
     // A rotated secret still verifies.
-    let (status, _, _) = pipeline.post_webhook(&inventory_body("ROT-1", "WH", 1, "2024-01-20T10:05:00Z"), Some("rotated-out-secret")).await;
+    let (status, _, _) = pipeline
+        .post_webhook(
+            &inventory_body("ROT-1", "WH", 1, "2024-01-20T10:05:00Z"),
+            Some("rotated-out-secret"),
+        )
+        .await;
     assert_eq!(status, 202);
 
     let stack = Stack::from_env();
     let published = read_topic(&stack.brokers, &pipeline.topic("inventory.change"));
-    assert_eq!(published.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["ROT-1"]);
+    assert_eq!(
+        published.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        vec!["ROT-1"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,12 +210,31 @@ async fn an_older_quantity_posted_after_a_newer_one_never_reaches_the_storefront
     let newer = inventory_body("ORDER-1", "WH", 10, "2024-01-20T10:10:00Z");
     let older = inventory_body("ORDER-1", "WH", 99, "2024-01-20T10:00:00Z");
     assert_eq!(pipeline.post_webhook(&newer, Some(ERP_SECRET)).await.0, 202);
-    assert_eq!(pipeline.post_webhook(&older, Some(ERP_SECRET)).await.0, 202, "a late ERP timestamp is never a reason to refuse");
-    pipeline.post_webhook(&inventory_body("ORDER-SENTINEL", "WH", 1, "2024-01-20T10:00:00Z"), Some(ERP_SECRET)).await;
-    wait_for("sentinel", LONG, || storefront.stock_of("ORDER-SENTINEL").pop()).await;
-    wait_for("newer quantity", LONG, || storefront.stock_of("ORDER-1").pop()).await;
+    assert_eq!(
+        pipeline.post_webhook(&older, Some(ERP_SECRET)).await.0,
+        202,
+        "a late ERP timestamp is never a reason to refuse"
+    );
+    pipeline
+        .post_webhook(
+            &inventory_body("ORDER-SENTINEL", "WH", 1, "2024-01-20T10:00:00Z"),
+            Some(ERP_SECRET),
+        )
+        .await;
+    wait_for("sentinel", LONG, || {
+        storefront.stock_of("ORDER-SENTINEL").pop()
+    })
+    .await;
+    wait_for("newer quantity", LONG, || {
+        storefront.stock_of("ORDER-1").pop()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let quantities: Vec<i64> = storefront.stock_of("ORDER-1").iter().filter_map(|d| d["new_quantity"].as_i64()).collect();
+    let quantities: Vec<i64> = storefront
+        .stock_of("ORDER-1")
+        .iter()
+        .filter_map(|d| d["new_quantity"].as_i64())
+        .collect();
     assert_eq!(quantities, vec![10]);
 }
 
@@ -150,11 +245,19 @@ async fn sigkill_between_receipt_and_delivery_delivers_everything_once() {
     storefront.fail_with(503);
     let skus: Vec<String> = (0..20).map(|i| format!("KILL-{i:02}")).collect();
     for (i, sku) in skus.iter().enumerate() {
-        let (status, _, reply) = pipeline.post_webhook(&inventory_body(sku, "WH", 100 + i as i64, "2024-01-20T10:05:00Z"), Some(ERP_SECRET)).await;
+        let (status, _, reply) = pipeline
+            .post_webhook(
+                &inventory_body(sku, "WH", 100 + i as i64, "2024-01-20T10:05:00Z"),
+                Some(ERP_SECRET),
+            )
+            .await;
         assert_eq!(status, 202, "{reply}");
     }
     // Deliveries are being attempted and refused: receipt done, delivery not.
-    wait_for("delivery attempts", LONG, || (storefront.deliveries().len() >= 5).then_some(())).await;
+    wait_for("delivery attempts", LONG, || {
+        (storefront.deliveries().len() >= 5).then_some(())
+    })
+    .await;
     pipeline.kill();
     storefront.fail_with(0);
     pipeline.start().await;
@@ -164,7 +267,11 @@ async fn sigkill_between_receipt_and_delivery_delivers_everything_once() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for sku in &skus {
-        assert_eq!(storefront.stock_of(sku).len(), 1, "{sku} delivered more than once");
+        assert_eq!(
+            storefront.stock_of(sku).len(),
+            1,
+            "{sku} delivered more than once"
+        );
     }
 }
 
@@ -181,25 +288,71 @@ async fn storefront_outage_resumes_in_order_and_a_permanent_failure_is_dead_lett
     // ends on the newest.
     storefront.fail_with(500);
     for (i, minute) in ["01", "02", "03"].iter().enumerate() {
-        let body = inventory_body("OUTAGE-1", "WH", 10 + i as i64, &format!("2024-01-20T10:{minute}:00Z"));
+        let body = inventory_body(
+            "OUTAGE-1",
+            "WH",
+            10 + i as i64,
+            &format!("2024-01-20T10:{minute}:00Z"),
+        );
         assert_eq!(pipeline.post_webhook(&body, Some(ERP_SECRET)).await.0, 202);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     storefront.fail_with(0);
-    wait_for("newest quantity", LONG, || storefront.stock_of("OUTAGE-1").last().filter(|d| d["new_quantity"] == 12).cloned()).await;
-    let versions: Vec<i64> = storefront.stock_of("OUTAGE-1").iter().filter_map(|d| d["version"].as_i64()).collect();
-    assert!(versions.windows(2).all(|w| w[0] < w[1]), "delivered out of order: {versions:?}");
+    wait_for("newest quantity", LONG, || {
+        storefront
+            .stock_of("OUTAGE-1")
+            .last()
+            .filter(|d| d["new_quantity"] == 12)
+            .cloned()
+    })
+    .await;
+    let versions: Vec<i64> = storefront
+        .stock_of("OUTAGE-1")
+        .iter()
+        .filter_map(|d| d["version"].as_i64())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "delivered out of order: {versions:?}"
+    );
 
     // A storefront that always fails for one sku: the record ends in the DLQ.
     storefront.poison("POISON-1");
-    assert_eq!(pipeline.post_webhook(&inventory_body("POISON-1", "WH", 5, "2024-01-20T10:05:00Z"), Some(ERP_SECRET)).await.0, 202);
+    assert_eq!(
+        pipeline
+            .post_webhook(
+                &inventory_body("POISON-1", "WH", 5, "2024-01-20T10:05:00Z"),
+                Some(ERP_SECRET)
+            )
+            .await
+            .0,
+        202
+    );
     let stack = Stack::from_env();
     let dlq = pipeline.topic("inventory.available.dlq");
-    let record = wait_for("dead letter", LONG, || read_topic(&stack.brokers, &dlq).into_iter().find(|r| r.key == "POISON-1")).await;
-    assert_eq!(record.headers.get("erpstream.attempts").map(String::as_str), Some("8"));
-    assert!(record.headers.get("erpstream.error").is_some_and(|e| e.contains("500")), "{:?}", record.headers);
-    assert_eq!(record.headers.get("erpstream.source").map(String::as_str), Some("storefront"));
+    let record = wait_for("dead letter", LONG, || {
+        read_topic(&stack.brokers, &dlq)
+            .into_iter()
+            .find(|r| r.key == "POISON-1")
+    })
+    .await;
+    assert_eq!(
+        record.headers.get("erpstream.attempts").map(String::as_str),
+        Some("8")
+    );
+    assert!(
+        record
+            .headers
+            .get("erpstream.error")
+            .is_some_and(|e| e.contains("500")),
+        "{:?}",
+        record.headers
+    );
+    assert_eq!(
+        record.headers.get("erpstream.source").map(String::as_str),
+        Some("storefront")
+    );
     assert_eq!(storefront.stock_of("POISON-1").len(), 0);
 }
 
@@ -211,8 +364,15 @@ async fn a_stopped_broker_is_answered_503_with_retry_after_and_never_202() {
     std::fs::create_dir_all(&dir).expect("dir");
     let mut broker = std::process::Command::new("tansu")
         .current_dir(&dir)
-        .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"),
-               "--advertised-listener-url", &format!("tcp://127.0.0.1:{port}"), "--storage-engine", "sqlite://tansu.db"])
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -223,11 +383,25 @@ async fn a_stopped_broker_is_answered_503_with_retry_after_and_never_202() {
     options.delivery_timeout = "2s";
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
-    assert_eq!(pipeline.post_webhook(&inventory_body("BRK-1", "WH", 1, "2024-01-20T10:05:00Z"), Some(ERP_SECRET)).await.0, 202);
+    assert_eq!(
+        pipeline
+            .post_webhook(
+                &inventory_body("BRK-1", "WH", 1, "2024-01-20T10:05:00Z"),
+                Some(ERP_SECRET)
+            )
+            .await
+            .0,
+        202
+    );
 
     let _ = broker.kill();
     let _ = broker.wait();
-    let (status, headers, reply) = pipeline.post_webhook(&inventory_body("BRK-2", "WH", 2, "2024-01-20T10:06:00Z"), Some(ERP_SECRET)).await;
+    let (status, headers, reply) = pipeline
+        .post_webhook(
+            &inventory_body("BRK-2", "WH", 2, "2024-01-20T10:06:00Z"),
+            Some(ERP_SECRET),
+        )
+        .await;
     assert_eq!(status, 503, "{reply}");
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     pipeline.kill();
@@ -239,7 +413,9 @@ async fn validate_lists_every_problem_with_its_path() {
     let dir = std::env::temp_dir().join(unique("validate-"));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("broken.yaml");
-    std::fs::write(&file, r#"
+    std::fs::write(
+        &file,
+        r#"
 app_id: demo
 kafka: { brokers: "127.0.0.1:9092", fetch_wait: soon }
 registry: { url: "http://127.0.0.1:8081" }
@@ -258,8 +434,14 @@ sinks:
     secret: { env: S }
     retry: { max_attempts: 0 }
   other: { type: carrier_pigeon }
-"#).expect("write");
-    let output = std::process::Command::new(binary()).arg("validate").arg(&file).output().expect("run validate");
+"#,
+    )
+    .expect("write");
+    let output = std::process::Command::new(binary())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("run validate");
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     for path in [
@@ -270,6 +452,9 @@ sinks:
         "sinks.storefront.retry.max_attempts",
         "sinks.other.type",
     ] {
-        assert!(text.contains(&format!("{path}:")), "missing {path} in:\n{text}");
+        assert!(
+            text.contains(&format!("{path}:")),
+            "missing {path} in:\n{text}"
+        );
     }
 }

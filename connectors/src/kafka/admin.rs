@@ -33,7 +33,11 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<
                 spec.partitions,
                 TopicReplication::Fixed(config.replication_factor),
             );
-            if spec.compacted { topic.set("cleanup.policy", "compact") } else { topic }
+            if spec.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -65,7 +69,11 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<
                     "topic exists with a different partition count");
                 return Err(KafkaError::AdminOp(RDKafkaErrorCode::InvalidPartitions));
             }
-            None => return Err(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            None => {
+                return Err(KafkaError::AdminOp(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
         }
     }
     Ok(())

@@ -24,7 +24,11 @@ pub struct Changelog {
 impl Changelog {
     /// A changelog on the broker-side topic `topic`.
     pub fn new(topic: String, config: KafkaConfig, publisher: Publisher) -> Self {
-        Self { topic, config, publisher }
+        Self {
+            topic,
+            config,
+            publisher,
+        }
     }
 
     /// The broker-side topic name.
@@ -53,7 +57,10 @@ impl Changelog {
     /// Reads each of `partitions` from its beginning to its high watermark at the time of
     /// the call, with one consumer, and returns the latest value of every live key per
     /// partition.
-    pub async fn restore(&self, partitions: &[i32]) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
+    pub async fn restore(
+        &self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
         let topic = self.topic.clone();
         let config = self.config.clone();
         let partitions = partitions.to_vec();
@@ -73,7 +80,10 @@ fn restore_blocking(
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", config.fetch_wait.as_millis().max(1).to_string())
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait.as_millis().max(1).to_string(),
+        )
         .create()?;
     let mut state: HashMap<i32, HashMap<String, Vec<u8>>> = HashMap::new();
     let mut ends = HashMap::new();
@@ -95,7 +105,9 @@ fn restore_blocking(
         if std::time::Instant::now() > deadline {
             return Err(KafkaError::Canceled);
         }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let message = message?;
         let partition = message.partition();
         if let (Some(key), Some(keys)) = (message.key(), state.get_mut(&partition)) {
@@ -109,7 +121,10 @@ fn restore_blocking(
                 }
             }
         }
-        if ends.get(&partition).is_some_and(|high| message.offset() + 1 >= *high) {
+        if ends
+            .get(&partition)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
             ends.remove(&partition);
         }
     }

@@ -2,7 +2,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::KafkaConfig;
@@ -52,7 +54,10 @@ pub fn group_consumer(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "200")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", config.fetch_wait.as_millis().max(1).to_string())
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait.as_millis().max(1).to_string(),
+        )
         .set("fetch.min.bytes", "1")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")

@@ -25,7 +25,14 @@ pub use producer::{Ack, PublishError, Publisher, RawRecord};
 pub const TRACEPARENT_HEADER: &str = erpstream_schemas::trace::HEADER;
 
 /// Reads a header's value from a consumed message.
-pub fn header<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+pub fn header<'a>(
+    message: &'a rdkafka::message::BorrowedMessage<'_>,
+    name: &str,
+) -> Option<&'a [u8]> {
     use rdkafka::message::{Headers, Message};
-    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
 }

@@ -72,14 +72,22 @@ impl Publisher {
     /// Creates the producer (no I/O until the first send).
     pub fn new(config: &KafkaConfig, client_id: &str, codec: Codec) -> Result<Self, KafkaError> {
         let mut client = config.client_config(client_id);
-        client.set("acks", "all").set("enable.idempotence", config.idempotence.to_string());
+        client
+            .set("acks", "all")
+            .set("enable.idempotence", config.idempotence.to_string());
         if !config.idempotence {
             client.set("max.in.flight.requests.per.connection", "1");
         }
         let producer = client
             .set("linger.ms", config.linger.as_millis().to_string())
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
-            .set("request.timeout.ms", config.delivery_timeout.as_millis().max(1).to_string())
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().max(1).to_string(),
+            )
+            .set(
+                "request.timeout.ms",
+                config.delivery_timeout.as_millis().max(1).to_string(),
+            )
             .create()?;
         Ok(Self { producer, codec })
     }
@@ -101,7 +109,10 @@ impl Publisher {
             topic: topic.to_string(),
             key: Some(event.key().as_bytes().to_vec()),
             payload: Some(payload),
-            headers: vec![(TRACEPARENT_HEADER.to_string(), trace.to_string().into_bytes())],
+            headers: vec![(
+                TRACEPARENT_HEADER.to_string(),
+                trace.to_string().into_bytes(),
+            )],
             partition: None,
         })
         .await
@@ -111,7 +122,10 @@ impl Publisher {
     pub async fn send(&self, record: RawRecord) -> Result<Ack, PublishError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).headers(headers);
         if let Some(key) = &record.key {
@@ -123,7 +137,11 @@ impl Publisher {
         if let Some(partition) = record.partition {
             future = future.partition(partition);
         }
-        match self.producer.send(future, Timeout::After(Duration::from_secs(1))).await {
+        match self
+            .producer
+            .send(future, Timeout::After(Duration::from_secs(1)))
+            .await
+        {
             Ok(delivery) => Ok(Ack {
                 topic: record.topic,
                 partition: delivery.partition,
@@ -142,7 +160,10 @@ impl Publisher {
     pub async fn broker_reachable(&self, timeout: Duration) -> bool {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).is_ok_and(|m| !m.brokers().is_empty())
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .is_ok_and(|m| !m.brokers().is_empty())
         })
         .await
         .unwrap_or(false)

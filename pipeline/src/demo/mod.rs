@@ -93,8 +93,15 @@ impl Percentiles {
             return Self::default();
         }
         samples.sort_by(|a, b| a.total_cmp(b));
-        let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
-        Self { p50: at(0.5), p90: at(0.9), p99: at(0.99), max: at(1.0) }
+        let at = |q: f64| {
+            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+        };
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }
 
@@ -116,16 +123,28 @@ struct ReceiverState {
 
 /// Runs the demo and returns its report.
 pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
-    let state = Arc::new(ReceiverState { secret: config.storefront_secret.clone(), inner: Mutex::new(Receiver::default()) });
-    let app = Router::new().route("/storefront", post(receive)).with_state(state.clone());
+    let state = Arc::new(ReceiverState {
+        secret: config.storefront_secret.clone(),
+        inner: Mutex::new(Receiver::default()),
+    });
+    let app = Router::new()
+        .route("/storefront", post(receive))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("storefront receiver on http://{}/storefront", config.listen);
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let url = format!("{}/webhooks/erp", config.target.trim_end_matches('/'));
-    let skus: Vec<String> = (0..config.skus).map(|i| format!("DEMO-SKU-{i:05}")).collect();
-    let locations: Vec<String> = (0..config.locations).map(|i| format!("WH-{:02}", i + 1)).collect();
+    let skus: Vec<String> = (0..config.skus)
+        .map(|i| format!("DEMO-SKU-{i:05}"))
+        .collect();
+    let locations: Vec<String> = (0..config.locations)
+        .map(|i| format!("WH-{:02}", i + 1))
+        .collect();
     let mut quantities: HashMap<(String, String), i64> = HashMap::new();
     let mut last_sent: HashMap<(String, String), String> = HashMap::new();
     let mut bodies: Vec<Vec<u8>> = Vec::new();
@@ -149,9 +168,17 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             let sku = skus.choose(&mut rng).cloned().unwrap_or_default();
             let location = locations.choose(&mut rng).cloned().unwrap_or_default();
             let key = (sku.clone(), location.clone());
-            let quantity = quantities.entry(key.clone()).and_modify(|q| *q += 1).or_insert(rng.random_range(10..10_000_000));
+            let quantity = quantities
+                .entry(key.clone())
+                .and_modify(|q| *q += 1)
+                .or_insert(rng.random_range(10..10_000_000));
             let quantity = quantity.to_string();
-            state.inner.lock().unwrap_or_else(|p| p.into_inner()).due.insert((sku.clone(), location.clone(), quantity.clone()), due);
+            state
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .due
+                .insert((sku.clone(), location.clone(), quantity.clone()), due);
             last_sent.insert(key, quantity.clone());
             json!({"event_type": "inventory.change", "timestamp": erp_time.to_rfc3339(), "data": {
                 "sku": sku, "location_code": location, "new_quantity": quantity.parse::<i64>().unwrap_or(0),
@@ -160,11 +187,17 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         let body = body.to_string().into_bytes();
         bodies.push(body.clone());
         spawn_send(&mut sends, &client, &url, &config.erp_secret, body);
-        if rng.random_bool(config.duplicate_share.clamp(0.0, 1.0)) {
-            if let Some(previous) = bodies.choose(&mut rng) {
-                duplicates_sent += 1;
-                spawn_send(&mut sends, &client, &url, &config.erp_secret, previous.clone());
-            }
+        if rng.random_bool(config.duplicate_share.clamp(0.0, 1.0))
+            && let Some(previous) = bodies.choose(&mut rng)
+        {
+            duplicates_sent += 1;
+            spawn_send(
+                &mut sends,
+                &client,
+                &url,
+                &config.erp_secret,
+                previous.clone(),
+            );
         }
         if (i + 1) % progress_every == 0 {
             eprintln!("  sent {}/{} webhooks", i + 1, config.events);
@@ -178,7 +211,9 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             _ => failed += 1,
         }
     }
-    eprintln!("all webhooks answered ({accepted} accepted, {failed} failed); waiting for deliveries");
+    eprintln!(
+        "all webhooks answered ({accepted} accepted, {failed} failed); waiting for deliveries"
+    );
     let deadline = Instant::now() + config.settle;
     loop {
         let consistent = consistent_keys(&state, &last_sent);
@@ -207,27 +242,51 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         rate_achieved: config.events as f64 / send_elapsed.max(1e-9),
     };
     drop(receiver);
-    Ok(DemoReport { keys_consistent: consistent_keys(&state, &last_sent), ..report })
+    Ok(DemoReport {
+        keys_consistent: consistent_keys(&state, &last_sent),
+        ..report
+    })
 }
 
 fn consistent_keys(state: &ReceiverState, last_sent: &HashMap<(String, String), String>) -> usize {
     let receiver = state.inner.lock().unwrap_or_else(|p| p.into_inner());
     last_sent
         .iter()
-        .filter(|(key, quantity)| receiver.delivered.get(*key).and_then(|v| v.last()).is_some_and(|(_, q)| q == *quantity))
+        .filter(|(key, quantity)| {
+            receiver
+                .delivered
+                .get(*key)
+                .and_then(|v| v.last())
+                .is_some_and(|(_, q)| q == *quantity)
+        })
         .count()
 }
 
-fn spawn_send(sends: &mut tokio::task::JoinSet<bool>, client: &reqwest::Client, url: &str, secret: &str, body: Vec<u8>) {
+fn spawn_send(
+    sends: &mut tokio::task::JoinSet<bool>,
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: Vec<u8>,
+) {
     let request = client
         .post(url)
         .header("content-type", "application/json")
         .header("x-signature", sign_hex(secret.as_bytes(), &body))
         .body(body);
-    sends.spawn(async move { request.send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED) });
+    sends.spawn(async move {
+        request
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+    });
 }
 
-async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: bytes::Bytes) -> StatusCode {
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> StatusCode {
     let arrived = Instant::now();
     let mut receiver = state.inner.lock().unwrap_or_else(|p| p.into_inner());
     let signed = headers.get("x-signature").and_then(|v| v.to_str().ok());
@@ -236,18 +295,30 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, bo
         return StatusCode::UNAUTHORIZED;
     }
     receiver.deliveries += 1;
-    let Ok(payload) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST };
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
     if payload["event_type"] == "inventory.change" {
         let data = &payload["data"];
         let sku = data["sku"].as_str().unwrap_or_default().to_string();
-        let location = data["location_code"].as_str().unwrap_or_default().to_string();
+        let location = data["location_code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let quantity = data["new_quantity"].to_string();
         let version = data["version"].as_i64().unwrap_or_default();
-        if let Some(due) = receiver.due.get(&(sku.clone(), location.clone(), quantity.clone())) {
+        if let Some(due) = receiver
+            .due
+            .get(&(sku.clone(), location.clone(), quantity.clone()))
+        {
             let latency = arrived.saturating_duration_since(*due).as_secs_f64() * 1000.0;
             receiver.latencies.push(latency);
         }
-        receiver.delivered.entry((sku, location)).or_default().push((version, quantity));
+        receiver
+            .delivered
+            .entry((sku, location))
+            .or_default()
+            .push((version, quantity));
     }
     StatusCode::OK
 }

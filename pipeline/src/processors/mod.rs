@@ -20,7 +20,9 @@ pub mod task;
 use std::collections::HashMap;
 
 use erpstream_connectors::kafka::RawRecord;
-use erpstream_schemas::{CatalogUpdate, InventoryAvailable, InventoryChange, SalesOrder, Traceparent};
+use erpstream_schemas::{
+    CatalogUpdate, InventoryAvailable, InventoryChange, SalesOrder, Traceparent,
+};
 
 /// An input record as processors see it: the raw record and its decoded event.
 pub struct Record {

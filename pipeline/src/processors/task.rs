@@ -5,7 +5,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use erpstream_connectors::kafka::{Changelog, GroupConsumer, Publisher, RawRecord, TrackingContext, TRACEPARENT_HEADER};
+use erpstream_connectors::kafka::{
+    Changelog, GroupConsumer, Publisher, RawRecord, TRACEPARENT_HEADER, TrackingContext,
+};
 use erpstream_connectors::metrics as m;
 use erpstream_schemas::{Codec, CodecError, EventKind, Traceparent};
 use futures::StreamExt;
@@ -59,7 +61,10 @@ impl StreamTask {
     }
 
     /// Runs until `shutdown` turns true; the batch in progress is finished first.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), rdkafka::error::KafkaError> {
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let topics: Vec<String> = self.inputs.keys().cloned().collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
@@ -92,7 +97,11 @@ impl StreamTask {
         Ok(())
     }
 
-    async fn process_batch(&mut self, batch: Vec<OwnedMessage>, shutdown: &mut watch::Receiver<bool>) {
+    async fn process_batch(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         for (_, partition) in self.context.take_revoked() {
             self.restored.remove(&partition);
             for processor in &mut self.chain {
@@ -102,19 +111,32 @@ impl StreamTask {
         let mut effects = Effects::default();
         let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead_letters = Vec::new();
-        let mut unrestored: BTreeSet<i32> =
-            batch.iter().map(|m| m.partition()).filter(|p| !self.restored.contains(p)).collect();
+        let mut unrestored: BTreeSet<i32> = batch
+            .iter()
+            .map(|m| m.partition())
+            .filter(|p| !self.restored.contains(p))
+            .collect();
         if !unrestored.is_empty() {
             // Restore every assigned partition now, in one pass, rather than one partition
             // at a time as their first records arrive.
             if let Ok(assignment) = self.consumer.assignment() {
-                unrestored.extend(assignment.elements().iter().map(|e| e.partition()).filter(|p| !self.restored.contains(p)));
+                unrestored.extend(
+                    assignment
+                        .elements()
+                        .iter()
+                        .map(|e| e.partition())
+                        .filter(|p| !self.restored.contains(p)),
+                );
             }
-            self.restore(&unrestored.into_iter().collect::<Vec<_>>()).await;
+            self.restore(&unrestored.into_iter().collect::<Vec<_>>())
+                .await;
         }
         for message in batch {
             let partition = message.partition();
-            offsets.insert((message.topic().to_string(), partition), message.offset() + 1);
+            offsets.insert(
+                (message.topic().to_string(), partition),
+                message.offset() + 1,
+            );
             match self.decode(&message).await {
                 Ok(record) => {
                     for (index, processor) in self.chain.iter_mut().enumerate() {
@@ -147,7 +169,12 @@ impl StreamTask {
     }
 
     fn seek_back(&self, message: &OwnedMessage) {
-        if let Err(err) = self.consumer.seek(message.topic(), message.partition(), Offset::Offset(message.offset()), Duration::from_secs(5)) {
+        if let Err(err) = self.consumer.seek(
+            message.topic(),
+            message.partition(),
+            Offset::Offset(message.offset()),
+            Duration::from_secs(5),
+        ) {
             tracing::warn!(error = %err, "seek failed");
         }
     }
@@ -161,13 +188,19 @@ impl StreamTask {
                     Err(err) => {
                         attempt += 1;
                         tracing::warn!(error = %err, attempt, "state restore failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
+                            .await;
                     }
                 }
             };
             for &partition in partitions {
                 let entries = restored.remove(&partition).unwrap_or_default();
-                tracing::info!(processor = processor.id(), partition, keys = entries.len(), "state restored");
+                tracing::info!(
+                    processor = processor.id(),
+                    partition,
+                    keys = entries.len(),
+                    "state restored"
+                );
                 processor.restore(partition, entries);
             }
         }
@@ -178,14 +211,22 @@ impl StreamTask {
         let (kind, _) = self.inputs[message.topic()];
         let payload = message.payload().unwrap_or_default();
         let event = match kind {
-            EventKind::InventoryChange => Decoded::InventoryChange(self.codec.decode(payload).await?),
+            EventKind::InventoryChange => {
+                Decoded::InventoryChange(self.codec.decode(payload).await?)
+            }
             EventKind::CatalogUpdate => Decoded::CatalogUpdate(self.codec.decode(payload).await?),
             EventKind::SalesOrder => Decoded::SalesOrder(self.codec.decode(payload).await?),
-            EventKind::InventoryAvailable => Decoded::InventoryAvailable(self.codec.decode(payload).await?),
+            EventKind::InventoryAvailable => {
+                Decoded::InventoryAvailable(self.codec.decode(payload).await?)
+            }
         };
         let headers: Vec<(String, Vec<u8>)> = message
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
             .unwrap_or_default();
         let trace = headers
             .iter()
@@ -211,7 +252,12 @@ impl StreamTask {
     /// Publishes emitted records and dead letters, then changelog writes from the last
     /// processor back to the first, retrying until each is acknowledged: skipping one would
     /// lose data, and stopping halfway is safe because the offsets are not stored yet.
-    async fn make_durable(&self, effects: Effects, dead_letters: Vec<(OwnedMessage, String)>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn make_durable(
+        &self,
+        effects: Effects,
+        dead_letters: Vec<(OwnedMessage, String)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let mut records = Vec::with_capacity(effects.emit.len() + dead_letters.len());
         for emit in effects.emit {
             match emit {
@@ -230,7 +276,10 @@ impl StreamTask {
                         topic,
                         key: Some(event.sku.clone().into_bytes()),
                         payload: Some(payload),
-                        headers: vec![(TRACEPARENT_HEADER.to_string(), trace.to_string().into_bytes())],
+                        headers: vec![(
+                            TRACEPARENT_HEADER.to_string(),
+                            trace.to_string().into_bytes(),
+                        )],
                         partition: None,
                     });
                 }
@@ -242,14 +291,27 @@ impl StreamTask {
             tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
             let mut headers: Vec<(String, Vec<u8>)> = message
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
                 .unwrap_or_default();
             headers.extend([
                 ("erpstream.error".to_string(), error.into_bytes()),
-                ("erpstream.source".to_string(), self.name.clone().into_bytes()),
+                (
+                    "erpstream.source".to_string(),
+                    self.name.clone().into_bytes(),
+                ),
                 ("erpstream.attempts".to_string(), b"1".to_vec()),
-                ("erpstream.original.partition".to_string(), message.partition().to_string().into_bytes()),
-                ("erpstream.original.offset".to_string(), message.offset().to_string().into_bytes()),
+                (
+                    "erpstream.original.partition".to_string(),
+                    message.partition().to_string().into_bytes(),
+                ),
+                (
+                    "erpstream.original.offset".to_string(),
+                    message.offset().to_string().into_bytes(),
+                ),
             ]);
             records.push(RawRecord {
                 topic: dlq,
@@ -283,7 +345,11 @@ impl StreamTask {
     }
 
     /// Sends every record, retrying failures; `false` if shutdown interrupted it.
-    async fn send_all(&self, records: Vec<RawRecord>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn send_all(
+        &self,
+        records: Vec<RawRecord>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let mut pending = records;
         let mut wait = Duration::from_millis(100);
         while !pending.is_empty() {
@@ -306,7 +372,9 @@ impl StreamTask {
             metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor",
                 m::ERROR_TYPE => "publish", m::STAGE => "emit").increment(failed.len() as u64);
             if *shutdown.borrow() {
-                tracing::warn!("shutting down with unpublished effects; the batch will be re-processed after restart");
+                tracing::warn!(
+                    "shutting down with unpublished effects; the batch will be re-processed after restart"
+                );
                 return false;
             }
             tokio::time::sleep(wait).await;

@@ -65,19 +65,22 @@ impl Level {
             Level::Full => (true, true, false),
             Level::FullTransitive => (true, true, true),
         };
-        let against: Vec<&Schema> =
-            if transitive { existing.iter().collect() } else { existing.last().into_iter().collect() };
+        let against: Vec<&Schema> = if transitive {
+            existing.iter().collect()
+        } else {
+            existing.last().into_iter().collect()
+        };
         let mut problems = Vec::new();
         for old in against {
-            if backward {
-                if let Err(e) = SchemaCompatibility::can_read(old, new) {
-                    problems.push(format!("new schema cannot read data written with an earlier one: {e}"));
-                }
+            if backward && let Err(e) = SchemaCompatibility::can_read(old, new) {
+                problems.push(format!(
+                    "new schema cannot read data written with an earlier one: {e}"
+                ));
             }
-            if forward {
-                if let Err(e) = SchemaCompatibility::can_read(new, old) {
-                    problems.push(format!("an earlier schema cannot read data written with the new one: {e}"));
-                }
+            if forward && let Err(e) = SchemaCompatibility::can_read(new, old) {
+                problems.push(format!(
+                    "an earlier schema cannot read data written with the new one: {e}"
+                ));
             }
         }
         problems
@@ -89,16 +92,28 @@ mod tests {
     use super::*;
 
     fn schema(fields: &str) -> Schema {
-        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#)).unwrap()
+        Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"R","fields":[{fields}]}}"#
+        ))
+        .unwrap()
     }
 
     #[test]
     fn backward_allows_new_fields_with_defaults_only() {
         let v1 = schema(r#"{"name":"a","type":"string"}"#);
-        let with_default = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int","default":0}"#);
+        let with_default =
+            schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int","default":0}"#);
         let without = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#);
-        assert!(Level::Backward.check(&with_default, std::slice::from_ref(&v1)).is_empty());
-        assert!(!Level::Backward.check(&without, std::slice::from_ref(&v1)).is_empty());
+        assert!(
+            Level::Backward
+                .check(&with_default, std::slice::from_ref(&v1))
+                .is_empty()
+        );
+        assert!(
+            !Level::Backward
+                .check(&without, std::slice::from_ref(&v1))
+                .is_empty()
+        );
         assert!(Level::None.check(&without, &[v1]).is_empty());
     }
 
@@ -106,8 +121,16 @@ mod tests {
     fn forward_refuses_removing_a_field_without_default() {
         let v1 = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#);
         let v2 = schema(r#"{"name":"a","type":"string"}"#);
-        assert!(Level::Backward.check(&v2, std::slice::from_ref(&v1)).is_empty());
-        assert!(!Level::Forward.check(&v2, std::slice::from_ref(&v1)).is_empty());
+        assert!(
+            Level::Backward
+                .check(&v2, std::slice::from_ref(&v1))
+                .is_empty()
+        );
+        assert!(
+            !Level::Forward
+                .check(&v2, std::slice::from_ref(&v1))
+                .is_empty()
+        );
         assert!(!Level::Full.check(&v2, &[v1]).is_empty());
     }
 }

@@ -53,16 +53,36 @@ fn router(store: Arc<Store>) -> Router {
         .route("/", get(|| async { reply(StatusCode::OK, json!({})) }))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(get_version).delete(delete_version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
         .route("/schemas/ids/{id}", get(get_by_id))
         .route("/schemas/ids/{id}/schema", get(get_raw_by_id))
         .route("/schemas/ids/{id}/versions", get(get_id_versions))
-        .route("/schemas/types", get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_compatibility))
+        .route(
+            "/schemas/types",
+            get(|| async { reply(StatusCode::OK, json!(["AVRO"])) }),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_compatibility),
+        )
         .route("/config", get(get_global_config).put(put_global_config))
-        .route("/config/{subject}", get(get_subject_config).put(put_subject_config).delete(delete_subject_config))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
         .with_state(store)
 }
 
@@ -76,37 +96,65 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn subject_not_found(subject: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40401, format!("Subject '{subject}' not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40401,
+            format!("Subject '{subject}' not found."),
+        )
     }
     fn version_not_found(version: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, 40402, format!("Version {version} not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("Version {version} not found."),
+        )
     }
     fn schema_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, 40403, "Schema not found")
     }
     fn invalid_schema(reason: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema: {reason}"))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid schema: {reason}"),
+        )
     }
 }
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
         tracing::error!(error = %err, "registry store failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, "Error in the backend data store")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            "Error in the backend data store",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        reply(self.status, json!({"error_code": self.code, "message": self.message}))
+        reply(
+            self.status,
+            json!({"error_code": self.code, "message": self.message}),
+        )
     }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -125,15 +173,23 @@ struct SchemaRequest {
 /// Parses and checks a request body; returns the parsed schema and its normalized text.
 fn parse_request(body: &[u8]) -> Result<(Schema, String, String), ApiError> {
     let request: SchemaRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid request body: {e}"))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid request body: {e}"),
+        )
     })?;
-    if let Some(kind) = &request.schema_type {
-        if !kind.eq_ignore_ascii_case("AVRO") {
-            return Err(ApiError::invalid_schema(format!("schema type {kind} is not supported; only AVRO is")));
-        }
+    if let Some(kind) = &request.schema_type
+        && !kind.eq_ignore_ascii_case("AVRO")
+    {
+        return Err(ApiError::invalid_schema(format!(
+            "schema type {kind} is not supported; only AVRO is"
+        )));
     }
     if !request.references.is_empty() {
-        return Err(ApiError::invalid_schema("schema references are not supported"));
+        return Err(ApiError::invalid_schema(
+            "schema references are not supported",
+        ));
     }
     let schema = Schema::parse_str(&request.schema).map_err(ApiError::invalid_schema)?;
     let normalized = normalize(&request.schema).map_err(ApiError::invalid_schema)?;
@@ -151,8 +207,13 @@ fn parse_version(text: &str) -> Result<Option<i32>, ApiError> {
         "latest" | "-1" => Ok(None),
         _ => match text.parse::<i32>() {
             Ok(v) if v > 0 => Ok(Some(v)),
-            _ => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42202,
-                format!("The specified version '{text}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""))),
+            _ => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42202,
+                format!(
+                    "The specified version '{text}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+                ),
+            )),
         },
     }
 }
@@ -166,55 +227,109 @@ async fn list_versions(State(store): State<Arc<Store>>, Path(subject): Path<Stri
     if versions.is_empty() {
         return Err(ApiError::subject_not_found(&subject));
     }
-    Ok(reply(StatusCode::OK, json!(versions.iter().map(|v| v.version).collect::<Vec<_>>())))
+    Ok(reply(
+        StatusCode::OK,
+        json!(versions.iter().map(|v| v.version).collect::<Vec<_>>()),
+    ))
 }
 
-async fn register(State(store): State<Arc<Store>>, Path(subject): Path<String>, body: bytes::Bytes) -> ApiResult {
+async fn register(
+    State(store): State<Arc<Store>>,
+    Path(subject): Path<String>,
+    body: bytes::Bytes,
+) -> ApiResult {
     let (schema, text, normalized) = parse_request(&body)?;
-    let id = store.register(&subject, &schema, &text, &normalized).await?;
+    let id = store
+        .register(&subject, &schema, &text, &normalized)
+        .await?;
     Ok(reply(StatusCode::OK, json!({"id": id})))
 }
 
-async fn lookup(State(store): State<Arc<Store>>, Path(subject): Path<String>, body: bytes::Bytes) -> ApiResult {
+async fn lookup(
+    State(store): State<Arc<Store>>,
+    Path(subject): Path<String>,
+    body: bytes::Bytes,
+) -> ApiResult {
     let (_, _, normalized) = parse_request(&body)?;
     let versions = store.versions(&subject).await?;
     if versions.is_empty() {
         return Err(ApiError::subject_not_found(&subject));
     }
-    let found = versions.into_iter().find(|v| v.normalized == normalized).ok_or_else(ApiError::schema_not_found)?;
-    Ok(reply(StatusCode::OK, json!({"subject": subject, "version": found.version, "id": found.id, "schema": found.schema})))
+    let found = versions
+        .into_iter()
+        .find(|v| v.normalized == normalized)
+        .ok_or_else(ApiError::schema_not_found)?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({"subject": subject, "version": found.version, "id": found.id, "schema": found.schema}),
+    ))
 }
 
-async fn find_version(store: &Store, subject: &str, version: &str) -> Result<store::Version, ApiError> {
+async fn find_version(
+    store: &Store,
+    subject: &str,
+    version: &str,
+) -> Result<store::Version, ApiError> {
     let wanted = parse_version(version)?;
     let versions = store.versions(subject).await?;
     if versions.is_empty() {
         return Err(ApiError::subject_not_found(subject));
     }
     match wanted {
-        None => versions.into_iter().next_back().ok_or_else(|| ApiError::version_not_found(version)),
-        Some(v) => versions.into_iter().find(|x| x.version == v).ok_or_else(|| ApiError::version_not_found(version)),
+        None => versions
+            .into_iter()
+            .next_back()
+            .ok_or_else(|| ApiError::version_not_found(version)),
+        Some(v) => versions
+            .into_iter()
+            .find(|x| x.version == v)
+            .ok_or_else(|| ApiError::version_not_found(version)),
     }
 }
 
-async fn get_version(State(store): State<Arc<Store>>, Path((subject, version)): Path<(String, String)>) -> ApiResult {
+async fn get_version(
+    State(store): State<Arc<Store>>,
+    Path((subject, version)): Path<(String, String)>,
+) -> ApiResult {
     let found = find_version(&store, &subject, &version).await?;
-    Ok(reply(StatusCode::OK, json!({"subject": subject, "version": found.version, "id": found.id, "schema": found.schema})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"subject": subject, "version": found.version, "id": found.id, "schema": found.schema}),
+    ))
 }
 
-async fn get_version_schema(State(store): State<Arc<Store>>, Path((subject, version)): Path<(String, String)>) -> ApiResult {
+async fn get_version_schema(
+    State(store): State<Arc<Store>>,
+    Path((subject, version)): Path<(String, String)>,
+) -> ApiResult {
     let found = find_version(&store, &subject, &version).await?;
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], found.schema).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        found.schema,
+    )
+        .into_response())
 }
 
 async fn get_by_id(State(store): State<Arc<Store>>, Path(id): Path<i32>) -> ApiResult {
-    let schema = store.schema(id).await?.ok_or_else(ApiError::schema_not_found)?;
+    let schema = store
+        .schema(id)
+        .await?
+        .ok_or_else(ApiError::schema_not_found)?;
     Ok(reply(StatusCode::OK, json!({"schema": schema})))
 }
 
 async fn get_raw_by_id(State(store): State<Arc<Store>>, Path(id): Path<i32>) -> ApiResult {
-    let schema = store.schema(id).await?.ok_or_else(ApiError::schema_not_found)?;
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], schema).into_response())
+    let schema = store
+        .schema(id)
+        .await?
+        .ok_or_else(ApiError::schema_not_found)?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        schema,
+    )
+        .into_response())
 }
 
 async fn get_id_versions(State(store): State<Arc<Store>>, Path(id): Path<i32>) -> ApiResult {
@@ -222,7 +337,10 @@ async fn get_id_versions(State(store): State<Arc<Store>>, Path(id): Path<i32>) -
     if uses.is_empty() {
         return Err(ApiError::schema_not_found());
     }
-    let body: Vec<Value> = uses.into_iter().map(|(s, v)| json!({"subject": s, "version": v})).collect();
+    let body: Vec<Value> = uses
+        .into_iter()
+        .map(|(s, v)| json!({"subject": s, "version": v}))
+        .collect();
     Ok(reply(StatusCode::OK, json!(body)))
 }
 
@@ -264,22 +382,36 @@ struct ConfigQuery {
 
 fn parse_level(body: &[u8]) -> Result<Level, ApiError> {
     let request: ConfigRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42203, format!("Invalid compatibility level: {e}"))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42203,
+            format!("Invalid compatibility level: {e}"),
+        )
     })?;
     request.compatibility.parse().map_err(|_| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42203, format!("Invalid compatibility level: {}", request.compatibility))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42203,
+            format!("Invalid compatibility level: {}", request.compatibility),
+        )
     })
 }
 
 async fn get_global_config(State(store): State<Arc<Store>>) -> ApiResult {
     let level = store.level_of(store::GLOBAL).await?.unwrap_or_default();
-    Ok(reply(StatusCode::OK, json!({"compatibilityLevel": level.to_string()})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"compatibilityLevel": level.to_string()}),
+    ))
 }
 
 async fn put_global_config(State(store): State<Arc<Store>>, body: bytes::Bytes) -> ApiResult {
     let level = parse_level(&body)?;
     store.set_level(store::GLOBAL, Some(level)).await?;
-    Ok(reply(StatusCode::OK, json!({"compatibility": level.to_string()})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"compatibility": level.to_string()}),
+    ))
 }
 
 async fn get_subject_config(
@@ -288,26 +420,51 @@ async fn get_subject_config(
     Query(query): Query<ConfigQuery>,
 ) -> ApiResult {
     match store.level_of(&subject).await? {
-        Some(level) => Ok(reply(StatusCode::OK, json!({"compatibilityLevel": level.to_string()}))),
+        Some(level) => Ok(reply(
+            StatusCode::OK,
+            json!({"compatibilityLevel": level.to_string()}),
+        )),
         None if query.default_to_global => {
             let level = store.level_of(store::GLOBAL).await?.unwrap_or_default();
-            Ok(reply(StatusCode::OK, json!({"compatibilityLevel": level.to_string()})))
+            Ok(reply(
+                StatusCode::OK,
+                json!({"compatibilityLevel": level.to_string()}),
+            ))
         }
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, 40408,
-            format!("Subject '{subject}' does not have subject-level compatibility configured"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            40408,
+            format!("Subject '{subject}' does not have subject-level compatibility configured"),
+        )),
     }
 }
 
-async fn put_subject_config(State(store): State<Arc<Store>>, Path(subject): Path<String>, body: bytes::Bytes) -> ApiResult {
+async fn put_subject_config(
+    State(store): State<Arc<Store>>,
+    Path(subject): Path<String>,
+    body: bytes::Bytes,
+) -> ApiResult {
     let level = parse_level(&body)?;
     store.set_level(&subject, Some(level)).await?;
-    Ok(reply(StatusCode::OK, json!({"compatibility": level.to_string()})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"compatibility": level.to_string()}),
+    ))
 }
 
-async fn delete_subject_config(State(store): State<Arc<Store>>, Path(subject): Path<String>) -> ApiResult {
-    let previous = store.level_of(&subject).await?.ok_or_else(|| ApiError::subject_not_found(&subject))?;
+async fn delete_subject_config(
+    State(store): State<Arc<Store>>,
+    Path(subject): Path<String>,
+) -> ApiResult {
+    let previous = store
+        .level_of(&subject)
+        .await?
+        .ok_or_else(|| ApiError::subject_not_found(&subject))?;
     store.set_level(&subject, None).await?;
-    Ok(reply(StatusCode::OK, json!({"compatibilityLevel": previous.to_string()})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"compatibilityLevel": previous.to_string()}),
+    ))
 }
 
 async fn delete_subject(State(store): State<Arc<Store>>, Path(subject): Path<String>) -> ApiResult {
@@ -318,7 +475,10 @@ async fn delete_subject(State(store): State<Arc<Store>>, Path(subject): Path<Str
     Ok(reply(StatusCode::OK, json!(deleted)))
 }
 
-async fn delete_version(State(store): State<Arc<Store>>, Path((subject, version)): Path<(String, String)>) -> ApiResult {
+async fn delete_version(
+    State(store): State<Arc<Store>>,
+    Path((subject, version)): Path<(String, String)>,
+) -> ApiResult {
     let found = find_version(&store, &subject, &version).await?;
     store.delete(&subject, Some(found.version)).await?;
     Ok(reply(StatusCode::OK, json!(found.version)))

@@ -58,17 +58,26 @@ impl Store {
                 std::process::exit(1);
             }
         });
-        client.batch_execute("SELECT pg_advisory_lock(874321)").await?;
+        client
+            .batch_execute("SELECT pg_advisory_lock(874321)")
+            .await?;
         client.batch_execute(MIGRATION).await?;
-        client.batch_execute("SELECT pg_advisory_unlock(874321)").await?;
-        Ok(Self { client: Mutex::new(client) })
+        client
+            .batch_execute("SELECT pg_advisory_unlock(874321)")
+            .await?;
+        Ok(Self {
+            client: Mutex::new(client),
+        })
     }
 
     /// Subjects with at least one live version.
     pub async fn subjects(&self) -> Result<Vec<String>, tokio_postgres::Error> {
         let client = self.client.lock().await;
         let rows = client
-            .query("SELECT DISTINCT subject FROM registry.versions WHERE NOT deleted ORDER BY subject", &[])
+            .query(
+                "SELECT DISTINCT subject FROM registry.versions WHERE NOT deleted ORDER BY subject",
+                &[],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -82,7 +91,9 @@ impl Store {
     /// The schema text of `id`.
     pub async fn schema(&self, id: i32) -> Result<Option<String>, tokio_postgres::Error> {
         let client = self.client.lock().await;
-        let row = client.query_opt("SELECT schema FROM registry.schemas WHERE id = $1", &[&id]).await?;
+        let row = client
+            .query_opt("SELECT schema FROM registry.schemas WHERE id = $1", &[&id])
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -108,7 +119,11 @@ impl Store {
     }
 
     /// Sets (or clears) the level of `subject` (or [`GLOBAL`]).
-    pub async fn set_level(&self, subject: &str, level: Option<Level>) -> Result<(), tokio_postgres::Error> {
+    pub async fn set_level(
+        &self,
+        subject: &str,
+        level: Option<Level>,
+    ) -> Result<(), tokio_postgres::Error> {
         let client = self.client.lock().await;
         match level {
             Some(level) => {
@@ -121,14 +136,23 @@ impl Store {
                     .await?;
             }
             None => {
-                client.execute("DELETE FROM registry.config WHERE subject = $1", &[&subject]).await?;
+                client
+                    .execute(
+                        "DELETE FROM registry.config WHERE subject = $1",
+                        &[&subject],
+                    )
+                    .await?;
             }
         }
         Ok(())
     }
 
     /// Soft-deletes one version or all of a subject; returns the versions deleted.
-    pub async fn delete(&self, subject: &str, version: Option<i32>) -> Result<Vec<i32>, tokio_postgres::Error> {
+    pub async fn delete(
+        &self,
+        subject: &str,
+        version: Option<i32>,
+    ) -> Result<Vec<i32>, tokio_postgres::Error> {
         let client = self.client.lock().await;
         let rows = client
             .query(
@@ -145,22 +169,35 @@ impl Store {
 
     /// Registers `text` under `subject`: the existing id if already registered there,
     /// otherwise a new version after the compatibility check.
-    pub async fn register(&self, subject: &str, schema: &Schema, text: &str, normalized: &str) -> Result<i32, ApiError> {
+    pub async fn register(
+        &self,
+        subject: &str,
+        schema: &Schema,
+        text: &str,
+        normalized: &str,
+    ) -> Result<i32, ApiError> {
         let mut client = self.client.lock().await;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&subject]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&subject])
+            .await?;
         let existing = versions(&tx, subject).await?;
         if let Some(found) = existing.iter().find(|v| v.normalized == normalized) {
             return Ok(found.id);
         }
         let level = effective_level(&tx, subject).await?;
-        let earlier: Vec<Schema> = existing.iter().filter_map(|v| Schema::parse_str(&v.schema).ok()).collect();
+        let earlier: Vec<Schema> = existing
+            .iter()
+            .filter_map(|v| Schema::parse_str(&v.schema).ok())
+            .collect();
         let problems = level.check(schema, &earlier);
         if !problems.is_empty() {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 409,
-                format!("Schema being registered is incompatible with an earlier schema for subject \"{subject}\" ({level}); details: {}", problems.join("; ")),
+                format!(
+                    "Schema being registered is incompatible with an earlier schema for subject \"{subject}\" ({level}); details: {}",
+                    problems.join("; ")
+                ),
             ));
         }
         let id: i32 = tx
@@ -182,7 +219,10 @@ impl Store {
     }
 }
 
-async fn versions(client: &impl tokio_postgres::GenericClient, subject: &str) -> Result<Vec<Version>, tokio_postgres::Error> {
+async fn versions(
+    client: &impl tokio_postgres::GenericClient,
+    subject: &str,
+) -> Result<Vec<Version>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT v.version, s.id, s.schema, s.normalized FROM registry.versions v
@@ -193,16 +233,32 @@ async fn versions(client: &impl tokio_postgres::GenericClient, subject: &str) ->
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Version { version: r.get(0), id: r.get(1), schema: r.get(2), normalized: r.get(3) })
+        .map(|r| Version {
+            version: r.get(0),
+            id: r.get(1),
+            schema: r.get(2),
+            normalized: r.get(3),
+        })
         .collect())
 }
 
-async fn level_of(client: &impl tokio_postgres::GenericClient, subject: &str) -> Result<Option<Level>, tokio_postgres::Error> {
-    let row = client.query_opt("SELECT compatibility FROM registry.config WHERE subject = $1", &[&subject]).await?;
+async fn level_of(
+    client: &impl tokio_postgres::GenericClient,
+    subject: &str,
+) -> Result<Option<Level>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT compatibility FROM registry.config WHERE subject = $1",
+            &[&subject],
+        )
+        .await?;
     Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
 }
 
-async fn effective_level(client: &impl tokio_postgres::GenericClient, subject: &str) -> Result<Level, tokio_postgres::Error> {
+async fn effective_level(
+    client: &impl tokio_postgres::GenericClient,
+    subject: &str,
+) -> Result<Level, tokio_postgres::Error> {
     if let Some(level) = level_of(client, subject).await? {
         return Ok(level);
     }

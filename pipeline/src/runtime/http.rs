@@ -22,17 +22,31 @@ struct Ops {
 
 /// The operations routes.
 pub fn operations(metrics: PrometheusHandle, publisher: Publisher, registry_url: &str) -> Router {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
-    let ops = Ops { metrics, publisher, registry_url: registry_url.trim_end_matches('/').to_string(), client };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let ops = Ops {
+        metrics,
+        publisher,
+        registry_url: registry_url.trim_end_matches('/').to_string(),
+        client,
+    };
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(ready))
         .with_state(ops)
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], ops.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ops.metrics.render(),
+    )
 }
 
 async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
@@ -43,10 +57,17 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
-    let status = if broker && registry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker && registry {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
-    (status, axum::Json(json!({
-        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
-        "checks": {"broker": word(broker), "registry": word(registry)},
-    })))
+    (
+        status,
+        axum::Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+            "checks": {"broker": word(broker), "registry": word(registry)},
+        })),
+    )
 }

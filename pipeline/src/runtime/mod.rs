@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::processors::Processor;
 use crate::processors::dedupe::Dedupe;
 use crate::processors::inventory::Inventory;
 use crate::processors::task::StreamTask;
-use crate::processors::Processor;
 use crate::topology::{ProcessorConfig, SinkConfig, SourceConfig, Topology};
 
 /// Why the pipeline could not start or stopped with an error.
@@ -62,7 +62,12 @@ pub fn dlq_topic(topic: &str) -> String {
 }
 
 /// Changelog topic of a component's state (broker-side).
-pub fn changelog_topic(kafka: &KafkaConfig, app_id: &str, component: &str, qualifier: Option<&str>) -> String {
+pub fn changelog_topic(
+    kafka: &KafkaConfig,
+    app_id: &str,
+    component: &str,
+    qualifier: Option<&str>,
+) -> String {
     match qualifier {
         Some(q) => kafka.topic(&format!("{app_id}.{component}.{q}.changelog")),
         None => kafka.topic(&format!("{app_id}.{component}.changelog")),
@@ -76,7 +81,11 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let codec = Codec::new(&topology.registry.url)?;
     register_contracts(&topology, &codec).await?;
     create_topics(&kafka, &topology).await?;
-    let publisher = Publisher::new(&kafka, &format!("{}-producer", topology.app_id), codec.clone())?;
+    let publisher = Publisher::new(
+        &kafka,
+        &format!("{}-producer", topology.app_id),
+        codec.clone(),
+    )?;
 
     let mut router = axum::Router::new();
     for (id, source) in &topology.sources {
@@ -87,9 +96,12 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
 
     let mut tasks: JoinSet<(String, Result<(), String>)> = JoinSet::new();
     for (name, task) in processor_tasks(&topology, &publisher)? {
-        let span = tracing::info_span!("component", component_kind = "processor", component_id = %name);
+        let span =
+            tracing::info_span!("component", component_kind = "processor", component_id = %name);
         let rx = shutdown_rx.clone();
-        tasks.spawn(async move { (name, task.run(rx).await.map_err(|e| e.to_string())) }.instrument(span));
+        tasks.spawn(
+            async move { (name, task.run(rx).await.map_err(|e| e.to_string())) }.instrument(span),
+        );
     }
     for (id, sink) in &topology.sinks {
         let SinkConfig::StorefrontWebhook(config) = sink;
@@ -99,7 +111,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             .map(|logical| {
                 let topic = kafka.topic(logical);
                 storefront_webhook::Input {
-                    kind: topology.contract(logical).unwrap_or(erpstream_schemas::EventKind::InventoryAvailable),
+                    kind: topology
+                        .contract(logical)
+                        .unwrap_or(erpstream_schemas::EventKind::InventoryAvailable),
                     changelog: Changelog::new(
                         changelog_topic(&kafka, &topology.app_id, id, Some(logical)),
                         kafka.clone(),
@@ -111,18 +125,34 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             })
             .collect();
         let group = format!("{}.{id}", topology.app_id);
-        let sink = StorefrontWebhookSink::build(id, config.clone(), inputs, &kafka, &group, publisher.clone())?;
+        let sink = StorefrontWebhookSink::build(
+            id,
+            config.clone(),
+            inputs,
+            &kafka,
+            &group,
+            publisher.clone(),
+        )?;
         let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
             component_type = storefront_webhook::TYPE);
         let rx = shutdown_rx.clone();
         let name = id.clone();
-        tasks.spawn(async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }.instrument(span));
+        tasks.spawn(
+            async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }.instrument(span),
+        );
     }
 
-    let router = router.merge(http::operations(metrics, publisher.clone(), &topology.registry.url));
+    let router = router.merge(http::operations(
+        metrics,
+        publisher.clone(),
+        &topology.registry.url,
+    ));
     let listener = tokio::net::TcpListener::bind(topology.http.listen)
         .await
-        .map_err(|source| RuntimeError::Listen { addr: topology.http.listen, source })?;
+        .map_err(|source| RuntimeError::Listen {
+            addr: topology.http.listen,
+            source,
+        })?;
     tracing::info!(listen = %topology.http.listen, "erpstream is running");
     let mut http_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
@@ -158,7 +188,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
 
 async fn register_contracts(topology: &Topology, codec: &Codec) -> Result<(), RuntimeError> {
     for logical in topology.topics.keys() {
-        let Some(kind) = topology.contract(logical) else { continue };
+        let Some(kind) = topology.contract(logical) else {
+            continue;
+        };
         let topic = topology.kafka.topic(logical);
         let mut attempt = 0;
         loop {
@@ -188,7 +220,8 @@ async fn create_topics(kafka: &KafkaConfig, topology: &Topology) -> Result<(), R
         match kafka::ensure_topics(kafka, &specs).await {
             Ok(()) => return Ok(()),
             Err(rdkafka::error::KafkaError::AdminOp(code))
-                if attempt < 30 && !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidPartitions) =>
+                if attempt < 30
+                    && !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidPartitions) =>
             {
                 attempt += 1;
                 tracing::warn!(error = %code, attempt, "broker did not create topics yet; retrying");
@@ -206,7 +239,11 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
     let mut specs = Vec::new();
     let mut add = |name: String, partitions: i32, compacted: bool| {
         if !specs.iter().any(|s: &TopicSpec| s.name == name) {
-            specs.push(TopicSpec { name, partitions, compacted });
+            specs.push(TopicSpec {
+                name,
+                partitions,
+                compacted,
+            });
         }
     };
     for (logical, topic) in &topology.topics {
@@ -218,7 +255,11 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
             add(dlq_topic(&kafka.topic(input)), partitions, false);
         }
         for id in &chain {
-            add(changelog_topic(kafka, &topology.app_id, id, None), partitions, true);
+            add(
+                changelog_topic(kafka, &topology.app_id, id, None),
+                partitions,
+                true,
+            );
         }
     }
     for (id, sink) in &topology.sinks {
@@ -226,7 +267,11 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
         for input in &config.inputs {
             let partitions = topology.topics.get(input).map_or(1, |t| t.partitions);
             add(dlq_topic(&kafka.topic(input)), partitions, false);
-            add(changelog_topic(kafka, &topology.app_id, id, Some(input)), partitions, true);
+            add(
+                changelog_topic(kafka, &topology.app_id, id, Some(input)),
+                partitions,
+                true,
+            );
         }
     }
     specs
@@ -236,7 +281,11 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
 fn chains(topology: &Topology) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (id, processor) in &topology.processors {
-        if processor.inputs().iter().any(|i| topology.processors.contains_key(i)) {
+        if processor
+            .inputs()
+            .iter()
+            .any(|i| topology.processors.contains_key(i))
+        {
             continue;
         }
         let mut chain = vec![id.clone()];
@@ -265,7 +314,10 @@ fn chain_partitions(topology: &Topology, chain: &[String]) -> i32 {
         .unwrap_or(1)
 }
 
-fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Vec<(String, StreamTask)>, RuntimeError> {
+fn processor_tasks(
+    topology: &Topology,
+    publisher: &Publisher,
+) -> Result<Vec<(String, StreamTask)>, RuntimeError> {
     let kafka = &topology.kafka;
     let mut tasks = Vec::new();
     for chain in chains(topology) {
@@ -273,11 +325,21 @@ fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Vec<(St
         let mut changelogs = Vec::new();
         for id in &chain {
             let processor: Box<dyn Processor> = match &topology.processors[id] {
-                ProcessorConfig::Dedupe(c) => Box::new(Dedupe::new(id, c, c.output.as_deref().map(|o| kafka.topic(o)))),
-                ProcessorConfig::Inventory(c) => Box::new(Inventory::new(id, c, kafka.topic(&c.output))),
+                ProcessorConfig::Dedupe(c) => Box::new(Dedupe::new(
+                    id,
+                    c,
+                    c.output.as_deref().map(|o| kafka.topic(o)),
+                )),
+                ProcessorConfig::Inventory(c) => {
+                    Box::new(Inventory::new(id, c, kafka.topic(&c.output)))
+                }
             };
             processors.push(processor);
-            changelogs.push(Changelog::new(changelog_topic(kafka, &topology.app_id, id, None), kafka.clone(), publisher.clone()));
+            changelogs.push(Changelog::new(
+                changelog_topic(kafka, &topology.app_id, id, None),
+                kafka.clone(),
+                publisher.clone(),
+            ));
         }
         let inputs = topology.processors[&chain[0]]
             .inputs()
@@ -291,7 +353,17 @@ fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Vec<(St
         let name = chain.join("+");
         let group = format!("{}.{}", topology.app_id, chain[0]);
         let consumer = kafka::group_consumer(kafka, &group, &name)?;
-        tasks.push((name.clone(), StreamTask::new(name, consumer, inputs, processors, changelogs, publisher.clone())));
+        tasks.push((
+            name.clone(),
+            StreamTask::new(
+                name,
+                consumer,
+                inputs,
+                processors,
+                changelogs,
+                publisher.clone(),
+            ),
+        ));
     }
     Ok(tasks)
 }

@@ -52,7 +52,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: default_listen() }
+        Self {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -132,7 +134,10 @@ impl Topology {
     /// Reads and validates a topology file (reading the file is the only I/O).
     pub fn load(path: &std::path::Path) -> Result<Self, TopologyErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            TopologyErrors(vec![Problem::new(path.display().to_string(), format!("could not be read: {e}"))])
+            TopologyErrors(vec![Problem::new(
+                path.display().to_string(),
+                format!("could not be read: {e}"),
+            )])
         })?;
         Self::parse(&text)
     }

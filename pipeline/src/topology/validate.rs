@@ -9,80 +9,131 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::*;
 
-const SECTIONS: [&str; 8] = ["app_id", "http", "kafka", "registry", "topics", "sources", "processors", "sinks"];
+const SECTIONS: [&str; 8] = [
+    "app_id",
+    "http",
+    "kafka",
+    "registry",
+    "topics",
+    "sources",
+    "processors",
+    "sinks",
+];
 
 pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
     let text = interpolate(text, |name| std::env::var(name).ok()).map_err(TopologyErrors)?;
     let root: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let at = e.location().map(|l| format!("line {}, column {}", l.line(), l.column())).unwrap_or_else(|| "file".into());
+        let at = e
+            .location()
+            .map(|l| format!("line {}, column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "file".into());
         TopologyErrors(vec![Problem::new(at, format!("is not valid YAML: {e}"))])
     })?;
     let Value::Mapping(root) = root else {
-        return Err(TopologyErrors(vec![Problem::new("(root)", "must be a mapping of sections")]));
+        return Err(TopologyErrors(vec![Problem::new(
+            "(root)",
+            "must be a mapping of sections",
+        )]));
     };
     let mut problems = Vec::new();
     for key in root.keys() {
         let name = key.as_str().unwrap_or("?");
         if !SECTIONS.contains(&name) {
-            problems.push(Problem::new(name, format!("unknown section; expected one of {}", SECTIONS.join(", "))));
+            problems.push(Problem::new(
+                name,
+                format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+            ));
         }
     }
 
     let app_id: Option<String> = section(&root, "app_id", &mut problems, true);
-    if let Some(id) = &app_id {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            problems.push(Problem::new("app_id", "must be non-empty and use only letters, digits, '.', '_' and '-'"));
-        }
+    if let Some(id) = &app_id
+        && (id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+    {
+        problems.push(Problem::new(
+            "app_id",
+            "must be non-empty and use only letters, digits, '.', '_' and '-'",
+        ));
     }
     let http: Option<HttpConfig> = section(&root, "http", &mut problems, false);
     let kafka: Option<KafkaConfig> = section(&root, "kafka", &mut problems, true);
     let registry: Option<RegistryConfig> = section(&root, "registry", &mut problems, true);
-    if let Some(registry) = &registry {
-        if reqwest::Url::parse(&registry.url).is_err() {
-            problems.push(Problem::new("registry.url", "must be a URL"));
-        }
+    if let Some(registry) = &registry
+        && reqwest::Url::parse(&registry.url).is_err()
+    {
+        problems.push(Problem::new("registry.url", "must be a URL"));
     }
     let topics: BTreeMap<String, TopicConfig> =
         section(&root, "topics", &mut problems, true).unwrap_or_default();
     for (name, topic) in &topics {
         if topic.partitions < 1 {
-            problems.push(Problem::new(format!("topics.{name}.partitions"), "must be >= 1"));
+            problems.push(Problem::new(
+                format!("topics.{name}.partitions"),
+                "must be >= 1",
+            ));
         }
         let contract = topic.contract.as_deref().unwrap_or(name);
         if EventKind::from_topic(contract).is_none() {
-            let field = if topic.contract.is_some() { format!("topics.{name}.contract") } else { format!("topics.{name}") };
-            problems.push(Problem::new(field, format!(
-                "names no contract; set contract to one of {}",
-                EventKind::ALL.map(|k| k.topic()).join(", ")
-            )));
+            let field = if topic.contract.is_some() {
+                format!("topics.{name}.contract")
+            } else {
+                format!("topics.{name}")
+            };
+            problems.push(Problem::new(
+                field,
+                format!(
+                    "names no contract; set contract to one of {}",
+                    EventKind::ALL.map(|k| k.topic()).join(", ")
+                ),
+            ));
         }
     }
 
-    let sources = components(&root, "sources", &mut problems, |kind, value, at, problems| match kind {
-        "erp_webhook" => typed::<ErpWebhookConfig>(value, at, problems).map(|c| {
-            problems.extend(c.validate(at));
-            SourceConfig::ErpWebhook(c)
-        }),
-        _ => unknown_type(at, &["erp_webhook"], problems),
-    });
-    let processors = components(&root, "processors", &mut problems, |kind, value, at, problems| match kind {
-        "dedupe" => typed::<DedupeConfig>(value, at, problems).map(|c| {
-            problems.extend(c.validate(at));
-            ProcessorConfig::Dedupe(c)
-        }),
-        "inventory" => typed::<InventoryConfig>(value, at, problems).map(|c| {
-            problems.extend(c.validate(at));
-            ProcessorConfig::Inventory(c)
-        }),
-        _ => unknown_type(at, &["dedupe", "inventory"], problems),
-    });
-    let sinks = components(&root, "sinks", &mut problems, |kind, value, at, problems| match kind {
-        "storefront_webhook" => typed::<StorefrontWebhookConfig>(value, at, problems).map(|c| {
-            problems.extend(c.validate(at));
-            SinkConfig::StorefrontWebhook(c)
-        }),
-        _ => unknown_type(at, &["storefront_webhook"], problems),
-    });
+    let sources = components(
+        &root,
+        "sources",
+        &mut problems,
+        |kind, value, at, problems| match kind {
+            "erp_webhook" => typed::<ErpWebhookConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SourceConfig::ErpWebhook(c)
+            }),
+            _ => unknown_type(at, &["erp_webhook"], problems),
+        },
+    );
+    let processors = components(
+        &root,
+        "processors",
+        &mut problems,
+        |kind, value, at, problems| match kind {
+            "dedupe" => typed::<DedupeConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                ProcessorConfig::Dedupe(c)
+            }),
+            "inventory" => typed::<InventoryConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                ProcessorConfig::Inventory(c)
+            }),
+            _ => unknown_type(at, &["dedupe", "inventory"], problems),
+        },
+    );
+    let sinks = components(
+        &root,
+        "sinks",
+        &mut problems,
+        |kind, value, at, problems| match kind {
+            "storefront_webhook" => {
+                typed::<StorefrontWebhookConfig>(value, at, problems).map(|c| {
+                    problems.extend(c.validate(at));
+                    SinkConfig::StorefrontWebhook(c)
+                })
+            }
+            _ => unknown_type(at, &["storefront_webhook"], problems),
+        },
+    );
 
     // The graph rules need no broker or registry settings: check them even when those
     // sections are broken (the placeholders never leave this function, as problems exist).
@@ -97,11 +148,20 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         sinks,
     };
     check_graph(&topology, &mut problems);
-    if problems.is_empty() { Ok(topology) } else { Err(TopologyErrors(problems)) }
+    if problems.is_empty() {
+        Ok(topology)
+    } else {
+        Err(TopologyErrors(problems))
+    }
 }
 
 /// Deserializes one top-level section; `None` (with a problem) if missing or malformed.
-fn section<T: DeserializeOwned>(root: &Mapping, name: &str, problems: &mut Vec<Problem>, required: bool) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    root: &Mapping,
+    name: &str,
+    problems: &mut Vec<Problem>,
+    required: bool,
+) -> Option<T> {
     match root.get(name) {
         None if required => {
             problems.push(Problem::new(name, "is required"));
@@ -117,7 +177,11 @@ fn typed<T: DeserializeOwned>(value: &Value, at: &str, problems: &mut Vec<Proble
         Ok(v) => Some(v),
         Err(err) => {
             let path = err.path().to_string();
-            let path = if path == "." || path == "?" { at.to_string() } else { format!("{at}.{path}") };
+            let path = if path == "." || path == "?" {
+                at.to_string()
+            } else {
+                format!("{at}.{path}")
+            };
             problems.push(Problem::new(path, err.into_inner().to_string()));
             None
         }
@@ -125,7 +189,10 @@ fn typed<T: DeserializeOwned>(value: &Value, at: &str, problems: &mut Vec<Proble
 }
 
 fn unknown_type<T>(at: &str, known: &[&str], problems: &mut Vec<Problem>) -> Option<T> {
-    problems.push(Problem::new(format!("{at}.type"), format!("must be one of {}", known.join(", "))));
+    problems.push(Problem::new(
+        format!("{at}.type"),
+        format!("must be one of {}", known.join(", ")),
+    ));
     None
 }
 
@@ -137,9 +204,14 @@ fn components<T>(
     build: impl Fn(&str, &Value, &str, &mut Vec<Problem>) -> Option<T>,
 ) -> BTreeMap<String, T> {
     let mut out = BTreeMap::new();
-    let Some(value) = root.get(name) else { return out };
+    let Some(value) = root.get(name) else {
+        return out;
+    };
     let Value::Mapping(entries) = value else {
-        problems.push(Problem::new(name, "must be a mapping of component id to settings"));
+        problems.push(Problem::new(
+            name,
+            "must be a mapping of component id to settings",
+        ));
         return out;
     };
     for (id, settings) in entries {
@@ -148,8 +220,15 @@ fn components<T>(
             continue;
         };
         let at = format!("{name}.{id}");
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
-            problems.push(Problem::new(&at, "id must use only letters, digits, '_' and '-'"));
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
+            problems.push(Problem::new(
+                &at,
+                "id must use only letters, digits, '_' and '-'",
+            ));
         }
         let Value::Mapping(map) = settings else {
             problems.push(Problem::new(&at, "must be a mapping"));
@@ -179,10 +258,16 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
     ] {
         for id in ids {
             if let Some(first) = seen.insert(id.clone(), kind) {
-                problems.push(Problem::new(format!("{kind}.{id}"), format!("id is already used in {first}")));
+                problems.push(Problem::new(
+                    format!("{kind}.{id}"),
+                    format!("id is already used in {first}"),
+                ));
             }
             if t.topics.contains_key(id) {
-                problems.push(Problem::new(format!("{kind}.{id}"), "id is also a topic name; inputs would be ambiguous"));
+                problems.push(Problem::new(
+                    format!("{kind}.{id}"),
+                    "id is also a topic name; inputs would be ambiguous",
+                ));
             }
         }
     }
@@ -192,10 +277,25 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
         let SourceConfig::ErpWebhook(c) = source;
         let at = format!("sources.{id}");
         if !paths.insert(c.path.clone()) {
-            problems.push(Problem::new(format!("{at}.path"), "is already served by another source"));
+            problems.push(Problem::new(
+                format!("{at}.path"),
+                "is already served by another source",
+            ));
         }
-        expect_topic(t, &format!("{at}.catalog_topic"), &c.catalog_topic, &[EventKind::CatalogUpdate], problems);
-        expect_topic(t, &format!("{at}.inventory_topic"), &c.inventory_topic, &[EventKind::InventoryChange], problems);
+        expect_topic(
+            t,
+            &format!("{at}.catalog_topic"),
+            &c.catalog_topic,
+            &[EventKind::CatalogUpdate],
+            problems,
+        );
+        expect_topic(
+            t,
+            &format!("{at}.inventory_topic"),
+            &c.inventory_topic,
+            &[EventKind::InventoryChange],
+            problems,
+        );
     }
 
     let mut consumers_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -211,22 +311,37 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
             if let Some(upstream) = t.processors.get(input) {
                 consumers_of.entry(input.as_str()).or_default().push(id);
                 if upstream.output().is_some() && matches!(upstream, ProcessorConfig::Dedupe(_)) {
-                    problems.push(Problem::new(&path, format!("processor {input} writes a topic; read that topic instead")));
+                    problems.push(Problem::new(
+                        &path,
+                        format!("processor {input} writes a topic; read that topic instead"),
+                    ));
                 }
                 for kind in contracts_of(t, input, &mut BTreeSet::new()) {
                     if !accepts.contains(&kind) {
-                        problems.push(Problem::new(&path, format!("{input} carries {}, which this processor does not take", kind.topic())));
+                        problems.push(Problem::new(
+                            &path,
+                            format!(
+                                "{input} carries {}, which this processor does not take",
+                                kind.topic()
+                            ),
+                        ));
                     }
                 }
             } else if t.topics.contains_key(input) {
                 expect_topic(t, &path, input, accepts, problems);
                 partitions.insert(t.topics[input].partitions);
             } else {
-                problems.push(Problem::new(&path, format!("{input} is neither a declared topic nor a processor")));
+                problems.push(Problem::new(
+                    &path,
+                    format!("{input} is neither a declared topic nor a processor"),
+                ));
             }
         }
         if partitions.len() > 1 {
-            problems.push(Problem::new(format!("{at}.inputs"), "input topics must have equal partition counts (co-partitioning)"));
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "input topics must have equal partition counts (co-partitioning)",
+            ));
         }
         if let Some(output) = processor.output() {
             let produces: &[EventKind] = match processor {
@@ -236,29 +351,47 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
             expect_topic(t, &format!("{at}.output"), output, produces, problems);
             if let (ProcessorConfig::Inventory(c), Some(out)) = (processor, t.topics.get(output)) {
                 for input in &c.inputs {
-                    if let Some(topic) = t.topics.get(input) {
-                        if topic.partitions != out.partitions {
-                            problems.push(Problem::new(format!("{at}.output"), format!(
+                    if let Some(topic) = t.topics.get(input)
+                        && topic.partitions != out.partitions
+                    {
+                        problems.push(Problem::new(format!("{at}.output"), format!(
                                 "{output} must have as many partitions as {input} (both keyed by sku)")));
-                        }
                     }
                 }
             }
-        } else if !consumers_of.contains_key(id.as_str()) && !t.processors.values().any(|p| p.inputs().contains(id)) {
-            problems.push(Problem::new(format!("{at}.output"), "is required when no processor reads this one"));
+        } else if !consumers_of.contains_key(id.as_str())
+            && !t.processors.values().any(|p| p.inputs().contains(id))
+        {
+            problems.push(Problem::new(
+                format!("{at}.output"),
+                "is required when no processor reads this one",
+            ));
         }
     }
     for (id, readers) in &consumers_of {
         if readers.len() > 1 {
-            problems.push(Problem::new(format!("processors.{id}"), format!("is read by {} processors; a processor feeds at most one", readers.join(", "))));
+            problems.push(Problem::new(
+                format!("processors.{id}"),
+                format!(
+                    "is read by {} processors; a processor feeds at most one",
+                    readers.join(", ")
+                ),
+            ));
         }
     }
     for id in t.processors.keys() {
         let mut path = BTreeSet::new();
         let mut current = id.as_str();
-        while let Some(next) = t.processors.get(current).and_then(|p| p.inputs().iter().find(|i| t.processors.contains_key(*i))) {
+        while let Some(next) = t
+            .processors
+            .get(current)
+            .and_then(|p| p.inputs().iter().find(|i| t.processors.contains_key(*i)))
+        {
             if !path.insert(current.to_string()) {
-                problems.push(Problem::new(format!("processors.{id}.inputs"), "forms a cycle"));
+                problems.push(Problem::new(
+                    format!("processors.{id}.inputs"),
+                    "forms a cycle",
+                ));
                 break;
             }
             current = next;
@@ -270,9 +403,18 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
         for (i, input) in c.inputs.iter().enumerate() {
             let path = format!("sinks.{id}.inputs[{i}]");
             if t.processors.contains_key(input) {
-                problems.push(Problem::new(&path, "sinks read topics; name the processor's output topic"));
+                problems.push(Problem::new(
+                    &path,
+                    "sinks read topics; name the processor's output topic",
+                ));
             } else {
-                expect_topic(t, &path, input, &[EventKind::InventoryAvailable, EventKind::CatalogUpdate], problems);
+                expect_topic(
+                    t,
+                    &path,
+                    input,
+                    &[EventKind::InventoryAvailable, EventKind::CatalogUpdate],
+                    problems,
+                );
             }
         }
     }
@@ -287,32 +429,57 @@ fn contracts_of(t: &Topology, id: &str, visiting: &mut BTreeSet<String>) -> Vec<
         Some(p @ ProcessorConfig::Dedupe(_)) => p
             .inputs()
             .iter()
-            .flat_map(|i| if t.topics.contains_key(i) { t.contract(i).into_iter().collect() } else { contracts_of(t, i, visiting) })
+            .flat_map(|i| {
+                if t.topics.contains_key(i) {
+                    t.contract(i).into_iter().collect()
+                } else {
+                    contracts_of(t, i, visiting)
+                }
+            })
             .collect(),
         None => t.contract(id).into_iter().collect(),
     }
 }
 
-fn expect_topic(t: &Topology, path: &str, topic: &str, allowed: &[EventKind], problems: &mut Vec<Problem>) {
+fn expect_topic(
+    t: &Topology,
+    path: &str,
+    topic: &str,
+    allowed: &[EventKind],
+    problems: &mut Vec<Problem>,
+) {
     if !t.topics.contains_key(topic) {
-        problems.push(Problem::new(path, format!("topic {topic} is not declared in topics")));
+        problems.push(Problem::new(
+            path,
+            format!("topic {topic} is not declared in topics"),
+        ));
         return;
     }
-    if let Some(kind) = t.contract(topic) {
-        if !allowed.contains(&kind) {
-            problems.push(Problem::new(path, format!(
+    if let Some(kind) = t.contract(topic)
+        && !allowed.contains(&kind)
+    {
+        problems.push(Problem::new(
+            path,
+            format!(
                 "topic {topic} carries {}; expected {}",
                 kind.topic(),
-                allowed.iter().map(|k| k.topic()).collect::<Vec<_>>().join(" or ")
-            )));
-        }
+                allowed
+                    .iter()
+                    .map(|k| k.topic())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        ));
     }
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values, so one file serves
 /// several environments. Secrets still belong in `{ env: NAME }` references, which are read
 /// by the component and never end up in the parsed configuration.
-fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Problem>> {
+fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<Problem>> {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
     let mut rest = text;
@@ -320,7 +487,10 @@ fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            problems.push(Problem::new(format!("line {}", line_of(text, rest, start)), "has an unclosed ${"));
+            problems.push(Problem::new(
+                format!("line {}", line_of(text, rest, start)),
+                "has an unclosed ${",
+            ));
             out.push_str(&rest[start..]);
             rest = "";
             break;
@@ -341,7 +511,11 @@ fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 fn line_of(text: &str, rest: &str, offset: usize) -> usize {

@@ -88,7 +88,10 @@ impl StorefrontWebhookConfig {
             _ => problems.push(Problem::new(format!("{at}.url"), "must be an http(s) URL")),
         }
         if self.inputs.is_empty() {
-            problems.push(Problem::new(format!("{at}.inputs"), "must list at least one topic"));
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "must list at least one topic",
+            ));
         }
         if self.request_timeout.is_zero() {
             problems.push(Problem::new(format!("{at}.request_timeout"), "must be > 0"));
@@ -100,13 +103,22 @@ impl StorefrontWebhookConfig {
             problems.push(Problem::new(format!("{at}.max_pending"), "must be > 0"));
         }
         if self.retry.max_attempts == 0 {
-            problems.push(Problem::new(format!("{at}.retry.max_attempts"), "must be > 0"));
+            problems.push(Problem::new(
+                format!("{at}.retry.max_attempts"),
+                "must be > 0",
+            ));
         }
         if self.retry.initial_backoff.is_zero() {
-            problems.push(Problem::new(format!("{at}.retry.initial_backoff"), "must be > 0"));
+            problems.push(Problem::new(
+                format!("{at}.retry.initial_backoff"),
+                "must be > 0",
+            ));
         }
         if self.retry.max_backoff < self.retry.initial_backoff {
-            problems.push(Problem::new(format!("{at}.retry.max_backoff"), "must be >= retry.initial_backoff"));
+            problems.push(Problem::new(
+                format!("{at}.retry.max_backoff"),
+                "must be >= retry.initial_backoff",
+            ));
         }
         problems
     }

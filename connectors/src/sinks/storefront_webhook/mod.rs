@@ -40,7 +40,10 @@ use tokio::task::JoinSet;
 pub use config::{RetryConfig, StorefrontWebhookConfig};
 pub use service::{DeliveryService, Outcome, backoff};
 
-use crate::kafka::{Changelog, GroupConsumer, KafkaConfig, Publisher, RawRecord, TrackingContext, TRACEPARENT_HEADER};
+use crate::kafka::{
+    Changelog, GroupConsumer, KafkaConfig, Publisher, RawRecord, TRACEPARENT_HEADER,
+    TrackingContext,
+};
 use crate::metrics as m;
 
 mod payload;
@@ -104,7 +107,10 @@ impl StorefrontWebhookSink {
         publisher: Publisher,
     ) -> Result<Self, SinkError> {
         for input in &inputs {
-            if !matches!(input.kind, EventKind::InventoryAvailable | EventKind::CatalogUpdate) {
+            if !matches!(
+                input.kind,
+                EventKind::InventoryAvailable | EventKind::CatalogUpdate
+            ) {
                 return Err(SinkError::UnsupportedInput(input.topic.clone(), input.kind));
             }
         }
@@ -165,7 +171,10 @@ impl StorefrontWebhookSink {
                 Ok(Some(Err(err))) => tracing::error!(error = %err, "delivery task failed"),
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(left = state.tasks.len(), "drain timed out; undelivered records will be redelivered after restart");
+                    tracing::warn!(
+                        left = state.tasks.len(),
+                        "drain timed out; undelivered records will be redelivered after restart"
+                    );
                     break;
                 }
             }
@@ -236,7 +245,7 @@ struct Progress {
 }
 
 enum Done {
-    Attempt(Delivery, Outcome),
+    Attempt(Box<Delivery>, Outcome),
     Finalized(Tp, Vec<i64>),
 }
 
@@ -272,7 +281,9 @@ impl State {
         }
         let tp: Tp = (message.topic().to_string(), message.partition());
         let offset = message.offset();
-        let Some(input) = sink.inputs.get(&tp.0).cloned() else { return };
+        let Some(input) = sink.inputs.get(&tp.0).cloned() else {
+            return;
+        };
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         if !self.guard.contains_key(&tp) {
             // Restore every assigned partition of this topic in one pass.
@@ -288,7 +299,11 @@ impl State {
             }
             self.restore(sink, &input, &partitions).await;
         }
-        let progress = self.progress.entry(tp.clone()).or_insert_with(|| Progress { next: offset, stored: offset, ..Default::default() });
+        let progress = self.progress.entry(tp.clone()).or_insert_with(|| Progress {
+            next: offset,
+            stored: offset,
+            ..Default::default()
+        });
         progress.next = progress.next.max(offset + 1);
         let message = Arc::new(message);
         let deliveries = match self.deliveries(sink, &input, &tp, &message).await {
@@ -298,9 +313,19 @@ impl State {
                 tracing::warn!(topic = %tp.0, partition = tp.1, offset, error = %reason, "undecodable record");
                 self.add_outstanding(&tp, offset, 1);
                 let delivery = Delivery {
-                    tp: tp.clone(), key: String::new(), order: 0, record: vec![], body: bytes::Bytes::new(),
-                    webhook_id: String::new(), traceparent: None, ingested_at: 0, occurred_at: 0,
-                    covers: vec![offset], source: message, attempts: 0, last_error: reason,
+                    tp: tp.clone(),
+                    key: String::new(),
+                    order: 0,
+                    record: vec![],
+                    body: bytes::Bytes::new(),
+                    webhook_id: String::new(),
+                    traceparent: None,
+                    ingested_at: 0,
+                    occurred_at: 0,
+                    covers: vec![offset],
+                    source: message,
+                    attempts: 0,
+                    last_error: reason,
                 };
                 self.dead_letter(sink, delivery);
                 return;
@@ -316,7 +341,8 @@ impl State {
     }
 
     async fn restore(&mut self, sink: &StorefrontWebhookSink, input: &Input, partitions: &[i32]) {
-        let horizon = erpstream_schemas::now_millis() - sink.config.dedupe_window.as_millis() as i64;
+        let horizon =
+            erpstream_schemas::now_millis() - sink.config.dedupe_window.as_millis() as i64;
         let mut attempt = 0u32;
         loop {
             match input.changelog.restore(partitions).await {
@@ -329,7 +355,9 @@ impl State {
                                 Ok(entry) => {
                                     entries.insert(key, entry);
                                 }
-                                Err(err) => tracing::warn!(error = %err, "skipping unreadable guard entry"),
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "skipping unreadable guard entry")
+                                }
                             }
                         }
                         tracing::info!(topic = %input.topic, partition, keys = entries.len(), "delivery guard restored");
@@ -340,7 +368,8 @@ impl State {
                 Err(err) => {
                     attempt += 1;
                     tracing::warn!(error = %err, attempt, "guard restore failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
+                        .await;
                 }
             }
         }
@@ -357,7 +386,11 @@ impl State {
         let payload = message.payload().ok_or("record has no value")?;
         let traceparent = message
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT_HEADER).and_then(|h| h.value))
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == TRACEPARENT_HEADER)
+                    .and_then(|h| h.value)
+            })
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(erpstream_schemas::Traceparent::parse)
             .map(|t| t.child().to_string());
@@ -365,13 +398,18 @@ impl State {
         let mut out = Vec::new();
         match input.kind {
             EventKind::InventoryAvailable => {
-                let record: erpstream_schemas::InventoryAvailable =
-                    sink.codec.decode(payload).await.map_err(|e| e.to_string())?;
+                let record: erpstream_schemas::InventoryAvailable = sink
+                    .codec
+                    .decode(payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 for location in &record.locations {
                     let key = format!("stock|{}|{}", record.sku, location.location_code);
                     let available = location.available.normalize().to_string();
                     let delivered = match guard.and_then(|g| g.get(&key)) {
-                        Some(GuardEntry::Stock { version, available }) => Some((*version, available.as_str())),
+                        Some(GuardEntry::Stock { version, available }) => {
+                            Some((*version, available.as_str()))
+                        }
                         _ => None,
                     };
                     let queued = self.queued_order(tp, &key);
@@ -387,9 +425,18 @@ impl State {
                     out.push(Delivery {
                         tp: tp.clone(),
                         order: location.version,
-                        record: vec![(key.clone(), GuardEntry::Stock { version: location.version, available })],
+                        record: vec![(
+                            key.clone(),
+                            GuardEntry::Stock {
+                                version: location.version,
+                                available,
+                            },
+                        )],
                         body: payload::stock(&record, location),
-                        webhook_id: format!("stock:{}:{}:{}", record.sku, location.location_code, location.version),
+                        webhook_id: format!(
+                            "stock:{}:{}:{}",
+                            record.sku, location.location_code, location.version
+                        ),
                         traceparent: traceparent.clone(),
                         ingested_at: record.ingested_at,
                         occurred_at: record.occurred_at,
@@ -402,8 +449,11 @@ impl State {
                 }
             }
             EventKind::CatalogUpdate => {
-                let record: erpstream_schemas::CatalogUpdate =
-                    sink.codec.decode(payload).await.map_err(|e| e.to_string())?;
+                let record: erpstream_schemas::CatalogUpdate = sink
+                    .codec
+                    .decode(payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let key = format!("catalog|{}", record.group_id);
                 let seen_key = format!("seen|{}", record.idempotency_key);
                 if guard.is_some_and(|g| g.contains_key(&seen_key)) {
@@ -414,7 +464,10 @@ impl State {
                     Some(GuardEntry::Catalog { occurred_at }) => Some(*occurred_at),
                     _ => None,
                 };
-                let newest_known = delivered.into_iter().chain(self.queued_order(tp, &key)).max();
+                let newest_known = delivered
+                    .into_iter()
+                    .chain(self.queued_order(tp, &key))
+                    .max();
                 if newest_known.is_some_and(|t| record.occurred_at < t) {
                     self.drop_metric(sink, "stale");
                     return Ok(out);
@@ -424,7 +477,12 @@ impl State {
                     tp: tp.clone(),
                     order: record.occurred_at,
                     record: vec![
-                        (key.clone(), GuardEntry::Catalog { occurred_at: record.occurred_at }),
+                        (
+                            key.clone(),
+                            GuardEntry::Catalog {
+                                occurred_at: record.occurred_at,
+                            },
+                        ),
                         (seen_key, GuardEntry::Seen { at: now }),
                     ],
                     body: payload::catalog(&record),
@@ -446,12 +504,18 @@ impl State {
 
     fn queued_order(&self, tp: &Tp, key: &str) -> Option<i64> {
         let slot = self.slots.get(&(tp.clone(), key.to_string()))?;
-        slot.pending.as_ref().map(|p| p.order).into_iter().chain(slot.in_flight).max()
+        slot.pending
+            .as_ref()
+            .map(|p| p.order)
+            .into_iter()
+            .chain(slot.in_flight)
+            .max()
     }
 
     fn drop_metric(&self, sink: &StorefrontWebhookSink, reason: &'static str) {
         metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => sink.id.clone(),
-            m::COMPONENT_TYPE => TYPE, m::REASON => reason).increment(1);
+            m::COMPONENT_TYPE => TYPE, m::REASON => reason)
+        .increment(1);
     }
 
     fn add_outstanding(&mut self, tp: &Tp, offset: i64, count: u32) {
@@ -461,7 +525,9 @@ impl State {
     }
 
     fn release(&mut self, tp: &Tp, offsets: &[i64]) {
-        let Some(progress) = self.progress.get_mut(tp) else { return };
+        let Some(progress) = self.progress.get_mut(tp) else {
+            return;
+        };
         for offset in offsets {
             if let Some(count) = progress.outstanding.get_mut(offset) {
                 *count -= 1;
@@ -481,7 +547,8 @@ impl State {
             delivery.covers.extend(older.covers);
             delivery.attempts = older.attempts;
             metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => sink.id.clone(),
-                m::COMPONENT_TYPE => TYPE, m::REASON => "superseded").increment(1);
+                m::COMPONENT_TYPE => TYPE, m::REASON => "superseded")
+            .increment(1);
         } else {
             self.pending_count += 1;
         }
@@ -490,24 +557,37 @@ impl State {
         if ready {
             self.ready.push_back(slot_key);
         }
-        metrics::gauge!(m::PENDING, m::COMPONENT_ID => sink.id.clone()).set(self.pending_count as f64);
+        metrics::gauge!(m::PENDING, m::COMPONENT_ID => sink.id.clone())
+            .set(self.pending_count as f64);
     }
 
     /// Starts deliveries while there is room.
     fn dispatch(&mut self, sink: &StorefrontWebhookSink) {
         while self.tasks.len() < sink.config.concurrency {
-            let Some(slot_key) = self.ready.pop_front() else { break };
-            let Some(slot) = self.slots.get_mut(&slot_key) else { continue };
+            let Some(slot_key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(&slot_key) else {
+                continue;
+            };
             if slot.in_flight.is_some() || slot.waiting_until.is_some() {
                 continue;
             }
-            let Some(delivery) = slot.pending.take() else { continue };
+            let Some(delivery) = slot.pending.take() else {
+                continue;
+            };
             self.pending_count -= 1;
             slot.in_flight = Some(delivery.order);
             let service = sink.service.clone();
             self.tasks.spawn(async move {
-                let outcome = service.send(delivery.body.clone(), &delivery.webhook_id, delivery.traceparent.as_deref()).await;
-                Done::Attempt(delivery, outcome)
+                let outcome = service
+                    .send(
+                        delivery.body.clone(),
+                        &delivery.webhook_id,
+                        delivery.traceparent.as_deref(),
+                    )
+                    .await;
+                Done::Attempt(Box::new(delivery), outcome)
             });
         }
     }
@@ -522,7 +602,9 @@ impl State {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, tp, key))) = self.retries.pop() else { break };
+            let Some(Reverse((_, tp, key))) = self.retries.pop() else {
+                break;
+            };
             let slot_key = (tp, key);
             if let Some(slot) = self.slots.get_mut(&slot_key) {
                 slot.waiting_until = None;
@@ -536,7 +618,8 @@ impl State {
     fn complete(&mut self, sink: &StorefrontWebhookSink, done: Done) {
         match done {
             Done::Finalized(tp, covers) => self.release(&tp, &covers),
-            Done::Attempt(mut delivery, outcome) => {
+            Done::Attempt(delivery, outcome) => {
+                let mut delivery = *delivery;
                 let slot_key = (delivery.tp.clone(), delivery.key.clone());
                 delivery.attempts += 1;
                 match outcome {
@@ -546,7 +629,10 @@ impl State {
                         self.finish_slot(&slot_key);
                         self.dead_letter(sink, delivery);
                     }
-                    Outcome::Retry { reason, retry_after } => {
+                    Outcome::Retry {
+                        reason,
+                        retry_after,
+                    } => {
                         metrics::counter!(m::RETRIES, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
                         tracing::debug!(key = %delivery.key, attempts = delivery.attempts, reason = %reason, "delivery failed");
                         delivery.last_error = reason;
@@ -591,13 +677,19 @@ impl State {
     /// During shutdown: record what finished, start nothing new.
     fn complete_draining(&mut self, sink: &StorefrontWebhookSink, done: Done) {
         match done {
-            Done::Attempt(delivery, Outcome::Delivered) => self.delivered(sink, delivery),
+            Done::Attempt(delivery, Outcome::Delivered) => self.delivered(sink, *delivery),
             Done::Attempt(..) => {}
             Done::Finalized(tp, covers) => self.release(&tp, &covers),
         }
     }
 
-    fn schedule_retry(&mut self, sink: &StorefrontWebhookSink, slot_key: (Tp, String), attempts: u32, hint: Option<Duration>) {
+    fn schedule_retry(
+        &mut self,
+        sink: &StorefrontWebhookSink,
+        slot_key: (Tp, String),
+        attempts: u32,
+        hint: Option<Duration>,
+    ) {
         let at = Instant::now() + backoff(&sink.config.retry, attempts, hint);
         if let Some(slot) = self.slots.get_mut(&slot_key) {
             slot.waiting_until = Some(at);
@@ -632,7 +724,9 @@ impl State {
             guard.insert(key.clone(), entry.clone());
         }
         self.finish_slot(&slot_key);
-        let Some(input) = sink.inputs.get(&delivery.tp.0) else { return };
+        let Some(input) = sink.inputs.get(&delivery.tp.0) else {
+            return;
+        };
         let changelog = input.changelog.clone();
         let (tp, covers, record) = (delivery.tp, delivery.covers, delivery.record);
         self.tasks.spawn(async move {
@@ -660,23 +754,47 @@ impl State {
     }
 
     fn dead_letter(&mut self, sink: &StorefrontWebhookSink, delivery: Delivery) {
-        let Some(input) = sink.inputs.get(&delivery.tp.0) else { return };
+        let Some(input) = sink.inputs.get(&delivery.tp.0) else {
+            return;
+        };
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         tracing::warn!(key = %delivery.key, attempts = delivery.attempts, error = %delivery.last_error, "dead-lettering record");
         let source = &delivery.source;
         let mut headers: Vec<(String, Vec<u8>)> = source
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
             .unwrap_or_default();
         headers.retain(|(k, _)| !k.starts_with("erpstream."));
         headers.extend([
-            ("erpstream.error".to_string(), delivery.last_error.clone().into_bytes()),
+            (
+                "erpstream.error".to_string(),
+                delivery.last_error.clone().into_bytes(),
+            ),
             ("erpstream.source".to_string(), sink.id.clone().into_bytes()),
-            ("erpstream.attempts".to_string(), delivery.attempts.to_string().into_bytes()),
-            ("erpstream.original.topic".to_string(), source.topic().as_bytes().to_vec()),
-            ("erpstream.original.partition".to_string(), source.partition().to_string().into_bytes()),
-            ("erpstream.original.offset".to_string(), source.offset().to_string().into_bytes()),
-            ("erpstream.failed_at".to_string(), erpstream_schemas::now_millis().to_string().into_bytes()),
+            (
+                "erpstream.attempts".to_string(),
+                delivery.attempts.to_string().into_bytes(),
+            ),
+            (
+                "erpstream.original.topic".to_string(),
+                source.topic().as_bytes().to_vec(),
+            ),
+            (
+                "erpstream.original.partition".to_string(),
+                source.partition().to_string().into_bytes(),
+            ),
+            (
+                "erpstream.original.offset".to_string(),
+                source.offset().to_string().into_bytes(),
+            ),
+            (
+                "erpstream.failed_at".to_string(),
+                erpstream_schemas::now_millis().to_string().into_bytes(),
+            ),
         ]);
         let record = RawRecord {
             topic: input.dlq_topic.clone(),
@@ -702,16 +820,21 @@ impl State {
     fn store_offsets(&mut self, sink: &StorefrontWebhookSink) {
         let mut list = TopicPartitionList::new();
         for ((topic, partition), progress) in &mut self.progress {
-            let safe = progress.outstanding.keys().next().copied().unwrap_or(progress.next);
+            let safe = progress
+                .outstanding
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(progress.next);
             if safe > progress.stored {
                 progress.stored = safe;
                 let _ = list.add_partition_offset(topic, *partition, Offset::Offset(safe));
             }
         }
-        if list.count() > 0 {
-            if let Err(err) = sink.consumer.store_offsets(&list) {
-                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
-            }
+        if list.count() > 0
+            && let Err(err) = sink.consumer.store_offsets(&list)
+        {
+            tracing::debug!(error = %err, "offset store refused (partition revoked?)");
         }
     }
 }

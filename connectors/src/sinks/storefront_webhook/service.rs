@@ -40,18 +40,33 @@ pub struct DeliveryService {
 
 impl DeliveryService {
     /// A service for `url`, signing with `secret`.
-    pub fn new(url: String, secret: SecretString, timeout: Duration, component_id: &str) -> reqwest::Result<Self> {
+    pub fn new(
+        url: String,
+        secret: SecretString,
+        timeout: Duration,
+        component_id: &str,
+    ) -> reqwest::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(Self { client, url, secret, component_id: component_id.to_string() })
+        Ok(Self {
+            client,
+            url,
+            secret,
+            component_id: component_id.to_string(),
+        })
     }
 
     /// One signed POST of `body`. `webhook_id` is equal for every attempt and every repeat
     /// of the same state, so the storefront can drop repeats on its side too.
-    pub async fn send(&self, body: bytes::Bytes, webhook_id: &str, traceparent: Option<&str>) -> Outcome {
+    pub async fn send(
+        &self,
+        body: bytes::Bytes,
+        webhook_id: &str,
+        traceparent: Option<&str>,
+    ) -> Outcome {
         let signature = sign_hex(self.secret.expose_secret().as_bytes(), &body);
         let mut request = self
             .client
@@ -59,7 +74,10 @@ impl DeliveryService {
             .header("content-type", "application/json")
             .header("x-signature", signature)
             .header("webhook-id", webhook_id)
-            .header("webhook-timestamp", (erpstream_schemas::now_millis() / 1000).to_string());
+            .header(
+                "webhook-timestamp",
+                (erpstream_schemas::now_millis() / 1000).to_string(),
+            );
         if let Some(trace) = traceparent {
             request = request.header("traceparent", trace);
         }
@@ -69,8 +87,14 @@ impl DeliveryService {
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(response) => classify(response.status(), retry_after(response.headers())),
-            Err(err) if err.is_timeout() => Outcome::Retry { reason: "request timed out".into(), retry_after: None },
-            Err(err) => Outcome::Retry { reason: format!("request failed: {}", error_chain(&err)), retry_after: None },
+            Err(err) if err.is_timeout() => Outcome::Retry {
+                reason: "request timed out".into(),
+                retry_after: None,
+            },
+            Err(err) => Outcome::Retry {
+                reason: format!("request failed: {}", error_chain(&err)),
+                retry_after: None,
+            },
         }
     }
 }
@@ -79,14 +103,25 @@ fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>) -> Outco
     if status.is_success() {
         Outcome::Delivered
     } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-        Outcome::Retry { reason: format!("storefront answered {status}"), retry_after }
+        Outcome::Retry {
+            reason: format!("storefront answered {status}"),
+            retry_after,
+        }
     } else {
-        Outcome::Reject { reason: format!("storefront answered {status}") }
+        Outcome::Reject {
+            reason: format!("storefront answered {status}"),
+        }
     }
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(seconds))
 }
 
@@ -106,7 +141,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// `Retry-After` nor longer than the cap.
 pub fn backoff(retry: &RetryConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let exponent = attempt.saturating_sub(1).min(20);
-    let step = retry.initial_backoff.saturating_mul(1 << exponent).min(retry.max_backoff);
+    let step = retry
+        .initial_backoff
+        .saturating_mul(1 << exponent)
+        .min(retry.max_backoff);
     let half = step / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
     let wait = half + Duration::from_millis(jitter);
@@ -125,11 +163,27 @@ mod tests {
         use reqwest::StatusCode as S;
         assert_eq!(classify(S::OK, None), Outcome::Delivered);
         assert_eq!(classify(S::NO_CONTENT, None), Outcome::Delivered);
-        for retriable in [S::REQUEST_TIMEOUT, S::TOO_MANY_REQUESTS, S::INTERNAL_SERVER_ERROR, S::BAD_GATEWAY] {
-            assert!(matches!(classify(retriable, None), Outcome::Retry { .. }), "{retriable}");
+        for retriable in [
+            S::REQUEST_TIMEOUT,
+            S::TOO_MANY_REQUESTS,
+            S::INTERNAL_SERVER_ERROR,
+            S::BAD_GATEWAY,
+        ] {
+            assert!(
+                matches!(classify(retriable, None), Outcome::Retry { .. }),
+                "{retriable}"
+            );
         }
-        for final_ in [S::BAD_REQUEST, S::UNAUTHORIZED, S::NOT_FOUND, S::UNPROCESSABLE_ENTITY] {
-            assert!(matches!(classify(final_, None), Outcome::Reject { .. }), "{final_}");
+        for final_ in [
+            S::BAD_REQUEST,
+            S::UNAUTHORIZED,
+            S::NOT_FOUND,
+            S::UNPROCESSABLE_ENTITY,
+        ] {
+            assert!(
+                matches!(classify(final_, None), Outcome::Reject { .. }),
+                "{final_}"
+            );
         }
     }
 
@@ -141,11 +195,18 @@ mod tests {
             max_backoff: Duration::from_secs(2),
         };
         for attempt in 1..30 {
-            let step = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(2));
+            let step = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20)))
+                .min(Duration::from_secs(2));
             let wait = backoff(&retry, attempt, None);
-            assert!(wait >= step / 2 && wait <= step, "attempt {attempt}: {wait:?}");
+            assert!(
+                wait >= step / 2 && wait <= step,
+                "attempt {attempt}: {wait:?}"
+            );
         }
-        assert_eq!(backoff(&retry, 1, Some(Duration::from_secs(60))), Duration::from_secs(2));
+        assert_eq!(
+            backoff(&retry, 1, Some(Duration::from_secs(60))),
+            Duration::from_secs(2)
+        );
         assert!(backoff(&retry, 1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
     }
 }

@@ -27,7 +27,8 @@ fn stock_body_has_the_spec_shape_with_available_as_new_quantity() {
         locations: vec![location.clone()],
         version: 7,
     };
-    let body: serde_json::Value = serde_json::from_slice(&payload::stock(&record, &location)).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&payload::stock(&record, &location)).unwrap();
     assert_eq!(body["event_type"], "inventory.change");
     assert_eq!(body["timestamp"], "2024-01-20T10:05:00.000Z");
     assert_eq!(body["data"]["sku"], "DRONE-X1-PRO-KIT");

@@ -69,16 +69,25 @@ impl ErpWebhookConfig {
             problems.push(Problem::new(format!("{at}.path"), "must start with /"));
         }
         if self.secrets.is_empty() {
-            problems.push(Problem::new(format!("{at}.secrets"), "must list at least one secret"));
+            problems.push(Problem::new(
+                format!("{at}.secrets"),
+                "must list at least one secret",
+            ));
         }
         if self.timestamp_tolerance.is_zero() {
-            problems.push(Problem::new(format!("{at}.timestamp_tolerance"), "must be > 0"));
+            problems.push(Problem::new(
+                format!("{at}.timestamp_tolerance"),
+                "must be > 0",
+            ));
         }
         if self.max_body.as_u64() == 0 {
             problems.push(Problem::new(format!("{at}.max_body"), "must be > 0"));
         }
         if self.source_system.trim().is_empty() {
-            problems.push(Problem::new(format!("{at}.source_system"), "must not be empty"));
+            problems.push(Problem::new(
+                format!("{at}.source_system"),
+                "must not be empty",
+            ));
         }
         problems
     }

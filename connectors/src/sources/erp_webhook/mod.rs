@@ -79,7 +79,11 @@ impl ErpWebhookSource {
         kafka: &KafkaConfig,
         publisher: Publisher,
     ) -> Result<Self, SecretError> {
-        let secrets = config.secrets.iter().map(|s| s.resolve()).collect::<Result<Vec<_>, _>>()?;
+        let secrets = config
+            .secrets
+            .iter()
+            .map(|s| s.resolve())
+            .collect::<Result<Vec<_>, _>>()?;
         let verifier = Verifier::new(
             secrets,
             config.standard_webhooks,
@@ -113,7 +117,9 @@ impl ErpWebhookSource {
         if declared.is_some_and(|n| n > limit) {
             return Err(Refusal::TooLarge(limit));
         }
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Refusal::TooLarge(limit))?;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Refusal::TooLarge(limit))?;
         self.verifier
             .verify(headers, &bytes, now_millis() / 1000)
             .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
@@ -121,7 +127,8 @@ impl ErpWebhookSource {
         let key = idempotency_key(&self.id, headers, &bytes);
         if let Some(previous) = self.recent_ack(&key) {
             metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
-                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate").increment(1);
+                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
+            .increment(1);
             return Ok(previous);
         }
         let trace = headers
@@ -130,7 +137,10 @@ impl ErpWebhookSource {
             .and_then(Traceparent::parse)
             .map(|t| t.child())
             .unwrap_or_else(Traceparent::new_root);
-        let accepted = self.publish(parsed, key.clone(), &trace).await.map_err(Refusal::Broker)?;
+        let accepted = self
+            .publish(parsed, key.clone(), &trace)
+            .await
+            .map_err(Refusal::Broker)?;
         self.remember(key, accepted.clone());
         metrics::histogram!(m::INGEST_LATENCY, m::COMPONENT_ID => self.id.clone())
             .record(started.elapsed().as_secs_f64());
@@ -163,7 +173,9 @@ impl ErpWebhookSource {
                     change_reason: data.change_reason,
                     reference_id: data.reference_id,
                 };
-                self.publisher.publish(&self.inventory_topic, &event, trace).await?
+                self.publisher
+                    .publish(&self.inventory_topic, &event, trace)
+                    .await?
             }
             ErpEvent::Catalog(data) => {
                 let event = CatalogUpdate {
@@ -199,37 +211,57 @@ impl ErpWebhookSource {
                         })
                         .collect(),
                 };
-                self.publisher.publish(&self.catalog_topic, &event, trace).await?
+                self.publisher
+                    .publish(&self.catalog_topic, &event, trace)
+                    .await?
             }
         };
-        Ok(Accepted { event_id, topic: ack.topic, partition: ack.partition, offset: ack.offset })
+        Ok(Accepted {
+            event_id,
+            topic: ack.topic,
+            partition: ack.partition,
+            offset: ack.offset,
+        })
     }
 
     fn recent_ack(&self, key: &str) -> Option<Accepted> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
     }
 
     fn remember(&self, key: String, accepted: Accepted) {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).insert(key, accepted);
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, accepted);
     }
 }
 
-async fn handle(State(source): State<Arc<ErpWebhookSource>>, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    State(source): State<Arc<ErpWebhookSource>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let span = tracing::info_span!("component", component_kind = "source",
         component_id = %source.id, component_type = TYPE);
     async move {
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => source.id.clone(),
-            m::COMPONENT_TYPE => TYPE).increment(1);
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
         match source.accept(&headers, body).await {
             Ok(accepted) => {
                 metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => source.id.clone(),
-                    m::COMPONENT_TYPE => TYPE).increment(1);
+                    m::COMPONENT_TYPE => TYPE)
+                .increment(1);
                 (StatusCode::ACCEPTED, axum::Json(accepted)).into_response()
             }
             Err(refusal) => {
                 metrics::counter!(m::ERRORS, m::COMPONENT_ID => source.id.clone(),
                     m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => refusal.kind(),
-                    m::STAGE => "receive").increment(1);
+                    m::STAGE => "receive")
+                .increment(1);
                 refusal.into_response()
             }
         }
@@ -273,17 +305,23 @@ impl IntoResponse for Refusal {
                 .into_response(),
             Refusal::Invalid(e) => (
                 StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+                axum::Json(
+                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
+                ),
             )
                 .into_response(),
             Refusal::Broker(e) => {
                 tracing::warn!(error = %e, "webhook not stored");
                 let mut response = (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(json!({"error": "not stored, retry later", "reason": e.to_string()})),
+                    axum::Json(
+                        json!({"error": "not stored, retry later", "reason": e.to_string()}),
+                    ),
                 )
                     .into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 response
             }
         }

@@ -19,7 +19,10 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -136,14 +139,26 @@ pub struct ErpWebhook {
 
 /// Parses and validates a webhook body.
 pub fn parse(body: &[u8]) -> Result<ErpWebhook, FieldError> {
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| FieldError::new("body", format!("is not valid JSON: {}", clean_reason(&e.to_string()))))?;
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        FieldError::new(
+            "body",
+            format!("is not valid JSON: {}", clean_reason(&e.to_string())),
+        )
+    })?;
     if !json.is_object() {
-        return Err(FieldError::new("body", "must be a JSON object with event_type, timestamp and data"));
+        return Err(FieldError::new(
+            "body",
+            "must be a JSON object with event_type, timestamp and data",
+        ));
     }
     let envelope: Envelope = deserialize_at("", json)?;
     let occurred_at = chrono::DateTime::parse_from_rfc3339(envelope.timestamp.trim())
-        .map_err(|_| FieldError::new("timestamp", "must be an RFC 3339 date-time, e.g. 2024-01-20T10:05:00Z"))?
+        .map_err(|_| {
+            FieldError::new(
+                "timestamp",
+                "must be an RFC 3339 date-time, e.g. 2024-01-20T10:05:00Z",
+            )
+        })?
         .timestamp_millis();
     if !envelope.data.is_object() {
         return Err(FieldError::new("data", "must be an object"));
@@ -179,11 +194,23 @@ where
         let path = err.path().to_string();
         let inner = err.into_inner().to_string();
         if let Some(name) = missing_field(&inner) {
-            let parent = if path == "." { String::new() } else { format!("{path}.") };
+            let parent = if path == "." {
+                String::new()
+            } else {
+                format!("{path}.")
+            };
             return FieldError::new(format!("{prefix}{parent}{name}"), "is required");
         }
-        let field = if path == "." || path == "?" { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
-        let field = if field.is_empty() { "body".to_string() } else { field };
+        let field = if path == "." || path == "?" {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        let field = if field.is_empty() {
+            "body".to_string()
+        } else {
+            field
+        };
         FieldError::new(field, clean_reason(&inner))
     })
 }
@@ -223,10 +250,16 @@ fn validate_inventory(data: &InventoryData) -> Result<(), FieldError> {
     require_text("data.location_code", &data.location_code)?;
     match (data.new_quantity, data.quantity_change) {
         (None, None) => {
-            return Err(FieldError::new("data.new_quantity", "is required (or quantity_change for a relative adjustment)"));
+            return Err(FieldError::new(
+                "data.new_quantity",
+                "is required (or quantity_change for a relative adjustment)",
+            ));
         }
         (Some(_), Some(_)) => {
-            return Err(FieldError::new("data.quantity_change", "must not be sent together with new_quantity"));
+            return Err(FieldError::new(
+                "data.quantity_change",
+                "must not be sent together with new_quantity",
+            ));
         }
         _ => {}
     }
@@ -246,8 +279,14 @@ fn validate_catalog(data: &CatalogData) -> Result<(), FieldError> {
         check_decimal(&at("selling_price"), variant.selling_price, MONEY_SCALE)?;
         check_decimal(&at("mrp"), variant.mrp, MONEY_SCALE)?;
         check_decimal(&at("current_stock"), variant.current_stock, QUANTITY_SCALE)?;
-        for price in [("selling_price", variant.selling_price), ("mrp", variant.mrp)] {
-            if price.1.is_some_and(|p| p.is_sign_negative() && !p.is_zero()) {
+        for price in [
+            ("selling_price", variant.selling_price),
+            ("mrp", variant.mrp),
+        ] {
+            if price
+                .1
+                .is_some_and(|p| p.is_sign_negative() && !p.is_zero())
+            {
                 return Err(FieldError::new(at(price.0), "must not be negative"));
             }
         }

@@ -29,7 +29,9 @@ pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
     /// No signature header at all.
-    #[error("missing signature: send X-Signature (hex HMAC-SHA256 of the body) or Standard Webhooks headers")]
+    #[error(
+        "missing signature: send X-Signature (hex HMAC-SHA256 of the body) or Standard Webhooks headers"
+    )]
     Missing,
     /// A header is present but cannot be parsed.
     #[error("malformed {0} header")]
@@ -52,8 +54,18 @@ pub struct Verifier {
 
 impl Verifier {
     /// A verifier accepting any of `secrets`.
-    pub fn new(secrets: Vec<SecretString>, standard_webhooks: bool, frappe: bool, tolerance: Duration) -> Self {
-        Self { secrets, standard_webhooks, frappe, tolerance }
+    pub fn new(
+        secrets: Vec<SecretString>,
+        standard_webhooks: bool,
+        frappe: bool,
+        tolerance: Duration,
+    ) -> Self {
+        Self {
+            secrets,
+            standard_webhooks,
+            frappe,
+            tolerance,
+        }
     }
 
     /// Verifies `body` against the signature headers; `now` is Unix seconds.
@@ -62,38 +74,57 @@ impl Verifier {
             return self.verify_standard(headers, body, now);
         }
         if let Some(value) = headers.get(X_SIGNATURE) {
-            let text = value.to_str().map_err(|_| SignatureError::Malformed("X-Signature"))?.trim();
+            let text = value
+                .to_str()
+                .map_err(|_| SignatureError::Malformed("X-Signature"))?
+                .trim();
             let text = text.strip_prefix("sha256=").unwrap_or(text);
-            let expected = hex::decode(text).map_err(|_| SignatureError::Malformed("X-Signature"))?;
+            let expected =
+                hex::decode(text).map_err(|_| SignatureError::Malformed("X-Signature"))?;
             return self.check(|key| mac(key, &[body]), &expected, false);
         }
-        if self.frappe {
-            if let Some(value) = headers.get(X_FRAPPE_SIGNATURE) {
-                let expected = value
-                    .to_str()
-                    .ok()
-                    .and_then(|t| BASE64.decode(t.trim()).ok())
-                    .ok_or(SignatureError::Malformed("X-Frappe-Webhook-Signature"))?;
-                return self.check(|key| mac(key, &[body]), &expected, false);
-            }
+        if self.frappe
+            && let Some(value) = headers.get(X_FRAPPE_SIGNATURE)
+        {
+            let expected = value
+                .to_str()
+                .ok()
+                .and_then(|t| BASE64.decode(t.trim()).ok())
+                .ok_or(SignatureError::Malformed("X-Frappe-Webhook-Signature"))?;
+            return self.check(|key| mac(key, &[body]), &expected, false);
         }
         Err(SignatureError::Missing)
     }
 
-    fn verify_standard(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), SignatureError> {
+    fn verify_standard(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
         let get = |name: &'static str| {
-            headers.get(name).and_then(|v| v.to_str().ok()).ok_or(SignatureError::Malformed(name))
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(SignatureError::Malformed(name))
         };
         let id = get(WEBHOOK_ID)?;
         let timestamp_text = get(WEBHOOK_TIMESTAMP)?;
-        let timestamp: i64 = timestamp_text.trim().parse().map_err(|_| SignatureError::Malformed(WEBHOOK_TIMESTAMP))?;
+        let timestamp: i64 = timestamp_text
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::Malformed(WEBHOOK_TIMESTAMP))?;
         if (now - timestamp).unsigned_abs() > self.tolerance.as_secs() {
             return Err(SignatureError::Stale);
         }
         let signatures = get(WEBHOOK_SIGNATURE)?;
         for candidate in signatures.split_whitespace() {
-            let Some(encoded) = candidate.strip_prefix("v1,") else { continue };
-            let Ok(expected) = BASE64.decode(encoded) else { continue };
+            let Some(encoded) = candidate.strip_prefix("v1,") else {
+                continue;
+            };
+            let Ok(expected) = BASE64.decode(encoded) else {
+                continue;
+            };
             let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp_text.as_bytes(), b".", body];
             if self.check(|key| mac(key, &parts), &expected, true).is_ok() {
                 return Ok(());
@@ -120,12 +151,11 @@ impl Verifier {
 
 /// Standard Webhooks secrets are `whsec_<base64>`; the key is the decoded bytes.
 fn secret_key(secret: &str, standard: bool) -> Vec<u8> {
-    if standard {
-        if let Some(encoded) = secret.strip_prefix("whsec_") {
-            if let Ok(key) = BASE64.decode(encoded) {
-                return key;
-            }
-        }
+    if standard
+        && let Some(encoded) = secret.strip_prefix("whsec_")
+        && let Ok(key) = BASE64.decode(encoded)
+    {
+        return key;
     }
     secret.as_bytes().to_vec()
 }
@@ -148,6 +178,8 @@ pub fn sign_hex(secret: &[u8], body: &[u8]) -> String {
 pub fn sign_standard(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     let key = secret_key(secret, true);
     let ts = timestamp.to_string();
-    let digest = mac(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]).finalize().into_bytes();
+    let digest = mac(&key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
+        .finalize()
+        .into_bytes();
     format!("v1,{}", BASE64.encode(digest))
 }

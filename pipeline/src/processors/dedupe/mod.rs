@@ -43,7 +43,10 @@ impl DedupeConfig {
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.inputs.is_empty() {
-            problems.push(Problem::new(format!("{at}.inputs"), "must list at least one input"));
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "must list at least one input",
+            ));
         }
         if self.retention.is_zero() {
             problems.push(Problem::new(format!("{at}.retention"), "must be > 0"));
@@ -79,7 +82,9 @@ impl Dedupe {
             keys.retain(|key, at| {
                 let keep = *at >= horizon;
                 if !keep {
-                    effects.changelog.push((index, *partition, key.clone(), None));
+                    effects
+                        .changelog
+                        .push((index, *partition, key.clone(), None));
                 }
                 keep
             });
@@ -111,18 +116,27 @@ impl Processor for Dedupe {
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
         let now = erpstream_schemas::now_millis();
         self.processed += 1;
-        if self.processed % PURGE_EVERY == 0 {
+        if self.processed.is_multiple_of(PURGE_EVERY) {
             self.purge(index, now, effects);
         }
         let key = record.event.idempotency_key();
         let keys = self.seen.entry(record.partition).or_default();
-        if keys.get(key).is_some_and(|at| *at >= now - self.retention_ms) {
+        if keys
+            .get(key)
+            .is_some_and(|at| *at >= now - self.retention_ms)
+        {
             metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
-                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate").increment(1);
+                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
+            .increment(1);
             return false;
         }
         keys.insert(key.to_string(), now);
-        effects.changelog.push((index, record.partition, key.to_string(), Some(now.to_string().into_bytes())));
+        effects.changelog.push((
+            index,
+            record.partition,
+            key.to_string(),
+            Some(now.to_string().into_bytes()),
+        ));
         if let Some(output) = &self.output {
             let mut raw = record.raw.clone();
             raw.topic = output.clone();

@@ -34,7 +34,11 @@ fn record(partition: i32, offset: i64, key: &str) -> Record {
 }
 
 fn config() -> DedupeConfig {
-    DedupeConfig { inputs: vec!["inventory.change".into()], retention: Duration::from_secs(3600), output: None }
+    DedupeConfig {
+        inputs: vec!["inventory.change".into()],
+        retention: Duration::from_secs(3600),
+        output: None,
+    }
 }
 
 #[test]
@@ -47,8 +51,11 @@ fn drops_repeats_and_survives_restore() {
     assert_eq!(effects.changelog.len(), 2);
 
     // A new instance restored from the changelog writes still drops the repeat.
-    let entries: HashMap<String, Vec<u8>> =
-        effects.changelog.into_iter().map(|(_, _, k, v)| (k, v.unwrap())).collect();
+    let entries: HashMap<String, Vec<u8>> = effects
+        .changelog
+        .into_iter()
+        .map(|(_, _, k, v)| (k, v.unwrap()))
+        .collect();
     let mut restored = Dedupe::new("dedupe", &config(), None);
     restored.restore(0, entries);
     assert!(!restored.process(0, &record(0, 4, "k1"), &mut Effects::default()));
@@ -58,7 +65,9 @@ fn drops_repeats_and_survives_restore() {
 #[test]
 fn forgets_keys_past_retention() {
     let mut dedupe = Dedupe::new("dedupe", &config(), None);
-    let old = (erpstream_schemas::now_millis() - 7_200_000).to_string().into_bytes();
+    let old = (erpstream_schemas::now_millis() - 7_200_000)
+        .to_string()
+        .into_bytes();
     dedupe.restore(0, HashMap::from([("k1".to_string(), old)]));
     assert!(dedupe.process(0, &record(0, 1, "k1"), &mut Effects::default()));
 }

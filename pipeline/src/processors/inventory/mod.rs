@@ -60,14 +60,23 @@ impl InventoryConfig {
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.inputs.is_empty() {
-            problems.push(Problem::new(format!("{at}.inputs"), "must list at least one input"));
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "must list at least one input",
+            ));
         }
         if self.safety_stock.default.is_sign_negative() && !self.safety_stock.default.is_zero() {
-            problems.push(Problem::new(format!("{at}.safety_stock.default"), "must be >= 0"));
+            problems.push(Problem::new(
+                format!("{at}.safety_stock.default"),
+                "must be >= 0",
+            ));
         }
         for (sku, value) in &self.safety_stock.skus {
             if value.is_sign_negative() && !value.is_zero() {
-                problems.push(Problem::new(format!("{at}.safety_stock.skus.{sku}"), "must be >= 0"));
+                problems.push(Problem::new(
+                    format!("{at}.safety_stock.skus.{sku}"),
+                    "must be >= 0",
+                ));
             }
         }
         problems
@@ -85,7 +94,12 @@ pub struct Inventory {
 impl Inventory {
     /// A processor emitting to the broker-side topic `output`.
     pub fn new(id: &str, config: &InventoryConfig, output: String) -> Self {
-        Self { id: id.to_string(), output, safety_stock: config.safety_stock.clone(), state: HashMap::new() }
+        Self {
+            id: id.to_string(),
+            output,
+            safety_stock: config.safety_stock.clone(),
+            state: HashMap::new(),
+        }
     }
 
     /// The current state of a sku, if this instance owns its partition.
@@ -94,15 +108,26 @@ impl Inventory {
     }
 
     fn safety_for(&self, sku: &str) -> Decimal {
-        self.safety_stock.skus.get(sku).copied().unwrap_or(self.safety_stock.default)
+        self.safety_stock
+            .skus
+            .get(sku)
+            .copied()
+            .unwrap_or(self.safety_stock.default)
     }
 
     fn dropped(&self, reason: &'static str) {
         metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
-            m::COMPONENT_TYPE => TYPE, m::REASON => reason).increment(1);
+            m::COMPONENT_TYPE => TYPE, m::REASON => reason)
+        .increment(1);
     }
 
-    fn apply(&mut self, index: usize, record: &Record, change: &InventoryChange, effects: &mut Effects) {
+    fn apply(
+        &mut self,
+        index: usize,
+        record: &Record,
+        change: &InventoryChange,
+        effects: &mut Effects,
+    ) {
         let safety = self.safety_for(&change.sku);
         let now = erpstream_schemas::now_millis();
         let skus = self.state.entry(record.partition).or_default();
@@ -116,7 +141,9 @@ impl Inventory {
             state::Applied::Unchanged => {
                 // Nothing to tell anyone, but the newer ERP time must survive a restart.
                 let value = serde_json::to_vec(&*sku).ok();
-                effects.changelog.push((index, record.partition, change.sku.clone(), value));
+                effects
+                    .changelog
+                    .push((index, record.partition, change.sku.clone(), value));
                 self.dropped("unchanged");
                 return;
             }
@@ -134,9 +161,18 @@ impl Inventory {
             version: sku.version,
         };
         let value = serde_json::to_vec(&*sku).ok();
-        effects.changelog.push((index, record.partition, change.sku.clone(), value));
-        let trace = record.trace.map(|t| t.child()).unwrap_or_else(Traceparent::new_root);
-        effects.emit.push(Emit::Available(self.output.clone(), Box::new(available), trace));
+        effects
+            .changelog
+            .push((index, record.partition, change.sku.clone(), value));
+        let trace = record
+            .trace
+            .map(|t| t.child())
+            .unwrap_or_else(Traceparent::new_root);
+        effects.emit.push(Emit::Available(
+            self.output.clone(),
+            Box::new(available),
+            trace,
+        ));
         metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
     }
 }

@@ -49,8 +49,17 @@ pub enum Applied {
 
 impl SkuState {
     /// Applies an ERP change read at input `offset`.
-    pub fn apply(&mut self, change: &InventoryChange, offset: i64, safety: Decimal, now: i64) -> Applied {
-        let location = self.locations.entry(change.location_code.clone()).or_default();
+    pub fn apply(
+        &mut self,
+        change: &InventoryChange,
+        offset: i64,
+        safety: Decimal,
+        now: i64,
+    ) -> Applied {
+        let location = self
+            .locations
+            .entry(change.location_code.clone())
+            .or_default();
         let before = (location.on_hand, location.available, location.safety_stock);
         if let Some(quantity) = change.new_quantity {
             if (change.occurred_at, offset) <= (location.erp_time, location.erp_offset) {
@@ -67,7 +76,9 @@ impl SkuState {
         }
         location.safety_stock = safety;
         location.available = (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
-        if (location.on_hand, location.available, location.safety_stock) == before && location.version > 0 {
+        if (location.on_hand, location.available, location.safety_stock) == before
+            && location.version > 0
+        {
             return Applied::Unchanged;
         }
         location.version += 1;

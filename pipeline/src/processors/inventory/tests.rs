@@ -25,8 +25,14 @@ fn change(at: i64, qty: i64) -> InventoryChange {
 #[test]
 fn older_quantity_after_newer_is_ignored() {
     let mut sku = SkuState::default();
-    assert_eq!(sku.apply(&change(2_000, 14), 1, Decimal::ZERO, 0), Applied::Changed);
-    assert_eq!(sku.apply(&change(1_000, 15), 2, Decimal::ZERO, 0), Applied::Stale);
+    assert_eq!(
+        sku.apply(&change(2_000, 14), 1, Decimal::ZERO, 0),
+        Applied::Changed
+    );
+    assert_eq!(
+        sku.apply(&change(1_000, 15), 2, Decimal::ZERO, 0),
+        Applied::Stale
+    );
     assert_eq!(sku.locations["WH"].on_hand, Decimal::from(14));
     assert_eq!(sku.version, 1);
 }
@@ -36,7 +42,10 @@ fn reprocessing_the_same_record_changes_nothing() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 7, Decimal::ZERO, 0);
     let before = sku.clone();
-    assert_eq!(sku.apply(&change(1_000, 5), 7, Decimal::ZERO, 0), Applied::Stale);
+    assert_eq!(
+        sku.apply(&change(1_000, 5), 7, Decimal::ZERO, 0),
+        Applied::Stale
+    );
     assert_eq!(sku, before);
 }
 
@@ -44,7 +53,10 @@ fn reprocessing_the_same_record_changes_nothing() {
 fn equal_erp_times_follow_topic_order() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
-    assert_eq!(sku.apply(&change(1_000, 4), 2, Decimal::ZERO, 0), Applied::Changed);
+    assert_eq!(
+        sku.apply(&change(1_000, 4), 2, Decimal::ZERO, 0),
+        Applied::Changed
+    );
     assert_eq!(sku.locations["WH"].on_hand, Decimal::from(4));
 }
 
@@ -63,7 +75,10 @@ fn available_subtracts_safety_stock_and_never_goes_negative() {
 fn same_quantity_again_is_unchanged_but_advances_erp_time() {
     let mut sku = SkuState::default();
     sku.apply(&change(1, 5), 1, Decimal::ZERO, 0);
-    assert_eq!(sku.apply(&change(2, 5), 2, Decimal::ZERO, 0), Applied::Unchanged);
+    assert_eq!(
+        sku.apply(&change(2, 5), 2, Decimal::ZERO, 0),
+        Applied::Unchanged
+    );
     assert_eq!(sku.locations["WH"].erp_time, 2);
     assert_eq!(sku.version, 1);
 }
