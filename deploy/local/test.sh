@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: builds erpstream, starts the local stack
 # (installing tansu if missing), runs unit and end-to-end tests with cargo-nextest, and
-# stops the stack it started. Extra arguments go to `cargo nextest run`.
+# stops the stack it started. Also checks formatting and clippy lints. Extra arguments go
+# to `cargo nextest run`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ERPSTREAM_ROOT"
@@ -9,6 +10,9 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "[test] installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
 fi
+echo "[test] formatting and lints" >&2
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] building" >&2
 cargo build --workspace --all-targets
 export ERPSTREAM_BIN="${CARGO_TARGET_DIR:-$ERPSTREAM_ROOT/target}/debug/erpstream"
