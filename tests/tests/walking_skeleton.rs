@@ -458,3 +458,68 @@ sinks:
         );
     }
 }
+
+fn catalog_body(group: &str, price: &str, timestamp: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_type":"catalog.update","timestamp":"{timestamp}","data":{{"group_id":"{group}","group_name":"Falcon X1 Quadcopter","category_path":["Drones","Professional"],"tax_code":"HSN-8802","is_active":true,"variants":[{{"sku":"{group}-KIT","variant_title":"Pro Kit","selling_price":{price},"mrp":55000.00,"current_stock":15,"specifications":{{"Range":"5 km"}},"media_assets":["https://storage.example.com/img/x1.jpg"]}}]}}}}"#
+    )
+    .into_bytes()
+}
+
+fn catalog_deliveries(storefront: &Storefront, group: &str) -> Vec<serde_json::Value> {
+    storefront
+        .deliveries()
+        .into_iter()
+        .filter(|d| {
+            d.status < 300
+                && d.body["event_type"] == "catalog.update"
+                && d.body["data"]["group_id"] == group
+        })
+        .map(|d| d.body["data"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_updates_reach_the_storefront_exactly_once_and_never_older_after_newer() {
+    let storefront = Storefront::start().await;
+    let mut pipeline = started(&storefront).await;
+    let newer = catalog_body("GRP-UAV-X1", "45000.00", "2024-01-20T10:00:00Z");
+    assert_eq!(pipeline.post_webhook(&newer, Some(ERP_SECRET)).await.0, 202);
+    let delivered = wait_for("catalog delivery", LONG, || {
+        catalog_deliveries(&storefront, "GRP-UAV-X1").pop()
+    })
+    .await;
+    assert_eq!(
+        delivered["variants"][0]["selling_price"].to_string(),
+        "45000",
+        "exact price, no float noise"
+    );
+    assert_eq!(delivered["variants"][0]["sku"], "GRP-UAV-X1-KIT");
+    assert_eq!(
+        delivered["category_path"],
+        serde_json::json!(["Drones", "Professional"])
+    );
+
+    // After a restart (no answer cache) the same webhook is published again, and an older
+    // catalog record arrives late: the storefront sees neither.
+    pipeline.terminate();
+    pipeline.start().await;
+    assert_eq!(pipeline.post_webhook(&newer, Some(ERP_SECRET)).await.0, 202);
+    let older = catalog_body("GRP-UAV-X1", "39999.99", "2024-01-20T09:00:00Z");
+    assert_eq!(pipeline.post_webhook(&older, Some(ERP_SECRET)).await.0, 202);
+    let sentinel = catalog_body("GRP-SENTINEL", "1.00", "2024-01-20T09:00:00Z");
+    assert_eq!(
+        pipeline.post_webhook(&sentinel, Some(ERP_SECRET)).await.0,
+        202
+    );
+    wait_for("sentinel", LONG, || {
+        catalog_deliveries(&storefront, "GRP-SENTINEL").pop()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prices: Vec<String> = catalog_deliveries(&storefront, "GRP-UAV-X1")
+        .iter()
+        .map(|d| d["variants"][0]["selling_price"].to_string())
+        .collect();
+    assert_eq!(prices, vec!["45000"]);
+}
