@@ -134,7 +134,7 @@ impl StorefrontWebhookSink {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
         let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
-        let mut state = State::new(&self);
+        let mut state = State::new();
         loop {
             state.dispatch(&self);
             let next_retry = state.next_retry();
@@ -260,7 +260,7 @@ struct State {
 }
 
 impl State {
-    fn new(_sink: &StorefrontWebhookSink) -> Self {
+    fn new() -> Self {
         Self {
             guard: HashMap::new(),
             slots: HashMap::new(),
