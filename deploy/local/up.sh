@@ -75,7 +75,7 @@ if ! alive "$state/run/tansu.pid"; then
     --listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
     --storage-engine "sqlite://tansu.db" \
-    >"$state/log/tansu.log" 2>&1) &
+    >>"$state/log/tansu.log" 2>&1) &
   echo $! > "$state/run/tansu.pid"
   wait_for tansu 30 port_open "$ERPSTREAM_KAFKA_PORT"
 fi
@@ -85,7 +85,7 @@ if ! alive "$state/run/registry.pid"; then
   if port_open "$ERPSTREAM_REGISTRY_PORT"; then log "port $ERPSTREAM_REGISTRY_PORT is taken by another process"; exit 1; fi
   log "starting the schema registry on 127.0.0.1:$ERPSTREAM_REGISTRY_PORT"
   nohup "$ERPSTREAM_BIN" registry --listen "127.0.0.1:$ERPSTREAM_REGISTRY_PORT" \
-    --database-url "$ERPSTREAM_DATABASE_URL" >"$state/log/registry.log" 2>&1 &
+    --database-url "$ERPSTREAM_DATABASE_URL" >>"$state/log/registry.log" 2>&1 &
   echo $! > "$state/run/registry.pid"
   wait_for registry 30 curl -fsS "$ERPSTREAM_REGISTRY_URL/subjects"
 fi

@@ -13,12 +13,14 @@ mod admin;
 mod changelog;
 mod config;
 mod consumer;
+mod dead_letter;
 mod producer;
 
 pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::Changelog;
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
+pub use dead_letter::{dead_letter, headers_of};
 pub use producer::{Ack, PublishError, Publisher, RawRecord};
 
 /// Kafka header carrying the W3C trace context.

@@ -13,7 +13,7 @@ use erpstream_schemas::{Codec, CodecError, EventKind, Traceparent};
 use futures::StreamExt;
 use futures::future::join_all;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -220,14 +220,7 @@ impl StreamTask {
                 Decoded::InventoryAvailable(self.codec.decode(payload).await?)
             }
         };
-        let headers: Vec<(String, Vec<u8>)> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = erpstream_connectors::kafka::headers_of(message);
         let trace = headers
             .iter()
             .find(|(k, _)| k == TRACEPARENT_HEADER)
@@ -289,37 +282,9 @@ impl StreamTask {
             let dlq = self.inputs[message.topic()].1.clone();
             metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
             tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
-            let mut headers: Vec<(String, Vec<u8>)> = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            headers.extend([
-                ("erpstream.error".to_string(), error.into_bytes()),
-                (
-                    "erpstream.source".to_string(),
-                    self.name.clone().into_bytes(),
-                ),
-                ("erpstream.attempts".to_string(), b"1".to_vec()),
-                (
-                    "erpstream.original.partition".to_string(),
-                    message.partition().to_string().into_bytes(),
-                ),
-                (
-                    "erpstream.original.offset".to_string(),
-                    message.offset().to_string().into_bytes(),
-                ),
-            ]);
-            records.push(RawRecord {
-                topic: dlq,
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers,
-                partition: None,
-            });
+            records.push(erpstream_connectors::kafka::dead_letter(
+                &message, &dlq, &error, &self.name, 1,
+            ));
         }
         if !self.send_all(records, shutdown).await {
             return false;

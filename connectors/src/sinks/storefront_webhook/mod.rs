@@ -41,8 +41,7 @@ pub use config::{RetryConfig, StorefrontWebhookConfig};
 pub use service::{DeliveryService, Outcome, backoff};
 
 use crate::kafka::{
-    Changelog, GroupConsumer, KafkaConfig, Publisher, RawRecord, TRACEPARENT_HEADER,
-    TrackingContext,
+    Changelog, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
 };
 use crate::metrics as m;
 
@@ -759,50 +758,13 @@ impl State {
         };
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         tracing::warn!(key = %delivery.key, attempts = delivery.attempts, error = %delivery.last_error, "dead-lettering record");
-        let source = &delivery.source;
-        let mut headers: Vec<(String, Vec<u8>)> = source
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        headers.retain(|(k, _)| !k.starts_with("erpstream."));
-        headers.extend([
-            (
-                "erpstream.error".to_string(),
-                delivery.last_error.clone().into_bytes(),
-            ),
-            ("erpstream.source".to_string(), sink.id.clone().into_bytes()),
-            (
-                "erpstream.attempts".to_string(),
-                delivery.attempts.to_string().into_bytes(),
-            ),
-            (
-                "erpstream.original.topic".to_string(),
-                source.topic().as_bytes().to_vec(),
-            ),
-            (
-                "erpstream.original.partition".to_string(),
-                source.partition().to_string().into_bytes(),
-            ),
-            (
-                "erpstream.original.offset".to_string(),
-                source.offset().to_string().into_bytes(),
-            ),
-            (
-                "erpstream.failed_at".to_string(),
-                erpstream_schemas::now_millis().to_string().into_bytes(),
-            ),
-        ]);
-        let record = RawRecord {
-            topic: input.dlq_topic.clone(),
-            key: source.key().map(<[u8]>::to_vec),
-            payload: source.payload().map(<[u8]>::to_vec),
-            headers,
-            partition: None,
-        };
+        let record = crate::kafka::dead_letter(
+            &delivery.source,
+            &input.dlq_topic,
+            &delivery.last_error,
+            &sink.id,
+            delivery.attempts,
+        );
         let publisher = sink.publisher.clone();
         let (tp, covers) = (delivery.tp, delivery.covers);
         self.tasks.spawn(async move {
