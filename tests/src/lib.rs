@@ -256,6 +256,7 @@ kafka:
   topic_prefix: "{prefix}"
   delivery_timeout: {delivery_timeout}
   idempotence: false
+  instance_id: test
 registry:
   url: {registry}
 topics:

@@ -32,6 +32,10 @@ pub struct KafkaConfig {
     /// version guards absorb that) and one request is in flight per connection to keep order.
     #[serde(default = "default_idempotence")]
     pub idempotence: bool,
+    /// Stable id of this deployment instance (one per replica, e.g. the pod name). When set,
+    /// consumers are static group members and a restart does not wait for a rebalance.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Extra librdkafka properties (security settings, for example).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -64,6 +68,7 @@ impl KafkaConfig {
             fetch_wait: default_fetch_wait(),
             delivery_timeout: default_delivery_timeout(),
             idempotence: default_idempotence(),
+            instance_id: None,
             properties: BTreeMap::new(),
         }
     }

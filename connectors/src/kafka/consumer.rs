@@ -41,14 +41,21 @@ impl ConsumerContext for TrackingContext {
 }
 
 /// A consumer in group `group_id` that stores offsets only when told to.
+///
+/// With `kafka.instance_id` set, the member is static (`group.instance.id` =
+/// `<group>.<instance_id>`): a restarted process takes its partitions back at once instead
+/// of waiting for the dead member's session to expire.
 pub fn group_consumer(
     config: &KafkaConfig,
     group_id: &str,
     client_id: &str,
 ) -> Result<(GroupConsumer, TrackingContext), KafkaError> {
     let context = TrackingContext::default();
-    let consumer = config
-        .client_config(client_id)
+    let mut client = config.client_config(client_id);
+    if let Some(instance) = &config.instance_id {
+        client.set("group.instance.id", format!("{group_id}.{instance}"));
+    }
+    let consumer = client
         .set("group.id", group_id)
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
