@@ -305,6 +305,12 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
             ProcessorConfig::Dedupe(_) => &EventKind::ALL,
             ProcessorConfig::Inventory(_) => &[EventKind::InventoryChange],
         };
+        if processor.inputs().is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "must list at least one input",
+            ));
+        }
         let mut partitions = BTreeSet::new();
         for (i, input) in processor.inputs().iter().enumerate() {
             let path = format!("{at}.inputs[{i}]");

@@ -42,12 +42,6 @@ impl DedupeConfig {
     /// Checks the rules no type can express.
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one input",
-            ));
-        }
         if self.retention.is_zero() {
             problems.push(Problem::new(format!("{at}.retention"), "must be > 0"));
         }

@@ -59,12 +59,6 @@ impl InventoryConfig {
     /// Checks the rules no type can express.
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one input",
-            ));
-        }
         if self.safety_stock.default.is_sign_negative() && !self.safety_stock.default.is_zero() {
             problems.push(Problem::new(
                 format!("{at}.safety_stock.default"),
