@@ -98,4 +98,10 @@ if [ ! -f "$state/secrets.env" ]; then
     echo "export STOREFRONT_WEBHOOK_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } > "$state/secrets.env"
 fi
+# Secrets added by later versions, appended to an existing file.
+for name in STOREFRONT_API_TOKEN ERP_API_TOKEN; do
+  if ! grep -q "^export $name=" "$state/secrets.env"; then
+    echo "export $name=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> "$state/secrets.env"
+  fi
+done
 log "stack is up: broker $ERPSTREAM_BROKERS, registry $ERPSTREAM_REGISTRY_URL, postgres $ERPSTREAM_DATABASE_URL"

@@ -354,6 +354,30 @@ mod tests {
             }],
             version: 3,
         });
+        round_trip(InventoryAdjustment {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: "ADJ-1".into(),
+            source_system: "storefront".into(),
+            source: "api".into(),
+            occurred_at: 1,
+            ingested_at: 2,
+            reference_id: "ADJ-1".into(),
+            adjustments: vec![AdjustmentLine {
+                sku: "A".into(),
+                quantity_change: d("-1.5"),
+                location_code: "WH".into(),
+            }],
+        });
+        round_trip(Reservation::step(
+            ReservationAction::WrittenBack,
+            ("storefront", "erp-out"),
+            "ORD-1",
+            "A",
+            "WH",
+            d("3"),
+            5,
+            2,
+        ));
     }
 
     #[test]

@@ -23,6 +23,17 @@ pub enum DecimalError {
     TooLarge,
 }
 
+/// An exact JSON number with the value's significant digits (`14`, `45000.5`), relying on
+/// serde_json's `arbitrary_precision`.
+pub fn json_number(value: Decimal) -> serde_json::Value {
+    value
+        .normalize()
+        .to_string()
+        .parse::<serde_json::Number>()
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// The unscaled integer of `value` at `scale`, refusing rounding and overflow.
 pub fn unscaled(value: Decimal, scale: u32) -> Result<i128, DecimalError> {
     let normalized = value.normalize();

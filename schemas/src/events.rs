@@ -17,15 +17,21 @@ pub enum EventKind {
     SalesOrder,
     /// `inventory.available`, keyed by `sku`, compacted.
     InventoryAvailable,
+    /// `inventory.adjustment`, keyed by `reference_id`.
+    InventoryAdjustment,
+    /// `inventory.reservation` (internal), keyed by `sku`.
+    Reservation,
 }
 
 impl EventKind {
     /// Every kind, for registration at start-up.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::CatalogUpdate,
         EventKind::InventoryChange,
         EventKind::SalesOrder,
         EventKind::InventoryAvailable,
+        EventKind::InventoryAdjustment,
+        EventKind::Reservation,
     ];
 
     /// The default topic name of this kind (SPEC §2); deployments may prefix it.
@@ -35,6 +41,8 @@ impl EventKind {
             EventKind::InventoryChange => "inventory.change",
             EventKind::SalesOrder => "sales.order",
             EventKind::InventoryAvailable => "inventory.available",
+            EventKind::InventoryAdjustment => "inventory.adjustment",
+            EventKind::Reservation => "inventory.reservation",
         }
     }
 
@@ -50,6 +58,8 @@ impl EventKind {
             EventKind::InventoryChange => include_str!("../avro/inventory.change.avsc"),
             EventKind::SalesOrder => include_str!("../avro/sales.order.avsc"),
             EventKind::InventoryAvailable => include_str!("../avro/inventory.available.avsc"),
+            EventKind::InventoryAdjustment => include_str!("../avro/inventory.adjustment.avsc"),
+            EventKind::Reservation => include_str!("../avro/inventory.reservation.avsc"),
         }
     }
 
@@ -60,6 +70,8 @@ impl EventKind {
             EventKind::InventoryChange => "io.erpstream.events.InventoryChange",
             EventKind::SalesOrder => "io.erpstream.events.SalesOrder",
             EventKind::InventoryAvailable => "io.erpstream.events.InventoryAvailable",
+            EventKind::InventoryAdjustment => "io.erpstream.events.InventoryAdjustment",
+            EventKind::Reservation => "io.erpstream.events.Reservation",
         }
     }
 }
@@ -299,3 +311,156 @@ pub struct InventoryAvailable {
     pub version: i64,
 }
 impl_event!(InventoryAvailable, EventKind::InventoryAvailable, sku);
+
+/// One line of a storefront stock adjustment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdjustmentLine {
+    /// Adjusted sku.
+    pub sku: String,
+    /// Relative change; negative deducts stock.
+    #[serde(with = "quantity")]
+    pub quantity_change: Decimal,
+    /// Location of the stock.
+    pub location_code: String,
+}
+
+/// A storefront stock adjustment to write back to the ERP (`inventory.adjustment`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryAdjustment {
+    /// Unique id of this event (UUID).
+    pub event_id: String,
+    /// The reference id.
+    pub idempotency_key: String,
+    /// The system that sent it.
+    pub source_system: String,
+    /// The connector id that produced it.
+    pub source: String,
+    /// Request time, epoch ms.
+    pub occurred_at: i64,
+    /// Ingest time, epoch ms.
+    pub ingested_at: i64,
+    /// Business reference, e.g. the order id.
+    pub reference_id: String,
+    /// Per-sku changes.
+    pub adjustments: Vec<AdjustmentLine>,
+}
+impl_event!(InventoryAdjustment, EventKind::InventoryAdjustment, reference_id);
+
+/// What a [`Reservation`] record does to a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationAction {
+    /// Takes stock from what is available.
+    Hold,
+    /// The ERP acknowledged the document; the next ERP figure releases the hold.
+    WrittenBack,
+    /// Gives the stock back (order cancelled).
+    Release,
+}
+
+impl ReservationAction {
+    /// The schema symbol, as used in idempotency keys.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ReservationAction::Hold => "HOLD",
+            ReservationAction::WrittenBack => "WRITTEN_BACK",
+            ReservationAction::Release => "RELEASE",
+        }
+    }
+}
+
+/// One step of a stock hold for one sku at one location (`inventory.reservation`, internal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Unique id of this event (UUID).
+    pub event_id: String,
+    /// `<action>:<reference_id>:<sku>:<location_code>`.
+    pub idempotency_key: String,
+    /// The system the hold came from.
+    pub source_system: String,
+    /// The component that produced it.
+    pub source: String,
+    /// When the step happened (for `WrittenBack`, the ERP's acknowledgement), epoch ms.
+    pub occurred_at: i64,
+    /// When the document was accepted, epoch ms.
+    pub ingested_at: i64,
+    /// Held sku.
+    pub sku: String,
+    /// Location of the held stock.
+    pub location_code: String,
+    /// Order transaction id or adjustment reference id.
+    pub reference_id: String,
+    /// Units held (positive).
+    #[serde(with = "quantity")]
+    pub quantity: Decimal,
+    /// What this step does.
+    pub action: ReservationAction,
+}
+impl_event!(Reservation, EventKind::Reservation, sku);
+
+impl Reservation {
+    /// A step for one line of document `reference_id`, with its idempotency key.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        action: ReservationAction,
+        (source_system, source): (&str, &str),
+        reference_id: &str,
+        sku: &str,
+        location_code: &str,
+        quantity: Decimal,
+        occurred_at: i64,
+        ingested_at: i64,
+    ) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: format!(
+                "{}:{reference_id}:{sku}:{location_code}",
+                action.symbol()
+            ),
+            source_system: source_system.to_string(),
+            source: source.to_string(),
+            occurred_at,
+            ingested_at,
+            sku: sku.to_string(),
+            location_code: location_code.to_string(),
+            reference_id: reference_id.to_string(),
+            quantity,
+            action,
+        }
+    }
+}
+
+/// Units held per (sku, location) while a document is not yet reflected by the ERP.
+pub type Holds = std::collections::BTreeMap<(String, String), Decimal>;
+
+impl SalesOrder {
+    /// What an open order holds: its lines' quantities per (sku, location), lines of the
+    /// same pair summed; lines without a location hold nothing.
+    pub fn holds(&self) -> Holds {
+        let mut holds = Holds::new();
+        for line in &self.line_items {
+            if let Some(location) = &line.location_code {
+                *holds
+                    .entry((line.sku.clone(), location.clone()))
+                    .or_insert(Decimal::ZERO) += line.quantity;
+            }
+        }
+        holds
+    }
+}
+
+impl InventoryAdjustment {
+    /// What an adjustment holds: the net deduction of every (sku, location) whose lines sum
+    /// to less than zero. Net additions hold nothing; they count once the ERP reports them.
+    pub fn holds(&self) -> Holds {
+        let mut net = Holds::new();
+        for line in &self.adjustments {
+            *net.entry((line.sku.clone(), line.location_code.clone()))
+                .or_insert(Decimal::ZERO) += line.quantity_change;
+        }
+        net.into_iter()
+            .filter(|(_, change)| *change < Decimal::ZERO)
+            .map(|(pair, change)| (pair, -change))
+            .collect()
+    }
+}

@@ -4,6 +4,8 @@
 //!
 //! Every test gets its own app id and topic prefix, so tests run side by side.
 
+pub mod erp;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,12 @@ use sha2::Sha256;
 pub const ERP_SECRET: &str = "test-erp-secret";
 /// Secret the test storefront verifies with.
 pub const STOREFRONT_SECRET: &str = "test-storefront-secret";
+/// Token the test storefront calls the API with.
+pub const API_TOKEN: &str = "test-api-token";
+/// Credential the test ERP expects (ERPNext style `key:secret`).
+pub const ERP_TOKEN: &str = "test-key:test-secret";
+/// Location held for order lines that name none.
+pub const DEFAULT_LOCATION: &str = "WH-TECH-01";
 
 /// Where the local stack is.
 #[derive(Clone, Debug)]
@@ -33,6 +41,8 @@ pub struct Stack {
     pub brokers: String,
     /// Registry URL.
     pub registry: String,
+    /// Postgres URL.
+    pub database: String,
 }
 
 impl Stack {
@@ -46,6 +56,7 @@ impl Stack {
         Self {
             brokers: get("ERPSTREAM_BROKERS"),
             registry: get("ERPSTREAM_REGISTRY_URL"),
+            database: get("ERPSTREAM_DATABASE_URL"),
         }
     }
 }
@@ -226,6 +237,29 @@ pub struct TopologyOptions {
     pub max_attempts: u32,
     /// Produce acknowledgement timeout.
     pub delivery_timeout: &'static str,
+    /// Postgres URL (the storefront API's request store).
+    pub database: String,
+    /// The ERP write-back target (base URL and preset), if any.
+    pub erp: Option<(String, &'static str)>,
+    /// Reservation expiry of the inventory processor.
+    pub reservation_expiry: &'static str,
+}
+
+impl TopologyOptions {
+    /// Defaults against the local stack, delivering to `storefront`.
+    pub fn new(storefront: &str) -> Self {
+        let stack = Stack::from_env();
+        Self {
+            brokers: stack.brokers,
+            registry: stack.registry,
+            storefront: storefront.to_string(),
+            max_attempts: 50,
+            delivery_timeout: "5s",
+            database: stack.database,
+            erp: None,
+            reservation_expiry: "30m",
+        }
+    }
 }
 
 /// A running `erpstream run` process with its own app id, topics and port.
@@ -262,21 +296,32 @@ registry:
 topics:
   catalog.update: {{ partitions: 2 }}
   inventory.change: {{ partitions: 2 }}
+  inventory.reservation: {{ partitions: 2 }}
   inventory.available: {{ partitions: 2, compacted: true }}
+  sales.order: {{ partitions: 1 }}
+  inventory.adjustment: {{ partitions: 1 }}
 sources:
   erp:
     type: erp_webhook
     secrets: [{{ env: TEST_ERP_SECRET_OLD }}, {{ env: TEST_ERP_SECRET }}]
     max_body: 64KiB
+  shop:
+    type: storefront_api
+    tokens: [{{ env: TEST_API_TOKEN }}]
+    database: {database}
+    default_location: {default_location}
+    max_body: 64KiB
+    snapshot: inventory
 processors:
   dedupe:
     type: dedupe
-    inputs: [inventory.change]
+    inputs: [inventory.change, inventory.reservation]
   inventory:
     type: inventory
     inputs: [dedupe]
     output: inventory.available
-sinks:
+    reservations: {{ expiry: {expiry} }}
+sinks:{erp_sink}
   storefront:
     type: storefront_webhook
     inputs: [inventory.available, catalog.update]
@@ -291,6 +336,25 @@ sinks:
             storefront = options.storefront,
             attempts = options.max_attempts,
             delivery_timeout = options.delivery_timeout,
+            database = options.database,
+            default_location = DEFAULT_LOCATION,
+            expiry = options.reservation_expiry,
+            erp_sink = match &options.erp {
+                Some((url, preset)) => format!(
+                    r#"
+  erp_out:
+    type: erp_rest
+    inputs: [sales.order, inventory.adjustment]
+    sources: [shop]
+    url: {url}
+    preset: {preset}
+    token: {{ env: TEST_ERP_TOKEN }}
+    request_timeout: 2s
+    retry: {{ max_attempts: {attempts}, initial_backoff: 50ms, max_backoff: 500ms }}"#,
+                    attempts = options.max_attempts,
+                ),
+                None => String::new(),
+            },
         );
         std::fs::write(&topology, text).expect("write topology");
         Self {
@@ -316,6 +380,8 @@ sinks:
             .env("TEST_ERP_SECRET_OLD", "rotated-out-secret")
             .env("TEST_ERP_SECRET", ERP_SECRET)
             .env("TEST_STOREFRONT_SECRET", STOREFRONT_SECRET)
+            .env("TEST_API_TOKEN", API_TOKEN)
+            .env("TEST_ERP_TOKEN", ERP_TOKEN)
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -414,6 +480,41 @@ sinks:
     }
 }
 
+impl Pipeline {
+    /// POSTs JSON to an API path with `X-API-Key: <token>` (none if `None`); returns status,
+    /// headers and JSON.
+    pub async fn post_api(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .json(body);
+        if let Some(token) = token {
+            request = request.header("x-api-key", token);
+        }
+        let response = request.send().await.expect("post api");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, headers, json)
+    }
+
+    /// `GET /api/inventory/snapshot?<query>` with a bearer token; status and JSON.
+    pub async fn snapshot(&self, query: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/inventory/snapshot?{query}", self.url))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("get snapshot");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.kill();
@@ -438,6 +539,12 @@ pub fn inventory_body(sku: &str, location: &str, quantity: i64, timestamp: &str)
     })
     .to_string()
     .into_bytes()
+}
+
+/// `now + offset_ms` as an RFC 3339 time (ERP timestamps that follow erpstream's clock).
+pub fn rfc3339_now(offset_ms: i64) -> String {
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(offset_ms);
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A record read back from a topic.

@@ -9,14 +9,7 @@ use erpstream_schemas::{Codec, InventoryChange};
 const LONG: Duration = Duration::from_secs(60);
 
 fn options(storefront: &Storefront) -> TopologyOptions {
-    let stack = Stack::from_env();
-    TopologyOptions {
-        brokers: stack.brokers,
-        registry: stack.registry,
-        storefront: storefront.url.clone(),
-        max_attempts: 50,
-        delivery_timeout: "5s",
-    }
+    TopologyOptions::new(&storefront.url)
 }
 
 async fn started(storefront: &Storefront) -> Pipeline {

@@ -27,11 +27,8 @@ pub use producer::{Ack, PublishError, Publisher, RawRecord};
 pub const TRACEPARENT_HEADER: &str = erpstream_schemas::trace::HEADER;
 
 /// Reads a header's value from a consumed message.
-pub fn header<'a>(
-    message: &'a rdkafka::message::BorrowedMessage<'_>,
-    name: &str,
-) -> Option<&'a [u8]> {
-    use rdkafka::message::{Headers, Message};
+pub fn header<'a, M: rdkafka::message::Message>(message: &'a M, name: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::Headers;
     message
         .headers()?
         .iter()

@@ -6,4 +6,6 @@
 //! superseded by a newer record for the same key, or dead-lettered). Per key, effects happen
 //! in input order and never move a key backwards.
 
+pub mod erp_rest;
+pub mod retry;
 pub mod storefront_webhook;

@@ -6,3 +6,5 @@
 //! an `idempotency_key` that is equal for repeats, and processors drop them.
 
 pub mod erp_webhook;
+pub mod fields;
+pub mod storefront_api;

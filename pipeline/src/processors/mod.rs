@@ -21,7 +21,8 @@ use std::collections::HashMap;
 
 use erpstream_connectors::kafka::RawRecord;
 use erpstream_schemas::{
-    CatalogUpdate, InventoryAvailable, InventoryChange, SalesOrder, Traceparent,
+    CatalogUpdate, InventoryAdjustment, InventoryAvailable, InventoryChange, Reservation,
+    SalesOrder, Traceparent,
 };
 
 /// An input record as processors see it: the raw record and its decoded event.
@@ -51,6 +52,10 @@ pub enum Decoded {
     SalesOrder(SalesOrder),
     /// `inventory.available`.
     InventoryAvailable(InventoryAvailable),
+    /// `inventory.adjustment`.
+    InventoryAdjustment(InventoryAdjustment),
+    /// `inventory.reservation`.
+    Reservation(Reservation),
 }
 
 impl Decoded {
@@ -62,6 +67,8 @@ impl Decoded {
             Decoded::CatalogUpdate(e) => e.idempotency_key(),
             Decoded::SalesOrder(e) => e.idempotency_key(),
             Decoded::InventoryAvailable(e) => e.idempotency_key(),
+            Decoded::InventoryAdjustment(e) => e.idempotency_key(),
+            Decoded::Reservation(e) => e.idempotency_key(),
         }
     }
 }
@@ -94,4 +101,7 @@ pub trait Processor: Send + Sync {
     /// Processes one record. `index` is this processor's place in the chain (for changelog
     /// writes). Returns whether the record goes on to the next processor.
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool;
+    /// Called about once a second between batches, for time-driven changes (expiry).
+    /// `now` is epoch ms.
+    fn tick(&mut self, _index: usize, _now: i64, _effects: &mut Effects) {}
 }

@@ -21,6 +21,8 @@ use super::{Decoded, Effects, Emit, Processor, Record};
 
 /// Most records taken into one batch.
 const MAX_BATCH: usize = 1_000;
+/// How often processors get a [`Processor::tick`].
+const TICK: Duration = Duration::from_secs(1);
 
 /// One processor chain and its consumer.
 pub struct StreamTask {
@@ -69,23 +71,30 @@ impl StreamTask {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
         tracing::info!(task = %self.name, ?topics, "processor chain started");
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let batch: Vec<OwnedMessage> = {
+            let batch: Option<Vec<OwnedMessage>> = {
                 let mut stream = self.consumer.stream().ready_chunks(MAX_BATCH);
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    _ = ticker.tick() => None,
                     batch = stream.next() => match batch {
-                        Some(batch) => batch.into_iter().filter_map(|m| match m {
+                        Some(batch) => Some(batch.into_iter().filter_map(|m| match m {
                             Ok(m) => Some(m.detach()),
                             Err(err) => {
                                 tracing::warn!(error = %err, "consume failed");
                                 None
                             }
-                        }).collect(),
+                        }).collect()),
                         None => break,
                     },
                 }
+            };
+            let Some(batch) = batch else {
+                self.tick(&mut shutdown).await;
+                continue;
             };
             if batch.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,6 +177,18 @@ impl StreamTask {
         }
     }
 
+    /// Lets every processor make its time-driven changes and makes them durable.
+    async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let now = erpstream_schemas::now_millis();
+        let mut effects = Effects::default();
+        for (index, processor) in self.chain.iter_mut().enumerate() {
+            processor.tick(index, now, &mut effects);
+        }
+        if !effects.emit.is_empty() || !effects.changelog.is_empty() {
+            self.make_durable(effects, Vec::new(), shutdown).await;
+        }
+    }
+
     fn seek_back(&self, message: &OwnedMessage) {
         if let Err(err) = self.consumer.seek(
             message.topic(),
@@ -219,6 +240,10 @@ impl StreamTask {
             EventKind::InventoryAvailable => {
                 Decoded::InventoryAvailable(self.codec.decode(payload).await?)
             }
+            EventKind::InventoryAdjustment => {
+                Decoded::InventoryAdjustment(self.codec.decode(payload).await?)
+            }
+            EventKind::Reservation => Decoded::Reservation(self.codec.decode(payload).await?),
         };
         let headers = erpstream_connectors::kafka::headers_of(message);
         let trace = headers

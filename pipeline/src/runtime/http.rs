@@ -1,6 +1,7 @@
 //! Operations endpoints: `/metrics` (Prometheus), `/healthz` (the process answers),
-//! `/readyz` (the broker and the registry are reachable).
+//! `/readyz` (the broker, the registry and every database a component uses are reachable).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use erpstream_connectors::kafka::Publisher;
+use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
@@ -18,10 +20,16 @@ struct Ops {
     publisher: Publisher,
     registry_url: String,
     client: reqwest::Client,
+    apis: Vec<Arc<StorefrontApiSource>>,
 }
 
 /// The operations routes.
-pub fn operations(metrics: PrometheusHandle, publisher: Publisher, registry_url: &str) -> Router {
+pub fn operations(
+    metrics: PrometheusHandle,
+    publisher: Publisher,
+    registry_url: &str,
+    apis: Vec<Arc<StorefrontApiSource>>,
+) -> Router {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -31,6 +39,7 @@ pub fn operations(metrics: PrometheusHandle, publisher: Publisher, registry_url:
         publisher,
         registry_url: registry_url.trim_end_matches('/').to_string(),
         client,
+        apis,
     };
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -57,7 +66,11 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
-    let status = if broker && registry {
+    let mut database = true;
+    for api in &ops.apis {
+        database &= api.store_reachable().await;
+    }
+    let status = if broker && registry && database {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -67,7 +80,8 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         status,
         axum::Json(json!({
             "status": if status == StatusCode::OK { "ready" } else { "not ready" },
-            "checks": {"broker": word(broker), "registry": word(registry)},
+            "checks": {"broker": word(broker), "registry": word(registry),
+                "database": word(database)},
         })),
     )
 }

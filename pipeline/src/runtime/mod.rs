@@ -12,9 +12,13 @@ pub mod telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
+use erpstream_connectors::sinks::erp_rest::{self, ErpRestSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
 use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
+use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use erpstream_schemas::{Codec, CodecError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
@@ -23,7 +27,7 @@ use tracing::Instrument;
 
 use crate::processors::Processor;
 use crate::processors::dedupe::Dedupe;
-use crate::processors::inventory::Inventory;
+use crate::processors::inventory::{self, Inventory, InventoryView};
 use crate::processors::task::StreamTask;
 use crate::topology::{ProcessorConfig, SinkConfig, SourceConfig, Topology};
 
@@ -42,6 +46,9 @@ pub enum RuntimeError {
     /// A sink could not be built.
     #[error("{0}")]
     Sink(#[from] storefront_webhook::SinkError),
+    /// The ERP write-back sink could not be built.
+    #[error("{0}")]
+    ErpRest(#[from] erp_rest::ErpRestError),
     /// The HTTP listener could not be opened.
     #[error("could not listen on {addr}: {source}")]
     Listen {
@@ -87,15 +94,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         codec.clone(),
     )?;
 
-    let mut router = axum::Router::new();
-    for (id, source) in &topology.sources {
-        let SourceConfig::ErpWebhook(config) = source;
-        let source = ErpWebhookSource::build(id, config.clone(), &kafka, publisher.clone())?;
-        router = router.merge(Arc::new(source).router());
-    }
-
     let mut tasks: JoinSet<(String, Result<(), String>)> = JoinSet::new();
-    for (name, task) in processor_tasks(&topology, &publisher)? {
+    let (processors, views) = processor_tasks(&topology, &publisher)?;
+    for (name, task) in processors {
         let span =
             tracing::info_span!("component", component_kind = "processor", component_id = %name);
         let rx = shutdown_rx.clone();
@@ -103,49 +104,110 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             async move { (name, task.run(rx).await.map_err(|e| e.to_string())) }.instrument(span),
         );
     }
-    for (id, sink) in &topology.sinks {
-        let SinkConfig::StorefrontWebhook(config) = sink;
-        let inputs = config
-            .inputs
-            .iter()
-            .map(|logical| {
-                let topic = kafka.topic(logical);
-                storefront_webhook::Input {
-                    kind: topology
-                        .contract(logical)
-                        .unwrap_or(erpstream_schemas::EventKind::InventoryAvailable),
-                    changelog: Changelog::new(
-                        changelog_topic(&kafka, &topology.app_id, id, Some(logical)),
-                        kafka.clone(),
-                        publisher.clone(),
-                    ),
-                    dlq_topic: dlq_topic(&topic),
-                    topic,
+
+    let mut router = axum::Router::new();
+    let mut apis = Vec::new();
+    for (id, source) in &topology.sources {
+        match source {
+            SourceConfig::ErpWebhook(config) => {
+                let source =
+                    ErpWebhookSource::build(id, config.clone(), &kafka, publisher.clone())?;
+                router = router.merge(Arc::new(source).router());
+            }
+            SourceConfig::StorefrontApi(config) => {
+                let source = Arc::new(StorefrontApiSource::build(
+                    id,
+                    config.clone(),
+                    &kafka,
+                    publisher.clone(),
+                )?);
+                if let Some(view) = config.snapshot.as_ref().and_then(|p| views.get(p)) {
+                    router = router.merge(inventory::snapshot::router(view.clone(), source.auth()));
                 }
-            })
-            .collect();
+                router = router.merge(source.clone().router());
+                apis.push(source);
+            }
+        }
+    }
+
+    for (id, sink) in &topology.sinks {
         let group = format!("{}.{id}", topology.app_id);
-        let sink = StorefrontWebhookSink::build(
-            id,
-            config.clone(),
-            inputs,
-            &kafka,
-            &group,
-            publisher.clone(),
-        )?;
-        let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
-            component_type = storefront_webhook::TYPE);
         let rx = shutdown_rx.clone();
         let name = id.clone();
-        tasks.spawn(
-            async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }.instrument(span),
-        );
+        match sink {
+            SinkConfig::StorefrontWebhook(config) => {
+                let inputs = config
+                    .inputs
+                    .iter()
+                    .map(|logical| {
+                        let topic = kafka.topic(logical);
+                        storefront_webhook::Input {
+                            kind: topology
+                                .contract(logical)
+                                .unwrap_or(erpstream_schemas::EventKind::InventoryAvailable),
+                            changelog: Changelog::new(
+                                changelog_topic(&kafka, &topology.app_id, id, Some(logical)),
+                                kafka.clone(),
+                                publisher.clone(),
+                            ),
+                            dlq_topic: dlq_topic(&topic),
+                            topic,
+                        }
+                    })
+                    .collect();
+                let sink = StorefrontWebhookSink::build(
+                    id,
+                    config.clone(),
+                    inputs,
+                    &kafka,
+                    &group,
+                    publisher.clone(),
+                )?;
+                let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
+                    component_type = storefront_webhook::TYPE);
+                tasks.spawn(
+                    async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }
+                        .instrument(span),
+                );
+            }
+            SinkConfig::ErpRest(config) => {
+                let inputs = config
+                    .inputs
+                    .iter()
+                    .map(|logical| {
+                        let topic = kafka.topic(logical);
+                        erp_rest::Input {
+                            kind: topology
+                                .contract(logical)
+                                .unwrap_or(erpstream_schemas::EventKind::SalesOrder),
+                            dlq_topic: dlq_topic(&topic),
+                            topic,
+                        }
+                    })
+                    .collect();
+                let sink = ErpRestSink::build(
+                    id,
+                    config.clone(),
+                    inputs,
+                    &kafka,
+                    &group,
+                    publisher.clone(),
+                )?;
+                let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
+                    component_type = erp_rest::TYPE);
+                tasks.spawn(
+                    async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }
+                        .instrument(span),
+                );
+            }
+        }
     }
 
     let router = router.merge(http::operations(
         metrics,
         publisher.clone(),
         &topology.registry.url,
+        apis,
     ));
     let listener = tokio::net::TcpListener::bind(topology.http.listen)
         .await
@@ -263,15 +325,16 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
         }
     }
     for (id, sink) in &topology.sinks {
-        let SinkConfig::StorefrontWebhook(config) = sink;
-        for input in &config.inputs {
+        for input in sink.inputs() {
             let partitions = topology.topics.get(input).map_or(1, |t| t.partitions);
             add(dlq_topic(&kafka.topic(input)), partitions, false);
-            add(
-                changelog_topic(kafka, &topology.app_id, id, Some(input)),
-                partitions,
-                true,
-            );
+            if let SinkConfig::StorefrontWebhook(_) = sink {
+                add(
+                    changelog_topic(kafka, &topology.app_id, id, Some(input)),
+                    partitions,
+                    true,
+                );
+            }
         }
     }
     specs
@@ -314,12 +377,14 @@ fn chain_partitions(topology: &Topology, chain: &[String]) -> i32 {
         .unwrap_or(1)
 }
 
+/// The processor chains as tasks, and the state views of inventory processors by id.
 fn processor_tasks(
     topology: &Topology,
     publisher: &Publisher,
-) -> Result<Vec<(String, StreamTask)>, RuntimeError> {
+) -> Result<(Vec<(String, StreamTask)>, HashMap<String, InventoryView>), RuntimeError> {
     let kafka = &topology.kafka;
     let mut tasks = Vec::new();
+    let mut views = HashMap::new();
     for chain in chains(topology) {
         let mut processors: Vec<Box<dyn Processor>> = Vec::new();
         let mut changelogs = Vec::new();
@@ -331,7 +396,9 @@ fn processor_tasks(
                     c.output.as_deref().map(|o| kafka.topic(o)),
                 )),
                 ProcessorConfig::Inventory(c) => {
-                    Box::new(Inventory::new(id, c, kafka.topic(&c.output)))
+                    let processor = Inventory::new(id, c, kafka.topic(&c.output));
+                    views.insert(id.clone(), processor.view());
+                    Box::new(processor)
                 }
             };
             processors.push(processor);
@@ -365,5 +432,5 @@ fn processor_tasks(
             ),
         ));
     }
-    Ok(tasks)
+    Ok((tasks, views))
 }

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use erpstream_connectors::kafka::KafkaConfig;
+use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
+use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;
 use serde::Deserialize;
@@ -89,6 +91,8 @@ pub struct TopicConfig {
 pub enum SourceConfig {
     /// `erp_webhook`.
     ErpWebhook(ErpWebhookConfig),
+    /// `storefront_api`.
+    StorefrontApi(StorefrontApiConfig),
 }
 
 /// A processor, by `type`.
@@ -123,6 +127,18 @@ impl ProcessorConfig {
 pub enum SinkConfig {
     /// `storefront_webhook`.
     StorefrontWebhook(StorefrontWebhookConfig),
+    /// `erp_rest`.
+    ErpRest(ErpRestConfig),
+}
+
+impl SinkConfig {
+    /// Topics this sink reads.
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            SinkConfig::StorefrontWebhook(c) => &c.inputs,
+            SinkConfig::ErpRest(c) => &c.inputs,
+        }
+    }
 }
 
 /// Every problem found in a topology file.

@@ -101,7 +101,11 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                 problems.extend(c.validate(at));
                 SourceConfig::ErpWebhook(c)
             }),
-            _ => unknown_type(at, &["erp_webhook"], problems),
+            "storefront_api" => typed::<StorefrontApiConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SourceConfig::StorefrontApi(c)
+            }),
+            _ => unknown_type(at, &["erp_webhook", "storefront_api"], problems),
         },
     );
     let processors = components(
@@ -131,7 +135,11 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                     SinkConfig::StorefrontWebhook(c)
                 })
             }
-            _ => unknown_type(at, &["storefront_webhook"], problems),
+            "erp_rest" => typed::<ErpRestConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SinkConfig::ErpRest(c)
+            }),
+            _ => unknown_type(at, &["storefront_webhook", "erp_rest"], problems),
         },
     );
 
@@ -273,29 +281,78 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
     }
 
     let mut paths = BTreeSet::new();
+    let mut api_sources = 0;
     for (id, source) in &t.sources {
-        let SourceConfig::ErpWebhook(c) = source;
         let at = format!("sources.{id}");
-        if !paths.insert(c.path.clone()) {
-            problems.push(Problem::new(
-                format!("{at}.path"),
-                "is already served by another source",
-            ));
+        match source {
+            SourceConfig::ErpWebhook(c) => {
+                if !paths.insert(c.path.clone()) {
+                    problems.push(Problem::new(
+                        format!("{at}.path"),
+                        "is already served by another source",
+                    ));
+                }
+                expect_topic(
+                    t,
+                    &format!("{at}.catalog_topic"),
+                    &c.catalog_topic,
+                    &[EventKind::CatalogUpdate],
+                    problems,
+                );
+                expect_topic(
+                    t,
+                    &format!("{at}.inventory_topic"),
+                    &c.inventory_topic,
+                    &[EventKind::InventoryChange],
+                    problems,
+                );
+            }
+            SourceConfig::StorefrontApi(c) => {
+                api_sources += 1;
+                if api_sources > 1 {
+                    problems.push(Problem::new(
+                        &at,
+                        "only one storefront_api source may run (its paths are fixed)",
+                    ));
+                }
+                for (field, topic, kind) in [
+                    ("orders_topic", &c.orders_topic, EventKind::SalesOrder),
+                    (
+                        "adjustments_topic",
+                        &c.adjustments_topic,
+                        EventKind::InventoryAdjustment,
+                    ),
+                    (
+                        "reservations_topic",
+                        &c.reservations_topic,
+                        EventKind::Reservation,
+                    ),
+                ] {
+                    expect_topic(t, &format!("{at}.{field}"), topic, &[kind], problems);
+                }
+                if let (Some(reservations), Some(inventory)) = (
+                    t.topics.get(&c.reservations_topic),
+                    t.topics.get(EventKind::InventoryChange.topic()),
+                ) && reservations.partitions != inventory.partitions
+                {
+                    problems.push(Problem::new(
+                        format!("{at}.reservations_topic"),
+                        format!(
+                            "{} must have as many partitions as inventory.change (both keyed by sku)",
+                            c.reservations_topic
+                        ),
+                    ));
+                }
+                if let Some(snapshot) = &c.snapshot
+                    && !matches!(t.processors.get(snapshot), Some(ProcessorConfig::Inventory(_)))
+                {
+                    problems.push(Problem::new(
+                        format!("{at}.snapshot"),
+                        format!("{snapshot} is not an inventory processor"),
+                    ));
+                }
+            }
         }
-        expect_topic(
-            t,
-            &format!("{at}.catalog_topic"),
-            &c.catalog_topic,
-            &[EventKind::CatalogUpdate],
-            problems,
-        );
-        expect_topic(
-            t,
-            &format!("{at}.inventory_topic"),
-            &c.inventory_topic,
-            &[EventKind::InventoryChange],
-            problems,
-        );
     }
 
     let mut consumers_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -303,7 +360,7 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
         let at = format!("processors.{id}");
         let accepts: &[EventKind] = match processor {
             ProcessorConfig::Dedupe(_) => &EventKind::ALL,
-            ProcessorConfig::Inventory(_) => &[EventKind::InventoryChange],
+            ProcessorConfig::Inventory(_) => &[EventKind::InventoryChange, EventKind::Reservation],
         };
         if processor.inputs().is_empty() {
             problems.push(Problem::new(
@@ -405,8 +462,13 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
     }
 
     for (id, sink) in &t.sinks {
-        let SinkConfig::StorefrontWebhook(c) = sink;
-        for (i, input) in c.inputs.iter().enumerate() {
+        let accepts: &[EventKind] = match sink {
+            SinkConfig::StorefrontWebhook(_) => {
+                &[EventKind::InventoryAvailable, EventKind::CatalogUpdate]
+            }
+            SinkConfig::ErpRest(_) => &[EventKind::SalesOrder, EventKind::InventoryAdjustment],
+        };
+        for (i, input) in sink.inputs().iter().enumerate() {
             let path = format!("sinks.{id}.inputs[{i}]");
             if t.processors.contains_key(input) {
                 problems.push(Problem::new(
@@ -414,14 +476,25 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                     "sinks read topics; name the processor's output topic",
                 ));
             } else {
-                expect_topic(
-                    t,
-                    &path,
-                    input,
-                    &[EventKind::InventoryAvailable, EventKind::CatalogUpdate],
-                    problems,
-                );
+                expect_topic(t, &path, input, accepts, problems);
             }
+        }
+        if let SinkConfig::ErpRest(c) = sink {
+            for (i, source) in c.sources.iter().enumerate() {
+                if !t.sources.contains_key(source) {
+                    problems.push(Problem::new(
+                        format!("sinks.{id}.sources[{i}]"),
+                        format!("{source} is not a source of this topology"),
+                    ));
+                }
+            }
+            expect_topic(
+                t,
+                &format!("sinks.{id}.reservations_topic"),
+                &c.reservations_topic,
+                &[EventKind::Reservation],
+                problems,
+            );
         }
     }
 }

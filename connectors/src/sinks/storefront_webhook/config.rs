@@ -3,6 +3,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::secret::SecretRef;
+use crate::sinks::retry::RetryConfig;
 use crate::validation::Problem;
 
 /// Configuration of a `storefront_webhook` sink.
@@ -32,31 +33,6 @@ pub struct StorefrontWebhookConfig {
     pub retry: RetryConfig,
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included, before the record goes to `<topic>.dlq`.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Wait before the second attempt.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: default_max_attempts(),
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-        }
-    }
-}
-
 fn default_request_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -68,15 +44,6 @@ fn default_max_pending() -> usize {
 }
 fn default_dedupe_window() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
-}
-fn default_max_attempts() -> u32 {
-    10
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl StorefrontWebhookConfig {
@@ -102,24 +69,7 @@ impl StorefrontWebhookConfig {
         if self.max_pending == 0 {
             problems.push(Problem::new(format!("{at}.max_pending"), "must be > 0"));
         }
-        if self.retry.max_attempts == 0 {
-            problems.push(Problem::new(
-                format!("{at}.retry.max_attempts"),
-                "must be > 0",
-            ));
-        }
-        if self.retry.initial_backoff.is_zero() {
-            problems.push(Problem::new(
-                format!("{at}.retry.initial_backoff"),
-                "must be > 0",
-            ));
-        }
-        if self.retry.max_backoff < self.retry.initial_backoff {
-            problems.push(Problem::new(
-                format!("{at}.retry.max_backoff"),
-                "must be >= retry.initial_backoff",
-            ));
-        }
+        problems.extend(self.retry.validate(&format!("{at}.retry")));
         problems
     }
 }

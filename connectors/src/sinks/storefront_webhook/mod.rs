@@ -37,8 +37,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use config::{RetryConfig, StorefrontWebhookConfig};
-pub use service::{DeliveryService, Outcome, backoff};
+pub use config::StorefrontWebhookConfig;
+pub use service::DeliveryService;
+
+use crate::sinks::retry::{Outcome, backoff};
 
 use crate::kafka::{
     Changelog, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,

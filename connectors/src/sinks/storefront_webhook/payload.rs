@@ -2,7 +2,7 @@
 //! JSON numbers with their exact decimal digits.
 
 use erpstream_schemas::{CatalogUpdate, InventoryAvailable, LocationStock};
-use rust_decimal::Decimal;
+use erpstream_schemas::decimal::json_number as number;
 use serde_json::{Value, json};
 
 /// What the storefront learns when available-to-sell changes: §4.2 with
@@ -53,16 +53,6 @@ pub fn catalog(record: &CatalogUpdate) -> bytes::Bytes {
         }
     });
     bytes::Bytes::from(body.to_string())
-}
-
-/// An exact JSON number (serde_json keeps the digits: `arbitrary_precision`).
-pub fn number(value: Decimal) -> Value {
-    value
-        .normalize()
-        .to_string()
-        .parse::<serde_json::Number>()
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
 }
 
 fn rfc3339(millis: i64) -> String {

@@ -1,29 +1,35 @@
 //! `inventory`: the materialized stock of every sku at every location.
 //!
 //! Per sku and location it keeps `on_hand` (the ERP's absolute figure), `reserved` (open
-//! online orders the ERP has not reflected yet; filled by a later connector) and
-//! `available = max(0, on_hand − reserved − safety_stock)`. Absolute ERP updates are ordered
-//! by (ERP time, input offset): an update not newer than the one applied is ignored, so late,
-//! repeated or replayed webhooks never move stock backwards. A relative adjustment older than
-//! the last absolute figure is already included in it and is ignored too.
+//! holds of storefront orders and deductions the ERP has not reflected yet, from
+//! `inventory.reservation` records) and `available = max(0, on_hand − reserved −
+//! safety_stock)`. Absolute ERP updates are ordered by (ERP time, input offset): an update
+//! not newer than the one applied is ignored, so late, repeated or replayed webhooks never
+//! move stock backwards. A relative ERP adjustment older than the last absolute figure is
+//! already included in it and is ignored too. How holds end is described in [`state`].
 //!
 //! Every change of a location's figures bumps its `version` and emits the sku's full state
 //! to `inventory.available` (compacted, keyed by sku). Re-processing a record after a crash
 //! starts from the restored state and so re-emits the same versions.
+//!
+//! The state is shared read-only with the snapshot API through an [`InventoryView`].
 
+pub mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use erpstream_connectors::metrics as m;
 use erpstream_connectors::validation::Problem;
-use erpstream_schemas::{InventoryAvailable, InventoryChange, Traceparent};
+use erpstream_schemas::{InventoryAvailable, Traceparent};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-pub use state::{LocationState, SkuState};
+pub use state::{Hold, LocationState, SkuState};
 
 use super::{Decoded, Effects, Emit, Processor, Record};
 
@@ -41,7 +47,45 @@ pub struct InventoryConfig {
     /// Stock held back from sale.
     #[serde(default)]
     pub safety_stock: SafetyStock,
+    /// How holds of storefront orders expire.
+    #[serde(default)]
+    pub reservations: ReservationConfig,
 }
+
+/// How holds expire.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationConfig {
+    /// A hold the ERP has not confirmed (write-back acknowledged, then a newer ERP figure)
+    /// or cancelled within this time is released, and counted in
+    /// `erpstream_reservations_expired_total`.
+    #[serde(default = "default_expiry", with = "humantime_serde")]
+    pub expiry: Duration,
+    /// How long an ended hold is remembered, so a late repeat of it is not held again.
+    #[serde(default = "default_remember", with = "humantime_serde")]
+    pub remember: Duration,
+}
+
+impl Default for ReservationConfig {
+    fn default() -> Self {
+        Self {
+            expiry: default_expiry(),
+            remember: default_remember(),
+        }
+    }
+}
+
+fn default_expiry() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_remember() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// Metric: holds released because nothing confirmed them in time.
+pub const RESERVATIONS_EXPIRED: &str = "erpstream_reservations_expired_total";
+/// Metric: open holds, by processor.
+pub const RESERVATIONS_OPEN: &str = "erpstream_reservations_open";
 
 /// Safety stock: a default and per-sku overrides.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,6 +103,18 @@ impl InventoryConfig {
     /// Checks the rules no type can express.
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if self.reservations.expiry.is_zero() {
+            problems.push(Problem::new(
+                format!("{at}.reservations.expiry"),
+                "must be > 0",
+            ));
+        }
+        if self.reservations.remember < self.reservations.expiry {
+            problems.push(Problem::new(
+                format!("{at}.reservations.remember"),
+                "must be at least reservations.expiry",
+            ));
+        }
         if self.safety_stock.default.is_sign_negative() && !self.safety_stock.default.is_zero() {
             problems.push(Problem::new(
                 format!("{at}.safety_stock.default"),
@@ -77,12 +133,43 @@ impl InventoryConfig {
     }
 }
 
+/// Per input partition, sku → state.
+pub type Partitions = HashMap<i32, BTreeMap<String, SkuState>>;
+
+/// Read access to an inventory processor's state, shared with the snapshot API. Readers hold
+/// the lock briefly (one chunk of skus at a time), so every sku is read whole.
+#[derive(Clone, Default)]
+pub struct InventoryView(Arc<RwLock<Partitions>>);
+
+impl InventoryView {
+    /// Locks for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, Partitions> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Partitions> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A running `inventory` processor.
 pub struct Inventory {
     id: String,
     output: String,
     safety_stock: SafetyStock,
-    state: HashMap<i32, HashMap<String, SkuState>>,
+    reservations: ReservationConfig,
+    state: InventoryView,
+    /// Per partition, skus with open or remembered holds (visited by `tick`).
+    tracked: HashMap<i32, HashSet<String>>,
+    last_forget: i64,
+}
+
+/// What triggered an emitted state: for the record's provenance fields.
+struct Cause<'a> {
+    source_system: &'a str,
+    occurred_at: i64,
+    ingested_at: i64,
+    trace: Option<Traceparent>,
 }
 
 impl Inventory {
@@ -92,13 +179,24 @@ impl Inventory {
             id: id.to_string(),
             output,
             safety_stock: config.safety_stock.clone(),
-            state: HashMap::new(),
+            reservations: config.reservations.clone(),
+            state: InventoryView::default(),
+            tracked: HashMap::new(),
+            last_forget: 0,
         }
     }
 
+    /// The shared view of this processor's state.
+    pub fn view(&self) -> InventoryView {
+        self.state.clone()
+    }
+
     /// The current state of a sku, if this instance owns its partition.
-    pub fn sku(&self, sku: &str) -> Option<&SkuState> {
-        self.state.values().find_map(|skus| skus.get(sku))
+    pub fn sku(&self, sku: &str) -> Option<SkuState> {
+        self.state
+            .read()
+            .values()
+            .find_map(|skus| skus.get(sku).cloned())
     }
 
     fn safety_for(&self, sku: &str) -> Decimal {
@@ -115,59 +213,74 @@ impl Inventory {
         .increment(1);
     }
 
-    fn apply(
+    /// Applies `change` to the state of `sku`, records what must become durable in
+    /// `effects` and returns the outcome.
+    fn update(
         &mut self,
         index: usize,
-        record: &Record,
-        change: &InventoryChange,
+        partition: i32,
+        sku: &str,
+        cause: Cause<'_>,
         effects: &mut Effects,
-    ) {
-        let safety = self.safety_for(&change.sku);
-        let now = erpstream_schemas::now_millis();
-        let skus = self.state.entry(record.partition).or_default();
-        let sku = skus.entry(change.sku.clone()).or_default();
-        let outcome = sku.apply(change, record.offset, safety, now);
-        match outcome {
-            state::Applied::Stale => {
-                self.dropped("stale");
-                return;
-            }
-            state::Applied::Unchanged => {
-                // Nothing to tell anyone, but the newer ERP time must survive a restart.
-                let value = serde_json::to_vec(&*sku).ok();
-                effects
-                    .changelog
-                    .push((index, record.partition, change.sku.clone(), value));
-                self.dropped("unchanged");
-                return;
-            }
-            state::Applied::Changed => {}
+        change: impl FnOnce(&mut SkuState, Decimal) -> state::Applied,
+    ) -> state::Applied {
+        let safety = self.safety_for(sku);
+        let mut partitions = self.state.write();
+        let state = partitions
+            .entry(partition)
+            .or_default()
+            .entry(sku.to_string())
+            .or_default();
+        let outcome = change(state, safety);
+        if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty()) {
+            self.tracked
+                .entry(partition)
+                .or_default()
+                .insert(sku.to_string());
         }
-        let available = InventoryAvailable {
+        let value = serde_json::to_vec(&*state).ok();
+        let available = (outcome == state::Applied::Changed).then(|| InventoryAvailable {
             event_id: uuid::Uuid::now_v7().to_string(),
-            idempotency_key: format!("{}@{}", change.sku, sku.version),
-            source_system: change.source_system.clone(),
+            idempotency_key: format!("{sku}@{}", state.version),
+            source_system: cause.source_system.to_string(),
             source: self.id.clone(),
-            occurred_at: change.occurred_at,
-            ingested_at: change.ingested_at,
-            sku: change.sku.clone(),
-            locations: sku.to_locations(),
-            version: sku.version,
-        };
-        let value = serde_json::to_vec(&*sku).ok();
+            occurred_at: cause.occurred_at,
+            ingested_at: cause.ingested_at,
+            sku: sku.to_string(),
+            locations: state.to_locations(),
+            version: state.version,
+        });
+        drop(partitions);
+        if outcome == state::Applied::Stale {
+            return outcome;
+        }
+        // Even when nothing is published, what was accepted must survive a restart.
         effects
             .changelog
-            .push((index, record.partition, change.sku.clone(), value));
-        let trace = record
-            .trace
-            .map(|t| t.child())
-            .unwrap_or_else(Traceparent::new_root);
-        effects.emit.push(Emit::Available(
-            self.output.clone(),
-            Box::new(available),
-            trace,
-        ));
-        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+            .push((index, partition, sku.to_string(), value));
+        if let Some(available) = available {
+            let trace = cause
+                .trace
+                .map(|t| t.child())
+                .unwrap_or_else(Traceparent::new_root);
+            effects.emit.push(Emit::Available(
+                self.output.clone(),
+                Box::new(available),
+                trace,
+            ));
+            metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        }
+        outcome
+    }
+
+    fn open_holds(&self) -> usize {
+        let partitions = self.state.read();
+        self.tracked
+            .iter()
+            .flat_map(|(p, skus)| skus.iter().map(move |s| (p, s)))
+            .filter_map(|(p, s)| partitions.get(p)?.get(s))
+            .map(|s| s.locations.values().map(|l| l.holds.len()).sum::<usize>())
+            .sum()
     }
 }
 
@@ -177,28 +290,132 @@ impl Processor for Inventory {
     }
 
     fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
+        let mut tracked = HashSet::new();
         let skus = entries
             .into_iter()
             .filter_map(|(sku, value)| match serde_json::from_slice::<SkuState>(&value) {
-                Ok(state) => Some((sku, state)),
+                Ok(state) => {
+                    if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty())
+                    {
+                        tracked.insert(sku.clone());
+                    }
+                    Some((sku, state))
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "unreadable inventory state in changelog; skipping key");
                     None
                 }
             })
             .collect();
-        self.state.insert(partition, skus);
+        self.state.write().insert(partition, skus);
+        self.tracked.insert(partition, tracked);
     }
 
     fn revoke(&mut self, partition: i32) {
-        self.state.remove(&partition);
+        self.state.write().remove(&partition);
+        self.tracked.remove(&partition);
     }
 
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
-        if let Decoded::InventoryChange(change) = &record.event {
-            self.apply(index, record, change, effects);
+        let now = erpstream_schemas::now_millis();
+        let outcome = match &record.event {
+            Decoded::InventoryChange(change) => {
+                let cause = Cause {
+                    source_system: &change.source_system,
+                    occurred_at: change.occurred_at,
+                    ingested_at: change.ingested_at,
+                    trace: record.trace,
+                };
+                self.update(index, record.partition, &change.sku, cause, effects, |state, safety| {
+                    state.apply(change, record.offset, safety, now)
+                })
+            }
+            Decoded::Reservation(step) => {
+                let cause = Cause {
+                    source_system: &step.source_system,
+                    occurred_at: step.occurred_at,
+                    ingested_at: step.ingested_at,
+                    trace: record.trace,
+                };
+                self.update(index, record.partition, &step.sku, cause, effects, |state, safety| {
+                    state.reserve(step, safety, now)
+                })
+            }
+            _ => return false,
+        };
+        match outcome {
+            state::Applied::Stale => self.dropped("stale"),
+            state::Applied::Unchanged => self.dropped("unchanged"),
+            state::Applied::Changed => {}
         }
         false
+    }
+
+    fn tick(&mut self, index: usize, now: i64, effects: &mut Effects) {
+        let deadline = now - self.reservations.expiry.as_millis() as i64;
+        let forget = now - self.last_forget >= 60_000;
+        let horizon = now - self.reservations.remember.as_millis() as i64;
+        let held: Vec<(i32, String)> = self
+            .tracked
+            .iter()
+            .flat_map(|(p, skus)| skus.iter().map(move |s| (*p, s.clone())))
+            .collect();
+        let mut expired_total = 0;
+        for (partition, sku) in held {
+            let due = {
+                let partitions = self.state.read();
+                partitions.get(&partition).and_then(|s| s.get(&sku)).is_some_and(|s| {
+                    s.locations.values().any(|l| {
+                        l.holds.values().any(|h| h.held_at < deadline)
+                            || (forget && l.ended.values().any(|at| *at < horizon))
+                    })
+                })
+            };
+            if !due {
+                continue;
+            }
+            let cause = Cause {
+                source_system: "erpstream",
+                occurred_at: now,
+                ingested_at: now,
+                trace: None,
+            };
+            let mut expired = 0;
+            self.update(index, partition, &sku, cause, effects, |state, safety| {
+                let (count, outcome) = state.expire(deadline, safety, now);
+                expired = count;
+                if forget {
+                    state.forget_ended(horizon);
+                }
+                outcome
+            });
+            expired_total += expired;
+            let still = self
+                .state
+                .read()
+                .get(&partition)
+                .and_then(|s| s.get(&sku))
+                .is_some_and(|s| {
+                    s.has_holds() || s.locations.values().any(|l| !l.ended.is_empty())
+                });
+            if !still && let Some(skus) = self.tracked.get_mut(&partition) {
+                skus.remove(&sku);
+            }
+        }
+        if expired_total > 0 {
+            tracing::warn!(
+                processor = %self.id,
+                expired = expired_total,
+                "reservations expired without ERP confirmation"
+            );
+            metrics::counter!(RESERVATIONS_EXPIRED, m::COMPONENT_ID => self.id.clone())
+                .increment(expired_total as u64);
+        }
+        if forget {
+            self.last_forget = now;
+        }
+        metrics::gauge!(RESERVATIONS_OPEN, m::COMPONENT_ID => self.id.clone())
+            .set(self.open_holds() as f64);
     }
 }

@@ -1,8 +1,18 @@
 //! Per-sku inventory state and the rules that change it.
+//!
+//! A location's `reserved` is the sum of its open holds. A hold is taken by a storefront
+//! document (order line or negative adjustment) and ends in one of three ways:
+//! - confirmed: the ERP acknowledged the write-back at time `t` and an absolute ERP figure
+//!   with ERP time after `t` is applied (in either order) — that figure includes the sale;
+//! - released: the ERP reported the order cancelled;
+//! - expired: neither happened within the processor's `reservation_expiry`.
+//!
+//! Ended holds are remembered for a while (`ended`) so a repeated or late HOLD for the same
+//! reference never takes the stock a second time.
 
 use std::collections::BTreeMap;
 
-use erpstream_schemas::{InventoryChange, LocationStock};
+use erpstream_schemas::{InventoryChange, LocationStock, Reservation, ReservationAction};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -18,13 +28,13 @@ pub struct SkuState {
 /// The state of one sku at one location.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LocationState {
-    /// Absolute ERP quantity (plus later relative adjustments).
+    /// Absolute ERP quantity (plus later relative ERP adjustments).
     pub on_hand: Decimal,
-    /// Open reservations not yet reflected by the ERP.
+    /// Sum of the open holds.
     pub reserved: Decimal,
     /// Safety stock applied at the last change.
     pub safety_stock: Decimal,
-    /// What may be sold.
+    /// What may be sold: max(0, on_hand − reserved − safety_stock).
     pub available: Decimal,
     /// Bumped on every change of this location.
     pub version: i64,
@@ -34,17 +44,65 @@ pub struct LocationState {
     pub erp_time: i64,
     /// Input offset of that figure (orders equal ERP times).
     pub erp_offset: i64,
+    /// Open holds by reference (order transaction id or adjustment reference id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holds: BTreeMap<String, Hold>,
+    /// References whose hold ended, with the time it ended (epoch ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ended: BTreeMap<String, i64>,
+}
+
+/// Stock held for one document at one location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Units held.
+    pub quantity: Decimal,
+    /// When the hold was taken (epoch ms, erpstream's clock); expiry counts from here.
+    pub held_at: i64,
+    /// When the ERP acknowledged the write-back (epoch ms), if it did.
+    pub written_back_at: Option<i64>,
 }
 
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Older than what is applied: ignored.
+    /// Older than what is applied, or already applied: ignored.
     Stale,
-    /// Accepted, but no figure moved.
+    /// Accepted (the state records it), but no published figure moved.
     Unchanged,
     /// Figures moved; versions bumped.
     Changed,
+}
+
+impl LocationState {
+    fn figures(&self) -> (Decimal, Decimal, Decimal, Decimal) {
+        (
+            self.on_hand,
+            self.reserved,
+            self.available,
+            self.safety_stock,
+        )
+    }
+
+    /// Ends every hold the applied ERP figure confirms; returns how many.
+    fn confirm_written_back(&mut self, now: i64) -> usize {
+        let erp_time = self.erp_time;
+        let confirmed: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.written_back_at.is_some_and(|t| t < erp_time))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for reference in &confirmed {
+            self.end_hold(reference, now);
+        }
+        confirmed.len()
+    }
+
+    fn end_hold(&mut self, reference: &str, now: i64) {
+        self.holds.remove(reference);
+        self.ended.insert(reference.to_string(), now);
+    }
 }
 
 impl SkuState {
@@ -60,7 +118,7 @@ impl SkuState {
             .locations
             .entry(change.location_code.clone())
             .or_default();
-        let before = (location.on_hand, location.available, location.safety_stock);
+        let before = location.figures();
         if let Some(quantity) = change.new_quantity {
             if (change.occurred_at, offset) <= (location.erp_time, location.erp_offset) {
                 return Applied::Stale;
@@ -68,23 +126,130 @@ impl SkuState {
             location.on_hand = quantity;
             location.erp_time = change.occurred_at;
             location.erp_offset = offset;
+            location.confirm_written_back(now);
         } else if let Some(delta) = change.quantity_change {
             if change.occurred_at < location.erp_time {
                 return Applied::Stale;
             }
             location.on_hand += delta;
         }
+        self.settle(&change.location_code, before, safety, now)
+    }
+
+    /// Applies one step of a hold. `now` is erpstream's clock.
+    pub fn reserve(&mut self, step: &Reservation, safety: Decimal, now: i64) -> Applied {
+        let location = self.locations.entry(step.location_code.clone()).or_default();
+        let before = location.figures();
+        let reference = &step.reference_id;
+        if location.ended.contains_key(reference) {
+            return Applied::Stale;
+        }
+        match step.action {
+            ReservationAction::Hold => {
+                if location.holds.contains_key(reference) {
+                    return Applied::Stale;
+                }
+                location.holds.insert(
+                    reference.clone(),
+                    Hold {
+                        quantity: step.quantity,
+                        held_at: now,
+                        written_back_at: None,
+                    },
+                );
+            }
+            ReservationAction::WrittenBack => {
+                // The write-back may overtake the hold (they come from different
+                // components); then it takes the hold itself.
+                let hold = location.holds.entry(reference.clone()).or_insert(Hold {
+                    quantity: step.quantity,
+                    held_at: now,
+                    written_back_at: None,
+                });
+                if hold.written_back_at.is_some() {
+                    return Applied::Stale;
+                }
+                hold.written_back_at = Some(step.occurred_at);
+                location.confirm_written_back(now);
+            }
+            ReservationAction::Release => location.end_hold(reference, now),
+        }
+        self.settle(&step.location_code, before, safety, now)
+    }
+
+    /// Ends holds taken before `deadline` (epoch ms); returns how many ended.
+    pub fn expire(&mut self, deadline: i64, safety: Decimal, now: i64) -> (usize, Applied) {
+        let mut expired = 0;
+        let mut outcome = Applied::Unchanged;
+        let codes: Vec<String> = self.locations.keys().cloned().collect();
+        for code in codes {
+            let location = self.locations.get_mut(&code).expect("listed above");
+            let before = location.figures();
+            let old: Vec<String> = location
+                .holds
+                .iter()
+                .filter(|(_, h)| h.held_at < deadline)
+                .map(|(r, _)| r.clone())
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            expired += old.len();
+            for reference in &old {
+                location.end_hold(reference, now);
+            }
+            if self.settle(&code, before, safety, now) == Applied::Changed {
+                outcome = Applied::Changed;
+            }
+        }
+        (expired, outcome)
+    }
+
+    /// Forgets ended holds older than `horizon` (epoch ms); whether anything was forgotten.
+    pub fn forget_ended(&mut self, horizon: i64) -> bool {
+        let mut forgot = false;
+        for location in self.locations.values_mut() {
+            let before = location.ended.len();
+            location.ended.retain(|_, at| *at >= horizon);
+            forgot |= location.ended.len() != before;
+        }
+        forgot
+    }
+
+    /// Whether any location has an open hold.
+    pub fn has_holds(&self) -> bool {
+        self.locations.values().any(|l| !l.holds.is_empty())
+    }
+
+    /// Recomputes a location's derived figures and bumps versions if any figure moved.
+    fn settle(
+        &mut self,
+        code: &str,
+        before: (Decimal, Decimal, Decimal, Decimal),
+        safety: Decimal,
+        now: i64,
+    ) -> Applied {
+        let location = self.locations.get_mut(code).expect("settled location exists");
+        location.reserved = location.holds.values().map(|h| h.quantity).sum();
         location.safety_stock = safety;
-        location.available = (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
-        if (location.on_hand, location.available, location.safety_stock) == before
-            && location.version > 0
-        {
+        location.available =
+            (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
+        if location.figures() == before && location.version > 0 {
             return Applied::Unchanged;
         }
         location.version += 1;
         location.as_of = now;
         self.version += 1;
         Applied::Changed
+    }
+
+    /// Available to sell over all locations, or at one.
+    pub fn available(&self, location: Option<&str>) -> Decimal {
+        self.locations
+            .iter()
+            .filter(|(code, _)| location.is_none_or(|l| l == code.as_str()))
+            .map(|(_, l)| l.available)
+            .sum()
     }
 
     /// The figures of every location, as published.

@@ -1,0 +1,138 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::SecretRef;
+use crate::sinks::retry::RetryConfig;
+use crate::validation::Problem;
+
+/// Configuration of an `erp_rest` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpRestConfig {
+    /// Logical topics to write back: `sales.order` and/or `inventory.adjustment` contracts.
+    pub inputs: Vec<String>,
+    /// Ids of the sources whose documents are written back (the storefront API); documents
+    /// that came from the ERP itself are never sent back to it.
+    pub sources: Vec<String>,
+    /// Base URL of the ERP, e.g. `https://erp.example.com`.
+    pub url: String,
+    /// API shape of the ERP.
+    #[serde(default)]
+    pub preset: Preset,
+    /// Credential: sent as `Authorization: Bearer <token>` (`generic`) or
+    /// `Authorization: token <api_key:api_secret>` (`erpnext`).
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// `generic` only: how orders are written: `orders` (§5.1 `POST /api/sales/orders`) or
+    /// `adjustments` (§5.2 `POST /api/inventory/adjust`, for ERPs without order intake).
+    #[serde(default)]
+    pub orders_as: OrdersAs,
+    /// `erpnext` only: settings of the created Sales Orders.
+    #[serde(default)]
+    pub erpnext: ErpNextSettings,
+    /// Logical topic of the reservation records that tell the inventory processor a
+    /// document was acknowledged by the ERP.
+    #[serde(default = "default_reservations_topic")]
+    pub reservations_topic: String,
+    /// Longest time one request may take before it counts as failed (and is retried).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Retry schedule for 408, 429, 5xx and timeouts; then the record is dead-lettered.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// The ERP's API shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The sales interface spec §5 endpoints, with an `Idempotency-Key` header.
+    #[default]
+    Generic,
+    /// Frappe/ERPNext: `Sales Order` documents through `/api/resource/Sales Order`.
+    Erpnext,
+}
+
+/// How the `generic` preset writes orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrdersAs {
+    /// §5.1.
+    #[default]
+    Orders,
+    /// §5.2, one deduction per line.
+    Adjustments,
+}
+
+/// Fields of ERPNext Sales Orders that the storefront does not send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpNextSettings {
+    /// Customer used when the order names none that exists in ERPNext.
+    #[serde(default = "default_customer")]
+    pub customer: String,
+    /// Submit the order (docstatus 1) so ERPNext reserves the stock.
+    #[serde(default = "default_submit")]
+    pub submit: bool,
+    /// Days from the order date to `delivery_date`.
+    #[serde(default)]
+    pub delivery_days: u32,
+}
+
+impl Default for ErpNextSettings {
+    fn default() -> Self {
+        Self {
+            customer: default_customer(),
+            submit: default_submit(),
+            delivery_days: 0,
+        }
+    }
+}
+
+fn default_customer() -> String {
+    "Web Customer".into()
+}
+fn default_submit() -> bool {
+    true
+}
+fn default_reservations_topic() -> String {
+    "inventory.reservation".into()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ErpRestConfig {
+    /// Checks the rules no type can express; `at` is this component's path in the file.
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problems.push(Problem::new(format!("{at}.url"), "must be an http(s) URL")),
+        }
+        if self.inputs.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.inputs"),
+                "must list at least one topic",
+            ));
+        }
+        if self.sources.is_empty() {
+            problems.push(Problem::new(
+                format!("{at}.sources"),
+                "must name at least one source whose documents are written back",
+            ));
+        }
+        if self.preset == Preset::Erpnext && self.token.is_none() {
+            problems.push(Problem::new(
+                format!("{at}.token"),
+                "is required by the erpnext preset (api_key:api_secret)",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            problems.push(Problem::new(format!("{at}.request_timeout"), "must be > 0"));
+        }
+        problems.extend(self.retry.validate(&format!("{at}.retry")));
+        problems
+    }
+}

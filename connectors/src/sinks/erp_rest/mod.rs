@@ -1,0 +1,576 @@
+//! `erp_rest`: writes storefront orders and adjustments back to the ERP (sales interface
+//! spec §5), and tells the inventory processor when the ERP acknowledged them.
+//!
+//! Contract:
+//! - Only documents produced by the configured `sources` are written back; an order that
+//!   came from the ERP is never echoed to it.
+//! - One document at a time, in consumption order (per partition, the order of acceptance),
+//!   so the ERP sees the orders of a sku in the order the storefront placed them when
+//!   `sales.order` has one partition, or per partition otherwise.
+//! - Idempotent from the ERP's point of view: every attempt for a document carries the same
+//!   key (`Idempotency-Key: <transaction_id>` for the generic preset; ERPNext orders are looked
+//!   up by `po_no` before one is created), so a retry or a replay after a crash never creates
+//!   a second order. `409 Conflict` counts as "already there".
+//! - 408, 429, 5xx, timeouts and connection errors are retried on the capped exponential
+//!   schedule (honouring `Retry-After`); other 4xx, or the schedule running out, dead-letter
+//!   the record to `<topic>.dlq` with the reason.
+//! - After the ERP's 2xx, one `WRITTEN_BACK` reservation record per held (sku, location) is
+//!   published (acknowledged by the broker) before the input offset is stored: the next ERP
+//!   stock figure after that moment includes the sale and ends the hold.
+
+mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use erpstream_schemas::{
+    Codec, EventKind, Holds, InventoryAdjustment, OrderStatus, Reservation, ReservationAction,
+    SalesOrder, Traceparent, now_millis,
+};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use config::{ErpNextSettings, ErpRestConfig, OrdersAs, Preset};
+
+use crate::kafka::{
+    self, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
+};
+use crate::metrics as m;
+use crate::secret::SecretError;
+use crate::sinks::retry::{Outcome, backoff, classify, error_chain, retry_after};
+
+/// Component type name in the topology.
+pub const TYPE: &str = "erp_rest";
+
+/// One input topic of the sink.
+pub struct Input {
+    /// Broker-side topic.
+    pub topic: String,
+    /// Its contract (`SalesOrder` or `InventoryAdjustment`).
+    pub kind: EventKind,
+    /// Its dead-letter topic.
+    pub dlq_topic: String,
+}
+
+/// Why the sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ErpRestError {
+    /// The token could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The consumer could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// A document to write back.
+enum Document {
+    Order(SalesOrder),
+    Adjustment(InventoryAdjustment),
+}
+
+impl Document {
+    fn source(&self) -> &str {
+        match self {
+            Document::Order(o) => &o.source,
+            Document::Adjustment(a) => &a.source,
+        }
+    }
+    fn reference(&self) -> &str {
+        match self {
+            Document::Order(o) => &o.transaction_id,
+            Document::Adjustment(a) => &a.reference_id,
+        }
+    }
+    fn source_system(&self) -> &str {
+        match self {
+            Document::Order(o) => &o.source_system,
+            Document::Adjustment(a) => &a.source_system,
+        }
+    }
+    fn ingested_at(&self) -> i64 {
+        match self {
+            Document::Order(o) => o.ingested_at,
+            Document::Adjustment(a) => a.ingested_at,
+        }
+    }
+    fn holds(&self) -> Holds {
+        match self {
+            Document::Order(o) => o.holds(),
+            Document::Adjustment(a) => a.holds(),
+        }
+    }
+}
+
+/// A running `erp_rest` sink.
+pub struct ErpRestSink {
+    id: String,
+    config: ErpRestConfig,
+    client: reqwest::Client,
+    base: reqwest::Url,
+    token: Option<SecretString>,
+    consumer: GroupConsumer,
+    inputs: HashMap<String, (EventKind, String)>,
+    sources: HashSet<String>,
+    reservations_topic: String,
+    publisher: Publisher,
+    codec: Codec,
+}
+
+impl ErpRestSink {
+    /// Builds the sink: resolves the token, creates the HTTP client and the consumer of
+    /// group `group` (no network I/O).
+    pub fn build(
+        id: &str,
+        config: ErpRestConfig,
+        inputs: Vec<Input>,
+        kafka: &KafkaConfig,
+        group: &str,
+        publisher: Publisher,
+    ) -> Result<Self, ErpRestError> {
+        let token = config.token.as_ref().map(|t| t.resolve()).transpose()?;
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .build()?;
+        let (consumer, _): (GroupConsumer, TrackingContext) =
+            kafka::group_consumer(kafka, group, id)?;
+        let base = reqwest::Url::parse(&config.url).expect("validated URL");
+        Ok(Self {
+            id: id.to_string(),
+            client,
+            base,
+            token,
+            consumer,
+            inputs: inputs
+                .into_iter()
+                .map(|i| (i.topic, (i.kind, i.dlq_topic)))
+                .collect(),
+            sources: config.sources.iter().cloned().collect(),
+            reservations_topic: kafka.topic(&config.reservations_topic),
+            codec: publisher.codec().clone(),
+            publisher,
+            config,
+        })
+    }
+
+    /// Runs until `shutdown` turns true; a document being written back when it does is
+    /// left uncommitted and written (idempotently) again after the restart.
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        tracing::info!(?topics, url = %self.base, preset = ?self.config.preset, "erp write-back started");
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                message = self.consumer.recv() => match message {
+                    Ok(message) => message.detach(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "consume failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            if !self.handle(&message, &mut shutdown).await {
+                break;
+            }
+            let mut list = TopicPartitionList::new();
+            let _ = list.add_partition_offset(
+                message.topic(),
+                message.partition(),
+                Offset::Offset(message.offset() + 1),
+            );
+            if let Err(err) = self.consumer.store_offsets(&list) {
+                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
+            }
+        }
+        kafka::commit_stored(&self.consumer);
+        Ok(())
+    }
+
+    /// Writes one record back; `false` if shutdown interrupted it (its offset is then not
+    /// stored).
+    async fn handle(&self, message: &OwnedMessage, shutdown: &mut watch::Receiver<bool>) -> bool {
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        let (kind, dlq) = self.inputs[message.topic()].clone();
+        let payload = message.payload().unwrap_or_default();
+        let document = loop {
+            let decoded = match kind {
+                EventKind::SalesOrder => self.codec.decode(payload).await.map(Document::Order),
+                _ => self.codec.decode(payload).await.map(Document::Adjustment),
+            };
+            match decoded {
+                Ok(document) => break document,
+                Err(err) if err.is_retriable() => {
+                    tracing::warn!(error = %err, "decode needs the registry; retrying");
+                    if wait(Duration::from_secs(1), shutdown).await {
+                        return false;
+                    }
+                }
+                Err(err) => {
+                    return self
+                        .dead_letter(message, &dlq, &format!("undecodable: {err}"), 1, shutdown)
+                        .await;
+                }
+            }
+        };
+        if !self.sources.contains(document.source()) {
+            return true;
+        }
+        if let Document::Order(order) = &document
+            && order.status != OrderStatus::Open
+        {
+            return true;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(&document).await {
+                Outcome::Delivered => break,
+                Outcome::Reject { reason } => {
+                    return self.dead_letter(message, &dlq, &reason, attempt, shutdown).await;
+                }
+                Outcome::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    if attempt >= self.config.retry.max_attempts {
+                        return self
+                            .dead_letter(message, &dlq, &reason, attempt, shutdown)
+                            .await;
+                    }
+                    metrics::counter!(m::RETRIES, m::COMPONENT_ID => self.id.clone(),
+                        m::COMPONENT_TYPE => TYPE)
+                    .increment(1);
+                    let delay = backoff(&self.config.retry, attempt, retry_after);
+                    tracing::warn!(reference = document.reference(), attempt, %reason,
+                        ?delay, "ERP write-back failed; retrying");
+                    if wait(delay, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        let acked_at = now_millis();
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        let trace = kafka::header(message, TRACEPARENT_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(Traceparent::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(Traceparent::new_root);
+        let steps: Vec<Reservation> = document
+            .holds()
+            .into_iter()
+            .map(|((sku, location), quantity)| {
+                Reservation::step(
+                    ReservationAction::WrittenBack,
+                    (document.source_system(), &self.id),
+                    document.reference(),
+                    &sku,
+                    &location,
+                    quantity,
+                    acked_at,
+                    document.ingested_at(),
+                )
+            })
+            .collect();
+        for step in &steps {
+            loop {
+                match self
+                    .publisher
+                    .publish(&self.reservations_topic, step, &trace)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "write-back record not stored; retrying");
+                        if wait(Duration::from_secs(1), shutdown).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        dlq: &str,
+        reason: &str,
+        attempts: u32,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        tracing::error!(topic = message.topic(), offset = message.offset(), %reason, attempts,
+            "ERP write-back dead-lettered");
+        metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        let record = kafka::dead_letter(message, dlq, reason, &self.id, attempts);
+        loop {
+            match self.publisher.send(record.clone()).await {
+                Ok(_) => return true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "dead letter not stored; retrying");
+                    if wait(Duration::from_secs(1), shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt at writing `document` to the ERP.
+    async fn attempt(&self, document: &Document) -> Outcome {
+        match (self.config.preset, document) {
+            (Preset::Generic, Document::Order(order)) => match self.config.orders_as {
+                OrdersAs::Orders => self.post("api/sales/orders", &order.transaction_id, order_body(order)).await,
+                OrdersAs::Adjustments => {
+                    self.post("api/inventory/adjust", &order.transaction_id, order_as_adjustment(order))
+                        .await
+                }
+            },
+            (Preset::Generic, Document::Adjustment(adjustment)) => {
+                self.post(
+                    "api/inventory/adjust",
+                    &adjustment.reference_id,
+                    adjustment_body(adjustment),
+                )
+                .await
+            }
+            (Preset::Erpnext, Document::Order(order)) => self.erpnext_order(order).await,
+            (Preset::Erpnext, Document::Adjustment(_)) => Outcome::Reject {
+                reason: "the erpnext preset writes back orders only; send adjustments to an ERP \
+                         with the generic preset"
+                    .into(),
+            },
+        }
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> Outcome {
+        let url = match self.base.join(path) {
+            Ok(url) => url,
+            Err(err) => return Outcome::Reject { reason: format!("bad URL: {err}") },
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .header("idempotency-key", key)
+            .json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
+        let started = std::time::Instant::now();
+        let result = request.send().await;
+        metrics::histogram!(m::REQUEST_DURATION, m::COMPONENT_ID => self.id.clone())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
+                Outcome::Delivered
+            }
+            Ok(response) => classify("ERP", response.status(), retry_after(response.headers())),
+            Err(err) if err.is_timeout() => Outcome::Retry {
+                reason: "request timed out".into(),
+                retry_after: None,
+            },
+            Err(err) => Outcome::Retry {
+                reason: format!("request failed: {}", error_chain(&err)),
+                retry_after: None,
+            },
+        }
+    }
+
+    /// ERPNext: look the order up by `po_no` (the transaction id); create it if absent.
+    async fn erpnext_order(&self, order: &SalesOrder) -> Outcome {
+        let Ok(mut url) = self.base.join("api/resource/Sales Order") else {
+            return Outcome::Reject {
+                reason: "bad URL".into(),
+            };
+        };
+        let auth = format!(
+            "token {}",
+            self.token.as_ref().map(|t| t.expose_secret()).unwrap_or_default()
+        );
+        url.query_pairs_mut()
+            .append_pair(
+                "filters",
+                &json!([["po_no", "=", order.transaction_id]]).to_string(),
+            )
+            .append_pair("fields", r#"["name"]"#);
+        let lookup = self
+            .client
+            .get(url.clone())
+            .header("authorization", &auth)
+            .send()
+            .await;
+        match lookup {
+            Ok(response) if response.status().is_success() => {
+                let found = response
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v.get("data")?.as_array().map(|a| !a.is_empty()))
+                    .unwrap_or(false);
+                if found {
+                    return Outcome::Delivered;
+                }
+            }
+            Ok(response) => {
+                return classify("ERPNext", response.status(), retry_after(response.headers()));
+            }
+            Err(err) => {
+                return Outcome::Retry {
+                    reason: format!("lookup failed: {}", error_chain(&err)),
+                    retry_after: None,
+                };
+            }
+        }
+        url.set_query(None);
+        let request = self
+            .client
+            .post(url)
+            .header("authorization", &auth)
+            .json(&erpnext_body(order, &self.config.erpnext));
+        self.send(request).await
+    }
+}
+
+/// Sleeps `delay`; `true` if shutdown came first.
+async fn wait(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+use erpstream_schemas::decimal::json_number as number;
+
+/// §5.1.
+fn order_body(order: &SalesOrder) -> Value {
+    json!({
+        "transaction_id": order.transaction_id,
+        "transaction_date": rfc3339(order.occurred_at),
+        "customer_details": {"name": order.customer_name, "tax_id": order.customer_tax_id},
+        "line_items": order.line_items.iter().map(|l| json!({
+            "sku": l.sku,
+            "quantity": number(l.quantity),
+            "unit_price": number(l.unit_price),
+            "location_code": l.location_code,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// §5.2 for an order: one deduction per line.
+fn order_as_adjustment(order: &SalesOrder) -> Value {
+    json!({
+        "reference_id": order.transaction_id,
+        "adjustments": order.line_items.iter().map(|l| json!({
+            "sku": l.sku,
+            "quantity_change": number(-l.quantity),
+            "location_code": l.location_code,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// §5.2.
+fn adjustment_body(adjustment: &InventoryAdjustment) -> Value {
+    json!({
+        "reference_id": adjustment.reference_id,
+        "adjustments": adjustment.adjustments.iter().map(|l| json!({
+            "sku": l.sku,
+            "quantity_change": number(l.quantity_change),
+            "location_code": l.location_code,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An ERPNext `Sales Order` document.
+fn erpnext_body(order: &SalesOrder, settings: &ErpNextSettings) -> Value {
+    let date = chrono::DateTime::from_timestamp_millis(order.occurred_at).unwrap_or_default();
+    let delivery = date + chrono::Duration::days(i64::from(settings.delivery_days));
+    json!({
+        "customer": order.customer_name.clone().unwrap_or_else(|| settings.customer.clone()),
+        "po_no": order.transaction_id,
+        "transaction_date": date.format("%Y-%m-%d").to_string(),
+        "delivery_date": delivery.format("%Y-%m-%d").to_string(),
+        "docstatus": i32::from(settings.submit),
+        "items": order.line_items.iter().map(|l| json!({
+            "item_code": l.sku,
+            "qty": number(l.quantity),
+            "rate": number(l.unit_price),
+            "warehouse": l.location_code,
+            "delivery_date": delivery.format("%Y-%m-%d").to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use erpstream_schemas::LineItem;
+    use rust_decimal::Decimal;
+
+    fn order() -> SalesOrder {
+        SalesOrder {
+            event_id: "e".into(),
+            idempotency_key: "ORD-1".into(),
+            source_system: "storefront".into(),
+            source: "api".into(),
+            occurred_at: 1_705_745_700_000,
+            ingested_at: 1_705_745_700_100,
+            transaction_id: "ORD-1".into(),
+            status: OrderStatus::Open,
+            customer_name: Some("Jane Doe".into()),
+            customer_tax_id: Some("GSTIN12345".into()),
+            line_items: vec![LineItem {
+                sku: "DRONE-X1-PRO-KIT".into(),
+                quantity: Decimal::from(1),
+                unit_price: "45000.00".parse().unwrap(),
+                location_code: Some("WH-TECH-01".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn bodies_follow_the_sales_interface_spec() {
+        let body = order_body(&order());
+        assert_eq!(body["transaction_id"], "ORD-1");
+        assert_eq!(body["transaction_date"], "2024-01-20T10:15:00.000Z");
+        assert_eq!(body["line_items"][0]["unit_price"].to_string(), "45000");
+        let adjust = order_as_adjustment(&order());
+        assert_eq!(adjust["reference_id"], "ORD-1");
+        assert_eq!(adjust["adjustments"][0]["quantity_change"].to_string(), "-1");
+        let erpnext = erpnext_body(&order(), &ErpNextSettings::default());
+        assert_eq!(erpnext["po_no"], "ORD-1");
+        assert_eq!(erpnext["transaction_date"], "2024-01-20");
+        assert_eq!(erpnext["items"][0]["item_code"], "DRONE-X1-PRO-KIT");
+        assert_eq!(erpnext["docstatus"], 1);
+    }
+}

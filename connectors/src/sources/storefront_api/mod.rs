@@ -1,0 +1,501 @@
+//! `storefront_api`: the storefront's calls to "the ERP" (sales interface spec §5):
+//! `POST /api/sales/orders` (§5.1) and `POST /api/inventory/adjust` (§5.2).
+//!
+//! Contract:
+//! - Authenticated by bearer token or `X-API-Key` (401 otherwise); bodies validated field by
+//!   field (400 shape, 422 rule, both naming the field; 413 over `max_body`).
+//! - Accepting a document publishes, in this order, one `HOLD` record per (sku, location)
+//!   to the reservations topic (keyed by sku, so the inventory processor takes the stock
+//!   at once), then the document itself (`sales.order` keyed by transaction id,
+//!   `inventory.adjustment` keyed by reference id), and answers `202` only after the broker
+//!   acknowledged all of them. If anything fails the answer is `503` with `Retry-After`: the
+//!   caller retries, and holds already published are repeats the processor ignores (or, if
+//!   the caller gives up, they expire). Holds never wait for the document, so stock is
+//!   never sold twice in between.
+//! - Idempotent on `transaction_id` / `reference_id`: the first `202` is stored in Postgres
+//!   and a repeat with the same body gets it again (with `Idempotent-Replayed: true`)
+//!   without publishing; a repeat with a different body is `409`.
+
+mod auth;
+mod config;
+pub mod payload;
+mod store;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use erpstream_schemas::{
+    AdjustmentLine, InventoryAdjustment, LineItem, OrderStatus, Reservation, ReservationAction,
+    SalesOrder, Traceparent, now_millis,
+};
+use futures::future::try_join_all;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+pub use auth::ApiAuth;
+pub use config::StorefrontApiConfig;
+use payload::Invalid;
+use store::{Answer, RequestStore};
+
+use crate::kafka::{KafkaConfig, PublishError, Publisher};
+use crate::metrics as m;
+use crate::secret::SecretError;
+
+/// Component type name in the topology.
+pub const TYPE: &str = "storefront_api";
+/// Path of the orders endpoint (SPEC §3).
+pub const ORDERS_PATH: &str = "/api/sales/orders";
+/// Path of the adjustments endpoint (SPEC §3).
+pub const ADJUST_PATH: &str = "/api/inventory/adjust";
+/// Path of the snapshot endpoint (SPEC §3), served by the pipeline from the inventory state.
+pub const SNAPSHOT_PATH: &str = "/api/inventory/snapshot";
+/// Seconds a caller should wait before retrying a 503.
+const RETRY_AFTER_SECS: u64 = 2;
+
+/// A running `storefront_api` source.
+pub struct StorefrontApiSource {
+    id: String,
+    config: StorefrontApiConfig,
+    auth: Arc<ApiAuth>,
+    store: RequestStore,
+    publisher: Publisher,
+    orders_topic: String,
+    adjustments_topic: String,
+    reservations_topic: String,
+}
+
+/// The kinds of document, as stored for idempotency.
+#[derive(Clone, Copy)]
+enum Kind {
+    Order,
+    Adjustment,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Order => "order",
+            Kind::Adjustment => "adjustment",
+        }
+    }
+    fn key_field(self) -> &'static str {
+        match self {
+            Kind::Order => "transaction_id",
+            Kind::Adjustment => "reference_id",
+        }
+    }
+}
+
+/// A validated document ready to publish.
+enum Document {
+    Order(payload::Order),
+    Adjustment(payload::Adjustment),
+}
+
+impl Document {
+    fn key(&self) -> &str {
+        match self {
+            Document::Order(o) => &o.request.transaction_id,
+            Document::Adjustment(a) => &a.request.reference_id,
+        }
+    }
+}
+
+impl StorefrontApiSource {
+    /// Builds the source: resolves its tokens and topic names (no network I/O).
+    pub fn build(
+        id: &str,
+        config: StorefrontApiConfig,
+        kafka: &KafkaConfig,
+        publisher: Publisher,
+    ) -> Result<Self, SecretError> {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|s| s.resolve())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            id: id.to_string(),
+            auth: Arc::new(ApiAuth::new(tokens)),
+            store: RequestStore::new(&config.database),
+            orders_topic: kafka.topic(&config.orders_topic),
+            adjustments_topic: kafka.topic(&config.adjustments_topic),
+            reservations_topic: kafka.topic(&config.reservations_topic),
+            publisher,
+            config,
+        })
+    }
+
+    /// The token check, shared with the snapshot endpoint.
+    pub fn auth(&self) -> Arc<ApiAuth> {
+        self.auth.clone()
+    }
+
+    /// The HTTP routes of this source.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(ORDERS_PATH, post(handle_order))
+            .route(ADJUST_PATH, post(handle_adjustment))
+            .with_state(self)
+    }
+
+    async fn accept(&self, kind: Kind, headers: &HeaderMap, body: Body) -> Response {
+        let started = Instant::now();
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        let response = match self.try_accept(kind, headers, body).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.id.clone(),
+                    m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => refusal.kind(),
+                    m::STAGE => "receive")
+                .increment(1);
+                refusal.into_response()
+            }
+        };
+        metrics::histogram!(m::INGEST_LATENCY, m::COMPONENT_ID => self.id.clone())
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn try_accept(
+        &self,
+        kind: Kind,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response, Refusal> {
+        self.auth.check(headers).map_err(Refusal::Unauthorized)?;
+        let limit = self.config.max_body.as_u64() as usize;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Refusal::TooLarge(limit));
+        }
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Refusal::TooLarge(limit))?;
+        let default_location = self.config.default_location.as_deref();
+        let document = match kind {
+            Kind::Order => Document::Order(payload::order(&bytes, default_location)?),
+            Kind::Adjustment => {
+                Document::Adjustment(payload::adjustment(&bytes, default_location)?)
+            }
+        };
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let key = document.key().to_string();
+        if let Some(previous) = self
+            .store
+            .get(&self.id, kind.name(), &key)
+            .await
+            .map_err(Refusal::Store)?
+        {
+            return self.repeat(kind, &key, &sha, previous);
+        }
+        let trace = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Traceparent::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(Traceparent::new_root);
+        let response = self
+            .publish(document, &trace)
+            .await
+            .map_err(Refusal::Broker)?;
+        let first = self
+            .store
+            .put(
+                &self.id,
+                kind.name(),
+                &key,
+                &Answer {
+                    request_sha256: sha.clone(),
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    response,
+                },
+            )
+            .await
+            .map_err(Refusal::Store)?;
+        if first.request_sha256 != sha {
+            // A concurrent request with the same key and another body won the race; ours
+            // was published but is a repeat of its key, which the processors drop.
+            return self.repeat(kind, &key, &sha, first);
+        }
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        Ok(answer_response(&first, false))
+    }
+
+    fn repeat(
+        &self,
+        kind: Kind,
+        key: &str,
+        sha: &str,
+        previous: Answer,
+    ) -> Result<Response, Refusal> {
+        metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
+        .increment(1);
+        if previous.request_sha256 != sha {
+            return Err(Refusal::Conflict(kind.key_field(), key.to_string()));
+        }
+        Ok(answer_response(&previous, true))
+    }
+
+    /// Publishes the holds, then the document; returns the 202 body.
+    async fn publish(&self, document: Document, trace: &Traceparent) -> Result<Value, PublishError> {
+        let ingested_at = now_millis();
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let reference = document.key().to_string();
+        let event = match document {
+            Document::Order(order) => {
+                let request = order.request;
+                Built::Order(SalesOrder {
+                    event_id: event_id.clone(),
+                    idempotency_key: request.transaction_id.clone(),
+                    source_system: self.config.source_system.clone(),
+                    source: self.id.clone(),
+                    occurred_at: order.occurred_at,
+                    ingested_at,
+                    transaction_id: request.transaction_id,
+                    status: OrderStatus::Open,
+                    customer_name: request.customer_details.name,
+                    customer_tax_id: request.customer_details.tax_id,
+                    line_items: request
+                        .line_items
+                        .into_iter()
+                        .zip(order.locations)
+                        .map(|(line, location)| LineItem {
+                            sku: line.sku,
+                            quantity: line.quantity,
+                            unit_price: line.unit_price,
+                            location_code: Some(location),
+                        })
+                        .collect(),
+                })
+            }
+            Document::Adjustment(adjustment) => {
+                let request = adjustment.request;
+                Built::Adjustment(InventoryAdjustment {
+                    event_id: event_id.clone(),
+                    idempotency_key: request.reference_id.clone(),
+                    source_system: self.config.source_system.clone(),
+                    source: self.id.clone(),
+                    occurred_at: ingested_at,
+                    ingested_at,
+                    reference_id: request.reference_id,
+                    adjustments: request
+                        .adjustments
+                        .into_iter()
+                        .zip(adjustment.locations)
+                        .map(|(line, location)| AdjustmentLine {
+                            sku: line.sku,
+                            quantity_change: line.quantity_change,
+                            location_code: location,
+                        })
+                        .collect(),
+                })
+            }
+        };
+        let holds = match &event {
+            Built::Order(order) => order.holds(),
+            Built::Adjustment(adjustment) => adjustment.holds(),
+        };
+        let source = (self.config.source_system.as_str(), self.id.as_str());
+        let steps: Vec<Reservation> = holds
+            .iter()
+            .map(|((sku, location), quantity)| {
+                Reservation::step(
+                    ReservationAction::Hold,
+                    source,
+                    &reference,
+                    sku,
+                    location,
+                    *quantity,
+                    ingested_at,
+                    ingested_at,
+                )
+            })
+            .collect();
+        try_join_all(
+            steps
+                .iter()
+                .map(|step| self.publisher.publish(&self.reservations_topic, step, trace)),
+        )
+        .await?;
+        let (ack, key_field) = match &event {
+            Built::Order(order) => (
+                self.publisher.publish(&self.orders_topic, order, trace).await?,
+                "transaction_id",
+            ),
+            Built::Adjustment(adjustment) => (
+                self.publisher
+                    .publish(&self.adjustments_topic, adjustment, trace)
+                    .await?,
+                "reference_id",
+            ),
+        };
+        let held: Vec<Value> = holds
+            .into_iter()
+            .map(|((sku, location), quantity)| {
+                json!({"sku": sku, "location_code": location,
+                       "quantity": erpstream_schemas::decimal::json_number(quantity)})
+            })
+            .collect();
+        Ok(json!({
+            "status": "accepted",
+            key_field: reference,
+            "event_id": event_id,
+            "topic": ack.topic,
+            "partition": ack.partition,
+            "offset": ack.offset,
+            "reserved": held,
+        }))
+    }
+
+    /// Whether the request store answers (for readiness).
+    pub async fn store_reachable(&self) -> bool {
+        self.store.reachable().await
+    }
+}
+
+/// A document as published.
+enum Built {
+    Order(SalesOrder),
+    Adjustment(InventoryAdjustment),
+}
+
+fn answer_response(answer: &Answer, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, axum::Json(answer.response.clone())).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+async fn handle_order(
+    State(source): State<Arc<StorefrontApiSource>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("component", component_kind = "source",
+        component_id = %source.id, component_type = TYPE);
+    source
+        .accept(Kind::Order, &headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn handle_adjustment(
+    State(source): State<Arc<StorefrontApiSource>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("component", component_kind = "source",
+        component_id = %source.id, component_type = TYPE);
+    source
+        .accept(Kind::Adjustment, &headers, body)
+        .instrument(span)
+        .await
+}
+
+/// Why a request was not accepted, and the reply that says so.
+#[derive(Debug)]
+enum Refusal {
+    TooLarge(usize),
+    Unauthorized(&'static str),
+    Invalid(Invalid),
+    Conflict(&'static str, String),
+    Store(tokio_postgres::Error),
+    Broker(PublishError),
+}
+
+impl From<Invalid> for Refusal {
+    fn from(invalid: Invalid) -> Self {
+        Refusal::Invalid(invalid)
+    }
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge(_) => "payload_too_large",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Invalid(_) => "invalid_payload",
+            Refusal::Conflict(..) => "idempotency_conflict",
+            Refusal::Store(_) => "store_unavailable",
+            Refusal::Broker(_) => "broker_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let retry_later = |reason: String| {
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": "not stored, retry later", "reason": reason})),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            response
+        };
+        match self {
+            Refusal::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
+            )
+                .into_response(),
+            Refusal::Unauthorized(reason) => {
+                let mut response = (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error": "unauthorized", "reason": reason})),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Refusal::Invalid(Invalid::Shape(e)) => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+            )
+                .into_response(),
+            Refusal::Invalid(Invalid::Rule(e)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+            )
+                .into_response(),
+            Refusal::Conflict(field, key) => (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"error": "idempotency conflict", "field": field,
+                    "reason": format!("{key} was already used for a different request")})),
+            )
+                .into_response(),
+            Refusal::Store(e) => {
+                tracing::warn!(error = %e, "request store unavailable");
+                retry_later(format!("request store unavailable: {e}"))
+            }
+            Refusal::Broker(e) => {
+                tracing::warn!(error = %e, "document not stored");
+                retry_later(e.to_string())
+            }
+        }
+    }
+}
