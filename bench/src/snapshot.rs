@@ -59,7 +59,7 @@ fn sku_state(i: usize, locations: usize) -> SkuState {
             erp_offset: i as i64,
             ..LocationState::default()
         };
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             let quantity = Decimal::from(1);
             location.holds.insert(
                 format!("ORD-{i}"),
@@ -84,14 +84,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "inputs": ["inventory.change"], "output": "inventory.available"
     }))?;
     let mut inventory = Inventory::new("inventory", &config, "inventory.available".into());
-    eprintln!("[snapshot] building {} skus × {} locations", args.skus, args.locations);
+    eprintln!(
+        "[snapshot] building {} skus × {} locations",
+        args.skus, args.locations
+    );
     let mut restore_seconds = 0.0;
     for partition in 0..args.partitions {
         let entries: HashMap<String, Vec<u8>> = (0..args.skus)
             .filter(|i| (*i as i32) % args.partitions == partition)
             .map(|i| {
                 let state = sku_state(i, args.locations);
-                (format!("SKU-{i:08}"), serde_json::to_vec(&state).expect("serialize"))
+                (
+                    format!("SKU-{i:08}"),
+                    serde_json::to_vec(&state).expect("serialize"),
+                )
             })
             .collect();
         let started = Instant::now();
@@ -123,7 +129,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let before = report::proc_status_bytes("VmRSS:");
         let started = Instant::now();
         let response = client.get(&url).bearer_auth(TOKEN).send().await?;
-        anyhow::ensure!(response.status() == 200, "snapshot answered {}", response.status());
+        anyhow::ensure!(
+            response.status() == 200,
+            "snapshot answered {}",
+            response.status()
+        );
         let mut stream = response.bytes_stream();
         let mut first = None;
         let (mut run_bytes, mut run_items) = (0usize, 0usize);
@@ -142,7 +152,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             first.unwrap_or(total) * 1000.0,
             peak / (1024 * 1024)
         );
-        anyhow::ensure!(run_items == args.skus, "expected {} skus, got {run_items}", args.skus);
+        anyhow::ensure!(
+            run_items == args.skus,
+            "expected {} skus, got {run_items}",
+            args.skus
+        );
         totals.push(total);
         firsts.push(first.unwrap_or(total));
         peaks.push(peak as f64);
@@ -150,7 +164,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         items = run_items;
     }
     // One more read, parsed, to prove the body is one valid JSON array.
-    let body = client.get(&url).bearer_auth(TOKEN).send().await?.bytes().await?;
+    let body = client
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .bytes()
+        .await?;
     let parsed: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
     anyhow::ensure!(parsed.len() == args.skus, "parsed {} items", parsed.len());
 

@@ -344,7 +344,11 @@ pub struct InventoryAdjustment {
     /// Per-sku changes.
     pub adjustments: Vec<AdjustmentLine>,
 }
-impl_event!(InventoryAdjustment, EventKind::InventoryAdjustment, reference_id);
+impl_event!(
+    InventoryAdjustment,
+    EventKind::InventoryAdjustment,
+    reference_id
+);
 
 /// What a [`Reservation`] record does to a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -413,10 +417,7 @@ impl Reservation {
     ) -> Self {
         Self {
             event_id: uuid::Uuid::now_v7().to_string(),
-            idempotency_key: format!(
-                "{}:{reference_id}:{sku}:{location_code}",
-                action.symbol()
-            ),
+            idempotency_key: format!("{}:{reference_id}:{sku}:{location_code}", action.symbol()),
             source_system: source_system.to_string(),
             source: source.to_string(),
             occurred_at,
@@ -462,5 +463,64 @@ impl InventoryAdjustment {
             .filter(|(_, change)| *change < Decimal::ZERO)
             .map(|(pair, change)| (pair, -change))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: i64) -> Decimal {
+        Decimal::from(n)
+    }
+
+    #[test]
+    fn holds_sum_lines_per_sku_and_location() {
+        let line = |sku: &str, q: i64, loc: Option<&str>| LineItem {
+            sku: sku.into(),
+            quantity: d(q),
+            unit_price: d(1),
+            location_code: loc.map(str::to_string),
+        };
+        let order = SalesOrder {
+            event_id: "e".into(),
+            idempotency_key: "T".into(),
+            source_system: "s".into(),
+            source: "api".into(),
+            occurred_at: 0,
+            ingested_at: 0,
+            transaction_id: "T".into(),
+            status: OrderStatus::Open,
+            customer_name: None,
+            customer_tax_id: None,
+            line_items: vec![
+                line("A", 1, Some("W")),
+                line("A", 2, Some("W")),
+                line("B", 1, None),
+            ],
+        };
+        assert_eq!(
+            order.holds(),
+            Holds::from([(("A".into(), "W".into()), d(3))])
+        );
+        let adjust = |sku: &str, q: i64| AdjustmentLine {
+            sku: sku.into(),
+            quantity_change: d(q),
+            location_code: "W".into(),
+        };
+        let adjustment = InventoryAdjustment {
+            event_id: "e".into(),
+            idempotency_key: "R".into(),
+            source_system: "s".into(),
+            source: "api".into(),
+            occurred_at: 0,
+            ingested_at: 0,
+            reference_id: "R".into(),
+            adjustments: vec![adjust("A", -3), adjust("A", 1), adjust("B", 4)],
+        };
+        assert_eq!(
+            adjustment.holds(),
+            Holds::from([(("A".into(), "W".into()), d(2))])
+        );
     }
 }

@@ -14,9 +14,9 @@ pub mod trace;
 
 pub use codec::{Codec, CodecError};
 pub use events::{
-    AdjustmentLine, CatalogUpdate, Event, EventKind, Holds, InventoryAdjustment, InventoryAvailable,
-    InventoryChange, LineItem, LocationStock, OrderStatus, Reservation, ReservationAction,
-    SalesOrder, Variant,
+    AdjustmentLine, CatalogUpdate, Event, EventKind, Holds, InventoryAdjustment,
+    InventoryAvailable, InventoryChange, LineItem, LocationStock, OrderStatus, Reservation,
+    ReservationAction, SalesOrder, Variant,
 };
 pub use trace::Traceparent;
 

@@ -159,9 +159,15 @@ async fn generic(
         );
     }
     if state.create(&path, key, body) {
-        (StatusCode::CREATED, axum::Json(json!({"status": "created"})))
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({"status": "created"})),
+        )
     } else {
-        (StatusCode::OK, axum::Json(json!({"status": "already exists"})))
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "already exists"})),
+        )
     }
 }
 

@@ -511,7 +511,10 @@ impl Pipeline {
             .await
             .expect("get snapshot");
         let status = response.status().as_u16();
-        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
     }
 }
 

@@ -58,16 +58,10 @@ impl RetryConfig {
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.max_attempts == 0 {
-            problems.push(Problem::new(
-                format!("{at}.max_attempts"),
-                "must be > 0",
-            ));
+            problems.push(Problem::new(format!("{at}.max_attempts"), "must be > 0"));
         }
         if self.initial_backoff.is_zero() {
-            problems.push(Problem::new(
-                format!("{at}.initial_backoff"),
-                "must be > 0",
-            ));
+            problems.push(Problem::new(format!("{at}.initial_backoff"), "must be > 0"));
         }
         if self.max_backoff < self.initial_backoff {
             problems.push(Problem::new(
@@ -155,7 +149,10 @@ mod tests {
     fn classifies_statuses() {
         use reqwest::StatusCode as S;
         assert_eq!(classify("storefront", S::OK, None), Outcome::Delivered);
-        assert_eq!(classify("storefront", S::NO_CONTENT, None), Outcome::Delivered);
+        assert_eq!(
+            classify("storefront", S::NO_CONTENT, None),
+            Outcome::Delivered
+        );
         for retriable in [
             S::REQUEST_TIMEOUT,
             S::TOO_MANY_REQUESTS,
@@ -163,7 +160,10 @@ mod tests {
             S::BAD_GATEWAY,
         ] {
             assert!(
-                matches!(classify("storefront", retriable, None), Outcome::Retry { .. }),
+                matches!(
+                    classify("storefront", retriable, None),
+                    Outcome::Retry { .. }
+                ),
                 "{retriable}"
             );
         }

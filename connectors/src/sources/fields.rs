@@ -77,10 +77,13 @@ pub(crate) fn require_text(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-pub(crate) fn check_decimal(field: &str, value: Option<Decimal>, scale: u32) -> Result<(), FieldError> {
+pub(crate) fn check_decimal(
+    field: &str,
+    value: Option<Decimal>,
+    scale: u32,
+) -> Result<(), FieldError> {
     match value {
         Some(v) => decimal::check(v, scale).map_err(|e| FieldError::new(field, e.to_string())),
         None => Ok(()),
     }
 }
-

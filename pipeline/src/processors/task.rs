@@ -111,35 +111,11 @@ impl StreamTask {
         batch: Vec<OwnedMessage>,
         shutdown: &mut watch::Receiver<bool>,
     ) {
-        for (_, partition) in self.context.take_revoked() {
-            self.restored.remove(&partition);
-            for processor in &mut self.chain {
-                processor.revoke(partition);
-            }
-        }
+        self.sync_assignment(batch.iter().map(|m| m.partition()))
+            .await;
         let mut effects = Effects::default();
         let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead_letters = Vec::new();
-        let mut unrestored: BTreeSet<i32> = batch
-            .iter()
-            .map(|m| m.partition())
-            .filter(|p| !self.restored.contains(p))
-            .collect();
-        if !unrestored.is_empty() {
-            // Restore every assigned partition now, in one pass, rather than one partition
-            // at a time as their first records arrive.
-            if let Ok(assignment) = self.consumer.assignment() {
-                unrestored.extend(
-                    assignment
-                        .elements()
-                        .iter()
-                        .map(|e| e.partition())
-                        .filter(|p| !self.restored.contains(p)),
-                );
-            }
-            self.restore(&unrestored.into_iter().collect::<Vec<_>>())
-                .await;
-        }
         for message in batch {
             let partition = message.partition();
             offsets.insert(
@@ -177,8 +153,35 @@ impl StreamTask {
         }
     }
 
+    /// Forgets revoked partitions and restores every assigned (or `seen`) partition not
+    /// restored yet, in one pass. Runs before each batch and on each tick, so the state
+    /// (and the snapshot API) is complete soon after start even when no record arrives.
+    async fn sync_assignment(&mut self, seen: impl Iterator<Item = i32>) {
+        for (_, partition) in self.context.take_revoked() {
+            self.restored.remove(&partition);
+            for processor in &mut self.chain {
+                processor.revoke(partition);
+            }
+        }
+        let mut unrestored: BTreeSet<i32> = seen.filter(|p| !self.restored.contains(p)).collect();
+        if let Ok(assignment) = self.consumer.assignment() {
+            unrestored.extend(
+                assignment
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .filter(|p| !self.restored.contains(p)),
+            );
+        }
+        if !unrestored.is_empty() {
+            self.restore(&unrestored.into_iter().collect::<Vec<_>>())
+                .await;
+        }
+    }
+
     /// Lets every processor make its time-driven changes and makes them durable.
     async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        self.sync_assignment(std::iter::empty()).await;
         let now = erpstream_schemas::now_millis();
         let mut effects = Effects::default();
         for (index, processor) in self.chain.iter_mut().enumerate() {

@@ -377,11 +377,11 @@ fn chain_partitions(topology: &Topology, chain: &[String]) -> i32 {
         .unwrap_or(1)
 }
 
+/// Processor chains by name, and the state views of inventory processors by id.
+type Chains = (Vec<(String, StreamTask)>, HashMap<String, InventoryView>);
+
 /// The processor chains as tasks, and the state views of inventory processors by id.
-fn processor_tasks(
-    topology: &Topology,
-    publisher: &Publisher,
-) -> Result<(Vec<(String, StreamTask)>, HashMap<String, InventoryView>), RuntimeError> {
+fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Chains, RuntimeError> {
     let kafka = &topology.kafka;
     let mut tasks = Vec::new();
     let mut views = HashMap::new();

@@ -344,7 +344,10 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                     ));
                 }
                 if let Some(snapshot) = &c.snapshot
-                    && !matches!(t.processors.get(snapshot), Some(ProcessorConfig::Inventory(_)))
+                    && !matches!(
+                        t.processors.get(snapshot),
+                        Some(ProcessorConfig::Inventory(_))
+                    )
                 {
                     problems.push(Problem::new(
                         format!("{at}.snapshot"),

@@ -242,7 +242,9 @@ impl ErpRestSink {
             match self.attempt(&document).await {
                 Outcome::Delivered => break,
                 Outcome::Reject { reason } => {
-                    return self.dead_letter(message, &dlq, &reason, attempt, shutdown).await;
+                    return self
+                        .dead_letter(message, &dlq, &reason, attempt, shutdown)
+                        .await;
                 }
                 Outcome::Retry {
                     reason,
@@ -341,10 +343,17 @@ impl ErpRestSink {
     async fn attempt(&self, document: &Document) -> Outcome {
         match (self.config.preset, document) {
             (Preset::Generic, Document::Order(order)) => match self.config.orders_as {
-                OrdersAs::Orders => self.post("api/sales/orders", &order.transaction_id, order_body(order)).await,
-                OrdersAs::Adjustments => {
-                    self.post("api/inventory/adjust", &order.transaction_id, order_as_adjustment(order))
+                OrdersAs::Orders => {
+                    self.post("api/sales/orders", &order.transaction_id, order_body(order))
                         .await
+                }
+                OrdersAs::Adjustments => {
+                    self.post(
+                        "api/inventory/adjust",
+                        &order.transaction_id,
+                        order_as_adjustment(order),
+                    )
+                    .await
                 }
             },
             (Preset::Generic, Document::Adjustment(adjustment)) => {
@@ -367,7 +376,11 @@ impl ErpRestSink {
     async fn post(&self, path: &str, key: &str, body: Value) -> Outcome {
         let url = match self.base.join(path) {
             Ok(url) => url,
-            Err(err) => return Outcome::Reject { reason: format!("bad URL: {err}") },
+            Err(err) => {
+                return Outcome::Reject {
+                    reason: format!("bad URL: {err}"),
+                };
+            }
         };
         let mut request = self
             .client
@@ -410,7 +423,10 @@ impl ErpRestSink {
         };
         let auth = format!(
             "token {}",
-            self.token.as_ref().map(|t| t.expose_secret()).unwrap_or_default()
+            self.token
+                .as_ref()
+                .map(|t| t.expose_secret())
+                .unwrap_or_default()
         );
         url.query_pairs_mut()
             .append_pair(
@@ -437,7 +453,11 @@ impl ErpRestSink {
                 }
             }
             Ok(response) => {
-                return classify("ERPNext", response.status(), retry_after(response.headers()));
+                return classify(
+                    "ERPNext",
+                    response.status(),
+                    retry_after(response.headers()),
+                );
             }
             Err(err) => {
                 return Outcome::Retry {
@@ -566,7 +586,10 @@ mod tests {
         assert_eq!(body["line_items"][0]["unit_price"].to_string(), "45000");
         let adjust = order_as_adjustment(&order());
         assert_eq!(adjust["reference_id"], "ORD-1");
-        assert_eq!(adjust["adjustments"][0]["quantity_change"].to_string(), "-1");
+        assert_eq!(
+            adjust["adjustments"][0]["quantity_change"].to_string(),
+            "-1"
+        );
         let erpnext = erpnext_body(&order(), &ErpNextSettings::default());
         assert_eq!(erpnext["po_no"], "ORD-1");
         assert_eq!(erpnext["transaction_date"], "2024-01-20");

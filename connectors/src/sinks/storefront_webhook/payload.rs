@@ -1,8 +1,8 @@
 //! Storefront bodies in the shapes of the sales interface spec §4. Quantities and prices are
 //! JSON numbers with their exact decimal digits.
 
-use erpstream_schemas::{CatalogUpdate, InventoryAvailable, LocationStock};
 use erpstream_schemas::decimal::json_number as number;
+use erpstream_schemas::{CatalogUpdate, InventoryAvailable, LocationStock};
 use serde_json::{Value, json};
 
 /// What the storefront learns when available-to-sell changes: §4.2 with

@@ -20,6 +20,8 @@ mod auth;
 mod config;
 pub mod payload;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -253,7 +255,11 @@ impl StorefrontApiSource {
     }
 
     /// Publishes the holds, then the document; returns the 202 body.
-    async fn publish(&self, document: Document, trace: &Traceparent) -> Result<Value, PublishError> {
+    async fn publish(
+        &self,
+        document: Document,
+        trace: &Traceparent,
+    ) -> Result<Value, PublishError> {
         let ingested_at = now_millis();
         let event_id = uuid::Uuid::now_v7().to_string();
         let reference = document.key().to_string();
@@ -327,15 +333,16 @@ impl StorefrontApiSource {
                 )
             })
             .collect();
-        try_join_all(
-            steps
-                .iter()
-                .map(|step| self.publisher.publish(&self.reservations_topic, step, trace)),
-        )
+        try_join_all(steps.iter().map(|step| {
+            self.publisher
+                .publish(&self.reservations_topic, step, trace)
+        }))
         .await?;
         let (ack, key_field) = match &event {
             Built::Order(order) => (
-                self.publisher.publish(&self.orders_topic, order, trace).await?,
+                self.publisher
+                    .publish(&self.orders_topic, order, trace)
+                    .await?,
                 "transaction_id",
             ),
             Built::Adjustment(adjustment) => (
@@ -474,12 +481,16 @@ impl IntoResponse for Refusal {
             }
             Refusal::Invalid(Invalid::Shape(e)) => (
                 StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+                axum::Json(
+                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
+                ),
             )
                 .into_response(),
             Refusal::Invalid(Invalid::Rule(e)) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                axum::Json(json!({"error": "invalid payload", "field": e.field, "reason": e.reason})),
+                axum::Json(
+                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
+                ),
             )
                 .into_response(),
             Refusal::Conflict(field, key) => (

@@ -154,11 +154,22 @@ pub fn order(body: &[u8], default_location: Option<&str>) -> Result<Order, Inval
     for (i, line) in request.line_items.iter().enumerate() {
         let at = |f: &str| format!("line_items[{i}].{f}");
         rule(require_text(&at("sku"), &line.sku))?;
-        rule(check_decimal(&at("quantity"), Some(line.quantity), QUANTITY_SCALE))?;
+        rule(check_decimal(
+            &at("quantity"),
+            Some(line.quantity),
+            QUANTITY_SCALE,
+        ))?;
         if line.quantity <= Decimal::ZERO {
-            return Err(Invalid::Rule(FieldError::new(at("quantity"), "must be > 0")));
+            return Err(Invalid::Rule(FieldError::new(
+                at("quantity"),
+                "must be > 0",
+            )));
         }
-        rule(check_decimal(&at("unit_price"), Some(line.unit_price), MONEY_SCALE))?;
+        rule(check_decimal(
+            &at("unit_price"),
+            Some(line.unit_price),
+            MONEY_SCALE,
+        ))?;
         if line.unit_price.is_sign_negative() && !line.unit_price.is_zero() {
             return Err(Invalid::Rule(FieldError::new(
                 at("unit_price"),
@@ -166,8 +177,12 @@ pub fn order(body: &[u8], default_location: Option<&str>) -> Result<Order, Inval
             )));
         }
         locations.push(
-            resolve_location(at("location_code"), line.location_code.as_ref(), default_location)
-                .map_err(Invalid::Rule)?,
+            resolve_location(
+                at("location_code"),
+                line.location_code.as_ref(),
+                default_location,
+            )
+            .map_err(Invalid::Rule)?,
         );
     }
     Ok(Order {
@@ -205,8 +220,12 @@ pub fn adjustment(body: &[u8], default_location: Option<&str>) -> Result<Adjustm
             )));
         }
         locations.push(
-            resolve_location(at("location_code"), line.location_code.as_ref(), default_location)
-                .map_err(Invalid::Rule)?,
+            resolve_location(
+                at("location_code"),
+                line.location_code.as_ref(),
+                default_location,
+            )
+            .map_err(Invalid::Rule)?,
         );
     }
     Ok(Adjustment { request, locations })

@@ -327,9 +327,14 @@ impl Processor for Inventory {
                     ingested_at: change.ingested_at,
                     trace: record.trace,
                 };
-                self.update(index, record.partition, &change.sku, cause, effects, |state, safety| {
-                    state.apply(change, record.offset, safety, now)
-                })
+                self.update(
+                    index,
+                    record.partition,
+                    &change.sku,
+                    cause,
+                    effects,
+                    |state, safety| state.apply(change, record.offset, safety, now),
+                )
             }
             Decoded::Reservation(step) => {
                 let cause = Cause {
@@ -338,9 +343,14 @@ impl Processor for Inventory {
                     ingested_at: step.ingested_at,
                     trace: record.trace,
                 };
-                self.update(index, record.partition, &step.sku, cause, effects, |state, safety| {
-                    state.reserve(step, safety, now)
-                })
+                self.update(
+                    index,
+                    record.partition,
+                    &step.sku,
+                    cause,
+                    effects,
+                    |state, safety| state.reserve(step, safety, now),
+                )
             }
             _ => return false,
         };
@@ -365,12 +375,15 @@ impl Processor for Inventory {
         for (partition, sku) in held {
             let due = {
                 let partitions = self.state.read();
-                partitions.get(&partition).and_then(|s| s.get(&sku)).is_some_and(|s| {
-                    s.locations.values().any(|l| {
-                        l.holds.values().any(|h| h.held_at < deadline)
-                            || (forget && l.ended.values().any(|at| *at < horizon))
+                partitions
+                    .get(&partition)
+                    .and_then(|s| s.get(&sku))
+                    .is_some_and(|s| {
+                        s.locations.values().any(|l| {
+                            l.holds.values().any(|h| h.held_at < deadline)
+                                || (forget && l.ended.values().any(|at| *at < horizon))
+                        })
                     })
-                })
             };
             if !due {
                 continue;

@@ -138,7 +138,10 @@ impl SkuState {
 
     /// Applies one step of a hold. `now` is erpstream's clock.
     pub fn reserve(&mut self, step: &Reservation, safety: Decimal, now: i64) -> Applied {
-        let location = self.locations.entry(step.location_code.clone()).or_default();
+        let location = self
+            .locations
+            .entry(step.location_code.clone())
+            .or_default();
         let before = location.figures();
         let reference = &step.reference_id;
         if location.ended.contains_key(reference) {
@@ -229,11 +232,13 @@ impl SkuState {
         safety: Decimal,
         now: i64,
     ) -> Applied {
-        let location = self.locations.get_mut(code).expect("settled location exists");
+        let location = self
+            .locations
+            .get_mut(code)
+            .expect("settled location exists");
         location.reserved = location.holds.values().map(|h| h.quantity).sum();
         location.safety_stock = safety;
-        location.available =
-            (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
+        location.available = (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
         if location.figures() == before && location.version > 0 {
             return Applied::Unchanged;
         }

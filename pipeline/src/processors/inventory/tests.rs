@@ -109,9 +109,17 @@ fn d(n: i64) -> Decimal {
 fn holds_never_make_available_negative() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 2_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
     assert_eq!(figures(&sku), (d(5), d(3), d(2)));
-    sku.reserve(&step(ReservationAction::Hold, "B2", 3, 2_001), Decimal::ZERO, 2_001);
+    sku.reserve(
+        &step(ReservationAction::Hold, "B2", 3, 2_001),
+        Decimal::ZERO,
+        2_001,
+    );
     assert_eq!(figures(&sku), (d(5), d(6), d(0)));
 }
 
@@ -130,9 +138,21 @@ fn a_repeated_hold_takes_nothing_twice() {
 fn the_first_erp_figure_after_the_write_back_releases_the_hold() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 2_000);
-    sku.reserve(&step(ReservationAction::Hold, "B2", 3, 2_000), Decimal::ZERO, 2_000);
-    sku.reserve(&step(ReservationAction::WrittenBack, "A1", 3, 3_000), Decimal::ZERO, 3_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
+    sku.reserve(
+        &step(ReservationAction::Hold, "B2", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
+    sku.reserve(
+        &step(ReservationAction::WrittenBack, "A1", 3, 3_000),
+        Decimal::ZERO,
+        3_000,
+    );
     // A figure from before the ERP took order A does not include it.
     sku.apply(&change(2_500, 5), 2, Decimal::ZERO, 3_100);
     assert_eq!(figures(&sku), (d(5), d(6), d(0)));
@@ -141,18 +161,30 @@ fn the_first_erp_figure_after_the_write_back_releases_the_hold() {
     assert_eq!(figures(&sku), (d(2), d(3), d(0)));
     // A late repeat of A's hold is not taken again.
     let before = sku.clone();
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 4_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        4_000,
+    );
     assert_eq!(sku, before);
 }
 
 #[test]
 fn a_write_back_acknowledged_before_an_applied_figure_releases_at_once() {
     let mut sku = SkuState::default();
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 2_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
     // The ERP's webhook overtook our record of its acknowledgement.
     sku.apply(&change(3_500, 2), 1, Decimal::ZERO, 3_600);
     assert_eq!(figures(&sku), (d(2), d(3), d(0)));
-    sku.reserve(&step(ReservationAction::WrittenBack, "A1", 3, 3_000), Decimal::ZERO, 3_700);
+    sku.reserve(
+        &step(ReservationAction::WrittenBack, "A1", 3, 3_000),
+        Decimal::ZERO,
+        3_700,
+    );
     assert_eq!(figures(&sku), (d(2), d(0), d(2)));
 }
 
@@ -160,9 +192,21 @@ fn a_write_back_acknowledged_before_an_applied_figure_releases_at_once() {
 fn cancellation_and_expiry_give_the_stock_back() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 2_000);
-    sku.reserve(&step(ReservationAction::Hold, "B2", 1, 5_000), Decimal::ZERO, 5_000);
-    sku.reserve(&step(ReservationAction::Release, "B2", 1, 6_000), Decimal::ZERO, 6_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
+    sku.reserve(
+        &step(ReservationAction::Hold, "B2", 1, 5_000),
+        Decimal::ZERO,
+        5_000,
+    );
+    sku.reserve(
+        &step(ReservationAction::Release, "B2", 1, 6_000),
+        Decimal::ZERO,
+        6_000,
+    );
     assert_eq!(figures(&sku), (d(5), d(3), d(2)));
     let (expired, outcome) = sku.expire(2_001, Decimal::ZERO, 9_000);
     assert_eq!((expired, outcome), (1, Applied::Changed));
@@ -175,8 +219,16 @@ fn cancellation_and_expiry_give_the_stock_back() {
 fn state_with_holds_survives_the_changelog() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
-    sku.reserve(&step(ReservationAction::Hold, "A1", 3, 2_000), Decimal::ZERO, 2_000);
-    sku.reserve(&step(ReservationAction::WrittenBack, "A1", 3, 3_000), Decimal::ZERO, 3_000);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
+    sku.reserve(
+        &step(ReservationAction::WrittenBack, "A1", 3, 3_000),
+        Decimal::ZERO,
+        3_000,
+    );
     let bytes = serde_json::to_vec(&sku).unwrap();
     assert_eq!(serde_json::from_slice::<SkuState>(&bytes).unwrap(), sku);
 }
