@@ -137,11 +137,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut stream = response.bytes_stream();
         let mut first = None;
         let (mut run_bytes, mut run_items) = (0usize, 0usize);
+        let mut carry: Vec<u8> = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             first.get_or_insert_with(|| started.elapsed().as_secs_f64());
             run_bytes += chunk.len();
-            run_items += chunk.windows(7).filter(|w| w == b"{\"sku\":").count();
+            // Items may straddle chunks: count over the previous chunk's tail too.
+            carry.extend_from_slice(&chunk);
+            run_items += carry.windows(7).filter(|w| w == b"{\"sku\":").count();
+            carry.drain(..carry.len().saturating_sub(6));
         }
         let total = started.elapsed().as_secs_f64();
         let peak = report::proc_status_bytes("VmHWM:").saturating_sub(before);

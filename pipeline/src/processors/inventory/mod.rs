@@ -29,7 +29,7 @@ use erpstream_schemas::{InventoryAvailable, Traceparent};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-pub use state::{Hold, LocationState, SkuState};
+pub use state::{Hold, LocationState, Locations, SkuState};
 
 use super::{Decoded, Effects, Emit, Processor, Record};
 

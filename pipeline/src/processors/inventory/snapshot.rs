@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use erpstream_connectors::sources::storefront_api::{ApiAuth, SNAPSHOT_PATH};
-use erpstream_schemas::decimal::json_number;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -145,13 +144,14 @@ impl Cursor {
                 }
                 taken += 1;
                 self.after = Some(sku.clone());
-                if let Some(item) = self.item(sku, state) {
-                    if self.written > 0 {
-                        out.push(b',');
-                    }
+                let before = out.len();
+                if self.written > 0 {
+                    out.push(b',');
+                }
+                if self.write_item(&mut out, sku, state) {
                     self.written += 1;
-                    // Writing a `Value` to a Vec cannot fail.
-                    let _ = serde_json::to_writer(&mut out, &item);
+                } else {
+                    out.truncate(before);
                 }
             }
             if exhausted {
@@ -166,32 +166,54 @@ impl Cursor {
         Some(Bytes::from(out))
     }
 
-    fn item(&self, sku: &str, state: &SkuState) -> Option<serde_json::Value> {
+    /// Writes `{"sku":…,"qty":…[,"locations":[…]]}`; `false` (and garbage to truncate) if
+    /// the sku is not held at the requested location.
+    fn write_item(&self, out: &mut Vec<u8>, sku: &str, state: &SkuState) -> bool {
         let location = self.query.location.as_deref();
         if let Some(code) = location
             && !state.locations.contains_key(code)
         {
-            return None;
+            return false;
         }
-        let qty = json_number(state.available(location));
-        if !self.query.detail {
-            return Some(json!({"sku": sku, "qty": qty}));
+        // Writing JSON into a Vec cannot fail.
+        out.extend_from_slice(b"{\"sku\":");
+        let _ = serde_json::to_writer(&mut *out, sku);
+        out.extend_from_slice(b",\"qty\":");
+        out.extend_from_slice(decimal_text(state.available(location)).as_bytes());
+        if self.query.detail {
+            out.extend_from_slice(b",\"locations\":[");
+            let mut first = true;
+            for (code, l) in state
+                .locations
+                .iter()
+                .filter(|(code, _)| location.is_none_or(|c| c == code.as_str()))
+            {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(b"{\"location_code\":");
+                let _ = serde_json::to_writer(&mut *out, code);
+                for (name, value) in [
+                    ("on_hand", l.on_hand),
+                    ("reserved", l.reserved),
+                    ("safety_stock", l.safety_stock),
+                    ("available", l.available),
+                ] {
+                    out.extend_from_slice(
+                        format!(",\"{name}\":{}", decimal_text(value)).as_bytes(),
+                    );
+                }
+                out.extend_from_slice(format!(",\"version\":{}}}", l.version).as_bytes());
+            }
+            out.push(b']');
         }
-        let locations: Vec<serde_json::Value> = state
-            .locations
-            .iter()
-            .filter(|(code, _)| location.is_none_or(|l| l == code.as_str()))
-            .map(|(code, l)| {
-                json!({
-                    "location_code": code,
-                    "on_hand": json_number(l.on_hand),
-                    "reserved": json_number(l.reserved),
-                    "safety_stock": json_number(l.safety_stock),
-                    "available": json_number(l.available),
-                    "version": l.version,
-                })
-            })
-            .collect();
-        Some(json!({"sku": sku, "qty": qty, "locations": locations}))
+        out.push(b'}');
+        true
     }
+}
+
+/// A decimal as an exact JSON number (`14`, `2.5`).
+fn decimal_text(value: rust_decimal::Decimal) -> String {
+    value.normalize().to_string()
 }

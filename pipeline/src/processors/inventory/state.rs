@@ -22,7 +22,82 @@ pub struct SkuState {
     /// Bumped on every change of any location.
     pub version: i64,
     /// Per location.
-    pub locations: BTreeMap<String, LocationState>,
+    pub locations: Locations,
+}
+
+/// The locations of one sku, sorted by code. A sorted vector, not a map: most skus are held
+/// at one or a few locations, and a B-tree node would cost ~2 KB per sku. In the changelog
+/// it is a JSON object `{code: state}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Locations(Vec<(String, LocationState)>);
+
+impl Locations {
+    fn find(&self, code: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| c.as_str().cmp(code))
+    }
+
+    /// The state at `code`, created empty if missing.
+    pub fn entry_or_default(&mut self, code: &str) -> &mut LocationState {
+        let index = match self.find(code) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0
+                    .insert(i, (code.to_string(), LocationState::default()));
+                i
+            }
+        };
+        &mut self.0[index].1
+    }
+
+    /// Sets the state at `code`.
+    pub fn insert(&mut self, code: String, state: LocationState) {
+        *self.entry_or_default(&code) = state;
+    }
+
+    /// The state at `code`.
+    pub fn get(&self, code: &str) -> Option<&LocationState> {
+        self.find(code).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether `code` is held.
+    pub fn contains_key(&self, code: &str) -> bool {
+        self.find(code).is_ok()
+    }
+
+    /// Codes and states, by code.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &LocationState)> {
+        self.0.iter().map(|(c, l)| (c, l))
+    }
+
+    /// States, by code.
+    pub fn values(&self) -> impl Iterator<Item = &LocationState> {
+        self.0.iter().map(|(_, l)| l)
+    }
+
+    /// Mutable states, by code.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut LocationState> {
+        self.0.iter_mut().map(|(_, l)| l)
+    }
+}
+
+impl std::ops::Index<&str> for Locations {
+    type Output = LocationState;
+    fn index(&self, code: &str) -> &LocationState {
+        self.get(code).expect("no such location")
+    }
+}
+
+impl Serialize for Locations {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Locations {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, LocationState>::deserialize(deserializer)?;
+        Ok(Locations(map.into_iter().collect()))
+    }
 }
 
 /// The state of one sku at one location.
@@ -114,10 +189,7 @@ impl SkuState {
         safety: Decimal,
         now: i64,
     ) -> Applied {
-        let location = self
-            .locations
-            .entry(change.location_code.clone())
-            .or_default();
+        let location = self.locations.entry_or_default(&change.location_code);
         let before = location.figures();
         if let Some(quantity) = change.new_quantity {
             if (change.occurred_at, offset) <= (location.erp_time, location.erp_offset) {
@@ -138,10 +210,7 @@ impl SkuState {
 
     /// Applies one step of a hold. `now` is erpstream's clock.
     pub fn reserve(&mut self, step: &Reservation, safety: Decimal, now: i64) -> Applied {
-        let location = self
-            .locations
-            .entry(step.location_code.clone())
-            .or_default();
+        let location = self.locations.entry_or_default(&step.location_code);
         let before = location.figures();
         let reference = &step.reference_id;
         if location.ended.contains_key(reference) {
@@ -184,9 +253,9 @@ impl SkuState {
     pub fn expire(&mut self, deadline: i64, safety: Decimal, now: i64) -> (usize, Applied) {
         let mut expired = 0;
         let mut outcome = Applied::Unchanged;
-        let codes: Vec<String> = self.locations.keys().cloned().collect();
+        let codes: Vec<String> = self.locations.iter().map(|(c, _)| c.clone()).collect();
         for code in codes {
-            let location = self.locations.get_mut(&code).expect("listed above");
+            let location = self.locations.entry_or_default(&code);
             let before = location.figures();
             let old: Vec<String> = location
                 .holds
@@ -232,10 +301,7 @@ impl SkuState {
         safety: Decimal,
         now: i64,
     ) -> Applied {
-        let location = self
-            .locations
-            .get_mut(code)
-            .expect("settled location exists");
+        let location = self.locations.entry_or_default(code);
         location.reserved = location.holds.values().map(|h| h.quantity).sum();
         location.safety_stock = safety;
         location.available = (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
