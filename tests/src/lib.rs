@@ -305,6 +305,8 @@ sources:
     type: erp_webhook
     secrets: [{{ env: TEST_ERP_SECRET_OLD }}, {{ env: TEST_ERP_SECRET }}]
     max_body: 64KiB
+    orders_topic: sales.order
+    reservations_topic: inventory.reservation
   shop:
     type: storefront_api
     tokens: [{{ env: TEST_API_TOKEN }}]

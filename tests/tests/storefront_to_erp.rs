@@ -506,3 +506,60 @@ async fn snapshot_filters_by_location_and_unconfirmed_holds_expire() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_the_erp_cancels_gives_its_stock_back_and_is_not_written_back() {
+    let storefront = Storefront::start().await;
+    let erp = Erp::start().await;
+    let mut options = TopologyOptions::new(&storefront.url);
+    options.erp = Some((erp.url.clone(), "generic"));
+    let pipeline = started(options).await;
+    let sku = unique("CXL-");
+    erp_stock(&pipeline, &sku, 4).await;
+    let id = unique("ORD-");
+    let (status, _, _) = pipeline
+        .post_api("/api/sales/orders", &order(&id, &sku, 3), Some(API_TOKEN))
+        .await;
+    assert_eq!(status, 202);
+    wait_figures(&pipeline, &sku, (4, 3, 1)).await;
+    wait_for("order in the ERP", LONG, || {
+        erp.created().into_iter().find(|c| c.key == id)
+    })
+    .await;
+
+    let cancel = json!({
+        "event_type": "sales.order",
+        "timestamp": rfc3339_now(0),
+        "data": {"transaction_id": id, "status": "cancelled",
+                 "line_items": [{"sku": sku, "quantity": 3}]}
+    })
+    .to_string();
+    let (status, _, reply) = pipeline
+        .post_webhook(cancel.as_bytes(), Some(ERP_SECRET))
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    wait_figures(&pipeline, &sku, (4, 0, 4)).await;
+    wait_for("storefront told 4 again", LONG, || {
+        storefront
+            .stock_of(&sku)
+            .last()
+            .filter(|d| d["new_quantity"] == 4)
+            .cloned()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        erp.created().iter().filter(|c| c.key == id).count(),
+        1,
+        "the cancellation came from the ERP and is not sent back to it"
+    );
+
+    let wrong = json!({"event_type": "sales.order", "timestamp": rfc3339_now(0),
+        "data": {"transaction_id": id, "status": "shipped", "line_items": [{"sku": sku}]}})
+    .to_string();
+    let (status, _, reply) = pipeline
+        .post_webhook(wrong.as_bytes(), Some(ERP_SECRET))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["field"], "data.status");
+}

@@ -306,6 +306,14 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                     &[EventKind::InventoryChange],
                     problems,
                 );
+                if let Some(topic) = &c.orders_topic {
+                    let path = format!("{at}.orders_topic");
+                    expect_topic(t, &path, topic, &[EventKind::SalesOrder], problems);
+                }
+                if let Some(topic) = &c.reservations_topic {
+                    let path = format!("{at}.reservations_topic");
+                    expect_topic(t, &path, topic, &[EventKind::Reservation], problems);
+                }
             }
             SourceConfig::StorefrontApi(c) => {
                 api_sources += 1;

@@ -37,6 +37,13 @@ pub struct ErpWebhookConfig {
     /// Logical topic for `inventory.change` events.
     #[serde(default = "default_inventory_topic")]
     pub inventory_topic: String,
+    /// Logical topic for orders the ERP reports cancelled; `sales.order` webhooks are
+    /// refused unless it and `reservations_topic` are set.
+    #[serde(default)]
+    pub orders_topic: Option<String>,
+    /// Logical topic of the holds a cancellation releases.
+    #[serde(default)]
+    pub reservations_topic: Option<String>,
 }
 
 fn default_path() -> String {
@@ -82,6 +89,12 @@ impl ErpWebhookConfig {
         }
         if self.max_body.as_u64() == 0 {
             problems.push(Problem::new(format!("{at}.max_body"), "must be > 0"));
+        }
+        if self.orders_topic.is_some() != self.reservations_topic.is_some() {
+            problems.push(Problem::new(
+                format!("{at}.reservations_topic"),
+                "orders_topic and reservations_topic are set together (a cancellation releases holds)",
+            ));
         }
         if self.source_system.trim().is_empty() {
             problems.push(Problem::new(

@@ -1,5 +1,6 @@
 //! `erp_webhook`: ERP pushes (`POST /webhooks/erp`) become `catalog.update` and
-//! `inventory.change` events.
+//! `inventory.change` events; with `orders_topic` set, a `sales.order` push with status
+//! `cancelled` releases the order's stock holds and is published as a cancelled order.
 //!
 //! Contract: `202 {event_id, topic, partition, offset}` is sent only after the broker
 //! acknowledged the record (`acks=all`); anything the broker did not take is answered `503`
@@ -26,7 +27,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use erpstream_schemas::{CatalogUpdate, InventoryChange, Traceparent, Variant, now_millis};
+use erpstream_schemas::{
+    CatalogUpdate, InventoryChange, LineItem, OrderStatus, Reservation, ReservationAction,
+    SalesOrder, Traceparent, Variant, now_millis,
+};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -68,6 +72,8 @@ pub struct ErpWebhookSource {
     publisher: Publisher,
     catalog_topic: String,
     inventory_topic: String,
+    /// Broker-side orders and reservations topics, if cancellations are enabled.
+    order_topics: Option<(String, String)>,
     recent: Mutex<RecentAcks>,
 }
 
@@ -94,6 +100,11 @@ impl ErpWebhookSource {
             id: id.to_string(),
             catalog_topic: kafka.topic(&config.catalog_topic),
             inventory_topic: kafka.topic(&config.inventory_topic),
+            order_topics: config
+                .orders_topic
+                .as_ref()
+                .zip(config.reservations_topic.as_ref())
+                .map(|(o, r)| (kafka.topic(o), kafka.topic(r))),
             verifier,
             publisher,
             config,
@@ -124,6 +135,12 @@ impl ErpWebhookSource {
             .verify(headers, &bytes, now_millis() / 1000)
             .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
         let parsed = payload::parse(&bytes).map_err(Refusal::Invalid)?;
+        if matches!(parsed.event, ErpEvent::OrderCancelled(_)) && self.order_topics.is_none() {
+            return Err(Refusal::Invalid(payload::FieldError::new(
+                "event_type",
+                "sales.order is not enabled on this source (set orders_topic and reservations_topic)",
+            )));
+        }
         let key = idempotency_key(&self.id, headers, &bytes);
         if let Some(previous) = self.recent_ack(&key) {
             metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
@@ -215,6 +232,17 @@ impl ErpWebhookSource {
                     .publish(&self.catalog_topic, &event, trace)
                     .await?
             }
+            ErpEvent::OrderCancelled(data) => {
+                let (orders_topic, reservations_topic) =
+                    self.order_topics.as_ref().expect("checked in accept");
+                self.publish_cancellation(
+                    data,
+                    (orders_topic, reservations_topic),
+                    (&event_id, idempotency_key, webhook.occurred_at, ingested_at),
+                    trace,
+                )
+                .await?
+            }
         };
         Ok(Accepted {
             event_id,
@@ -222,6 +250,70 @@ impl ErpWebhookSource {
             partition: ack.partition,
             offset: ack.offset,
         })
+    }
+
+    /// A cancelled order: first a `RELEASE` per (sku, location) of its lines (an absent
+    /// location releases the order's hold at every location of the sku), then the order
+    /// itself with status `CANCELLED`.
+    async fn publish_cancellation(
+        &self,
+        data: payload::OrderData,
+        (orders_topic, reservations_topic): (&str, &str),
+        (event_id, idempotency_key, occurred_at, ingested_at): (&str, String, i64, i64),
+        trace: &Traceparent,
+    ) -> Result<crate::kafka::Ack, PublishError> {
+        let mut pairs: Vec<(String, String)> = data
+            .line_items
+            .iter()
+            .map(|l| (l.sku.clone(), l.location_code.clone().unwrap_or_default()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        let source = (self.config.source_system.as_str(), self.id.as_str());
+        let steps: Vec<Reservation> = pairs
+            .iter()
+            .map(|(sku, location)| {
+                Reservation::step(
+                    ReservationAction::Release,
+                    source,
+                    &data.transaction_id,
+                    sku,
+                    location,
+                    rust_decimal::Decimal::ZERO,
+                    occurred_at,
+                    ingested_at,
+                )
+            })
+            .collect();
+        futures::future::try_join_all(
+            steps
+                .iter()
+                .map(|step| self.publisher.publish(reservations_topic, step, trace)),
+        )
+        .await?;
+        let order = SalesOrder {
+            event_id: event_id.to_string(),
+            idempotency_key,
+            source_system: self.config.source_system.clone(),
+            source: self.id.clone(),
+            occurred_at,
+            ingested_at,
+            transaction_id: data.transaction_id,
+            status: OrderStatus::Cancelled,
+            customer_name: None,
+            customer_tax_id: None,
+            line_items: data
+                .line_items
+                .into_iter()
+                .map(|l| LineItem {
+                    sku: l.sku,
+                    quantity: l.quantity.unwrap_or_default(),
+                    unit_price: l.unit_price.unwrap_or_default(),
+                    location_code: l.location_code,
+                })
+                .collect(),
+        };
+        self.publisher.publish(orders_topic, &order, trace).await
     }
 
     fn recent_ack(&self, key: &str) -> Option<Accepted> {

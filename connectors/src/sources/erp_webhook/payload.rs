@@ -103,6 +103,34 @@ fn default_active() -> bool {
     true
 }
 
+/// One line of an order the ERP reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OrderLineData {
+    /// Ordered sku.
+    pub sku: String,
+    /// Ordered quantity.
+    #[serde(default)]
+    pub quantity: Option<Decimal>,
+    /// Price per unit.
+    #[serde(default)]
+    pub unit_price: Option<Decimal>,
+    /// Warehouse; absent means every location of the sku.
+    #[serde(default)]
+    pub location_code: Option<String>,
+}
+
+/// `data` of a `sales.order` webhook: the ERP reporting an order's status. Only
+/// `cancelled` is acted on (it releases the order's holds).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OrderData {
+    /// The order id (the storefront's `transaction_id` for online orders).
+    pub transaction_id: String,
+    /// `cancelled`.
+    pub status: String,
+    /// The order's lines.
+    pub line_items: Vec<OrderLineData>,
+}
+
 /// A validated webhook.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ErpEvent {
@@ -110,6 +138,8 @@ pub enum ErpEvent {
     Inventory(InventoryData),
     /// `catalog.update`.
     Catalog(CatalogData),
+    /// `sales.order` with status `cancelled`.
+    OrderCancelled(OrderData),
 }
 
 /// A validated webhook with its ERP time (epoch ms).
@@ -158,10 +188,15 @@ pub fn parse(body: &[u8]) -> Result<ErpWebhook, FieldError> {
             validate_catalog(&data)?;
             ErpEvent::Catalog(data)
         }
+        "sales.order" => {
+            let data: OrderData = deserialize_at("data.", envelope.data)?;
+            validate_order(&data)?;
+            ErpEvent::OrderCancelled(data)
+        }
         _ => {
             return Err(FieldError::new(
                 "event_type",
-                "must be catalog.update or inventory.change",
+                "must be catalog.update, inventory.change or sales.order",
             ));
         }
     };
@@ -190,6 +225,32 @@ fn validate_inventory(data: &InventoryData) -> Result<(), FieldError> {
     check_decimal("data.quantity_change", data.quantity_change, QUANTITY_SCALE)?;
     check_decimal("data.allocated_qty", data.allocated_qty, QUANTITY_SCALE)?;
     check_decimal("data.in_transit_qty", data.in_transit_qty, QUANTITY_SCALE)?;
+    Ok(())
+}
+
+fn validate_order(data: &OrderData) -> Result<(), FieldError> {
+    require_text("data.transaction_id", &data.transaction_id)?;
+    if !data.status.eq_ignore_ascii_case("cancelled") {
+        return Err(FieldError::new(
+            "data.status",
+            "must be cancelled (the only order status erpstream acts on)",
+        ));
+    }
+    if data.line_items.is_empty() {
+        return Err(FieldError::new(
+            "data.line_items",
+            "must contain at least one line",
+        ));
+    }
+    for (i, line) in data.line_items.iter().enumerate() {
+        let at = |f: &str| format!("data.line_items[{i}].{f}");
+        require_text(&at("sku"), &line.sku)?;
+        check_decimal(&at("quantity"), line.quantity, QUANTITY_SCALE)?;
+        check_decimal(&at("unit_price"), line.unit_price, MONEY_SCALE)?;
+        if let Some(location) = &line.location_code {
+            require_text(&at("location_code"), location)?;
+        }
+    }
     Ok(())
 }
 

@@ -208,8 +208,25 @@ impl SkuState {
         self.settle(&change.location_code, before, safety, now)
     }
 
-    /// Applies one step of a hold. `now` is erpstream's clock.
+    /// Applies one step of a hold. `now` is erpstream's clock. A `Release` without a
+    /// location releases the reference at every location of the sku.
     pub fn reserve(&mut self, step: &Reservation, safety: Decimal, now: i64) -> Applied {
+        if step.action == ReservationAction::Release && step.location_code.is_empty() {
+            let codes: Vec<String> = self
+                .locations
+                .iter()
+                .filter(|(_, l)| l.holds.contains_key(&step.reference_id))
+                .map(|(c, _)| c.clone())
+                .collect();
+            let mut outcome = Applied::Stale;
+            for code in codes {
+                let location = self.locations.entry_or_default(&code);
+                let before = location.figures();
+                location.end_hold(&step.reference_id, now);
+                outcome = self.settle(&code, before, safety, now);
+            }
+            return outcome;
+        }
         let location = self.locations.entry_or_default(&step.location_code);
         let before = location.figures();
         let reference = &step.reference_id;

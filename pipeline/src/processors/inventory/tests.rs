@@ -232,3 +232,19 @@ fn state_with_holds_survives_the_changelog() {
     let bytes = serde_json::to_vec(&sku).unwrap();
     assert_eq!(serde_json::from_slice::<SkuState>(&bytes).unwrap(), sku);
 }
+
+#[test]
+fn a_cancellation_without_location_releases_the_order_everywhere() {
+    let mut sku = SkuState::default();
+    sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
+    sku.reserve(
+        &step(ReservationAction::Hold, "A1", 3, 2_000),
+        Decimal::ZERO,
+        2_000,
+    );
+    let mut cancel = step(ReservationAction::Release, "A1", 0, 3_000);
+    cancel.location_code = String::new();
+    assert_eq!(sku.reserve(&cancel, Decimal::ZERO, 3_000), Applied::Changed);
+    assert_eq!(figures(&sku), (d(5), d(0), d(5)));
+    assert_eq!(sku.reserve(&cancel, Decimal::ZERO, 3_100), Applied::Stale);
+}
