@@ -72,6 +72,18 @@ enum Command {
         /// Secret the storefront verifies with.
         #[arg(long, env = "STOREFRONT_WEBHOOK_SECRET", hide_env_values = true)]
         storefront_secret: String,
+        /// Online orders to place through the storefront API (0: none).
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        /// Where the demo ERP listens (the topology's erp_rest URL must point here).
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        erp_listen: SocketAddr,
+        /// Token the storefront calls the API with.
+        #[arg(long, env = "STOREFRONT_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// Token the demo ERP expects from the write-back sink.
+        #[arg(long, env = "ERP_API_TOKEN", hide_env_values = true)]
+        erp_token: Option<String>,
         /// Also write the report as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -134,6 +146,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             duplicates,
             erp_secret,
             storefront_secret,
+            orders,
+            erp_listen,
+            api_token,
+            erp_token,
             report,
         } => {
             anyhow::ensure!(rate > 0.0, "--rate must be > 0");
@@ -152,6 +168,20 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 erp_secret,
                 storefront_secret,
                 settle: Duration::from_secs(60),
+                orders: match (orders, api_token, erp_token) {
+                    (0, _, _) => None,
+                    (orders, Some(api_token), Some(erp_token)) => {
+                        Some(demo::orders::OrdersConfig {
+                            orders,
+                            erp_listen,
+                            api_token,
+                            erp_token,
+                        })
+                    }
+                    _ => anyhow::bail!(
+                        "--orders needs --api-token and --erp-token (or STOREFRONT_API_TOKEN and ERP_API_TOKEN)"
+                    ),
+                },
             };
             let result = demo::run(config).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
@@ -162,7 +192,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let healthy = result.failed == 0
                 && result.bad_signatures == 0
                 && result.out_of_order == 0
-                && result.keys_consistent == result.keys_total;
+                && result.keys_consistent == result.keys_total
+                && result.orders.as_ref().is_none_or(|o| {
+                    o.accepted == o.placed
+                        && o.repeats_answered_first == o.placed
+                        && o.written_back == o.placed
+                        && o.erp_unauthorized == 0
+                });
             Ok(if healthy {
                 ExitCode::SUCCESS
             } else {

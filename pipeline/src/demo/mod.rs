@@ -1,11 +1,15 @@
 //! `erpstream demo`: a realistic signed ERP load against a running pipeline, and a storefront
-//! receiver that verifies every delivery's signature and measures end-to-end latency.
+//! receiver that verifies every delivery's signature and measures end-to-end latency; then
+//! online orders through the storefront API and a demo ERP they are written back to
+//! ([`orders`]).
 //!
 //! The load is open-loop: webhook `i` is due at `start + i / rate`, and latency is measured
 //! from that scheduled time, so a lagging generator cannot hide delay. Every inventory
 //! update of a sku and location carries a quantity that key never had before (random start
 //! in a wide range, then counting up, so earlier runs do not collide), so each delivered
 //! quantity identifies the webhook that caused it.
+
+pub mod orders;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +48,8 @@ pub struct DemoConfig {
     pub storefront_secret: String,
     /// How long to wait for deliveries after the last send.
     pub settle: Duration,
+    /// The orders half, if any.
+    pub orders: Option<orders::OrdersConfig>,
 }
 
 /// What a demo run measured.
@@ -71,6 +77,8 @@ pub struct DemoReport {
     pub latency_ms: Percentiles,
     /// Achieved send rate.
     pub rate_achieved: f64,
+    /// The orders half.
+    pub orders: Option<orders::OrdersReport>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -222,28 +230,37 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let receiver = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-    let out_of_order = receiver
-        .delivered
-        .values()
-        .map(|versions| versions.windows(2).filter(|w| w[1].0 <= w[0].0).count())
-        .sum();
-    let report = DemoReport {
-        sent: config.events + duplicates_sent,
-        accepted,
-        failed,
-        duplicates_sent,
-        delivered: receiver.deliveries,
-        bad_signatures: receiver.bad_signatures,
-        out_of_order,
-        keys_consistent: 0,
-        keys_total: last_sent.len(),
-        latency_ms: Percentiles::of(receiver.latencies.clone()),
-        rate_achieved: config.events as f64 / send_elapsed.max(1e-9),
+    let report = {
+        let receiver = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let out_of_order = receiver
+            .delivered
+            .values()
+            .map(|versions| versions.windows(2).filter(|w| w[1].0 <= w[0].0).count())
+            .sum();
+        DemoReport {
+            sent: config.events + duplicates_sent,
+            accepted,
+            failed,
+            duplicates_sent,
+            delivered: receiver.deliveries,
+            bad_signatures: receiver.bad_signatures,
+            out_of_order,
+            keys_consistent: 0,
+            keys_total: last_sent.len(),
+            latency_ms: Percentiles::of(receiver.latencies.clone()),
+            rate_achieved: config.events as f64 / send_elapsed.max(1e-9),
+            orders: None,
+        }
     };
-    drop(receiver);
+    let orders = match &config.orders {
+        Some(orders) => {
+            Some(orders::run(orders, &config.target, &config.erp_secret, config.settle).await?)
+        }
+        None => None,
+    };
     Ok(DemoReport {
         keys_consistent: consistent_keys(&state, &last_sent),
+        orders,
         ..report
     })
 }
