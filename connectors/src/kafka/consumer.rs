@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
@@ -13,13 +14,19 @@ use super::KafkaConfig;
 pub type GroupConsumer = StreamConsumer<TrackingContext>;
 
 /// Remembers partitions taken away by a rebalance, so that state kept for them is dropped
-/// and restored afresh if they come back.
+/// and restored afresh if they come back, and whether the consumer has joined its group.
 #[derive(Default, Clone)]
 pub struct TrackingContext {
     revoked: Arc<Mutex<HashSet<(String, i32)>>>,
+    joined: Arc<AtomicBool>,
 }
 
 impl TrackingContext {
+    /// Set once the group gave this consumer its (possibly empty) assignment.
+    pub fn joined(&self) -> Arc<AtomicBool> {
+        self.joined.clone()
+    }
+
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> HashSet<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
@@ -36,6 +43,13 @@ impl ConsumerContext for TrackingContext {
                 revoked.insert((element.topic().to_string(), element.partition()));
             }
             tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.joined.store(true, Ordering::SeqCst);
+            tracing::info!(partitions = list.count(), "partitions assigned");
         }
     }
 }

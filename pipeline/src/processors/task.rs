@@ -3,6 +3,8 @@
 //! processor of the chain to the first), then store the batch's offsets.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use erpstream_connectors::kafka::{
@@ -36,6 +38,7 @@ pub struct StreamTask {
     publisher: Publisher,
     codec: Codec,
     restored: HashSet<i32>,
+    ready: Arc<AtomicBool>,
 }
 
 impl StreamTask {
@@ -59,7 +62,14 @@ impl StreamTask {
             codec: publisher.codec().clone(),
             publisher,
             restored: HashSet::new(),
+            ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Turns true once the group assigned this task its partitions and their state is
+    /// restored (for `/readyz`).
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
     }
 
     /// Runs until `shutdown` turns true; the batch in progress is finished first.
@@ -176,6 +186,9 @@ impl StreamTask {
         if !unrestored.is_empty() {
             self.restore(&unrestored.into_iter().collect::<Vec<_>>())
                 .await;
+        }
+        if self.context.joined().load(Ordering::SeqCst) {
+            self.ready.store(true, Ordering::SeqCst);
         }
     }
 

@@ -1,7 +1,10 @@
 //! Operations endpoints: `/metrics` (Prometheus), `/healthz` (the process answers),
-//! `/readyz` (the broker, the registry and every database a component uses are reachable).
+//! `/readyz` (the broker, the registry and every database a component uses are reachable,
+//! and every consumer has joined its group and restored its state: a pipeline that answers
+//! ready processes what it is sent without waiting for a rebalance).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,6 +24,7 @@ struct Ops {
     registry_url: String,
     client: reqwest::Client,
     apis: Vec<Arc<StorefrontApiSource>>,
+    components: Arc<Vec<(String, Arc<AtomicBool>)>>,
 }
 
 /// The operations routes.
@@ -29,6 +33,7 @@ pub fn operations(
     publisher: Publisher,
     registry_url: &str,
     apis: Vec<Arc<StorefrontApiSource>>,
+    components: Vec<(String, Arc<AtomicBool>)>,
 ) -> Router {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -40,6 +45,7 @@ pub fn operations(
         registry_url: registry_url.trim_end_matches('/').to_string(),
         client,
         apis,
+        components: Arc::new(components),
     };
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -70,7 +76,13 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
     for api in &ops.apis {
         database &= api.store_reachable().await;
     }
-    let status = if broker && registry && database {
+    let starting: Vec<&str> = ops
+        .components
+        .iter()
+        .filter(|(_, ready)| !ready.load(Ordering::SeqCst))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let status = if broker && registry && database && starting.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -82,6 +94,7 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
             "status": if status == StatusCode::OK { "ready" } else { "not ready" },
             "checks": {"broker": word(broker), "registry": word(registry),
                 "database": word(database)},
+            "starting": starting,
         })),
     )
 }

@@ -96,7 +96,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
 
     let mut tasks: JoinSet<(String, Result<(), String>)> = JoinSet::new();
     let (processors, views) = processor_tasks(&topology, &publisher)?;
+    let mut readiness = Vec::new();
     for (name, task) in processors {
+        readiness.push((name.clone(), task.ready()));
         let span =
             tracing::info_span!("component", component_kind = "processor", component_id = %name);
         let rx = shutdown_rx.clone();
@@ -163,6 +165,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
+                readiness.push((id.clone(), sink.ready()));
                 let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
                     component_type = storefront_webhook::TYPE);
                 tasks.spawn(
@@ -193,6 +196,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
+                readiness.push((id.clone(), sink.ready()));
                 let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
                     component_type = erp_rest::TYPE);
                 tasks.spawn(
@@ -208,6 +212,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         publisher.clone(),
         &topology.registry.url,
         apis,
+        readiness,
     ));
     let listener = tokio::net::TcpListener::bind(topology.http.listen)
         .await

@@ -117,6 +117,7 @@ pub struct ErpRestSink {
     base: reqwest::Url,
     token: Option<SecretString>,
     consumer: GroupConsumer,
+    context: TrackingContext,
     inputs: HashMap<String, (EventKind, String)>,
     sources: HashSet<String>,
     reservations_topic: String,
@@ -140,8 +141,7 @@ impl ErpRestSink {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout)
             .build()?;
-        let (consumer, _): (GroupConsumer, TrackingContext) =
-            kafka::group_consumer(kafka, group, id)?;
+        let (consumer, context) = kafka::group_consumer(kafka, group, id)?;
         let base = reqwest::Url::parse(&config.url).expect("validated URL");
         Ok(Self {
             id: id.to_string(),
@@ -149,6 +149,7 @@ impl ErpRestSink {
             base,
             token,
             consumer,
+            context,
             inputs: inputs
                 .into_iter()
                 .map(|i| (i.topic, (i.kind, i.dlq_topic)))
@@ -159,6 +160,11 @@ impl ErpRestSink {
             publisher,
             config,
         })
+    }
+
+    /// Turns true once the group assigned this sink its partitions (for `/readyz`).
+    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.context.joined()
     }
 
     /// Runs until `shutdown` turns true; a document being written back when it does is

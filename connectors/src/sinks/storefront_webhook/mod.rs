@@ -130,6 +130,11 @@ impl StorefrontWebhookSink {
         })
     }
 
+    /// Turns true once the group assigned this sink its partitions (for `/readyz`).
+    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.context.joined()
+    }
+
     /// Consumes and delivers until `shutdown` turns true, then drains deliveries in flight
     /// (up to 15 s) and commits the offsets that are safe to commit.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
