@@ -41,6 +41,10 @@ pub struct ErpRestConfig {
     /// Retry schedule for 408, 429, 5xx and timeouts; then the record is dead-lettered.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// How long a fetch may wait for new documents (overrides `kafka.fetch_wait`: stock
+    /// holds are taken at once by the API, so write-back can afford to poll slowly).
+    #[serde(default = "default_fetch_wait", with = "humantime_serde")]
+    pub fetch_wait: Duration,
 }
 
 /// The ERP's API shape.
@@ -98,6 +102,9 @@ fn default_submit() -> bool {
 }
 fn default_reservations_topic() -> String {
     "inventory.reservation".into()
+}
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(250)
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)

@@ -141,7 +141,13 @@ impl ErpRestSink {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout)
             .build()?;
-        let (consumer, context) = kafka::group_consumer(kafka, group, id)?;
+        // Write-back is not on the storefront's latency budget: a long fetch wait spares the
+        // broker hundreds of empty fetches a second.
+        let kafka = KafkaConfig {
+            fetch_wait: config.fetch_wait,
+            ..kafka.clone()
+        };
+        let (consumer, context) = kafka::group_consumer(&kafka, group, id)?;
         let base = reqwest::Url::parse(&config.url).expect("validated URL");
         Ok(Self {
             id: id.to_string(),
