@@ -2,6 +2,8 @@
 //! figures, the median of the repeated runs, and the machine and settings they were taken
 //! on) and prints a readable summary. Benchmarks are never timed tests.
 
+mod latency;
+mod processors;
 mod report;
 mod snapshot;
 
@@ -16,6 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Signed webhooks at a fixed open-loop rate through a running pipeline to a storefront
+    /// receiver: p50/p99/p99.9 from each webhook's scheduled send time (see bench/latency.sh).
+    Latency(latency::Args),
+    /// Merges the per-rate latency results into bench/results/latency.json.
+    LatencySummary,
+    /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
+    Processors(processors::Args),
     /// `GET /api/inventory/snapshot` over a materialized state of N skus: time to first byte,
     /// total time, throughput and peak memory of the whole process.
     Snapshot(snapshot::Args),
@@ -24,6 +33,9 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
+        Bench::Latency(args) => latency::run(args).await,
+        Bench::LatencySummary => latency::summarize(),
+        Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,
     }
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The latency benchmark, measured the same way every time: for each rate, a fresh broker
+# store (tansu slows down as its sqlite file grows, so a used store would measure history),
+# the default topology (release build), then `erpstream-bench latency` at that rate.
+# Uses its own state directory and ports, so a running demo stack is left alone.
+#
+#   bench/latency.sh                       # rates 200 500 1000 2000 5000, 3 runs of 10 s
+#   RATES="500 2000" RUNS=5 DURATION=20 bench/latency.sh
+#
+# Results: bench/results/latency-<rate>.json per rate and bench/results/latency.json.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ERPSTREAM_STATE_DIR="$root/.erpstream-bench"
+export ERPSTREAM_PG_PORT=55532 ERPSTREAM_KAFKA_PORT=19192 ERPSTREAM_REGISTRY_PORT=18181
+export ERPSTREAM_LISTEN=127.0.0.1:8180
+export STOREFRONT_WEBHOOK_URL=http://127.0.0.1:9190/storefront ERP_API_URL=http://127.0.0.1:9191
+unset ERPSTREAM_BROKERS ERPSTREAM_REGISTRY_URL ERPSTREAM_DATABASE_URL
+source "$root/deploy/local/env.sh"
+cd "$root"
+target="${CARGO_TARGET_DIR:-$root/target}"
+cargo build --release -p erpstream-pipeline -p erpstream-bench
+export ERPSTREAM_BIN="$target/release/erpstream"
+bench="$target/release/erpstream-bench"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; deploy/local/down.sh >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+for rate in ${RATES:-200 500 1000 2000 5000}; do
+  echo "[bench] rate $rate/s: fresh broker store" >&2
+  deploy/local/down.sh >/dev/null 2>&1 || true
+  rm -f "$ERPSTREAM_STATE_DIR"/tansu.db*
+  deploy/local/up.sh
+  source "$ERPSTREAM_STATE_DIR/secrets.env"
+  "$ERPSTREAM_BIN" run --topology topology.yaml >"$ERPSTREAM_STATE_DIR/log/pipeline-$rate.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    curl -fsS "http://$ERPSTREAM_LISTEN/readyz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { echo "[bench] pipeline exited; see $ERPSTREAM_STATE_DIR/log/pipeline-$rate.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  "$bench" latency --target "http://$ERPSTREAM_LISTEN" --listen 127.0.0.1:9190 --rate "$rate" \
+    --runs "${RUNS:-3}" --duration "${DURATION:-10}" \
+    --conditions "tansu 0.6.0 (sqlite, fresh store), release build, default topology.yaml (fetch_wait 5ms, linger 1ms, idempotence off), generator, broker and pipeline on the same $(nproc)-core machine"
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+done
+"$bench" latency-summary

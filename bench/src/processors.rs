@@ -1,0 +1,213 @@
+//! The processors benchmark: the `dedupe` → `inventory` chain in process, no broker, on one
+//! core, with the Avro work a running chain does — decoding each Confluent wire-format input
+//! and encoding each emitted `inventory.available` — through apache-avro, the library the
+//! codec uses. Reported separately: the whole path, decode only, processing only (which
+//! includes the JSON changelog values the inventory processor writes) and encode only, so the
+//! profile says where the time goes.
+
+use std::time::Instant;
+
+use apache_avro::Schema;
+use erpstream_connectors::kafka::RawRecord;
+use erpstream_pipeline::processors::dedupe::{Dedupe, DedupeConfig};
+use erpstream_pipeline::processors::inventory::{Inventory, InventoryConfig};
+use erpstream_pipeline::processors::{Decoded, Effects, Emit, Processor, Record};
+use erpstream_schemas::{EventKind, InventoryAvailable, InventoryChange};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::report;
+
+/// Arguments of `erpstream-bench processors`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Input records per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Distinct skus (× 3 locations).
+    #[arg(long, default_value_t = 100_000)]
+    skus: usize,
+    /// Share of inputs that repeat an earlier idempotency key (dropped by dedupe).
+    #[arg(long, default_value_t = 0.05)]
+    duplicates: f64,
+    /// Measured runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+const PARTITIONS: i32 = 3;
+
+fn schema(kind: EventKind) -> anyhow::Result<Schema> {
+    Ok(Schema::parse_str(kind.schema_text())?)
+}
+
+#[allow(deprecated)]
+fn encode<T: serde::Serialize>(schema: &Schema, event: &T) -> anyhow::Result<Vec<u8>> {
+    let value = apache_avro::to_value(event)?.resolve(schema)?;
+    let mut out = vec![0u8, 0, 0, 0, 1];
+    out.extend(apache_avro::to_avro_datum(schema, value)?);
+    Ok(out)
+}
+
+#[allow(deprecated)]
+fn decode(schema: &Schema, payload: &[u8]) -> anyhow::Result<InventoryChange> {
+    let value = apache_avro::from_avro_datum(schema, &mut &payload[5..], None)?;
+    Ok(apache_avro::from_value(&value)?)
+}
+
+fn inputs(args: &Args, schema: &Schema) -> anyhow::Result<Vec<(i32, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(args.events);
+    let every = if args.duplicates > 0.0 {
+        (1.0 / args.duplicates) as usize
+    } else {
+        usize::MAX
+    };
+    for i in 0..args.events {
+        let n = if i > 0 && i % every == 0 { i - 1 } else { i };
+        let sku = format!("SKU-{:07}", n % args.skus);
+        let event = InventoryChange {
+            event_id: format!("00000000-0000-7000-8000-{n:012}"),
+            idempotency_key: format!("erp:{n}"),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1_764_000_000_000 + n as i64,
+            ingested_at: 1_764_000_000_000 + n as i64,
+            location_code: format!("WH-{:02}", (n / args.skus) % 3),
+            new_quantity: Some(Decimal::from((n * 7) % 1000)),
+            allocated_qty: None,
+            in_transit_qty: None,
+            quantity_change: None,
+            change_reason: Some("POS_SALE".into()),
+            reference_id: None,
+            sku: sku.clone(),
+        };
+        let partition = (sku.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
+        out.push((partition, encode(schema, &event)?));
+    }
+    Ok(out)
+}
+
+struct Timings {
+    decode: f64,
+    process: f64,
+    encode: f64,
+    total: f64,
+    emitted: usize,
+}
+
+fn one_run(inputs: &[(i32, Vec<u8>)], input: &Schema, output: &Schema) -> anyhow::Result<Timings> {
+    let dedupe_config: DedupeConfig =
+        serde_json::from_value(json!({"inputs": ["inventory.change"]}))?;
+    let inventory_config: InventoryConfig =
+        serde_json::from_value(json!({"inputs": ["dedupe"], "output": "inventory.available"}))?;
+    let mut chain: Vec<Box<dyn Processor>> = vec![
+        Box::new(Dedupe::new("dedupe", &dedupe_config, None)),
+        Box::new(Inventory::new(
+            "inventory",
+            &inventory_config,
+            "inventory.available".into(),
+        )),
+    ];
+    for partition in 0..PARTITIONS {
+        for processor in &mut chain {
+            processor.restore(partition, Default::default());
+        }
+    }
+    let (mut decode_s, mut process_s, mut encode_s) = (0.0, 0.0, 0.0);
+    let mut emitted = 0;
+    let started = Instant::now();
+    for (offset, batch) in inputs.chunks(1_000).enumerate() {
+        let mut effects = Effects::default();
+        for (i, (partition, payload)) in batch.iter().enumerate() {
+            let t0 = Instant::now();
+            let event = decode(input, payload)?;
+            let t1 = Instant::now();
+            let record = Record {
+                topic: "inventory.change".into(),
+                partition: *partition,
+                offset: (offset * 1_000 + i) as i64,
+                raw: RawRecord {
+                    topic: "inventory.change".into(),
+                    key: Some(event.sku.clone().into_bytes()),
+                    payload: Some(payload.clone()),
+                    headers: Vec::new(),
+                    partition: None,
+                },
+                trace: None,
+                event: Decoded::InventoryChange(event),
+            };
+            for (index, processor) in chain.iter_mut().enumerate() {
+                if !processor.process(index, &record, &mut effects) {
+                    break;
+                }
+            }
+            decode_s += (t1 - t0).as_secs_f64();
+            process_s += t1.elapsed().as_secs_f64();
+        }
+        let t2 = Instant::now();
+        for emit in effects.emit {
+            if let Emit::Available(_, available, _) = emit {
+                let bytes = encode::<InventoryAvailable>(output, &available)?;
+                std::hint::black_box(bytes);
+                emitted += 1;
+            }
+        }
+        encode_s += t2.elapsed().as_secs_f64();
+    }
+    Ok(Timings {
+        decode: decode_s,
+        process: process_s,
+        encode: encode_s,
+        total: started.elapsed().as_secs_f64(),
+        emitted,
+    })
+}
+
+/// Runs the benchmark and writes `bench/results/processors.json`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let input = schema(EventKind::InventoryChange)?;
+    let output = schema(EventKind::InventoryAvailable)?;
+    eprintln!("[processors] encoding {} inputs", args.events);
+    let inputs = inputs(&args, &input)?;
+    let (mut totals, mut decodes, mut processes, mut encodes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut emitted = 0;
+    for run in 0..args.runs {
+        let t = one_run(&inputs, &input, &output)?;
+        let rate = args.events as f64 / t.total;
+        eprintln!(
+            "[processors] run {}: {:.0} events/s (decode {:.2}s, process {:.2}s, encode {:.2}s, {} emitted)",
+            run + 1,
+            rate,
+            t.decode,
+            t.process,
+            t.encode,
+            t.emitted
+        );
+        totals.push(rate);
+        decodes.push(args.events as f64 / t.decode);
+        processes.push(args.events as f64 / t.process);
+        encodes.push(t.emitted as f64 / t.encode.max(1e-9));
+        emitted = t.emitted;
+    }
+    let result = json!({
+        "benchmark": "processors",
+        "machine": report::machine(),
+        "settings": {
+            "events": args.events, "skus": args.skus, "locations": 3, "partitions": PARTITIONS,
+            "duplicate_share": args.duplicates, "runs": args.runs, "threads": 1,
+            "codec": "apache-avro 0.22 (Value tree, serde)",
+        },
+        "results": {
+            "median_events_per_second_per_core": report::median(&mut totals),
+            "median_decode_per_second": report::median(&mut decodes),
+            "median_process_per_second": report::median(&mut processes),
+            "median_encode_per_second": report::median(&mut encodes),
+            "emitted_per_run": emitted,
+        },
+    });
+    let path = report::write("processors", &result)?;
+    println!("{}", serde_json::to_string_pretty(&result["results"])?);
+    eprintln!("[processors] written to {}", path.display());
+    Ok(())
+}
