@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use erpstream_connectors::sources::erp_webhook::signature::sign_hex;
+use erpstream_pipeline::demo::spawn_send;
 use serde_json::{Value, json};
 
 use crate::report;
@@ -137,20 +138,13 @@ async fn one_run(
             "data": {"sku": format!("LAT-{tag}-{i:07}"), "location_code": "WH-01",
                      "new_quantity": 7, "change_reason": "BENCH"}})
         .to_string();
-        let request = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header(
-                "x-signature",
-                sign_hex(args.erp_secret.as_bytes(), body.as_bytes()),
-            )
-            .body(body);
-        sends.spawn(async move {
-            request
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
-        });
+        spawn_send(
+            &mut sends,
+            client,
+            &url,
+            &args.erp_secret,
+            body.into_bytes(),
+        );
     }
     let send_seconds = start.elapsed().as_secs_f64();
     let (mut accepted, mut failed) = (0usize, 0usize);

@@ -279,7 +279,8 @@ fn consistent_keys(state: &ReceiverState, last_sent: &HashMap<(String, String), 
         .count()
 }
 
-fn spawn_send(
+/// Spawns one signed ERP webhook POST; the task yields whether it was answered 202.
+pub fn spawn_send(
     sends: &mut tokio::task::JoinSet<bool>,
     client: &reqwest::Client,
     url: &str,
