@@ -9,27 +9,13 @@
 #
 # Results: bench/results/latency-<rate>.json per rate and bench/results/latency.json.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export ERPSTREAM_STATE_DIR="$root/.erpstream-bench"
-export ERPSTREAM_PG_PORT=55532 ERPSTREAM_KAFKA_PORT=19192 ERPSTREAM_REGISTRY_PORT=18181
-export ERPSTREAM_LISTEN=127.0.0.1:8180
-export STOREFRONT_WEBHOOK_URL=http://127.0.0.1:9190/storefront ERP_API_URL=http://127.0.0.1:9191
-unset ERPSTREAM_BROKERS ERPSTREAM_REGISTRY_URL ERPSTREAM_DATABASE_URL
-source "$root/deploy/local/env.sh"
-cd "$root"
-target="${CARGO_TARGET_DIR:-$root/target}"
-cargo build --release -p erpstream-pipeline -p erpstream-bench
-export ERPSTREAM_BIN="$target/release/erpstream"
-bench="$target/release/erpstream-bench"
+source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; deploy/local/down.sh >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 for rate in ${RATES:-200 500 1000 2000 5000}; do
   echo "[bench] rate $rate/s: fresh broker store" >&2
-  deploy/local/down.sh >/dev/null 2>&1 || true
-  rm -f "$ERPSTREAM_STATE_DIR"/tansu.db*
-  deploy/local/up.sh
-  source "$ERPSTREAM_STATE_DIR/secrets.env"
+  fresh_stack
   "$ERPSTREAM_BIN" run --topology topology.yaml >"$ERPSTREAM_STATE_DIR/log/pipeline-$rate.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do

@@ -2,6 +2,7 @@
 //! figures, the median of the repeated runs, and the machine and settings they were taken
 //! on) and prints a readable summary. Benchmarks are never timed tests.
 
+mod footprint;
 mod latency;
 mod processors;
 mod report;
@@ -23,6 +24,8 @@ enum Bench {
     Latency(latency::Args),
     /// Merges the per-rate latency results into bench/results/latency.json.
     LatencySummary,
+    /// N keys of inventory state through a real changelog topic: restore time and RSS.
+    Footprint(footprint::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
     Processors(processors::Args),
     /// `GET /api/inventory/snapshot` over a materialized state of N skus: time to first byte,
@@ -35,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Latency(args) => latency::run(args).await,
         Bench::LatencySummary => latency::summarize(),
+        Bench::Footprint(args) => footprint::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,
     }

@@ -43,7 +43,8 @@ pub struct Args {
 
 const TOKEN: &str = "bench-token";
 
-fn sku_state(i: usize, locations: usize) -> SkuState {
+/// A plausible sku state: `locations` locations, every tenth sku with an open hold.
+pub fn sku_state(i: usize, locations: usize) -> SkuState {
     let mut state = SkuState {
         version: 3,
         ..SkuState::default()

@@ -1,0 +1,121 @@
+//! The footprint benchmark: N sku×location keys of inventory state written to a real,
+//! compacted changelog topic on the running broker, then restored the way a starting
+//! pipeline restores it (one consumer reading every partition to its high watermark, then the
+//! inventory processor's restore), with the process RSS before and after.
+
+use std::time::Instant;
+
+use erpstream_connectors::kafka::{Changelog, KafkaConfig, Publisher, RawRecord, TopicSpec};
+use erpstream_pipeline::processors::Processor;
+use erpstream_pipeline::processors::inventory::{Inventory, InventoryConfig};
+use erpstream_schemas::Codec;
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::{report, snapshot::sku_state};
+
+/// Arguments of `erpstream-bench footprint`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bootstrap servers of the running broker.
+    #[arg(long, env = "ERPSTREAM_BROKERS")]
+    brokers: String,
+    /// Skus (each at `--locations` locations).
+    #[arg(long, default_value_t = 1_000_000)]
+    skus: usize,
+    /// Locations per sku.
+    #[arg(long, default_value_t = 1)]
+    locations: usize,
+    /// Changelog partitions.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+}
+
+/// Runs the benchmark and writes `bench/results/footprint.json`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut kafka = KafkaConfig::new(args.brokers.clone());
+    kafka.linger = std::time::Duration::from_millis(20);
+    kafka.idempotence = false;
+    let topic = format!(
+        "bench.footprint.{}.changelog",
+        chrono::Utc::now().timestamp_millis()
+    );
+    erpstream_connectors::kafka::ensure_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: args.partitions,
+            compacted: true,
+        }],
+    )
+    .await?;
+    // The codec is never asked for a schema: changelog values are raw bytes.
+    let publisher = Publisher::new(&kafka, "bench-footprint", Codec::new("http://127.0.0.1:1")?)?;
+    eprintln!("[footprint] writing {} keys to {topic}", args.skus);
+    let started = Instant::now();
+    for wave in (0..args.skus).collect::<Vec<_>>().chunks(20_000) {
+        let sends = wave.iter().map(|&i| {
+            let value = serde_json::to_vec(&sku_state(i, args.locations)).expect("serialize");
+            publisher.send(RawRecord {
+                topic: topic.clone(),
+                key: Some(format!("SKU-{i:08}").into_bytes()),
+                payload: Some(value),
+                headers: Vec::new(),
+                partition: Some((i % args.partitions as usize) as i32),
+            })
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+        eprintln!("  {} written", wave.last().map_or(0, |l| l + 1));
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+
+    let baseline_rss = report::proc_status_bytes("VmRSS:");
+    let changelog = Changelog::new(topic.clone(), kafka.clone(), publisher.clone());
+    let partitions: Vec<i32> = (0..args.partitions).collect();
+    let started = Instant::now();
+    let mut restored = changelog.restore(&partitions).await?;
+    let read_seconds = started.elapsed().as_secs_f64();
+    let keys: usize = restored.values().map(|p| p.len()).sum();
+    let config: InventoryConfig = serde_json::from_value(json!({
+        "inputs": ["inventory.change"], "output": "inventory.available"
+    }))?;
+    let mut inventory = Inventory::new("inventory", &config, "inventory.available".into());
+    let started = Instant::now();
+    for partition in &partitions {
+        inventory.restore(*partition, restored.remove(partition).unwrap_or_default());
+    }
+    let build_seconds = started.elapsed().as_secs_f64();
+    drop(restored);
+    let state_rss = report::proc_status_bytes("VmRSS:");
+    let peak_rss = report::proc_status_bytes("VmHWM:");
+    let result = json!({
+        "benchmark": "footprint",
+        "machine": report::machine(),
+        "settings": {
+            "skus": args.skus, "locations_per_sku": args.locations, "partitions": args.partitions,
+            "keys": keys, "brokers": args.brokers, "broker": "as given (tansu 0.6.0 via bench/footprint.sh)",
+        },
+        "results": {
+            "write_seconds": write_seconds,
+            "write_records_per_second": args.skus as f64 / write_seconds,
+            "restore_read_seconds": read_seconds,
+            "restore_build_seconds": build_seconds,
+            "restore_total_seconds": read_seconds + build_seconds,
+            "process_rss_after_restore_bytes": state_rss,
+            "rss_above_baseline_bytes": state_rss.saturating_sub(baseline_rss),
+            "peak_rss_bytes": peak_rss,
+        },
+    });
+    anyhow::ensure!(
+        keys == args.skus,
+        "restored {keys} keys, wrote {}",
+        args.skus
+    );
+    std::hint::black_box(&inventory);
+    let path = report::write("footprint", &result)?;
+    println!("{}", serde_json::to_string_pretty(&result["results"])?);
+    eprintln!("[footprint] written to {}", path.display());
+    Ok(())
+}
