@@ -56,6 +56,7 @@ pub struct Dedupe {
     output: Option<String>,
     seen: HashMap<i32, HashMap<String, i64>>,
     processed: u64,
+    duplicates: metrics::Counter,
 }
 
 impl Dedupe {
@@ -67,6 +68,8 @@ impl Dedupe {
             output,
             seen: HashMap::new(),
             processed: 0,
+            duplicates: metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => id.to_string(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate"),
         }
     }
 
@@ -119,9 +122,7 @@ impl Processor for Dedupe {
             .get(key)
             .is_some_and(|at| *at >= now - self.retention_ms)
         {
-            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
-                m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
-            .increment(1);
+            self.duplicates.increment(1);
             return false;
         }
         keys.insert(key.to_string(), now);

@@ -162,6 +162,32 @@ pub struct Inventory {
     /// Per partition, skus with open or remembered holds (visited by `tick`).
     tracked: HashMap<i32, HashSet<String>>,
     last_forget: i64,
+    counters: Counters,
+}
+
+/// Metric handles, registered once (a `counter!` per record costs a registry lookup).
+struct Counters {
+    received: metrics::Counter,
+    sent: metrics::Counter,
+    stale: metrics::Counter,
+    unchanged: metrics::Counter,
+}
+
+impl Counters {
+    fn new(id: &str) -> Self {
+        let dropped = |reason: &'static str| {
+            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => id.to_string(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => reason)
+        };
+        Self {
+            received: metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => id.to_string(),
+                m::COMPONENT_TYPE => TYPE),
+            sent: metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => id.to_string(),
+                m::COMPONENT_TYPE => TYPE),
+            stale: dropped("stale"),
+            unchanged: dropped("unchanged"),
+        }
+    }
 }
 
 /// What triggered an emitted state: for the record's provenance fields.
@@ -183,6 +209,7 @@ impl Inventory {
             state: InventoryView::default(),
             tracked: HashMap::new(),
             last_forget: 0,
+            counters: Counters::new(id),
         }
     }
 
@@ -205,12 +232,6 @@ impl Inventory {
             .get(sku)
             .copied()
             .unwrap_or(self.safety_stock.default)
-    }
-
-    fn dropped(&self, reason: &'static str) {
-        metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
-            m::COMPONENT_TYPE => TYPE, m::REASON => reason)
-        .increment(1);
     }
 
     /// Applies `change` to the state of `sku`, records what must become durable in
@@ -268,7 +289,7 @@ impl Inventory {
                 Box::new(available),
                 trace,
             ));
-            metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+            self.counters.sent.increment(1);
         }
         outcome
     }
@@ -317,7 +338,7 @@ impl Processor for Inventory {
     }
 
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
-        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        self.counters.received.increment(1);
         let now = erpstream_schemas::now_millis();
         let outcome = match &record.event {
             Decoded::InventoryChange(change) => {
@@ -355,8 +376,8 @@ impl Processor for Inventory {
             _ => return false,
         };
         match outcome {
-            state::Applied::Stale => self.dropped("stale"),
-            state::Applied::Unchanged => self.dropped("unchanged"),
+            state::Applied::Stale => self.counters.stale.increment(1),
+            state::Applied::Unchanged => self.counters.unchanged.increment(1),
             state::Applied::Changed => {}
         }
         false
