@@ -90,7 +90,9 @@ struct Inner {
     settings: SrSettings,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
-    schemas: HashMap<EventKind, Schema>,
+    schemas: HashMap<EventKind, &'static Schema>,
+    /// Schema-aware writers and readers of the bundled schemas, built once.
+    direct: HashMap<EventKind, (GenericDatumWriter<'static>, GenericDatumReader<'static>)>,
     /// Schema id of this build's contract per topic, learnt at registration.
     ids: RwLock<HashMap<String, (EventKind, u32)>>,
 }
@@ -103,11 +105,17 @@ impl Codec {
             .no_proxy()
             .build()
             .map_err(CodecError::registry)?;
-        let mut schemas = HashMap::new();
-        for kind in EventKind::ALL {
-            let schema = Schema::parse_str(kind.schema_text())
-                .map_err(|source| CodecError::BundledSchema { kind, source })?;
-            schemas.insert(kind, schema);
+        let schemas = bundled()?;
+        let mut direct = HashMap::new();
+        for (&kind, &schema) in &schemas {
+            let bundled_error = |source| CodecError::BundledSchema { kind, source };
+            let writer = GenericDatumWriter::builder(schema)
+                .build()
+                .map_err(bundled_error)?;
+            let reader = GenericDatumReader::builder(schema)
+                .build()
+                .map_err(bundled_error)?;
+            direct.insert(kind, (writer, reader));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -115,6 +123,7 @@ impl Codec {
                 decoder: AvroDecoder::new(settings.clone()),
                 settings,
                 schemas,
+                direct,
                 ids: RwLock::new(HashMap::new()),
             }),
         })
@@ -181,24 +190,22 @@ impl Codec {
     }
 
     fn encode_direct<E: Event>(&self, id: u32, event: &E) -> Result<Vec<u8>, CodecError> {
-        let schema = &self.inner.schemas[&E::KIND];
-        let encode_error = |source| CodecError::Encode {
-            kind: E::KIND,
-            source,
-        };
-        let writer = GenericDatumWriter::builder(schema)
-            .build()
-            .map_err(encode_error)?;
+        let (writer, _) = &self.inner.direct[&E::KIND];
         let mut out = Vec::with_capacity(256);
         out.push(0);
         out.extend_from_slice(&id.to_be_bytes());
-        writer.write_ser(&mut out, event).map_err(encode_error)?;
+        writer
+            .write_ser(&mut out, event)
+            .map_err(|source| CodecError::Encode {
+                kind: E::KIND,
+                source,
+            })?;
         Ok(out)
     }
 
     /// The Avro value of `event`, resolved against its schema (decimals, timestamps, unions).
     pub fn to_value<E: Event>(&self, event: &E) -> Result<Value, CodecError> {
-        let schema = &self.inner.schemas[&E::KIND];
+        let schema = self.inner.schemas[&E::KIND];
         apache_avro::to_value(event)
             .and_then(|v| v.resolve(schema))
             .map_err(|source| CodecError::Encode {
@@ -217,10 +224,7 @@ impl Codec {
         if let Some(id) = wire_id(payload)
             && self.is_own(E::KIND, id)
         {
-            let schema = &self.inner.schemas[&E::KIND];
-            let reader = GenericDatumReader::builder(schema)
-                .build()
-                .map_err(|e| CodecError::Decode(e.to_string()))?;
+            let (_, reader) = &self.inner.direct[&E::KIND];
             return reader
                 .read_deser(&mut &payload[5..])
                 .map_err(|e| CodecError::Decode(e.to_string()));
@@ -250,6 +254,23 @@ impl Codec {
             })?;
         Ok(decoded.value)
     }
+}
+
+/// This build's contracts, parsed once per process and kept for its lifetime (the direct
+/// writers and readers borrow them).
+fn bundled() -> Result<HashMap<EventKind, &'static Schema>, CodecError> {
+    static BUNDLED: std::sync::OnceLock<HashMap<EventKind, &'static Schema>> =
+        std::sync::OnceLock::new();
+    if let Some(schemas) = BUNDLED.get() {
+        return Ok(schemas.clone());
+    }
+    let mut schemas = HashMap::new();
+    for kind in EventKind::ALL {
+        let schema = Schema::parse_str(kind.schema_text())
+            .map_err(|source| CodecError::BundledSchema { kind, source })?;
+        schemas.insert(kind, &*Box::leak(Box::new(schema)));
+    }
+    Ok(BUNDLED.get_or_init(|| schemas).clone())
 }
 
 /// The schema id of a Confluent wire-format record.
