@@ -25,3 +25,11 @@ impl std::fmt::Display for Problem {
         write!(f, "{}: {}", self.path, self.rule)
     }
 }
+
+/// A problem at `path` unless `url` is an http(s) URL.
+pub fn http_url(path: String, url: &str) -> Option<Problem> {
+    match reqwest::Url::parse(url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => None,
+        _ => Some(Problem::new(path, "must be an http(s) URL")),
+    }
+}

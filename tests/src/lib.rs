@@ -504,6 +504,16 @@ impl Pipeline {
         (status, headers, json)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// `GET /api/inventory/snapshot?<query>` with a bearer token; status and JSON.
     pub async fn snapshot(&self, query: &str) -> (u16, Value) {
         let response = reqwest::Client::new()

@@ -495,12 +495,7 @@ async fn snapshot_filters_by_location_and_unconfirmed_holds_expire() {
     wait_figures(&pipeline, &sku, (7, 5, 2)).await;
     // Nothing confirms or cancels it: the hold expires and the stock is sellable again.
     wait_figures(&pipeline, &sku, (7, 0, 7)).await;
-    let metrics = reqwest::get(format!("{}/metrics", pipeline.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = pipeline.metrics().await;
     assert!(
         metrics.contains(r#"erpstream_reservations_expired_total{component_id="inventory"} 1"#),
         "{metrics}"

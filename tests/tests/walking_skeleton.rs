@@ -75,12 +75,7 @@ async fn signed_inventory_change_reaches_the_storefront_and_decodes_through_the_
     );
     assert_eq!(event.occurred_at, 1_705_745_100_000);
 
-    let metrics = reqwest::get(format!("{}/metrics", pipeline.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = pipeline.metrics().await;
     for series in [
         r#"erpstream_end_to_end_latency_seconds_count{component_id="storefront"} 1"#,
         r#"erpstream_component_sent_events_total{component_id="erp",component_type="erp_webhook"} 1"#,

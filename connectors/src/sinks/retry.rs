@@ -83,6 +83,27 @@ fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Sends `request`, recording its duration in `erpstream_http_request_duration_seconds` for
+/// `component_id`; a timeout or transport failure is an [`Outcome::Retry`].
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    component_id: &str,
+) -> Result<reqwest::Response, Outcome> {
+    let started = std::time::Instant::now();
+    let result = request.send().await;
+    metrics::histogram!(crate::metrics::REQUEST_DURATION,
+        crate::metrics::COMPONENT_ID => component_id.to_string())
+    .record(started.elapsed().as_secs_f64());
+    result.map_err(|err| Outcome::Retry {
+        reason: if err.is_timeout() {
+            "request timed out".into()
+        } else {
+            format!("request failed: {}", error_chain(&err))
+        },
+        retry_after: None,
+    })
+}
+
 /// Classifies an HTTP answer of `peer` (named in the reasons).
 pub fn classify(peer: &str, status: reqwest::StatusCode, retry_after: Option<Duration>) -> Outcome {
     if status.is_success() {

@@ -7,4 +7,5 @@
 
 pub mod erp_webhook;
 pub mod fields;
+pub mod http;
 pub mod storefront_api;

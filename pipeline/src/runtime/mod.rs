@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use futures::future::BoxFuture;
+
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
 use erpstream_connectors::sinks::erp_rest::{self, ErpRestSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
@@ -135,8 +137,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     for (id, sink) in &topology.sinks {
         let group = format!("{}.{id}", topology.app_id);
         let rx = shutdown_rx.clone();
-        let name = id.clone();
-        match sink {
+        let (component_type, ready, run) = match sink {
             SinkConfig::StorefrontWebhook(config) => {
                 let inputs = config
                     .inputs
@@ -165,13 +166,10 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
-                readiness.push((id.clone(), sink.ready()));
-                let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
-                    component_type = storefront_webhook::TYPE);
-                tasks.spawn(
-                    async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }
-                        .instrument(span),
-                );
+                let ready = sink.ready();
+                let run: BoxFuture<'static, Result<(), String>> =
+                    Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
+                (storefront_webhook::TYPE, ready, run)
             }
             SinkConfig::ErpRest(config) => {
                 let inputs = config
@@ -196,15 +194,17 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
-                readiness.push((id.clone(), sink.ready()));
-                let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
-                    component_type = erp_rest::TYPE);
-                tasks.spawn(
-                    async move { (name, sink.run(rx).await.map_err(|e| e.to_string())) }
-                        .instrument(span),
-                );
+                let ready = sink.ready();
+                let run: BoxFuture<'static, Result<(), String>> =
+                    Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
+                (erp_rest::TYPE, ready, run)
             }
-        }
+        };
+        readiness.push((id.clone(), ready));
+        let span = tracing::info_span!("component", component_kind = "sink", component_id = %id,
+            component_type);
+        let name = id.clone();
+        tasks.spawn(async move { (name, run.await) }.instrument(span));
     }
 
     let router = router.merge(http::operations(

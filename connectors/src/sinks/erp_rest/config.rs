@@ -114,10 +114,7 @@ impl ErpRestConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
     pub fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => problems.push(Problem::new(format!("{at}.url"), "must be an http(s) URL")),
-        }
+        problems.extend(crate::validation::http_url(format!("{at}.url"), &self.url));
         if self.inputs.is_empty() {
             problems.push(Problem::new(
                 format!("{at}.inputs"),

@@ -41,7 +41,7 @@ use crate::kafka::{
 };
 use crate::metrics as m;
 use crate::secret::SecretError;
-use crate::sinks::retry::{Outcome, backoff, classify, error_chain, retry_after};
+use crate::sinks::retry::{Outcome, backoff, classify, retry_after, send};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_rest";
@@ -405,24 +405,14 @@ impl ErpRestSink {
         self.send(request).await
     }
 
+    /// One request; `409 Conflict` means the ERP has the document already.
     async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
-        let started = std::time::Instant::now();
-        let result = request.send().await;
-        metrics::histogram!(m::REQUEST_DURATION, m::COMPONENT_ID => self.id.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
+        match send(request, &self.id).await {
             Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
                 Outcome::Delivered
             }
             Ok(response) => classify("ERP", response.status(), retry_after(response.headers())),
-            Err(err) if err.is_timeout() => Outcome::Retry {
-                reason: "request timed out".into(),
-                retry_after: None,
-            },
-            Err(err) => Outcome::Retry {
-                reason: format!("request failed: {}", error_chain(&err)),
-                retry_after: None,
-            },
+            Err(outcome) => outcome,
         }
     }
 
@@ -446,12 +436,11 @@ impl ErpRestSink {
                 &json!([["po_no", "=", order.transaction_id]]).to_string(),
             )
             .append_pair("fields", r#"["name"]"#);
-        let lookup = self
-            .client
-            .get(url.clone())
-            .header("authorization", &auth)
-            .send()
-            .await;
+        let lookup = send(
+            self.client.get(url.clone()).header("authorization", &auth),
+            &self.id,
+        )
+        .await;
         match lookup {
             Ok(response) if response.status().is_success() => {
                 let found = response
@@ -471,12 +460,7 @@ impl ErpRestSink {
                     retry_after(response.headers()),
                 );
             }
-            Err(err) => {
-                return Outcome::Retry {
-                    reason: format!("lookup failed: {}", error_chain(&err)),
-                    retry_after: None,
-                };
-            }
+            Err(outcome) => return outcome,
         }
         url.set_query(None);
         let request = self

@@ -2,12 +2,11 @@
 //! answer as delivered, worth retrying (408, 429, 5xx, timeouts, connection errors) or
 //! refused for good (other 4xx).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::metrics as m;
-use crate::sinks::retry::{Outcome, classify, error_chain, retry_after};
+use crate::sinks::retry::{Outcome, classify, retry_after, send};
 use crate::sources::erp_webhook::signature::sign_hex;
 
 /// Signs and sends deliveries to one URL.
@@ -61,24 +60,13 @@ impl DeliveryService {
         if let Some(trace) = traceparent {
             request = request.header("traceparent", trace);
         }
-        let started = Instant::now();
-        let result = request.body(body).send().await;
-        metrics::histogram!(m::REQUEST_DURATION, m::COMPONENT_ID => self.component_id.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
+        match send(request.body(body), &self.component_id).await {
             Ok(response) => classify(
                 "storefront",
                 response.status(),
                 retry_after(response.headers()),
             ),
-            Err(err) if err.is_timeout() => Outcome::Retry {
-                reason: "request timed out".into(),
-                retry_after: None,
-            },
-            Err(err) => Outcome::Retry {
-                reason: format!("request failed: {}", error_chain(&err)),
-                retry_after: None,
-            },
+            Err(outcome) => outcome,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use erpstream_schemas::{
@@ -32,7 +32,6 @@ use erpstream_schemas::{
     SalesOrder, Traceparent, Variant, now_millis,
 };
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -43,6 +42,7 @@ use signature::Verifier;
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
+use crate::sources::http;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_webhook";
@@ -120,17 +120,9 @@ impl ErpWebhookSource {
 
     async fn accept(&self, headers: &HeaderMap, body: Body) -> Result<Accepted, Refusal> {
         let started = Instant::now();
-        let limit = self.config.max_body.as_u64() as usize;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(Refusal::TooLarge(limit));
-        }
-        let bytes = axum::body::to_bytes(body, limit)
+        let bytes = http::read_limited(headers, body, self.config.max_body.as_u64() as usize)
             .await
-            .map_err(|_| Refusal::TooLarge(limit))?;
+            .map_err(Refusal::TooLarge)?;
         self.verifier
             .verify(headers, &bytes, now_millis() / 1000)
             .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
@@ -148,12 +140,7 @@ impl ErpWebhookSource {
             .increment(1);
             return Ok(previous);
         }
-        let trace = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Traceparent::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(Traceparent::new_root);
+        let trace = http::trace_of(headers);
         let accepted = self
             .publish(parsed, key.clone(), &trace)
             .await
@@ -385,36 +372,12 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Refusal::TooLarge(limit) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
-            )
-                .into_response(),
-            Refusal::Unauthorized(reason) => (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error": "unauthorized", "reason": reason})),
-            )
-                .into_response(),
-            Refusal::Invalid(e) => (
-                StatusCode::BAD_REQUEST,
-                axum::Json(
-                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
-                ),
-            )
-                .into_response(),
+            Refusal::TooLarge(limit) => http::too_large(limit),
+            Refusal::Unauthorized(reason) => http::unauthorized(&reason, None),
+            Refusal::Invalid(e) => http::invalid(StatusCode::BAD_REQUEST, &e),
             Refusal::Broker(e) => {
                 tracing::warn!(error = %e, "webhook not stored");
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(
-                        json!({"error": "not stored, retry later", "reason": e.to_string()}),
-                    ),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                response
+                http::retry_later(&e.to_string(), RETRY_AFTER_SECS)
             }
         }
     }

@@ -16,6 +16,11 @@ impl ApiAuth {
         Self { tokens }
     }
 
+    /// The `401` for a request [`check`](Self::check) refused.
+    pub fn refuse(reason: &str) -> axum::response::Response {
+        crate::sources::http::unauthorized(reason, Some("Bearer"))
+    }
+
     /// `Ok` if the request carries a configured token; else why not.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let bearer = headers

@@ -29,7 +29,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use erpstream_schemas::{
@@ -49,6 +49,7 @@ use store::{Answer, RequestStore};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
+use crate::sources::http;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "storefront_api";
@@ -143,8 +144,14 @@ impl StorefrontApiSource {
     /// The HTTP routes of this source.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .route(ORDERS_PATH, post(handle_order))
-            .route(ADJUST_PATH, post(handle_adjustment))
+            .route(
+                ORDERS_PATH,
+                post(|State(s), headers, body| handle(s, Kind::Order, headers, body)),
+            )
+            .route(
+                ADJUST_PATH,
+                post(|State(s), headers, body| handle(s, Kind::Adjustment, headers, body)),
+            )
             .with_state(self)
     }
 
@@ -175,17 +182,9 @@ impl StorefrontApiSource {
         body: Body,
     ) -> Result<Response, Refusal> {
         self.auth.check(headers).map_err(Refusal::Unauthorized)?;
-        let limit = self.config.max_body.as_u64() as usize;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(Refusal::TooLarge(limit));
-        }
-        let bytes = axum::body::to_bytes(body, limit)
+        let bytes = http::read_limited(headers, body, self.config.max_body.as_u64() as usize)
             .await
-            .map_err(|_| Refusal::TooLarge(limit))?;
+            .map_err(Refusal::TooLarge)?;
         let default_location = self.config.default_location.as_deref();
         let document = match kind {
             Kind::Order => Document::Order(payload::order(&bytes, default_location)?),
@@ -203,12 +202,7 @@ impl StorefrontApiSource {
         {
             return self.repeat(kind, &key, &sha, previous);
         }
-        let trace = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Traceparent::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(Traceparent::new_root);
+        let trace = http::trace_of(headers);
         let response = self
             .publish(document, &trace)
             .await
@@ -393,30 +387,15 @@ fn answer_response(answer: &Answer, replayed: bool) -> Response {
     response
 }
 
-async fn handle_order(
-    State(source): State<Arc<StorefrontApiSource>>,
+async fn handle(
+    source: Arc<StorefrontApiSource>,
+    kind: Kind,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let span = tracing::info_span!("component", component_kind = "source",
         component_id = %source.id, component_type = TYPE);
-    source
-        .accept(Kind::Order, &headers, body)
-        .instrument(span)
-        .await
-}
-
-async fn handle_adjustment(
-    State(source): State<Arc<StorefrontApiSource>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let span = tracing::info_span!("component", component_kind = "source",
-        component_id = %source.id, component_type = TYPE);
-    source
-        .accept(Kind::Adjustment, &headers, body)
-        .instrument(span)
-        .await
+    source.accept(kind, &headers, body).instrument(span).await
 }
 
 /// Why a request was not accepted, and the reply that says so.
@@ -451,48 +430,13 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let retry_later = |reason: String| {
-            let mut response = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": "not stored, retry later", "reason": reason})),
-            )
-                .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-            response
-        };
         match self {
-            Refusal::TooLarge(limit) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
-            )
-                .into_response(),
-            Refusal::Unauthorized(reason) => {
-                let mut response = (
-                    StatusCode::UNAUTHORIZED,
-                    axum::Json(json!({"error": "unauthorized", "reason": reason})),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                response
+            Refusal::TooLarge(limit) => http::too_large(limit),
+            Refusal::Unauthorized(reason) => ApiAuth::refuse(reason),
+            Refusal::Invalid(Invalid::Shape(e)) => http::invalid(StatusCode::BAD_REQUEST, &e),
+            Refusal::Invalid(Invalid::Rule(e)) => {
+                http::invalid(StatusCode::UNPROCESSABLE_ENTITY, &e)
             }
-            Refusal::Invalid(Invalid::Shape(e)) => (
-                StatusCode::BAD_REQUEST,
-                axum::Json(
-                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
-                ),
-            )
-                .into_response(),
-            Refusal::Invalid(Invalid::Rule(e)) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                axum::Json(
-                    json!({"error": "invalid payload", "field": e.field, "reason": e.reason}),
-                ),
-            )
-                .into_response(),
             Refusal::Conflict(field, key) => (
                 StatusCode::CONFLICT,
                 axum::Json(json!({"error": "idempotency conflict", "field": field,
@@ -501,11 +445,11 @@ impl IntoResponse for Refusal {
                 .into_response(),
             Refusal::Store(e) => {
                 tracing::warn!(error = %e, "request store unavailable");
-                retry_later(format!("request store unavailable: {e}"))
+                http::retry_later(&format!("request store unavailable: {e}"), RETRY_AFTER_SECS)
             }
             Refusal::Broker(e) => {
                 tracing::warn!(error = %e, "document not stored");
-                retry_later(e.to_string())
+                http::retry_later(&e.to_string(), RETRY_AFTER_SECS)
             }
         }
     }

@@ -56,15 +56,7 @@ async fn handle(
     query: Result<Query<SnapshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(reason) = snapshot.auth.check(&headers) {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "unauthorized", "reason": reason})),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return ApiAuth::refuse(reason);
     }
     let Query(query) = match query {
         Ok(query) => query,

@@ -1,0 +1,80 @@
+//! What the HTTP sources share: reading a body within its size limit, the trace context of a
+//! request, and the replies every source gives the same way.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use erpstream_schemas::Traceparent;
+use serde_json::json;
+
+use super::fields::FieldError;
+
+/// The body, or `Err(limit)` when it is (or declares to be) larger than `limit` bytes.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, usize> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(limit);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| limit)
+}
+
+/// A child of the request's `traceparent`, or a new trace.
+pub fn trace_of(headers: &HeaderMap) -> Traceparent {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Traceparent::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(Traceparent::new_root)
+}
+
+/// `413` naming the limit.
+pub fn too_large(limit: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
+    )
+        .into_response()
+}
+
+/// `401`; `challenge` is the `WWW-Authenticate` scheme, if the caller can answer one.
+pub fn unauthorized(reason: &str, challenge: Option<&'static str>) -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"error": "unauthorized", "reason": reason})),
+    )
+        .into_response();
+    if let Some(scheme) = challenge {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+    }
+    response
+}
+
+/// `status` naming the refused field.
+pub fn invalid(status: StatusCode, error: &FieldError) -> Response {
+    (
+        status,
+        axum::Json(
+            json!({"error": "invalid payload", "field": error.field, "reason": error.reason}),
+        ),
+    )
+        .into_response()
+}
+
+/// `503` with `Retry-After`: nothing was acknowledged, the caller should send again.
+pub fn retry_later(reason: &str, retry_after_secs: u64) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "not stored, retry later", "reason": reason})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
