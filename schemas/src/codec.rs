@@ -258,6 +258,12 @@ impl Codec {
 
 /// This build's contracts, parsed once per process and kept for its lifetime (the direct
 /// writers and readers borrow them).
+/// The parsed schema of `kind` this build carries.
+pub fn bundled_schema(kind: EventKind) -> Result<&'static Schema, CodecError> {
+    // Every kind is parsed into the map, so indexing cannot miss.
+    Ok(bundled()?[&kind])
+}
+
 fn bundled() -> Result<HashMap<EventKind, &'static Schema>, CodecError> {
     static BUNDLED: std::sync::OnceLock<HashMap<EventKind, &'static Schema>> =
         std::sync::OnceLock::new();

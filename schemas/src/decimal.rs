@@ -52,7 +52,9 @@ pub fn check(value: Decimal, scale: u32) -> Result<(), DecimalError> {
     unscaled(value, scale).map(|_| ())
 }
 
-fn to_bytes(value: Decimal, scale: u32) -> Result<Vec<u8>, DecimalError> {
+/// `value` as the bytes of an Avro `decimal` of `scale` (8 bytes, big-endian two's
+/// complement), refusing rounding and overflow.
+pub fn avro_bytes(value: Decimal, scale: u32) -> Result<Vec<u8>, DecimalError> {
     // Always 8 bytes (sign-extended): apache-avro refuses a `bytes` decimal shorter than its
     // precision needs, and 8 bytes hold every 18-digit value. Readers accept any length.
     let unscaled = i64::try_from(unscaled(value, scale)?).map_err(|_| DecimalError::TooLarge)?;
@@ -77,7 +79,7 @@ macro_rules! scaled_module {
 
             /// Serializes as Avro decimal bytes.
             pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-                let bytes = to_bytes(*value, $scale).map_err(S::Error::custom)?;
+                let bytes = avro_bytes(*value, $scale).map_err(S::Error::custom)?;
                 s.serialize_bytes(&bytes)
             }
 
@@ -99,7 +101,7 @@ macro_rules! scaled_module {
                     match value {
                         None => s.serialize_none(),
                         Some(v) => {
-                            let bytes = to_bytes(*v, $scale).map_err(S::Error::custom)?;
+                            let bytes = avro_bytes(*v, $scale).map_err(S::Error::custom)?;
                             s.serialize_some(&serde_bytes_wrapper(&bytes))
                         }
                     }
@@ -198,7 +200,7 @@ mod tests {
             "0",
         ] {
             let d = Decimal::from_str(text).unwrap();
-            let bytes = to_bytes(d, QUANTITY_SCALE).unwrap();
+            let bytes = avro_bytes(d, QUANTITY_SCALE).unwrap();
             assert_eq!(
                 from_bytes(&bytes, QUANTITY_SCALE).unwrap().normalize(),
                 d.normalize()
@@ -209,10 +211,10 @@ mod tests {
     #[test]
     fn big_endian_twos_complement() {
         assert_eq!(
-            to_bytes(Decimal::from(1), 0).unwrap(),
+            avro_bytes(Decimal::from(1), 0).unwrap(),
             vec![0, 0, 0, 0, 0, 0, 0, 0x01]
         );
-        assert_eq!(to_bytes(Decimal::from(-1), 0).unwrap(), vec![0xff; 8]);
+        assert_eq!(avro_bytes(Decimal::from(-1), 0).unwrap(), vec![0xff; 8]);
         assert_eq!(from_bytes(&[0xff, 0x7f], 0).unwrap(), Decimal::from(-129));
         assert_eq!(from_bytes(&[0x00, 0x80], 0).unwrap(), Decimal::from(128));
     }

@@ -21,7 +21,7 @@ pub use changelog::Changelog;
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
 pub use dead_letter::{dead_letter, headers_of};
-pub use producer::{Ack, PublishError, Publisher, RawRecord};
+pub use producer::{Ack, PendingAck, PublishError, Publisher, RawRecord};
 
 /// Kafka header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = erpstream_schemas::trace::HEADER;

@@ -4,7 +4,6 @@ use erpstream_schemas::{Codec, CodecError, Event, Traceparent};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 use super::{KafkaConfig, TRACEPARENT_HEADER};
 
@@ -33,6 +32,9 @@ pub struct RawRecord {
     /// Explicit partition (changelogs mirror their input partition).
     pub partition: Option<i32>,
 }
+
+/// The broker's acknowledgement of a queued record, still to come.
+pub type PendingAck = futures::future::BoxFuture<'static, Result<Ack, PublishError>>;
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,13 @@ impl Publisher {
 
     /// Sends an encoded record and waits for the acknowledgement.
     pub async fn send(&self, record: RawRecord) -> Result<Ack, PublishError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Queues an encoded record now (waiting only while the client's queue is full) and
+    /// returns the wait for the broker's acknowledgement. Records queued one after another
+    /// keep that order within their partition, so a caller can have many in flight.
+    pub async fn enqueue(&self, record: RawRecord) -> Result<PendingAck, PublishError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
             headers = headers.insert(Header {
@@ -137,18 +146,28 @@ impl Publisher {
         if let Some(partition) = record.partition {
             future = future.partition(partition);
         }
-        match self
-            .producer
-            .send(future, Timeout::After(Duration::from_secs(1)))
-            .await
-        {
-            Ok(delivery) => Ok(Ack {
-                topic: record.topic,
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((err, _)) => Err(PublishError::Broker(err)),
-        }
+        let delivery = loop {
+            match self.producer.send_result(future) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    future = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((err, _)) => return Err(PublishError::Broker(err)),
+            }
+        };
+        let topic = record.topic;
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(delivery)) => Ok(Ack {
+                    topic,
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((err, _))) => Err(PublishError::Broker(err)),
+                Err(_) => Err(PublishError::Broker(KafkaError::Canceled)),
+            }
+        }))
     }
 
     /// Waits until every queued record is acknowledged or `timeout` passes.

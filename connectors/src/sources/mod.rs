@@ -8,4 +8,5 @@
 pub mod erp_webhook;
 pub mod fields;
 pub mod http;
+pub mod pg_cdc;
 pub mod storefront_api;
