@@ -61,6 +61,100 @@ impl Stack {
     }
 }
 
+/// Opens a Postgres connection whose driver runs on its own task.
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A throw-away Postgres 15 cluster of this test's own (so it can be restarted or run with
+/// other settings without disturbing the stack's).
+pub struct PgCluster {
+    dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PgCluster {
+    /// initdb and start, with `wal_level`.
+    pub fn start(wal_level: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("erpstream-pg-"));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let port = free_port();
+        let cluster = Self { dir, port };
+        let _ = cluster.as_postgres("chown", &["postgres", cluster.dir.to_str().unwrap_or_default()], true);
+        cluster.pg_ctl_tool("initdb", &["-D", &cluster.data(), "-U", "postgres", "-A", "trust", "-E", "UTF8"]);
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nwal_level = {wal_level}\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\n",
+            cluster.dir.display()
+        );
+        let path = PathBuf::from(cluster.data()).join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).expect("postgresql.conf");
+        text.push_str(&conf);
+        std::fs::write(&path, text).expect("write postgresql.conf");
+        cluster.start_again();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Starts it (again).
+    pub fn start_again(&self) {
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.pg_ctl_tool("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"]);
+    }
+
+    /// `pg_ctl stop -m immediate`: a crash, as far as clients can tell.
+    pub fn stop_immediate(&self) {
+        self.pg_ctl_tool("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// URL of `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn pg_ctl_tool(&self, tool: &str, args: &[&str]) {
+        let bin = std::env::var("ERPSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let path = format!("{bin}/{tool}");
+        let ok = self.as_postgres(&path, args, false);
+        assert!(ok, "{tool} {args:?} failed; see {}", self.dir.display());
+    }
+
+    fn as_postgres(&self, program: &str, args: &[&str], root_only: bool) -> bool {
+        // Postgres refuses to run as root: as root, run its tools as the postgres user.
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let mut command = if is_root && !root_only {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else if root_only && !is_root {
+            return true;
+        } else {
+            Command::new(program)
+        };
+        command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let bin = std::env::var("ERPSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let _ = self.as_postgres(&format!("{bin}/pg_ctl"), &["-D", &self.data(), "-m", "immediate", "-w", "stop"], false);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A fresh random suffix.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -243,6 +337,8 @@ pub struct TopologyOptions {
     pub erp: Option<(String, &'static str)>,
     /// Reservation expiry of the inventory processor.
     pub reservation_expiry: &'static str,
+    /// More sources, as YAML indented under `sources:`.
+    pub extra_sources: String,
 }
 
 impl TopologyOptions {
@@ -258,6 +354,7 @@ impl TopologyOptions {
             database: stack.database,
             erp: None,
             reservation_expiry: "30m",
+            extra_sources: String::new(),
         }
     }
 }
@@ -314,6 +411,7 @@ sources:
     default_location: {default_location}
     max_body: 64KiB
     snapshot: inventory
+{extra_sources}
 processors:
   dedupe:
     type: dedupe
@@ -341,6 +439,7 @@ sinks:{erp_sink}
             database = options.database,
             default_location = DEFAULT_LOCATION,
             expiry = options.reservation_expiry,
+            extra_sources = options.extra_sources,
             erp_sink = match &options.erp {
                 Some((url, preset)) => format!(
                     r#"

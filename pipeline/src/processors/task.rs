@@ -132,6 +132,13 @@ impl StreamTask {
                 (message.topic().to_string(), partition),
                 message.offset() + 1,
             );
+            if message.payload().is_none() {
+                // A tombstone (a deleted source row): nothing to process or dead-letter.
+                metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.name.clone(),
+                    m::REASON => "tombstone")
+                .increment(1);
+                continue;
+            }
             match self.decode(&message).await {
                 Ok(record) => {
                     for (index, processor) in self.chain.iter_mut().enumerate() {

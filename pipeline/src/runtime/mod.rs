@@ -20,6 +20,7 @@ use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, Topic
 use erpstream_connectors::sinks::erp_rest::{self, ErpRestSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
 use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
+use erpstream_connectors::sources::pg_cdc::{self, PgCdcSource};
 use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use erpstream_schemas::{Codec, CodecError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -51,6 +52,9 @@ pub enum RuntimeError {
     /// The ERP write-back sink could not be built.
     #[error("{0}")]
     ErpRest(#[from] erp_rest::ErpRestError),
+    /// A change-data-capture source cannot work against its database.
+    #[error("{0}")]
+    Cdc(#[from] pg_cdc::CdcError),
     /// The HTTP listener could not be opened.
     #[error("could not listen on {addr}: {source}")]
     Listen {
@@ -130,6 +134,34 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                 }
                 router = router.merge(source.clone().router());
                 apis.push(source);
+            }
+            SourceConfig::PgCdc(config) => {
+                let tables = config
+                    .tables
+                    .iter()
+                    .filter_map(|(name, mapping)| {
+                        let topic = kafka.topic(&mapping.topic);
+                        Some(pg_cdc::Table {
+                            name: name.clone(),
+                            mapping: mapping.clone(),
+                            kind: topology.contract(&mapping.topic)?,
+                            dlq_topic: dlq_topic(&topic),
+                            topic,
+                        })
+                    })
+                    .collect();
+                let state_key = format!("{}.{id}", topology.app_id);
+                let source =
+                    PgCdcSource::build(id, &state_key, config.clone(), tables, publisher.clone())?;
+                preflight(&source).await?;
+                readiness.push((id.clone(), source.ready()));
+                let span = tracing::info_span!("component", component_kind = "source",
+                    component_id = %id, component_type = pg_cdc::TYPE);
+                let (name, rx) = (id.clone(), shutdown_rx.clone());
+                tasks.spawn(
+                    async move { (name, source.run(rx).await.map_err(|e| e.to_string())) }
+                        .instrument(span),
+                );
             }
         }
     }
@@ -253,6 +285,23 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     failure.map_or(Ok(()), Err)
 }
 
+/// Checks a CDC source's database before anything runs, waiting out one that is still
+/// starting; a database that cannot work (wal_level, privileges, tables) stops the start.
+async fn preflight(source: &PgCdcSource) -> Result<(), RuntimeError> {
+    let mut attempt = 0;
+    loop {
+        match source.preflight().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_retriable() && attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(error = %err, attempt, "source database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 async fn register_contracts(topology: &Topology, codec: &Codec) -> Result<(), RuntimeError> {
     for logical in topology.topics.keys() {
         let Some(kind) = topology.contract(logical) else {
@@ -315,6 +364,14 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
     };
     for (logical, topic) in &topology.topics {
         add(kafka.topic(logical), topic.partitions, topic.compacted);
+    }
+    for source in topology.sources.values() {
+        if let SourceConfig::PgCdc(config) = source {
+            for table in config.tables.values() {
+                let partitions = topology.topics.get(&table.topic).map_or(1, |t| t.partitions);
+                add(dlq_topic(&kafka.topic(&table.topic)), partitions, false);
+            }
+        }
     }
     for chain in chains(topology) {
         let partitions = chain_partitions(topology, &chain);

@@ -13,6 +13,7 @@ use erpstream_connectors::kafka::KafkaConfig;
 use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
+use erpstream_connectors::sources::pg_cdc::{self, PgCdcConfig};
 use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;
@@ -93,6 +94,8 @@ pub enum SourceConfig {
     ErpWebhook(ErpWebhookConfig),
     /// `storefront_api`.
     StorefrontApi(StorefrontApiConfig),
+    /// `pg_cdc`.
+    PgCdc(PgCdcConfig),
 }
 
 /// A processor, by `type`.

@@ -105,7 +105,11 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                 problems.extend(c.validate(at));
                 SourceConfig::StorefrontApi(c)
             }),
-            _ => unknown_type(at, &["erp_webhook", "storefront_api"], problems),
+            "pg_cdc" => typed::<PgCdcConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SourceConfig::PgCdc(c)
+            }),
+            _ => unknown_type(at, &["erp_webhook", "storefront_api", "pg_cdc"], problems),
         },
     );
     let processors = components(
@@ -313,6 +317,18 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                 if let Some(topic) = &c.reservations_topic {
                     let path = format!("{at}.reservations_topic");
                     expect_topic(t, &path, topic, &[EventKind::Reservation], problems);
+                }
+            }
+            SourceConfig::PgCdc(c) => {
+                for (name, table) in &c.tables {
+                    let table_at = format!("{at}.tables.{name}");
+                    let topic_at = format!("{table_at}.topic");
+                    expect_topic(t, &topic_at, &table.topic, &pg_cdc::mapping::MAPPABLE, problems);
+                    if let Some(kind) = t.contract(&table.topic) {
+                        for (field, reason) in pg_cdc::mapping::check(table, kind) {
+                            problems.push(Problem::new(format!("{table_at}.{field}"), reason));
+                        }
+                    }
                 }
             }
             SourceConfig::StorefrontApi(c) => {

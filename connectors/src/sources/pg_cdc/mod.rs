@@ -125,6 +125,7 @@ pub struct Table {
 /// A running `pg_cdc` source.
 pub struct PgCdcSource {
     id: String,
+    state_key: String,
     config: PgCdcConfig,
     tables: Vec<Table>,
     publisher: Publisher,
@@ -140,8 +141,10 @@ struct Target {
 
 impl PgCdcSource {
     /// Builds the source (no I/O; [`PgCdcSource::preflight`] checks the database).
+    /// `state_key` names its record in `erpstream.cdc_sources` (unique per deployment).
     pub fn build(
         id: &str,
+        state_key: &str,
         config: PgCdcConfig,
         tables: Vec<Table>,
         publisher: Publisher,
@@ -177,6 +180,7 @@ impl PgCdcSource {
         .with_buffer_size(16_384);
         Ok(Self {
             id: id.to_string(),
+            state_key: state_key.to_string(),
             config,
             tables,
             publisher,
@@ -253,7 +257,7 @@ impl PgCdcSource {
         let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
         control::ensure_publication(&source, &self.config.publication, &names, self.config.create)
             .await?;
-        let state = StateStore::open(&self.config.state_database, &self.id).await?;
+        let state = StateStore::open(&self.config.state_database, &self.state_key).await?;
         let record = state.load().await?;
         let slot = control::slot_state(&source, &self.config.slot).await?;
         let plan = plan(
