@@ -2,6 +2,7 @@
 //! figures, the median of the repeated runs, and the machine and settings they were taken
 //! on) and prints a readable summary. Benchmarks are never timed tests.
 
+mod cdc;
 mod footprint;
 mod latency;
 mod processors;
@@ -24,6 +25,9 @@ enum Bench {
     Latency(latency::Args),
     /// Merges the per-rate latency results into bench/results/latency.json.
     LatencySummary,
+    /// Postgres → Kafka through a pg_cdc source: snapshot and stream rows/s, commit → ack
+    /// latency (see bench/cdc.sh).
+    Cdc(cdc::Args),
     /// N keys of inventory state through a real changelog topic: restore time and RSS.
     Footprint(footprint::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
@@ -38,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Latency(args) => latency::run(args).await,
         Bench::LatencySummary => latency::summarize(),
+        Bench::Cdc(args) => cdc::run(args).await,
         Bench::Footprint(args) => footprint::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,

@@ -65,6 +65,14 @@ if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'erpstre
   psql_ -d postgres -c "CREATE DATABASE erpstream"
 fi
 [ "$(psql_ -d postgres -c 'SHOW wal_level')" = logical ] || { log "wal_level is not logical"; exit 1; }
+# The ERP database the default topology's pg_cdc source captures (an ERPNext-like Bin table).
+if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'erp'")" != 1 ]; then
+  psql_ -d postgres -c "CREATE DATABASE erp"
+fi
+PGOPTIONS="-c client_min_messages=warning" psql_ -d erp -c "CREATE TABLE IF NOT EXISTS public.bin (
+  item_code text NOT NULL, warehouse text NOT NULL,
+  actual_qty numeric(18,3) NOT NULL DEFAULT 0, reserved_qty numeric(18,3) NOT NULL DEFAULT 0,
+  modified timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (item_code, warehouse))"
 
 # --- broker ---------------------------------------------------------------------------
 if ! alive "$state/run/tansu.pid"; then

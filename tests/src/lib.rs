@@ -70,6 +70,58 @@ pub async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A tansu broker of this test's own, on an empty store (a test that loads the broker
+/// heavily does not slow the others, and the others' data does not slow it).
+pub struct Broker {
+    child: Child,
+    dir: PathBuf,
+    /// Bootstrap servers.
+    pub brokers: String,
+}
+
+impl Broker {
+    /// Starts `tansu` (on `PATH`, as the local stack installs it) and waits for its port.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("erpstream-tansu-"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("broker log");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu (installed by deploy/local/up.sh)");
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "tansu did not open port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            dir,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A throw-away Postgres 15 cluster of this test's own (so it can be restarted or run with
 /// other settings without disturbing the stack's).
 pub struct PgCluster {
@@ -85,8 +137,24 @@ impl PgCluster {
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let port = free_port();
         let cluster = Self { dir, port };
-        let _ = cluster.as_postgres("chown", &["postgres", cluster.dir.to_str().unwrap_or_default()], true);
-        cluster.pg_ctl_tool("initdb", &["-D", &cluster.data(), "-U", "postgres", "-A", "trust", "-E", "UTF8"]);
+        let _ = cluster.as_postgres(
+            "chown",
+            &["postgres", cluster.dir.to_str().unwrap_or_default()],
+            true,
+        );
+        cluster.pg_ctl_tool(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+            ],
+        );
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nwal_level = {wal_level}\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\n",
             cluster.dir.display()
@@ -106,12 +174,18 @@ impl PgCluster {
     /// Starts it (again).
     pub fn start_again(&self) {
         let log = self.dir.join("postgres.log").display().to_string();
-        self.pg_ctl_tool("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"]);
+        self.pg_ctl_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"],
+        );
     }
 
     /// `pg_ctl stop -m immediate`: a crash, as far as clients can tell.
     pub fn stop_immediate(&self) {
-        self.pg_ctl_tool("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.pg_ctl_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 
     /// URL of `database` as the superuser.
@@ -120,7 +194,8 @@ impl PgCluster {
     }
 
     fn pg_ctl_tool(&self, tool: &str, args: &[&str]) {
-        let bin = std::env::var("ERPSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let bin = std::env::var("ERPSTREAM_PG_BIN")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
         let path = format!("{bin}/{tool}");
         let ok = self.as_postgres(&path, args, false);
         assert!(ok, "{tool} {args:?} failed; see {}", self.dir.display());
@@ -128,7 +203,10 @@ impl PgCluster {
 
     fn as_postgres(&self, program: &str, args: &[&str], root_only: bool) -> bool {
         // Postgres refuses to run as root: as root, run its tools as the postgres user.
-        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
         let mut command = if is_root && !root_only {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--", program]);
@@ -149,8 +227,13 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let bin = std::env::var("ERPSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-        let _ = self.as_postgres(&format!("{bin}/pg_ctl"), &["-D", &self.data(), "-m", "immediate", "-w", "stop"], false);
+        let bin = std::env::var("ERPSTREAM_PG_BIN")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let _ = self.as_postgres(
+            &format!("{bin}/pg_ctl"),
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+            false,
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -373,24 +456,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// A topology for this test (not started yet).
     pub fn configure(options: &TopologyOptions) -> Self {
-        let prefix = unique("t") + ".";
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("erpstream-test-"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let topology = dir.join("topology.yaml");
         let text = format!(
-            r#"app_id: {app}
-http:
-  listen: 127.0.0.1:{port}
-kafka:
-  brokers: {brokers}
-  topic_prefix: "{prefix}"
-  delivery_timeout: {delivery_timeout}
-  idempotence: false
-  instance_id: test
-registry:
-  url: {registry}
-topics:
+            r#"topics:
   catalog.update: {{ partitions: 2 }}
   inventory.change: {{ partitions: 2 }}
   inventory.reservation: {{ partitions: 2 }}
@@ -430,12 +497,8 @@ sinks:{erp_sink}
     request_timeout: 2s
     retry: {{ max_attempts: {attempts}, initial_backoff: 50ms, max_backoff: 500ms }}
 "#,
-            app = prefix.trim_end_matches('.'),
-            brokers = options.brokers,
-            registry = options.registry,
             storefront = options.storefront,
             attempts = options.max_attempts,
-            delivery_timeout = options.delivery_timeout,
             database = options.database,
             default_location = DEFAULT_LOCATION,
             expiry = options.reservation_expiry,
@@ -457,6 +520,35 @@ sinks:{erp_sink}
                 None => String::new(),
             },
         );
+        Self::custom(options, &text)
+    }
+
+    /// A topology of this test's own: `body` is everything from `topics:` on; the app id,
+    /// listener, broker and registry come from `options`.
+    pub fn custom(options: &TopologyOptions, body: &str) -> Self {
+        let prefix = unique("t") + ".";
+        let app = prefix.trim_end_matches('.').to_string();
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("erpstream-test-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let topology = dir.join("topology.yaml");
+        let text = format!(
+            r#"app_id: {app}
+http:
+  listen: 127.0.0.1:{port}
+kafka:
+  brokers: {brokers}
+  topic_prefix: "{prefix}"
+  delivery_timeout: {delivery_timeout}
+  idempotence: false
+  instance_id: test
+registry:
+  url: {registry}
+{body}"#,
+            brokers = options.brokers,
+            registry = options.registry,
+            delivery_timeout = options.delivery_timeout,
+        );
         std::fs::write(&topology, text).expect("write topology");
         Self {
             child: None,
@@ -467,8 +559,7 @@ sinks:{erp_sink}
         }
     }
 
-    /// Starts the process and waits until `/readyz` answers 200.
-    pub async fn start(&mut self) {
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -489,6 +580,11 @@ sinks:{erp_sink}
             .spawn()
             .expect("spawn erpstream");
         self.child = Some(child);
+    }
+
+    /// Starts the process and waits until `/readyz` answers 200.
+    pub async fn start(&mut self) {
+        self.spawn();
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", self.url);
         let until = Instant::now() + Duration::from_secs(90);
@@ -516,6 +612,34 @@ sinks:{erp_sink}
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Starts the process, expecting it to refuse to run: waits for it to exit with an error
+    /// and returns its log.
+    pub async fn start_refused(&mut self) -> String {
+        self.spawn();
+        let status = self.wait_exit(Duration::from_secs(90));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "erpstream did not stop with an error ({status:?}); log:\n{}",
+            self.log_text()
+        );
+        self.log_text()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// SIGKILL: no shutdown work at all.
@@ -672,6 +796,30 @@ pub struct TopicRecord {
     pub headers: HashMap<String, String>,
 }
 
+/// How many records `topic` holds (the sum of its partitions' high watermarks).
+pub fn topic_size(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("sizer-"))
+        .create()
+        .expect("consumer");
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return 0;
+    };
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    (0..partitions as i32)
+        .filter_map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .ok()
+        })
+        .map(|(low, high)| high - low)
+        .sum()
+}
+
 /// Every record currently in `topic` (all partitions, up to their high watermarks).
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -707,7 +855,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<TopicRecord> {
         return records;
     }
     consumer.assign(&assignment).expect("assign");
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(180);
     while !ends.is_empty() && Instant::now() < until {
         let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
             continue;

@@ -132,6 +132,9 @@ impl StreamTask {
                 (message.topic().to_string(), partition),
                 message.offset() + 1,
             );
+            metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.name.clone(),
+                m::COMPONENT_TYPE => "processor")
+            .increment(1);
             if message.payload().is_none() {
                 // A tombstone (a deleted source row): nothing to process or dead-letter.
                 metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.name.clone(),

@@ -368,7 +368,10 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
     for source in topology.sources.values() {
         if let SourceConfig::PgCdc(config) = source {
             for table in config.tables.values() {
-                let partitions = topology.topics.get(&table.topic).map_or(1, |t| t.partitions);
+                let partitions = topology
+                    .topics
+                    .get(&table.topic)
+                    .map_or(1, |t| t.partitions);
                 add(dlq_topic(&kafka.topic(&table.topic)), partitions, false);
             }
         }

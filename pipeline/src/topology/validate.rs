@@ -323,7 +323,13 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                 for (name, table) in &c.tables {
                     let table_at = format!("{at}.tables.{name}");
                     let topic_at = format!("{table_at}.topic");
-                    expect_topic(t, &topic_at, &table.topic, &pg_cdc::mapping::MAPPABLE, problems);
+                    expect_topic(
+                        t,
+                        &topic_at,
+                        &table.topic,
+                        &pg_cdc::mapping::MAPPABLE,
+                        problems,
+                    );
                     if let Some(kind) = t.contract(&table.topic) {
                         for (field, reason) in pg_cdc::mapping::check(table, kind) {
                             problems.push(Problem::new(format!("{table_at}.{field}"), reason));

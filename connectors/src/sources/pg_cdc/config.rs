@@ -166,7 +166,10 @@ impl PgCdcConfig {
             problems.push(Problem::new(format!("{at}.snapshot_chunk"), "must be > 0"));
         }
         if self.heartbeat < Duration::from_secs(1) {
-            problems.push(Problem::new(format!("{at}.heartbeat"), "must be at least 1s"));
+            problems.push(Problem::new(
+                format!("{at}.heartbeat"),
+                "must be at least 1s",
+            ));
         }
         if self.source_system.trim().is_empty() {
             problems.push(Problem::new(
@@ -195,7 +198,11 @@ impl PgCdcConfig {
                     ));
                 }
             }
-            if table.occurred_at.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            if table
+                .occurred_at
+                .as_ref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
                 problems.push(Problem::new(
                     format!("{at}.occurred_at"),
                     "must name a column",

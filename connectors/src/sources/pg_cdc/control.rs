@@ -168,7 +168,11 @@ pub async fn ensure_publication(
             if !create {
                 return Err(CdcError::Refused(format!(
                     "publication {publication} does not include {}",
-                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             let list: Vec<String> = missing.iter().map(|t| quoted(t)).collect();

@@ -178,9 +178,9 @@ impl Bound {
                     })?,
                     name: name.clone(),
                 },
-                FieldSource::Const { value } => {
-                    BoundSource::Const(constant(&target, value).map_err(|r| RowError::new(path, r))?)
-                }
+                FieldSource::Const { value } => BoundSource::Const(
+                    constant(&target, value).map_err(|r| RowError::new(path, r))?,
+                ),
             };
             fields.push(BoundField {
                 path: path.clone(),
@@ -355,7 +355,8 @@ impl Bound {
         object.insert("source".into(), Value::String(envelope.source.to_string()));
         object.insert("occurred_at".into(), Value::from(occurred_at));
         object.insert("ingested_at".into(), Value::from(envelope.ingested_at));
-        let schema = bundled_schema(self.kind).map_err(|e| RowError::new("contract", e.to_string()))?;
+        let schema =
+            bundled_schema(self.kind).map_err(|e| RowError::new("contract", e.to_string()))?;
         let mut value = Value::Object(object);
         fill_defaults(schema, &mut value);
         let field_error = |e: serde_path_to_error::Error<serde_json::Error>| {
@@ -455,8 +456,7 @@ fn missing_required(
         }
         let mut here = prefix.to_vec();
         here.push(Segment::Field(field.name.clone()));
-        let touched: Vec<&Vec<Segment>> =
-            set.iter().filter(|p| p.starts_with(&here)).collect();
+        let touched: Vec<&Vec<Segment>> = set.iter().filter(|p| p.starts_with(&here)).collect();
         if touched.is_empty() {
             if field.default.is_none() {
                 problems.push((
@@ -554,7 +554,8 @@ fn target(kind: EventKind, path: &str) -> Result<Target, String> {
         && ENVELOPE.contains(&first.as_str())
     {
         return Err(if first == "occurred_at" {
-            "is set by the source; use the table's occurred_at option to read it from a column".into()
+            "is set by the source; use the table's occurred_at option to read it from a column"
+                .into()
         } else {
             "is set by the source".into()
         });
@@ -588,7 +589,9 @@ fn target(kind: EventKind, path: &str) -> Result<Target, String> {
                 if matches!(schema, Schema::Array(a) if matches!(*a.items, Schema::Record(_)))
                     && !matches!(iter.peek(), Some(Segment::Index(_)))
                 {
-                    return Err(format!("{name} is a list of records; name an item, e.g. {name}[0]"));
+                    return Err(format!(
+                        "{name} is a list of records; name an item, e.g. {name}[0]"
+                    ));
                 }
             }
             (Segment::Index(_), Schema::Array(array)) => schema = &array.items,
@@ -874,14 +877,21 @@ mod tests {
             &columns(&[("id", true), ("item", false), ("qty", false)]),
         )
         .expect("bound");
-        let row = [Cell::Text("1"), Cell::Text("SKU-1"), Cell::Text("45000.125")];
+        let row = [
+            Cell::Text("1"),
+            Cell::Text("SKU-1"),
+            Cell::Text("45000.125"),
+        ];
         let Mapped::InventoryChange(event) = bound.event(&row, None, &envelope()).expect("event")
         else {
             panic!("wrong kind")
         };
         assert_eq!(event.sku, "SKU-1");
         assert_eq!(event.location_code, "WH-1");
-        assert_eq!(event.new_quantity, Some("45000.125".parse().expect("decimal")));
+        assert_eq!(
+            event.new_quantity,
+            Some("45000.125".parse().expect("decimal"))
+        );
         assert_eq!(event.occurred_at, 1_000);
         assert_eq!(event.quantity_change, None);
         assert_eq!(bound.identity(&row), "1");
@@ -905,7 +915,11 @@ mod tests {
         assert_eq!(err.field, "new_quantity");
         assert!(err.reason.contains("column qty"), "{err}");
         let err = bound
-            .event(&[Cell::Text("1"), Cell::Null, Cell::Text("1")], None, &envelope())
+            .event(
+                &[Cell::Text("1"), Cell::Null, Cell::Text("1")],
+                None,
+                &envelope(),
+            )
             .expect_err("null sku");
         assert_eq!(err.field, "sku");
         let err = bound
@@ -946,7 +960,10 @@ mod tests {
         let problems = check(&bad, EventKind::CatalogUpdate);
         let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
         assert!(paths.contains(&"fields.colour"), "{problems:?}");
-        assert!(paths.contains(&"fields.variants[0].selling_price"), "{problems:?}");
+        assert!(
+            paths.contains(&"fields.variants[0].selling_price"),
+            "{problems:?}"
+        );
         assert!(paths.contains(&"fields.idempotency_key"), "{problems:?}");
         assert!(paths.contains(&"fields.group_name"), "{problems:?}");
         assert!(paths.contains(&"fields.variants[0].sku"), "{problems:?}");
@@ -958,11 +975,21 @@ mod tests {
         let m = mapping(
             "topic: catalog.update\nfields:\n  group_id: id\n  group_name: name\n  is_active: active\n  category_path: path\n  variants[0].sku: id\n  variants[0].selling_price: price\n",
         );
-        assert!(check(&m, EventKind::CatalogUpdate).is_empty(), "{:?}", check(&m, EventKind::CatalogUpdate));
+        assert!(
+            check(&m, EventKind::CatalogUpdate).is_empty(),
+            "{:?}",
+            check(&m, EventKind::CatalogUpdate)
+        );
         let bound = Bound::new(
             &m,
             EventKind::CatalogUpdate,
-            &columns(&[("id", true), ("name", false), ("active", false), ("path", false), ("price", false)]),
+            &columns(&[
+                ("id", true),
+                ("name", false),
+                ("active", false),
+                ("path", false),
+                ("price", false),
+            ]),
         )
         .expect("bound");
         let row = [
@@ -979,13 +1006,18 @@ mod tests {
         assert_eq!(event.category_path, vec!["Men", "Shirts, formal"]);
         assert!(event.is_active);
         assert_eq!(event.variants.len(), 1);
-        assert_eq!(event.variants[0].selling_price, Some("19.99".parse().expect("decimal")));
+        assert_eq!(
+            event.variants[0].selling_price,
+            Some("19.99".parse().expect("decimal"))
+        );
     }
 
     #[test]
     fn deletes_become_tombstones_or_events() {
         let cols = columns(&[("item", true), ("qty", false)]);
-        let m = mapping("topic: inventory.change\nfields:\n  sku: item\n  location_code: { const: W }\n  new_quantity: qty\non_delete: { set: { new_quantity: 0, change_reason: DELETED } }\n");
+        let m = mapping(
+            "topic: inventory.change\nfields:\n  sku: item\n  location_code: { const: W }\n  new_quantity: qty\non_delete: { set: { new_quantity: 0, change_reason: DELETED } }\n",
+        );
         let bound = Bound::new(&m, EventKind::InventoryChange, &cols).expect("bound");
         let Deleted::Event(event) = bound
             .deleted(&[Cell::Text("S1"), Cell::Null], &envelope())
@@ -998,8 +1030,12 @@ mod tests {
         };
         assert_eq!(event.new_quantity, Some(Decimal::ZERO));
         assert_eq!(event.change_reason.as_deref(), Some("DELETED"));
-        let tombstone = Bound::new(&mapping(STOCK), EventKind::InventoryChange, &columns(&[("item", true), ("qty", false)]))
-            .expect("bound");
+        let tombstone = Bound::new(
+            &mapping(STOCK),
+            EventKind::InventoryChange,
+            &columns(&[("item", true), ("qty", false)]),
+        )
+        .expect("bound");
         assert!(matches!(
             tombstone.deleted(&[Cell::Text("S1"), Cell::Null], &envelope()),
             Ok(Deleted::Tombstone(k)) if k == "S1"

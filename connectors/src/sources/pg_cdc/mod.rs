@@ -209,12 +209,13 @@ impl PgCdcSource {
         let mut out = Vec::new();
         for table in &self.tables {
             let shape = control::table_shape(source, &table.name).await?;
-            let bound = Bound::new(&table.mapping, table.kind, &shape.columns).map_err(|error| {
-                CdcError::Mapping {
-                    table: table.name.clone(),
-                    error,
-                }
-            })?;
+            let bound =
+                Bound::new(&table.mapping, table.kind, &shape.columns).map_err(|error| {
+                    CdcError::Mapping {
+                        table: table.name.clone(),
+                        error,
+                    }
+                })?;
             out.push((Arc::new(table.clone()), shape, bound));
         }
         Ok(out)
@@ -255,8 +256,13 @@ impl PgCdcSource {
         control::check_server(&source).await?;
         let bound = self.bind_all(&source).await?;
         let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
-        control::ensure_publication(&source, &self.config.publication, &names, self.config.create)
-            .await?;
+        control::ensure_publication(
+            &source,
+            &self.config.publication,
+            &names,
+            self.config.create,
+        )
+        .await?;
         let state = StateStore::open(&self.config.state_database, &self.state_key).await?;
         let record = state.load().await?;
         let slot = control::slot_state(&source, &self.config.slot).await?;
@@ -368,18 +374,30 @@ impl PgCdcSource {
                 metrics::counter!(SNAPSHOT_ROWS, m::COMPONENT_ID => self.id.clone())
                     .increment(rows.len() as u64);
                 if pending.len() >= MAX_PENDING / 4 {
-                    futures::future::try_join_all(pending.drain(..)).await?;
+                    self.acknowledged(pending.drain(..)).await?;
                 }
                 tracing::info!(table = %table.name, rows = done, of = count,
                     rows_per_second = (done as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64,
                     "snapshot progress");
             }
-            futures::future::try_join_all(pending).await?;
+            self.acknowledged(pending.drain(..)).await?;
             tracing::info!(table = %table.name, rows = done, seconds = started.elapsed().as_secs_f64(), "snapshot of table complete");
             total += done as i64;
         }
         reader.finish().await?;
         Ok(total)
+    }
+
+    /// Waits for the broker's acknowledgement of every record in `pending`.
+    async fn acknowledged(
+        &self,
+        pending: impl Iterator<Item = PendingAck>,
+    ) -> Result<(), CdcError> {
+        let acks = futures::future::try_join_all(pending).await?;
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(acks.len() as u64);
+        Ok(())
     }
 
     fn envelope<'a>(&'a self, key: &'a str, occurred_at: i64) -> Envelope<'a> {
@@ -409,7 +427,12 @@ impl PgCdcSource {
             Ok(Change::Event(event)) => RawRecord {
                 topic: table.topic.clone(),
                 key: Some(event.key().as_bytes().to_vec()),
-                payload: Some(event.encode(self.publisher.codec(), &table.topic).await.map_err(PublishError::from)?),
+                payload: Some(
+                    event
+                        .encode(self.publisher.codec(), &table.topic)
+                        .await
+                        .map_err(PublishError::from)?,
+                ),
                 headers: vec![(TRACEPARENT_HEADER.to_string(), trace)],
                 partition: None,
             },
@@ -434,9 +457,18 @@ impl PgCdcSource {
                         ("erpstream.error".into(), error.to_string().into_bytes()),
                         ("erpstream.source".into(), self.id.clone().into_bytes()),
                         ("erpstream.attempts".into(), b"1".to_vec()),
-                        ("erpstream.original.table".into(), table.name.clone().into_bytes()),
-                        ("erpstream.original.lsn".into(), position.as_bytes().to_vec()),
-                        ("erpstream.failed_at".into(), now_millis().to_string().into_bytes()),
+                        (
+                            "erpstream.original.table".into(),
+                            table.name.clone().into_bytes(),
+                        ),
+                        (
+                            "erpstream.original.lsn".into(),
+                            position.as_bytes().to_vec(),
+                        ),
+                        (
+                            "erpstream.failed_at".into(),
+                            now_millis().to_string().into_bytes(),
+                        ),
                         (TRACEPARENT_HEADER.to_string(), trace),
                     ],
                     partition: None,
@@ -525,7 +557,9 @@ impl PgCdcSource {
                         })
                     }));
                 }
-                ReplicationEvent::Message { lsn, transactional, .. } => {
+                ReplicationEvent::Message {
+                    lsn, transactional, ..
+                } => {
                     if !transactional && txn.is_none() {
                         inflight.push_back(Box::pin(async move {
                             Ok(Done {
@@ -601,12 +635,13 @@ impl PgCdcSource {
                                 },
                             })
                             .collect();
-                        let bound = Bound::new(&table.mapping, table.kind, &columns).map_err(
-                            |error| CdcError::Mapping {
-                                table: name.clone(),
-                                error,
-                            },
-                        )?;
+                        let bound =
+                            Bound::new(&table.mapping, table.kind, &columns).map_err(|error| {
+                                CdcError::Mapping {
+                                    table: name.clone(),
+                                    error,
+                                }
+                            })?;
                         tracing::info!(table = %name, "table shape (re)bound");
                         Some(Target {
                             table: table.clone(),
@@ -833,8 +868,14 @@ mod tests {
             snapshot,
         };
         // First run.
-        assert_eq!(plan(Initial, true, "s", &SlotState::Missing, None).ok(), Some(go(false, true, true)));
-        assert_eq!(plan(Never, true, "s", &SlotState::Missing, None).ok(), Some(go(false, true, false)));
+        assert_eq!(
+            plan(Initial, true, "s", &SlotState::Missing, None).ok(),
+            Some(go(false, true, true))
+        );
+        assert_eq!(
+            plan(Never, true, "s", &SlotState::Missing, None).ok(),
+            Some(go(false, true, false))
+        );
         assert!(plan(Initial, false, "s", &SlotState::Missing, None).is_err());
         // Restart after a completed snapshot.
         assert_eq!(
@@ -849,11 +890,25 @@ mod tests {
         // The slot vanished after streaming: refuse, unless told to re-read.
         assert!(plan(Initial, true, "s", &SlotState::Missing, Some(&record(true))).is_err());
         assert_eq!(
-            plan(WhenNeeded, true, "s", &SlotState::Missing, Some(&record(true))).ok(),
+            plan(
+                WhenNeeded,
+                true,
+                "s",
+                &SlotState::Missing,
+                Some(&record(true))
+            )
+            .ok(),
             Some(go(false, true, true))
         );
         assert_eq!(
-            plan(WhenNeeded, true, "s", &SlotState::Unusable("lost".into()), Some(&record(true))).ok(),
+            plan(
+                WhenNeeded,
+                true,
+                "s",
+                &SlotState::Unusable("lost".into()),
+                Some(&record(true))
+            )
+            .ok(),
             Some(go(true, true, true))
         );
     }

@@ -6,8 +6,8 @@
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use super::CdcError;
-use super::control::{connect, quote_ident, TableShape};
 use super::config::split_table;
+use super::control::{TableShape, connect, quote_ident};
 
 /// A snapshot transaction in progress.
 pub struct SnapshotReader {

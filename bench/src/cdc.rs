@@ -1,0 +1,432 @@
+//! `pg_cdc` throughput and latency: Postgres → Kafka through a real `erpstream run` with a
+//! pg_cdc source only (no processors or sinks, so the broker's write path is the only other
+//! load). Per run, on a database of its own:
+//! - snapshot: N rows present before start, read through the exported snapshot; rows/s from
+//!   process start to the last broker acknowledgement;
+//! - stream: N rows inserted in transactions of `per_transaction` as fast as Postgres takes
+//!   them; rows/s from the first commit to the last broker acknowledgement;
+//! - paced: `paced_rate` rows/s in transactions of 10 for `paced_seconds`; commit →
+//!   broker-ack latency quantiles from the source's own histogram (unsaturated).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use serde_json::json;
+
+use crate::report;
+
+/// Options of `erpstream-bench cdc`.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Rows per phase.
+    #[arg(long, default_value_t = 200_000)]
+    rows: i64,
+    /// Rows per transaction in the stream phase.
+    #[arg(long, default_value_t = 1_000)]
+    per_transaction: i64,
+    /// Rows per second in the paced (latency) phase.
+    #[arg(long, default_value_t = 1_000)]
+    paced_rate: i64,
+    /// Seconds of the paced phase.
+    #[arg(long, default_value_t = 10)]
+    paced_seconds: u64,
+    /// Repetitions (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Postgres URL of the bench stack (any database; each run creates its own).
+    #[arg(long, env = "ERPSTREAM_DATABASE_URL")]
+    database: String,
+    /// Broker.
+    #[arg(long, env = "ERPSTREAM_BROKERS")]
+    brokers: String,
+    /// Registry.
+    #[arg(long, env = "ERPSTREAM_REGISTRY_URL")]
+    registry: String,
+    /// The erpstream binary.
+    #[arg(long, env = "ERPSTREAM_BIN")]
+    bin: String,
+}
+
+async fn pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{database}"),
+        None => url.to_string(),
+    }
+}
+
+/// A pipeline process that is killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+struct Phase {
+    rows_per_second: f64,
+    seconds: f64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let admin = pg(&args.database).await?;
+    let mut snapshot = Vec::new();
+    let mut stream = Vec::new();
+    let mut latency: Vec<[f64; 3]> = Vec::new();
+    let mut cpu_per_row: Vec<[f64; 2]> = Vec::new();
+    for run in 0..args.runs {
+        let name = format!("bench_cdc_{}_{run}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let url = with_database(&args.database, &name);
+        let db = pg(&url).await?;
+        db.batch_execute(
+            "CREATE TABLE stock (item_code text, warehouse text, actual_qty numeric(18,3) NOT NULL,
+                 PRIMARY KEY (item_code, warehouse))",
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO stock SELECT 'SNAP-' || i, 'WH-1', i % 1000 FROM generate_series(1, $1::bigint) i",
+            &[&args.rows],
+        )
+        .await?;
+
+        let port = free_port()?;
+        let started = Instant::now();
+        let process = start(&args, &name, &url, port)?;
+        let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+        let client = reqwest::Client::new();
+        wait_sent(
+            &client,
+            &metrics_url,
+            args.rows as f64,
+            Duration::from_secs(600),
+        )
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        snapshot.push(Phase {
+            rows_per_second: args.rows as f64 / seconds,
+            seconds,
+        });
+        eprintln!("run {run}: snapshot {} rows in {seconds:.2} s", args.rows);
+
+        let cpu_before = [cpu_seconds(process.0.id()), cpu_seconds(broker_pid())];
+        let first = Instant::now();
+        let mut n = 0;
+        while n < args.rows {
+            let count = args.per_transaction.min(args.rows - n);
+            db.execute(
+                "INSERT INTO stock SELECT 'S-' || i, 'WH-1', i % 1000 FROM generate_series($1::bigint, $2::bigint) i",
+                &[&n, &(n + count - 1)],
+            )
+            .await?;
+            n += count;
+        }
+        let committed = first.elapsed().as_secs_f64();
+        wait_sent(
+            &client,
+            &metrics_url,
+            2.0 * args.rows as f64,
+            Duration::from_secs(600),
+        )
+        .await?;
+        let seconds = first.elapsed().as_secs_f64();
+        let cpu = [
+            cpu_seconds(process.0.id()) - cpu_before[0],
+            cpu_seconds(broker_pid()) - cpu_before[1],
+        ];
+        stream.push(Phase {
+            rows_per_second: args.rows as f64 / seconds,
+            seconds,
+        });
+        cpu_per_row.push([
+            cpu[0] / args.rows as f64 * 1e6,
+            cpu[1] / args.rows as f64 * 1e6,
+        ]);
+        eprintln!(
+            "run {run}: stream CPU per row: erpstream {:.1} us, broker {:.1} us",
+            cpu_per_row[run][0], cpu_per_row[run][1]
+        );
+        eprintln!(
+            "run {run}: stream {} rows committed in {committed:.2} s, all acknowledged after {seconds:.2} s",
+            args.rows
+        );
+
+        // Paced: a fresh histogram window is not available, so quantiles are read as the
+        // difference the paced phase makes only when it dominates; restart the process to
+        // keep the histogram to this phase.
+        drop(process);
+        let process = start(&args, &name, &url, port)?;
+        wait_ready(&client, port).await?;
+        let per_tick = 10;
+        let ticks = args.paced_rate * args.paced_seconds as i64 / per_tick;
+        let interval = Duration::from_secs_f64(per_tick as f64 / args.paced_rate as f64);
+        let mut next = Instant::now();
+        for t in 0..ticks {
+            next += interval;
+            tokio::time::sleep_until(next.into()).await;
+            db.execute(
+                "INSERT INTO stock SELECT 'P-' || i, 'WH-1', 1 FROM generate_series($1::bigint, $2::bigint) i",
+                &[&(t * per_tick), &(t * per_tick + per_tick - 1)],
+            )
+            .await?;
+        }
+        wait_sent(
+            &client,
+            &metrics_url,
+            (ticks * per_tick) as f64,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let text = client.get(&metrics_url).send().await?.text().await?;
+        let q = |quantile: &str| {
+            bucket_quantile(
+                &text,
+                "erpstream_cdc_commit_to_ack_seconds",
+                quantile.parse().unwrap_or(0.5),
+            ) * 1000.0
+        };
+        latency.push([q("0.5"), q("0.99"), q("0.999")]);
+        eprintln!(
+            "run {run}: paced {} rows/s commit -> ack p50 {:.1} ms p99 {:.1} ms",
+            args.paced_rate,
+            q("0.5"),
+            q("0.99")
+        );
+        drop(process);
+        drop(db);
+        admin
+            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+            .await
+            .ok();
+        admin
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .await?;
+    }
+    let med = |values: Vec<f64>| report::median(&mut values.clone());
+    let result = json!({
+        "machine": report::machine(),
+        "settings": {
+            "rows": args.rows, "per_transaction": args.per_transaction, "runs": args.runs,
+            "paced_rate": args.paced_rate, "paced_seconds": args.paced_seconds,
+            "topic_partitions": 3, "broker": "tansu 0.6.0 (sqlite), fresh store",
+        },
+        "snapshot_rows_per_second": med(snapshot.iter().map(|p| p.rows_per_second).collect()),
+        "snapshot_seconds": med(snapshot.iter().map(|p| p.seconds).collect()),
+        "stream_rows_per_second": med(stream.iter().map(|p| p.rows_per_second).collect()),
+        "stream_seconds": med(stream.iter().map(|p| p.seconds).collect()),
+        "stream_cpu_us_per_row": {
+            "erpstream": med(cpu_per_row.iter().map(|c| c[0]).collect()),
+            "broker": med(cpu_per_row.iter().map(|c| c[1]).collect()),
+        },
+        "paced_commit_to_ack_ms": {
+            "p50": med(latency.iter().map(|l| l[0]).collect()),
+            "p99": med(latency.iter().map(|l| l[1]).collect()),
+            "p999": med(latency.iter().map(|l| l[2]).collect()),
+        },
+        "runs": {
+            "snapshot_rows_per_second": snapshot.iter().map(|p| p.rows_per_second).collect::<Vec<_>>(),
+            "stream_rows_per_second": stream.iter().map(|p| p.rows_per_second).collect::<Vec<_>>(),
+            "paced_commit_to_ack_ms_p50_p99_p999": latency,
+        },
+    });
+    let path = report::write("cdc", &result)?;
+    println!(
+        "pg_cdc: snapshot {:.0} rows/s, stream {:.0} rows/s, paced commit->ack p50 {:.1} ms / p99 {:.1} ms  ({})",
+        result["snapshot_rows_per_second"]
+            .as_f64()
+            .unwrap_or_default(),
+        result["stream_rows_per_second"]
+            .as_f64()
+            .unwrap_or_default(),
+        result["paced_commit_to_ack_ms"]["p50"]
+            .as_f64()
+            .unwrap_or_default(),
+        result["paced_commit_to_ack_ms"]["p99"]
+            .as_f64()
+            .unwrap_or_default(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// The `quantile` of a Prometheus histogram, interpolated within its bucket as
+/// `histogram_quantile` does (so its precision is the bucket layout's).
+fn bucket_quantile(text: &str, name: &str, quantile: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    let rank = quantile * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in &buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let share = if count > lower.1 {
+                (rank - lower.1) / (count - lower.1)
+            } else {
+                1.0
+            };
+            return lower.0 + (le - lower.0) * share;
+        }
+        lower = (le, count);
+    }
+    f64::NAN
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The local broker's pid (from the stack's pid file).
+fn broker_pid() -> u32 {
+    std::env::var("ERPSTREAM_STATE_DIR")
+        .ok()
+        .and_then(|dir| std::fs::read_to_string(format!("{dir}/run/tansu.pid")).ok())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start(args: &Args, name: &str, url: &str, port: u16) -> anyhow::Result<Running> {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir)?;
+    let topology = dir.join("topology.yaml");
+    std::fs::write(
+        &topology,
+        format!(
+            r#"app_id: {name}
+http:
+  listen: 127.0.0.1:{port}
+kafka:
+  brokers: {brokers}
+  topic_prefix: "{name}."
+  linger: 5ms
+  idempotence: false
+registry:
+  url: {registry}
+topics:
+  inventory.change: {{ partitions: 3 }}
+sources:
+  db:
+    type: pg_cdc
+    database: {url}
+    state_database: {state}
+    slot: {name}
+    publication: {name}
+    snapshot_chunk: 10000
+    tables:
+      public.stock:
+        topic: inventory.change
+        fields:
+          sku: item_code
+          location_code: warehouse
+          new_quantity: actual_qty
+"#,
+            brokers = args.brokers,
+            registry = args.registry,
+            state = args.database,
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("pipeline.log"))?;
+    let child = Command::new(&args.bin)
+        .arg("run")
+        .arg("--topology")
+        .arg(&topology)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Running(child))
+}
+
+async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        if client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the pipeline did not get ready")
+}
+
+/// Waits until the source reports `target` acknowledged records.
+async fn wait_sent(
+    client: &reqwest::Client,
+    metrics_url: &str,
+    target: f64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
+    loop {
+        let sent = match client.get(metrics_url).send().await {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("erpstream_component_sent_events_total")
+                        && l.contains("component_id=\"db\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+            Err(_) => 0.0,
+        };
+        if sent >= target {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "only {sent} of {target} records acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
