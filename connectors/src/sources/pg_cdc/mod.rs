@@ -362,7 +362,7 @@ impl PgCdcSource {
                     let identity = bound.identity(&cells);
                     let key = format!("pg:{}:{identity}:x{xmin}", table.name);
                     let envelope = self.envelope(&key, occurred_at);
-                    let outcome = bound.event(&cells, None, &envelope).map(Change::Event);
+                    let outcome = bound.event(&cells, None, &envelope).map(|e| Change::Event(Box::new(e)));
                     if let Some(ack) = self
                         .publish(table, outcome, &cells, &identity, "snapshot")
                         .await?
@@ -716,11 +716,11 @@ impl PgCdcSource {
             target.bound.deleted(old, &envelope).map(|d| match d {
                 Deleted::Tombstone(key) => Change::Tombstone(key),
                 Deleted::Skip => Change::Skip,
-                Deleted::Event(event) => Change::Event(*event),
+                Deleted::Event(event) => Change::Event(event),
             })
         } else {
             let old = old_cells.as_deref().filter(|_| old_full);
-            target.bound.event(row, old, &envelope).map(Change::Event)
+            target.bound.event(row, old, &envelope).map(|e| Change::Event(Box::new(e)))
         };
         if let Some(ack) = self
             .publish(&target.table, outcome, row, &identity, &position)
@@ -734,7 +734,7 @@ impl PgCdcSource {
 
 /// What one change becomes.
 enum Change {
-    Event(Mapped),
+    Event(Box<Mapped>),
     Tombstone(String),
     Skip,
 }
