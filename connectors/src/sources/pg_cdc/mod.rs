@@ -362,7 +362,9 @@ impl PgCdcSource {
                     let identity = bound.identity(&cells);
                     let key = format!("pg:{}:{identity}:x{xmin}", table.name);
                     let envelope = self.envelope(&key, occurred_at);
-                    let outcome = bound.event(&cells, None, &envelope).map(|e| Change::Event(Box::new(e)));
+                    let outcome = bound
+                        .event(&cells, None, &envelope)
+                        .map(|e| Change::Event(Box::new(e)));
                     if let Some(ack) = self
                         .publish(table, outcome, &cells, &identity, "snapshot")
                         .await?
@@ -720,7 +722,10 @@ impl PgCdcSource {
             })
         } else {
             let old = old_cells.as_deref().filter(|_| old_full);
-            target.bound.event(row, old, &envelope).map(|e| Change::Event(Box::new(e)))
+            target
+                .bound
+                .event(row, old, &envelope)
+                .map(|e| Change::Event(Box::new(e)))
         };
         if let Some(ack) = self
             .publish(&target.table, outcome, row, &identity, &position)
