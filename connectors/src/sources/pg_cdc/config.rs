@@ -145,13 +145,21 @@ impl PgCdcConfig {
             ("database", &self.database),
             ("state_database", &self.state_database),
         ] {
-            if url.parse::<tokio_postgres::Config>().is_err()
-                || !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-            {
-                problems.push(Problem::new(
+            match url.parse::<tokio_postgres::Config>() {
+                Ok(parsed)
+                    if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+                {
+                    if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                        problems.push(Problem::new(
+                            format!("{at}.{field}"),
+                            "sslmode=require: TLS to Postgres is not supported yet (connect over a trusted network or a local TLS proxy)",
+                        ));
+                    }
+                }
+                _ => problems.push(Problem::new(
                     format!("{at}.{field}"),
                     "must be a postgres:// URL",
-                ));
+                )),
             }
         }
         for (field, name) in [("slot", &self.slot), ("publication", &self.publication)] {
