@@ -83,33 +83,96 @@ async fn changes_on(
     out
 }
 
-/// Updates random skus one transaction at a time until told to stop; returns each sku's
-/// history of quantities (starting with the 0 it was inserted with).
+/// Updates random skus one transaction at a time until told to stop, setting quantities
+/// `from + 1`, `from + 2`, …; returns each touched sku's history of quantities (with
+/// `from = 0`, every sku's, starting with the 0 it was inserted with).
 fn writer(
     url: String,
     skus: usize,
+    from: i64,
     stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<HashMap<String, Vec<i64>>> {
+    tokio::spawn(async move {
+        let client = pg(&url).await;
+        let mut history: HashMap<String, Vec<i64>> = if from == 0 {
+            (0..skus).map(|i| (format!("SKU-{i}"), vec![0])).collect()
+        } else {
+            HashMap::new()
+        };
+        let mut n = 0i64;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let sku = format!("SKU-{}", ((from + n) * 7919) as usize % skus);
+            client
+                .execute(
+                    "UPDATE stock SET actual_qty = $1::bigint WHERE item_code = $2",
+                    &[&(from + n), &sku],
+                )
+                .await
+                .expect("update");
+            history.entry(sku).or_default().push(from + n);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        history
+    })
+}
+
+/// Sets `changes` quantities 1, 2, … round-robin over the skus, `per_transaction` rows per
+/// transaction; returns each sku's history (starting with the 0 it was inserted with).
+fn batch_writer(
+    url: String,
+    skus: usize,
+    changes: i64,
+    per_transaction: i64,
 ) -> tokio::task::JoinHandle<HashMap<String, Vec<i64>>> {
     tokio::spawn(async move {
         let client = pg(&url).await;
         let mut history: HashMap<String, Vec<i64>> =
             (0..skus).map(|i| (format!("SKU-{i}"), vec![0])).collect();
-        let mut n = 0i64;
-        while !stop.load(Ordering::SeqCst) {
-            n += 1;
-            let sku = format!("SKU-{}", (n * 7919) as usize % skus);
+        for first in (0..changes).step_by(per_transaction as usize) {
+            let batch = first..(first + per_transaction).min(changes);
+            let values: Vec<String> = batch
+                .clone()
+                .map(|q| format!("('SKU-{}', {})", q as usize % skus, q + 1))
+                .collect();
             client
-                .execute(
-                    "UPDATE stock SET actual_qty = $1::bigint WHERE item_code = $2",
-                    &[&n, &sku],
-                )
+                .batch_execute(&format!(
+                    "UPDATE stock SET actual_qty = v.q FROM (VALUES {}) v(sku, q) WHERE item_code = v.sku",
+                    values.join(", ")
+                ))
                 .await
                 .expect("update");
-            history.entry(sku).or_default().push(n);
+            for q in batch {
+                history
+                    .entry(format!("SKU-{}", q as usize % skus))
+                    .or_default()
+                    .push(q + 1);
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         history
     })
+}
+
+/// SIGKILLs the pipeline once its `db` source has `acknowledged` records on the broker,
+/// and starts it again.
+async fn kill_and_restart_after(pipeline: &mut Pipeline, acknowledged: f64) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while metric(
+        &pipeline.metrics().await,
+        "erpstream_component_sent_events_total",
+        "component_id=\"db\"",
+    ) < acknowledged
+    {
+        assert!(
+            Instant::now() < until,
+            "the stream did not start; log:\n{}",
+            pipeline.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.kill();
+    pipeline.start().await;
 }
 
 /// Each sku's quantities on the topic must be a contiguous tail of its history (the
@@ -133,7 +196,7 @@ async fn rows_before_and_during_the_snapshot_and_later_changes_arrive_once_in_co
     let client = pg(&url).await;
     stock_table(&client, 300).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let writes = writer(url.clone(), 300, stop.clone());
+    let writes = writer(url.clone(), 300, 0, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let storefront = Storefront::start().await;
@@ -343,51 +406,8 @@ async fn a_sigkill_during_a_stream_of_changes_loses_nothing_and_repeats_are_iden
     pipeline.start().await;
 
     // Updates, 50 per transaction, each setting a sku to a quantity never used before.
-    let writer_url = url.clone();
-    let writes = tokio::spawn(async move {
-        let client = pg(&writer_url).await;
-        let mut history: HashMap<String, Vec<i64>> =
-            (0..SKUS).map(|i| (format!("SKU-{i}"), vec![0])).collect();
-        let mut n = 0i64;
-        while n < CHANGES {
-            let values: Vec<String> = (n..n + PER_TRANSACTION)
-                .map(|q| format!("('SKU-{}', {})", q as usize % SKUS, q + 1))
-                .collect();
-            client
-                .batch_execute(&format!(
-                    "UPDATE stock SET actual_qty = v.q FROM (VALUES {}) v(sku, q) WHERE item_code = v.sku",
-                    values.join(", ")
-                ))
-                .await
-                .expect("update");
-            for q in n..n + PER_TRANSACTION {
-                history
-                    .entry(format!("SKU-{}", q as usize % SKUS))
-                    .or_default()
-                    .push(q + 1);
-            }
-            n += PER_TRANSACTION;
-        }
-        history
-    });
-
-    // Kill once part of the stream is on the broker, and start again.
-    let until = Instant::now() + Duration::from_secs(120);
-    while metric(
-        &pipeline.metrics().await,
-        "erpstream_component_sent_events_total",
-        "component_id=\"db\"",
-    ) < 3_000.0
-    {
-        assert!(
-            Instant::now() < until,
-            "the stream did not start; log:\n{}",
-            pipeline.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    pipeline.kill();
-    pipeline.start().await;
+    let writes = batch_writer(url.clone(), SKUS, CHANGES, PER_TRANSACTION);
+    kill_and_restart_after(&mut pipeline, 3_000.0).await;
     let history = writes.await.expect("writer");
 
     let expected = SKUS as i64 + CHANGES;
@@ -461,45 +481,8 @@ async fn a_crash_mid_stream_through_the_whole_chain_doubles_no_effect() {
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
 
-    let writer_url = url.clone();
-    let writes = tokio::spawn(async move {
-        let client = pg(&writer_url).await;
-        for n in 0..500i64 {
-            let values: Vec<String> = (0..10)
-                .map(|i| {
-                    format!(
-                        "('SKU-{}', {})",
-                        (n * 10 + i) as usize % SKUS,
-                        n * 10 + i + 1
-                    )
-                })
-                .collect();
-            client
-                .batch_execute(&format!(
-                    "UPDATE stock SET actual_qty = v.q FROM (VALUES {}) v(sku, q) WHERE item_code = v.sku",
-                    values.join(", ")
-                ))
-                .await
-                .expect("update");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
-    let until = Instant::now() + Duration::from_secs(120);
-    while metric(
-        &pipeline.metrics().await,
-        "erpstream_component_sent_events_total",
-        "component_id=\"db\"",
-    ) < 1_500.0
-    {
-        assert!(
-            Instant::now() < until,
-            "the stream did not start; log:\n{}",
-            pipeline.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    pipeline.kill();
-    pipeline.start().await;
+    let writes = batch_writer(url.clone(), SKUS, 5_000, 10);
+    kill_and_restart_after(&mut pipeline, 1_500.0).await;
     writes.await.expect("writer");
 
     // The effects (the inventory state) equal the table; every repeat was dropped.
@@ -531,7 +514,7 @@ async fn the_source_reconnects_after_postgres_restarts_and_misses_nothing() {
     pipeline.start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let first = writer(url.clone(), 200, stop.clone());
+    let first = writer(url.clone(), 200, 0, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     let mut history = first.await.expect("writer");
@@ -542,30 +525,7 @@ async fn the_source_reconnects_after_postgres_restarts_and_misses_nothing() {
 
     let client = pg(&url).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let offset = 1_000_000;
-    let second = tokio::spawn({
-        let url = url.clone();
-        let stop = stop.clone();
-        async move {
-            let client = pg(&url).await;
-            let mut history: HashMap<String, Vec<i64>> = HashMap::new();
-            let mut n = 0i64;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let sku = format!("SKU-{}", (n * 31) as usize % 200);
-                client
-                    .execute(
-                        "UPDATE stock SET actual_qty = $1::bigint WHERE item_code = $2",
-                        &[&(offset + n), &sku],
-                    )
-                    .await
-                    .expect("update after restart");
-                history.entry(sku).or_default().push(offset + n);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            history
-        }
-    });
+    let second = writer(url.clone(), 200, 1_000_000, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     for (sku, values) in second.await.expect("writer") {
