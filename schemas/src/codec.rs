@@ -105,7 +105,7 @@ impl Codec {
             .no_proxy()
             .build()
             .map_err(CodecError::registry)?;
-        let schemas = bundled()?;
+        let schemas = bundled()?.clone();
         let mut direct = HashMap::new();
         for (&kind, &schema) in &schemas {
             let bundled_error = |source| CodecError::BundledSchema { kind, source };
@@ -256,19 +256,19 @@ impl Codec {
     }
 }
 
-/// This build's contracts, parsed once per process and kept for its lifetime (the direct
-/// writers and readers borrow them).
 /// The parsed schema of `kind` this build carries.
 pub fn bundled_schema(kind: EventKind) -> Result<&'static Schema, CodecError> {
     // Every kind is parsed into the map, so indexing cannot miss.
     Ok(bundled()?[&kind])
 }
 
-fn bundled() -> Result<HashMap<EventKind, &'static Schema>, CodecError> {
+/// This build's contracts, parsed once per process and kept for its lifetime (the direct
+/// writers and readers borrow them).
+fn bundled() -> Result<&'static HashMap<EventKind, &'static Schema>, CodecError> {
     static BUNDLED: std::sync::OnceLock<HashMap<EventKind, &'static Schema>> =
         std::sync::OnceLock::new();
     if let Some(schemas) = BUNDLED.get() {
-        return Ok(schemas.clone());
+        return Ok(schemas);
     }
     let mut schemas = HashMap::new();
     for kind in EventKind::ALL {
@@ -276,7 +276,7 @@ fn bundled() -> Result<HashMap<EventKind, &'static Schema>, CodecError> {
             .map_err(|source| CodecError::BundledSchema { kind, source })?;
         schemas.insert(kind, &*Box::leak(Box::new(schema)));
     }
-    Ok(BUNDLED.get_or_init(|| schemas).clone())
+    Ok(BUNDLED.get_or_init(|| schemas))
 }
 
 /// The schema id of a Confluent wire-format record.
