@@ -7,5 +7,4 @@
 //! in input order and never move a key backwards.
 
 pub mod erp_rest;
-pub mod retry;
 pub mod storefront_webhook;

@@ -8,5 +8,6 @@
 pub mod erp_webhook;
 pub mod fields;
 pub mod http;
+pub mod mapping;
 pub mod pg_cdc;
 pub mod storefront_api;

@@ -13,7 +13,7 @@ use erpstream_connectors::kafka::KafkaConfig;
 use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
-use erpstream_connectors::sources::pg_cdc::{self, PgCdcConfig};
+use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
 use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;

@@ -327,11 +327,13 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                         t,
                         &topic_at,
                         &table.topic,
-                        &pg_cdc::mapping::MAPPABLE,
+                        &erpstream_connectors::sources::mapping::MAPPABLE,
                         problems,
                     );
                     if let Some(kind) = t.contract(&table.topic) {
-                        for (field, reason) in pg_cdc::mapping::check(table, kind) {
+                        for (field, reason) in
+                            erpstream_connectors::sources::mapping::check(table, kind)
+                        {
                             problems.push(Problem::new(format!("{table_at}.{field}"), reason));
                         }
                     }

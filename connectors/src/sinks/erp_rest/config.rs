@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::retry::RetryConfig;
 use crate::secret::SecretRef;
-use crate::sinks::retry::RetryConfig;
 use crate::validation::Problem;
 
 /// Configuration of an `erp_rest` sink.

@@ -40,8 +40,8 @@ use crate::kafka::{
     self, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
 };
 use crate::metrics as m;
+use crate::retry::{Outcome, backoff, classify, retry_after, send};
 use crate::secret::SecretError;
-use crate::sinks::retry::{Outcome, backoff, classify, retry_after, send};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_rest";

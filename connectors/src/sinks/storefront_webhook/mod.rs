@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 pub use config::StorefrontWebhookConfig;
 pub use service::DeliveryService;
 
-use crate::sinks::retry::{Outcome, backoff};
+use crate::retry::{Outcome, backoff};
 
 use crate::kafka::{
     Changelog, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::sinks::retry::{Outcome, classify, retry_after, send};
+use crate::retry::{Outcome, classify, retry_after, send};
 use crate::sources::erp_webhook::signature::sign_hex;
 
 /// Signs and sends deliveries to one URL.

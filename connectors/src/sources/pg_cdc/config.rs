@@ -4,6 +4,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::sources::mapping::Mapping;
 use crate::validation::Problem;
 
 /// Configuration of a `pg_cdc` source.
@@ -42,7 +43,7 @@ pub struct PgCdcConfig {
     #[serde(default = "default_source_system")]
     pub source_system: String,
     /// Captured tables by `schema.table`.
-    pub tables: BTreeMap<String, TableMapping>,
+    pub tables: BTreeMap<String, Mapping>,
 }
 
 /// When the tables' current rows are read.
@@ -57,67 +58,6 @@ pub enum SnapshotMode {
     WhenNeeded,
     /// Never: stream changes from the moment the slot is created.
     Never,
-}
-
-/// How one table becomes events.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableMapping {
-    /// Logical topic the rows go to; its contract decides the event's fields.
-    pub topic: String,
-    /// Event field path (`sku`, `variants[0].selling_price`) → where its value comes from.
-    pub fields: BTreeMap<String, FieldSource>,
-    /// Column holding the change's time; default: the commit time (the snapshot's start for
-    /// snapshot rows).
-    #[serde(default)]
-    pub occurred_at: Option<String>,
-    /// What a deleted row becomes.
-    #[serde(default)]
-    pub on_delete: OnDelete,
-}
-
-/// Where an event field's value comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum FieldSource {
-    /// A column, converted to the field's type.
-    Column(String),
-    /// A fixed value: `{ const: WH-01 }`.
-    Const {
-        /// The value.
-        #[serde(rename = "const")]
-        value: serde_json::Value,
-    },
-}
-
-/// What a deleted row becomes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OnDelete {
-    /// `tombstone` (a null value under the row's key) or `skip`.
-    Mode(DeleteMode),
-    /// `{ set: { new_quantity: 0 } }`: an event built from the deleted row (replica
-    /// identity columns) with these fields overridden.
-    Event {
-        /// Field path → fixed value.
-        set: BTreeMap<String, serde_json::Value>,
-    },
-}
-
-impl Default for OnDelete {
-    fn default() -> Self {
-        OnDelete::Mode(DeleteMode::Tombstone)
-    }
-}
-
-/// A delete handled without building an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeleteMode {
-    /// A record with the row's key and no value.
-    Tombstone,
-    /// Nothing is published.
-    Skip,
 }
 
 fn yes() -> bool {
@@ -196,26 +136,7 @@ impl PgCdcConfig {
             if split_table(name).is_none() {
                 problems.push(Problem::new(&at, "must be named schema.table"));
             }
-            for (path, source) in &table.fields {
-                if let FieldSource::Column(column) = source
-                    && column.trim().is_empty()
-                {
-                    problems.push(Problem::new(
-                        format!("{at}.fields.{path}"),
-                        "must name a column",
-                    ));
-                }
-            }
-            if table
-                .occurred_at
-                .as_ref()
-                .is_some_and(|c| c.trim().is_empty())
-            {
-                problems.push(Problem::new(
-                    format!("{at}.occurred_at"),
-                    "must name a column",
-                ));
-            }
+            problems.extend(table.validate_inputs(&at, "column"));
         }
         problems
     }

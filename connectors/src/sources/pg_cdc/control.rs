@@ -6,7 +6,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::CdcError;
 use super::config::split_table;
-use super::mapping::Column;
+use crate::sources::mapping::Column;
 
 /// Prefix of the heartbeat messages written into the WAL.
 pub const HEARTBEAT_PREFIX: &str = "erpstream.heartbeat";

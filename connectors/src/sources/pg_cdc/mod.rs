@@ -26,7 +26,6 @@
 
 mod config;
 mod control;
-pub mod mapping;
 mod snapshot;
 
 use std::borrow::Cow;
@@ -43,9 +42,9 @@ use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleDat
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use tokio::sync::watch;
 
-pub use config::{DeleteMode, FieldSource, OnDelete, PgCdcConfig, SnapshotMode, TableMapping};
+use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapping, RowError};
+pub use config::{PgCdcConfig, SnapshotMode};
 use control::{SlotState, SourceRecord, StateStore, TableShape};
-use mapping::{Bound, Cell, Deleted, Envelope, Mapped, RowError};
 
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
@@ -113,7 +112,7 @@ pub struct Table {
     /// `schema.table`.
     pub name: String,
     /// Its mapping.
-    pub mapping: TableMapping,
+    pub mapping: Mapping,
     /// The contract of its topic.
     pub kind: EventKind,
     /// Broker-side topic.
@@ -209,13 +208,12 @@ impl PgCdcSource {
         let mut out = Vec::new();
         for table in &self.tables {
             let shape = control::table_shape(source, &table.name).await?;
-            let bound =
-                Bound::new(&table.mapping, table.kind, &shape.columns).map_err(|error| {
-                    CdcError::Mapping {
-                        table: table.name.clone(),
-                        error,
-                    }
-                })?;
+            let bound = Bound::new(&table.mapping, table.kind, &shape.columns, "column").map_err(
+                |error| CdcError::Mapping {
+                    table: table.name.clone(),
+                    error,
+                },
+            )?;
             out.push((Arc::new(table.clone()), shape, bound));
         }
         Ok(out)
@@ -637,12 +635,10 @@ impl PgCdcSource {
                                 },
                             })
                             .collect();
-                        let bound =
-                            Bound::new(&table.mapping, table.kind, &columns).map_err(|error| {
-                                CdcError::Mapping {
-                                    table: name.clone(),
-                                    error,
-                                }
+                        let bound = Bound::new(&table.mapping, table.kind, &columns, "column")
+                            .map_err(|error| CdcError::Mapping {
+                                table: name.clone(),
+                                error,
                             })?;
                         tracing::info!(table = %name, "table shape (re)bound");
                         Some(Target {

@@ -1,7 +1,13 @@
-//! Table rows → events, as declared in the topology: each event field path names a column
-//! or a constant; values are converted from Postgres' text form to the field's Avro type
-//! (read from the bundled contract), so a mapping is checked against the contract before
-//! anything runs and a row that does not fit is refused with the field and the reason.
+//! Source records → events, as declared in the topology (field mapping as data): each event
+//! field path names a source field (a column, an API record's field), a constant, a
+//! concatenation or a transformed field (exact unit scaling, date bucketing). Values are
+//! converted from their text form to the field's Avro type (read from the bundled contract),
+//! so a mapping is checked against the contract before anything runs and a record that does
+//! not fit is refused with the field and the reason. Shared by `pg_cdc` and `rest_poll`.
+
+mod config;
+
+pub use config::{Bucket, Concat, Const, DeleteMode, FieldSource, Mapping, OnDelete, Transform};
 
 use apache_avro::Schema;
 use erpstream_schemas::codec::bundled_schema;
@@ -9,10 +15,10 @@ use erpstream_schemas::decimal;
 use erpstream_schemas::{
     CatalogUpdate, Codec, CodecError, Event, EventKind, InventoryChange, SalesOrder,
 };
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
-
-use super::config::{DeleteMode, FieldSource, OnDelete, TableMapping};
 
 /// Contracts a table can be mapped to.
 pub const MAPPABLE: [EventKind; 3] = [
@@ -30,16 +36,16 @@ const ENVELOPE: [&str; 6] = [
     "ingested_at",
 ];
 
-/// One column of a table as the source currently knows it.
+/// One field of a source record as the source currently knows it (a table's column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
-    /// Column name.
+    /// Field name.
     pub name: String,
-    /// Part of the replica identity (the primary key unless configured otherwise).
+    /// Part of the record's identity (a primary key column, an API record's key field).
     pub key: bool,
 }
 
-/// One value of a row, in Postgres' text output form.
+/// One value of a record, in text form (Postgres' output form, a JSON scalar's text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cell<'a> {
     /// SQL NULL.
@@ -92,7 +98,7 @@ pub struct Envelope<'a> {
     pub source: &'a str,
     /// `source_system`.
     pub source_system: &'a str,
-    /// Commit time (or snapshot start), epoch ms; used unless `occurred_at` names a column.
+    /// Commit or poll time, epoch ms; used unless the mapping's `occurred_at` names a field.
     pub occurred_at: i64,
     /// Now, epoch ms.
     pub ingested_at: i64,
@@ -134,12 +140,28 @@ struct BoundField {
     path: String,
     target: Target,
     source: BoundSource,
+    noun: &'static str,
 }
 
 #[derive(Debug, Clone)]
 enum BoundSource {
-    Column { index: usize, name: String },
+    Column {
+        index: usize,
+        name: String,
+    },
     Const(Value),
+    Concat {
+        parts: Vec<usize>,
+        separator: String,
+    },
+    Scaled {
+        index: usize,
+        factor: Decimal,
+    },
+    Bucket {
+        index: usize,
+        bucket: Bucket,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -162,40 +184,61 @@ pub enum Deleted {
 
 impl Bound {
     /// Binds `mapping` to `columns`: every column it reads must exist.
+    /// `noun` names a source field in messages ("column", "field").
     pub fn new(
-        mapping: &TableMapping,
+        mapping: &Mapping,
         kind: EventKind,
         columns: &[Column],
+        noun: &'static str,
     ) -> Result<Self, RowError> {
-        let index_of = |name: &str| columns.iter().position(|c| c.name == name);
+        let index_of = |path: &str, name: &str| {
+            columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| RowError::new(path, format!("{noun} {name} does not exist")))
+        };
         let mut fields = Vec::new();
         for (path, source) in &mapping.fields {
             let target = target(kind, path).map_err(|reason| RowError::new(path, reason))?;
+            transform_fits(&target, source).map_err(|reason| RowError::new(path, reason))?;
             let source = match source {
                 FieldSource::Column(name) => BoundSource::Column {
-                    index: index_of(name).ok_or_else(|| {
-                        RowError::new(path, format!("column {name} does not exist"))
-                    })?,
+                    index: index_of(path, name)?,
                     name: name.clone(),
                 },
-                FieldSource::Const { value } => BoundSource::Const(
-                    constant(&target, value).map_err(|r| RowError::new(path, r))?,
+                FieldSource::Const(c) => BoundSource::Const(
+                    constant(&target, &c.value).map_err(|r| RowError::new(path, r))?,
                 ),
+                FieldSource::Concat(c) => BoundSource::Concat {
+                    parts: c
+                        .concat
+                        .iter()
+                        .map(|name| index_of(path, name))
+                        .collect::<Result<_, _>>()?,
+                    separator: c.separator.clone(),
+                },
+                FieldSource::Transform(t) => {
+                    let index = index_of(path, &t.field)?;
+                    match (t.scale, t.bucket) {
+                        (Some(factor), None) => BoundSource::Scaled { index, factor },
+                        (None, Some(bucket)) => BoundSource::Bucket { index, bucket },
+                        _ => {
+                            return Err(RowError::new(path, "give exactly one of scale or bucket"));
+                        }
+                    }
+                }
             };
             fields.push(BoundField {
                 path: path.clone(),
                 target,
                 source,
+                noun,
             });
         }
         let occurred_at = mapping
             .occurred_at
             .as_deref()
-            .map(|name| {
-                index_of(name).ok_or_else(|| {
-                    RowError::new("occurred_at", format!("column {name} does not exist"))
-                })
-            })
+            .map(|name| index_of("occurred_at", name))
             .transpose()?;
         let keys: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].key).collect();
         if keys.is_empty() {
@@ -257,21 +300,7 @@ impl Bound {
     ) -> Result<Mapped, RowError> {
         let mut object = Map::new();
         for field in &self.fields {
-            let value = match &field.source {
-                BoundSource::Const(value) => value.clone(),
-                BoundSource::Column { index, name } => {
-                    let mut cell = row.get(*index).copied().unwrap_or(Cell::Null);
-                    if cell == Cell::Unchanged {
-                        cell = old
-                            .and_then(|o| o.get(*index).copied())
-                            .unwrap_or(Cell::Unchanged);
-                    }
-                    convert(&field.target, cell).map_err(|reason| {
-                        RowError::new(&field.path, format!("column {name} {reason}"))
-                    })?
-                }
-            };
-            set_path(&mut object, &field.target.segments, value);
+            set_path(&mut object, &field.target.segments, field.value(row, old)?);
         }
         let occurred_at = match self.occurred_at {
             None => envelope.occurred_at,
@@ -291,20 +320,9 @@ impl Bound {
             BoundDelete::Skip => Ok(Deleted::Skip),
             BoundDelete::Tombstone => {
                 let field = &self.fields[self.key_field];
-                let key = match &field.source {
-                    BoundSource::Const(Value::String(s)) => s.clone(),
-                    BoundSource::Const(other) => other.to_string(),
-                    BoundSource::Column { index, name } => match old.get(*index) {
-                        Some(Cell::Text(t)) => (*t).to_string(),
-                        _ => {
-                            return Err(RowError::new(
-                                &field.path,
-                                format!(
-                                    "column {name} is not in the deleted row; make it part of the replica identity"
-                                ),
-                            ));
-                        }
-                    },
+                let key = match field.value(old, None)? {
+                    Value::String(key) => key,
+                    other => other.to_string(),
                 };
                 Ok(Deleted::Tombstone(key))
             }
@@ -314,16 +332,7 @@ impl Bound {
                     if overrides.iter().any(|(p, _, _)| *p == field.path) {
                         continue;
                     }
-                    let value = match &field.source {
-                        BoundSource::Const(value) => value.clone(),
-                        BoundSource::Column { index, name } => {
-                            let cell = old.get(*index).copied().unwrap_or(Cell::Null);
-                            convert(&field.target, cell).map_err(|reason| {
-                                RowError::new(&field.path, format!("column {name} {reason}"))
-                            })?
-                        }
-                    };
-                    set_path(&mut object, &field.target.segments, value);
+                    set_path(&mut object, &field.target.segments, field.value(old, None)?);
                 }
                 for (_, target, value) in overrides {
                     set_path(&mut object, &target.segments, value.clone());
@@ -376,6 +385,99 @@ impl Bound {
     }
 }
 
+impl BoundField {
+    /// The field's value from `row`; unchanged TOASTed values are taken from `old`.
+    fn value(&self, row: &[Cell], old: Option<&[Cell]>) -> Result<Value, RowError> {
+        let cell = |index: usize| {
+            let cell = row.get(index).copied().unwrap_or(Cell::Null);
+            match (cell, old) {
+                (Cell::Unchanged, Some(old)) => old.get(index).copied().unwrap_or(Cell::Unchanged),
+                _ => cell,
+            }
+        };
+        let error = |reason: String| RowError::new(&self.path, reason);
+        match &self.source {
+            BoundSource::Const(value) => Ok(value.clone()),
+            BoundSource::Column { index, name } => convert(&self.target, cell(*index))
+                .map_err(|r| error(format!("{} {name} {r}", self.noun))),
+            BoundSource::Scaled { index, factor } => match cell(*index) {
+                Cell::Text(text) => {
+                    let value = parse_decimal(text).map_err(error)?;
+                    let scaled = value
+                        .checked_mul(*factor)
+                        .ok_or_else(|| error(format!("{text} × {factor} overflows")))?
+                        .normalize()
+                        .to_string();
+                    convert(&self.target, Cell::Text(&scaled)).map_err(error)
+                }
+                other => convert(&self.target, other).map_err(error),
+            },
+            BoundSource::Bucket { index, bucket } => match cell(*index) {
+                Cell::Text(text) => {
+                    let start = bucket_start(text, *bucket)
+                        .ok_or_else(|| error(format!("{text:?} is not a date or timestamp")))?;
+                    convert(&self.target, Cell::Text(&start)).map_err(error)
+                }
+                other => convert(&self.target, other).map_err(error),
+            },
+            BoundSource::Concat { parts, separator } => {
+                let mut joined: Vec<Cow<str>> = Vec::new();
+                for index in parts {
+                    match cell(*index) {
+                        Cell::Text(text) => joined.push(Cow::Borrowed(text)),
+                        Cell::Null => {}
+                        other => return convert(&self.target, other).map_err(error),
+                    }
+                }
+                if joined.is_empty() {
+                    return convert(&self.target, Cell::Null).map_err(error);
+                }
+                convert(&self.target, Cell::Text(&joined.join(separator))).map_err(error)
+            }
+        }
+    }
+}
+
+fn parse_decimal(text: &str) -> Result<Decimal, String> {
+    text.trim()
+        .parse()
+        .or_else(|_| Decimal::from_scientific(text.trim()))
+        .map_err(|_| format!("{text:?} is not a decimal number"))
+}
+
+/// The first day (`YYYY-MM-DD`) of the period of `bucket` holding the date or timestamp `text`.
+fn bucket_start(text: &str, bucket: Bucket) -> Option<String> {
+    use chrono::{Datelike, NaiveDate};
+    let date = chrono::DateTime::from_timestamp_millis(parse_time(text)?)?.date_naive();
+    let start = match bucket {
+        Bucket::Day => date,
+        Bucket::Week => date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday())),
+        Bucket::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)?,
+        Bucket::Quarter => NaiveDate::from_ymd_opt(date.year(), (date.month0() / 3) * 3 + 1, 1)?,
+        Bucket::Year => NaiveDate::from_ymd_opt(date.year(), 1, 1)?,
+    };
+    Some(start.format("%Y-%m-%d").to_string())
+}
+
+/// Whether a transform can produce the target's type: scaling makes numbers, bucketing dates.
+fn transform_fits(target: &Target, source: &FieldSource) -> Result<(), String> {
+    match source {
+        FieldSource::Transform(t) if t.scale.is_some() => match target.leaf {
+            Leaf::Decimal(_) | Leaf::Integer => Ok(()),
+            _ => Err("scale applies to decimal and integer fields".into()),
+        },
+        FieldSource::Transform(t) if t.bucket.is_some() => match target.leaf {
+            Leaf::String | Leaf::Timestamp => Ok(()),
+            _ => Err("bucket applies to text and timestamp fields".into()),
+        },
+        FieldSource::Concat(_) => match target.leaf {
+            Leaf::String | Leaf::Enum(_) => Ok(()),
+            _ => Err("concat applies to text fields".into()),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// The field whose value is the record key of `kind`.
 fn key_field(kind: EventKind) -> &'static str {
     match kind {
@@ -388,13 +490,13 @@ fn key_field(kind: EventKind) -> &'static str {
 /// Checks `mapping` against the contract `kind` without a database: every path names a
 /// field of the contract, constants fit, the record key and every required field are set.
 /// Returns (field path, reason) pairs.
-pub fn check(mapping: &TableMapping, kind: EventKind) -> Vec<(String, String)> {
+pub fn check(mapping: &Mapping, kind: EventKind) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if !MAPPABLE.contains(&kind) {
         problems.push((
             "topic".to_string(),
             format!(
-                "carries {}; pg_cdc writes {}",
+                "carries {}; sources map records to {}",
                 kind.topic(),
                 MAPPABLE.map(|k| k.topic()).join(", ")
             ),
@@ -406,9 +508,12 @@ pub fn check(mapping: &TableMapping, kind: EventKind) -> Vec<(String, String)> {
         match target(kind, path) {
             Err(reason) => problems.push((format!("fields.{path}"), reason)),
             Ok(target) => {
-                if let FieldSource::Const { value } = source
-                    && let Err(reason) = constant(&target, value)
+                if let FieldSource::Const(c) = source
+                    && let Err(reason) = constant(&target, &c.value)
                 {
+                    problems.push((format!("fields.{path}"), reason));
+                }
+                if let Err(reason) = transform_fits(&target, source) {
                     problems.push((format!("fields.{path}"), reason));
                 }
                 set.push(target.segments);
@@ -669,11 +774,7 @@ fn convert(target: &Target, cell: Cell) -> Result<Value, String> {
             .map(Value::from)
             .ok_or_else(|| format!("{text:?} is not a timestamp")),
         Leaf::Decimal(scale) => {
-            let value: Decimal = text
-                .trim()
-                .parse()
-                .or_else(|_| Decimal::from_scientific(text.trim()))
-                .map_err(|_| format!("{text:?} is not a decimal number"))?;
+            let value = parse_decimal(text)?;
             let bytes = decimal::avro_bytes(value, *scale).map_err(|e| format!("{text} {e}"))?;
             Ok(Value::Array(bytes.into_iter().map(Value::from).collect()))
         }
@@ -843,7 +944,7 @@ fn fill_defaults(schema: &Schema, value: &mut Value) {
 mod tests {
     use super::*;
 
-    fn mapping(yaml: &str) -> TableMapping {
+    fn mapping(yaml: &str) -> Mapping {
         serde_yaml_ng::from_str(yaml).expect("mapping")
     }
 
@@ -875,6 +976,7 @@ mod tests {
             &mapping(STOCK),
             EventKind::InventoryChange,
             &columns(&[("id", true), ("item", false), ("qty", false)]),
+            "column",
         )
         .expect("bound");
         let row = [
@@ -903,6 +1005,7 @@ mod tests {
             &mapping(STOCK),
             EventKind::InventoryChange,
             &columns(&[("id", true), ("item", false), ("qty", false)]),
+            "column",
         )
         .expect("bound");
         let err = bound
@@ -946,6 +1049,7 @@ mod tests {
             &mapping(STOCK),
             EventKind::InventoryChange,
             &columns(&[("id", true), ("item", false)]),
+            "column",
         )
         .expect_err("qty is gone");
         assert_eq!(err.field, "new_quantity");
@@ -990,6 +1094,7 @@ mod tests {
                 ("path", false),
                 ("price", false),
             ]),
+            "column",
         )
         .expect("bound");
         let row = [
@@ -1018,7 +1123,7 @@ mod tests {
         let m = mapping(
             "topic: inventory.change\nfields:\n  sku: item\n  location_code: { const: W }\n  new_quantity: qty\non_delete: { set: { new_quantity: 0, change_reason: DELETED } }\n",
         );
-        let bound = Bound::new(&m, EventKind::InventoryChange, &cols).expect("bound");
+        let bound = Bound::new(&m, EventKind::InventoryChange, &cols, "column").expect("bound");
         let Deleted::Event(event) = bound
             .deleted(&[Cell::Text("S1"), Cell::Null], &envelope())
             .expect("delete")
@@ -1034,12 +1139,55 @@ mod tests {
             &mapping(STOCK),
             EventKind::InventoryChange,
             &columns(&[("item", true), ("qty", false)]),
+            "column",
         )
         .expect("bound");
         assert!(matches!(
             tombstone.deleted(&[Cell::Text("S1"), Cell::Null], &envelope()),
             Ok(Deleted::Tombstone(k)) if k == "S1"
         ));
+    }
+
+    #[test]
+    fn transforms_concat_scale_and_bucket() {
+        let m = mapping(
+            "topic: inventory.change\nfields:\n  sku: { concat: [item, variant], separator: '-' }\n  location_code: { field: day, bucket: month }\n  new_quantity: { field: grams, scale: 0.001 }\n  change_reason: { field: day, bucket: week }\n",
+        );
+        assert!(check(&m, EventKind::InventoryChange).is_empty());
+        let cols = columns(&[
+            ("item", true),
+            ("variant", true),
+            ("day", false),
+            ("grams", false),
+        ]);
+        let bound = Bound::new(&m, EventKind::InventoryChange, &cols, "field").expect("bound");
+        let row = [
+            Cell::Text("SHIRT"),
+            Cell::Text("XL"),
+            Cell::Text("2026-11-27 10:00:00"),
+            Cell::Text("1250"),
+        ];
+        let Mapped::InventoryChange(event) = bound.event(&row, None, &envelope()).expect("event")
+        else {
+            panic!("wrong kind")
+        };
+        assert_eq!(event.sku, "SHIRT-XL");
+        assert_eq!(event.location_code, "2026-11-01");
+        assert_eq!(event.change_reason.as_deref(), Some("2026-11-23"));
+        assert_eq!(event.new_quantity, Some("1.25".parse().expect("decimal")));
+        let too_fine = [row[0], row[1], row[2], Cell::Text("0.5")];
+        let err = bound
+            .event(&too_fine, None, &envelope())
+            .expect_err("0.0005 kg");
+        assert_eq!(err.field, "new_quantity");
+        let bad = mapping(
+            "topic: inventory.change\nfields:\n  sku: item\n  location_code: { field: w, scale: 2 }\n  new_quantity: { field: d, bucket: month }\n",
+        );
+        let paths: Vec<String> = check(&bad, EventKind::InventoryChange)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(paths, ["fields.location_code", "fields.new_quantity"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What sinks share about HTTP delivery: the retry schedule and how an answer is classified
+//! What HTTP clients (sinks, polled sources) share: the retry schedule and how an answer is classified
 //! (delivered; worth retrying: 408, 429, 5xx, timeouts, connection errors; refused for good:
 //! other 4xx).
 
