@@ -10,4 +10,5 @@ pub mod fields;
 pub mod http;
 pub mod mapping;
 pub mod pg_cdc;
+pub mod rest_poll;
 pub mod storefront_api;

@@ -21,6 +21,7 @@ use erpstream_connectors::sinks::erp_rest::{self, ErpRestSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
 use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
 use erpstream_connectors::sources::pg_cdc::{self, PgCdcSource};
+use erpstream_connectors::sources::rest_poll::{self, RestPollSource};
 use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use erpstream_schemas::{Codec, CodecError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -55,6 +56,9 @@ pub enum RuntimeError {
     /// A change-data-capture source cannot work against its database.
     #[error("{0}")]
     Cdc(#[from] pg_cdc::CdcError),
+    /// A polled source could not be set up.
+    #[error(transparent)]
+    Poll(#[from] rest_poll::PollError),
     /// The HTTP listener could not be opened.
     #[error("could not listen on {addr}: {source}")]
     Listen {
@@ -157,6 +161,38 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                 readiness.push((id.clone(), source.ready()));
                 let span = tracing::info_span!("component", component_kind = "source",
                     component_id = %id, component_type = pg_cdc::TYPE);
+                let (name, rx) = (id.clone(), shutdown_rx.clone());
+                tasks.spawn(
+                    async move { (name, source.run(rx).await.map_err(|e| e.to_string())) }
+                        .instrument(span),
+                );
+            }
+            SourceConfig::RestPoll(config) => {
+                let resources = config
+                    .resources
+                    .iter()
+                    .filter_map(|(name, resource)| {
+                        let topic = kafka.topic(&resource.topic);
+                        Some(rest_poll::Resource {
+                            name: name.clone(),
+                            config: resource.clone(),
+                            kind: topology.contract(&resource.topic)?,
+                            dlq_topic: dlq_topic(&topic),
+                            topic,
+                        })
+                    })
+                    .collect();
+                let state_key = format!("{}.{id}", topology.app_id);
+                let source = RestPollSource::build(
+                    id,
+                    &state_key,
+                    config.clone(),
+                    resources,
+                    publisher.clone(),
+                )?;
+                readiness.push((id.clone(), source.ready()));
+                let span = tracing::info_span!("component", component_kind = "source",
+                    component_id = %id, component_type = rest_poll::TYPE);
                 let (name, rx) = (id.clone(), shutdown_rx.clone());
                 tasks.spawn(
                     async move { (name, source.run(rx).await.map_err(|e| e.to_string())) }
@@ -366,14 +402,16 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
         add(kafka.topic(logical), topic.partitions, topic.compacted);
     }
     for source in topology.sources.values() {
-        if let SourceConfig::PgCdc(config) = source {
-            for table in config.tables.values() {
-                let partitions = topology
-                    .topics
-                    .get(&table.topic)
-                    .map_or(1, |t| t.partitions);
-                add(dlq_topic(&kafka.topic(&table.topic)), partitions, false);
+        let mapped: Vec<&String> = match source {
+            SourceConfig::PgCdc(config) => config.tables.values().map(|t| &t.topic).collect(),
+            SourceConfig::RestPoll(config) => {
+                config.resources.values().map(|r| &r.topic).collect()
             }
+            _ => Vec::new(),
+        };
+        for topic in mapped {
+            let partitions = topology.topics.get(topic).map_or(1, |t| t.partitions);
+            add(dlq_topic(&kafka.topic(topic)), partitions, false);
         }
     }
     for chain in chains(topology) {

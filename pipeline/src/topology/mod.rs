@@ -14,6 +14,7 @@ use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
 use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
+use erpstream_connectors::sources::rest_poll::RestPollConfig;
 use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;
@@ -96,6 +97,8 @@ pub enum SourceConfig {
     StorefrontApi(StorefrontApiConfig),
     /// `pg_cdc`.
     PgCdc(PgCdcConfig),
+    /// `rest_poll`.
+    RestPoll(RestPollConfig),
 }
 
 /// A processor, by `type`.

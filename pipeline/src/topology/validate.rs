@@ -109,7 +109,15 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                 problems.extend(c.validate(at));
                 SourceConfig::PgCdc(c)
             }),
-            _ => unknown_type(at, &["erp_webhook", "storefront_api", "pg_cdc"], problems),
+            "rest_poll" => typed::<RestPollConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SourceConfig::RestPoll(c)
+            }),
+            _ => unknown_type(
+                at,
+                &["erp_webhook", "storefront_api", "pg_cdc", "rest_poll"],
+                problems,
+            ),
         },
     );
     let processors = components(
@@ -335,6 +343,27 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                             erpstream_connectors::sources::mapping::check(table, kind)
                         {
                             problems.push(Problem::new(format!("{table_at}.{field}"), reason));
+                        }
+                    }
+                }
+            }
+            SourceConfig::RestPoll(c) => {
+                for (name, resource) in &c.resources {
+                    let resource_at = format!("{at}.resources.{name}");
+                    let topic_at = format!("{resource_at}.topic");
+                    expect_topic(
+                        t,
+                        &topic_at,
+                        &resource.topic,
+                        &erpstream_connectors::sources::mapping::MAPPABLE,
+                        problems,
+                    );
+                    if let Some(kind) = t.contract(&resource.topic) {
+                        let mapping = resource.mapping();
+                        for (field, reason) in
+                            erpstream_connectors::sources::mapping::check(&mapping, kind)
+                        {
+                            problems.push(Problem::new(format!("{resource_at}.{field}"), reason));
                         }
                     }
                 }

@@ -1,0 +1,745 @@
+//! `rest_poll`: pulls changed records from an ERP's REST API on a schedule (ERPNext's Frappe
+//! REST, OData services such as Epicor Kinetic BAQs) and publishes them mapped as declared.
+//!
+//! Contract:
+//! - **Durable cursor, moved after the broker.** Records are read in pages ordered by their
+//!   change time (then key), only those changed since the stored cursor minus `look_back`.
+//!   A page's records are published, every acknowledgement awaited, and only then are their
+//!   hashes and the cursor (the page's latest change time) stored, in one transaction in
+//!   erpstream's database. A crash repeats at most the page in flight, with the same
+//!   idempotency keys (`rest:<source>:<resource>:<key>:<change time>:<hash>`), which
+//!   `dedupe` drops.
+//! - **Nothing lost at the cursor's edge.** Pages continue from the last change time with
+//!   `>=`, not past it, and each poll re-reads `look_back` behind the cursor, so records
+//!   written in the cursor's own second, or committed late by the ERP, are read.
+//! - **Only real changes are published.** A record whose mapped content hashes as last
+//!   published (a re-read, or a change to fields the mapping does not read) is skipped.
+//! - **Deletions.** Every `deletion_check` the keys of all records are listed; a remembered
+//!   key missing from the list, and confirmed missing by a lookup, becomes the mapping's
+//!   `on_delete`.
+//! - **Being a good client.** Requests are paced (`max_requests_per_second`), time out, and
+//!   are retried with capped backoff on 408, 429 (at least `Retry-After`), 5xx and timeouts.
+//!   After `circuit.failures` failed polls in a row the circuit opens: the source reports not
+//!   ready in `/readyz` and sends one test request per `circuit.open_for` until the ERP
+//!   answers; wrong credentials are reported as such, not retried in a tight loop.
+//! - Records that do not fit the contract go to `<topic>.dlq` with the field and reason.
+
+mod api;
+mod config;
+mod state;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chrono::NaiveDateTime;
+use erpstream_schemas::{EventKind, Traceparent, now_millis};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+pub use api::{ApiError, REQUESTS};
+pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
+use api::{Api, PageQuery};
+use state::{Hash, State};
+
+use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
+use crate::metrics as m;
+use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped};
+
+/// Component type name in the topology.
+pub const TYPE: &str = "rest_poll";
+/// Records read, by `component_id`, `resource` and `outcome` (`published`, `unchanged`,
+/// `deleted`, `dead_lettered`).
+pub const RECORDS: &str = "erpstream_rest_poll_records_total";
+/// 1 while the circuit is open (the source does not call the ERP but to test it).
+pub const CIRCUIT_OPEN: &str = "erpstream_rest_poll_circuit_open";
+/// Unix time of the last poll that completed.
+pub const LAST_SUCCESS: &str = "erpstream_rest_poll_last_success_timestamp_seconds";
+/// Seconds one poll of every resource took.
+pub const POLL_DURATION: &str = "erpstream_rest_poll_duration_seconds";
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// The ERP did not give what was asked.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// erpstream's database failed.
+    #[error("state database: {0}")]
+    State(#[from] tokio_postgres::Error),
+    /// The broker did not take a record.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A resource cannot be polled as configured.
+    #[error("resource {resource}: {reason}")]
+    Resource {
+        /// Resource name.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One resource, resolved against the topology.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Name in the topology.
+    pub name: String,
+    /// Its configuration.
+    pub config: ResourceConfig,
+    /// The contract of its topic.
+    pub kind: EventKind,
+    /// Broker-side topic.
+    pub topic: String,
+    /// Broker-side dead-letter topic.
+    pub dlq_topic: String,
+}
+
+/// A running `rest_poll` source.
+pub struct RestPollSource {
+    id: String,
+    state_key: String,
+    config: RestPollConfig,
+    resources: Vec<Resource>,
+    publisher: Publisher,
+    api: Api,
+    ready: Arc<AtomicBool>,
+}
+
+/// A resource with its mapping bound to the fields the poller reads.
+struct Poller {
+    resource: Resource,
+    bound: Bound,
+    /// Fields requested, in cell order.
+    fields: Vec<String>,
+    keys: Vec<usize>,
+    key_fields: Vec<String>,
+    changed: usize,
+    changed_field: String,
+    cursor: Option<NaiveDateTime>,
+    known: HashMap<String, (String, Hash)>,
+    last_deletion_check: Instant,
+}
+
+impl RestPollSource {
+    /// Reads the credentials and binds every resource's mapping (no I/O).
+    pub fn build(
+        id: &str,
+        state_key: &str,
+        config: RestPollConfig,
+        resources: Vec<Resource>,
+        publisher: Publisher,
+    ) -> Result<Self, PollError> {
+        let api = Api::new(id, &config)?;
+        let source = Self {
+            id: id.to_string(),
+            state_key: state_key.to_string(),
+            config,
+            resources,
+            publisher,
+            api,
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        for resource in &source.resources {
+            source.poller(resource.clone())?;
+        }
+        Ok(source)
+    }
+
+    /// True while the ERP answers (the circuit is closed).
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    fn poller(&self, resource: Resource) -> Result<Poller, PollError> {
+        let preset = self.config.preset;
+        let key_fields = resource.config.key_fields(preset);
+        let changed_field = resource
+            .config
+            .changed_field(preset)
+            .unwrap_or_else(|| "modified".into());
+        let mapping = resource.config.mapping();
+        let mut fields: Vec<String> = key_fields.clone();
+        for name in mapping
+            .inputs()
+            .into_iter()
+            .chain([changed_field.as_str()])
+        {
+            if !fields.iter().any(|f| f == name) {
+                fields.push(name.to_string());
+            }
+        }
+        let columns: Vec<Column> = fields
+            .iter()
+            .map(|name| Column {
+                name: name.clone(),
+                key: key_fields.contains(name),
+            })
+            .collect();
+        let bound =
+            Bound::new(&mapping, resource.kind, &columns, "field").map_err(|e| {
+                PollError::Resource {
+                    resource: resource.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let index = |name: &str| fields.iter().position(|f| f == name).unwrap_or(0);
+        Ok(Poller {
+            keys: key_fields.iter().map(|k| index(k)).collect(),
+            changed: index(&changed_field),
+            bound,
+            key_fields,
+            changed_field,
+            fields,
+            resource,
+            cursor: None,
+            known: HashMap::new(),
+            last_deletion_check: Instant::now(),
+        })
+    }
+
+    /// Polls until shutdown. Never stops on an ERP failure: the circuit opens and the source
+    /// reports not ready until the ERP answers again.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PollError> {
+        let mut pollers = self
+            .resources
+            .iter()
+            .map(|r| self.poller(r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state: Option<State> = None;
+        let mut failures = 0u32;
+        let mut loaded = false;
+        loop {
+            let started = Instant::now();
+            let cycle = async {
+                if state.as_ref().is_none_or(State::is_closed) {
+                    state = Some(State::open(&self.config.state_database, &self.state_key).await?);
+                    loaded = false;
+                }
+                let Some(state) = state.as_mut() else {
+                    unreachable!("opened above")
+                };
+                if !loaded {
+                    let user = self.api.test_connection(self.first_collection()).await?;
+                    tracing::info!(user = %user, "{} accepted the credentials", self.config.preset.peer());
+                    for poller in &mut pollers {
+                        let remembered = state.load(&poller.resource.name).await?;
+                        poller.cursor = remembered.cursor.as_deref().and_then(parse_change_time);
+                        poller.known = remembered.records;
+                    }
+                    loaded = true;
+                    self.ready.store(true, Ordering::Relaxed);
+                }
+                for poller in &mut pollers {
+                    self.poll(poller, state).await?;
+                    if !self.config.deletion_check.is_zero()
+                        && poller.last_deletion_check.elapsed() >= self.config.deletion_check
+                    {
+                        self.find_deletions(poller, state).await?;
+                        poller.last_deletion_check = Instant::now();
+                    }
+                }
+                Ok::<(), PollError>(())
+            };
+            let result = tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                result = cycle => result,
+            };
+            match result {
+                Ok(()) => {
+                    metrics::histogram!(POLL_DURATION, m::COMPONENT_ID => self.id.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::gauge!(LAST_SUCCESS, m::COMPONENT_ID => self.id.clone())
+                        .set(now_millis() as f64 / 1000.0);
+                    if failures >= self.config.circuit.failures {
+                        tracing::info!("{} answers again; circuit closed", self.config.preset.peer());
+                    }
+                    failures = 0;
+                    metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(0.0);
+                    self.ready.store(true, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    failures += 1;
+                    let error_type = match &err {
+                        PollError::Api(ApiError::Credentials { .. }) => "credentials",
+                        PollError::Api(_) => "erp",
+                        PollError::State(_) => "state_database",
+                        PollError::Publish(_) => "broker",
+                        PollError::Resource { .. } => "resource",
+                    };
+                    metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.id.clone(),
+                        m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => error_type, m::STAGE => "poll")
+                    .increment(1);
+                    tracing::error!(error = %err, failures, "poll failed");
+                    if failures >= self.config.circuit.failures {
+                        self.ready.store(false, Ordering::Relaxed);
+                        metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(1.0);
+                        tracing::error!(
+                            open_for = ?self.config.circuit.open_for,
+                            "circuit open after {failures} failed polls: not calling {} but to test it",
+                            self.config.preset.peer()
+                        );
+                        // The next cycle starts with the connection test.
+                        loaded = false;
+                        tokio::select! {
+                            _ = shutdown.changed() => return Ok(()),
+                            _ = tokio::time::sleep(self.config.circuit.open_for) => continue,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(self.config.interval) => {}
+            }
+        }
+    }
+
+    fn first_collection(&self) -> &str {
+        self.resources
+            .first()
+            .and_then(|r| r.config.baq.as_deref().or(r.config.doctype.as_deref()))
+            .unwrap_or_default()
+    }
+
+    /// Reads everything changed since the cursor (minus the look-back), page by page.
+    async fn poll(&self, poller: &mut Poller, state: &mut State) -> Result<(), PollError> {
+        let look_back = chrono::Duration::from_std(self.config.look_back).unwrap_or_default();
+        let mut since = poller.cursor.map(|c| c - look_back);
+        let mut offset = 0u64;
+        let order_by: Vec<String> = [poller.changed_field.clone()]
+            .into_iter()
+            .chain(poller.key_fields.iter().cloned())
+            .collect();
+        loop {
+            let page = self
+                .api
+                .page(&PageQuery {
+                    collection: poller.collection(),
+                    filters: poller.resource.config.filters.as_ref(),
+                    select: &poller.fields,
+                    order_by: &order_by,
+                    since: since.map(|s| (poller.changed_field.as_str(), s)),
+                    equal: &[],
+                    offset,
+                    limit: self.config.page_size,
+                })
+                .await?;
+            let times: Vec<Option<NaiveDateTime>> = page
+                .rows
+                .iter()
+                .map(|row| lookup(row, &poller.changed_field).and_then(|v| parse_change_time(&v)))
+                .collect();
+            let latest = times.iter().flatten().max().copied();
+            self.publish_page(poller, &page.rows, latest, state).await?;
+            if !page.more {
+                return Ok(());
+            }
+            let Some(last) = latest else {
+                return Err(PollError::Resource {
+                    resource: poller.resource.name.clone(),
+                    reason: format!(
+                        "a full page without a readable {} value; cannot page on it",
+                        poller.changed_field
+                    ),
+                });
+            };
+            // Continue from the last change time itself (>=), re-reading the records that
+            // share it; when the whole page shares it, skip past the ones already read.
+            let all_at_last = times.iter().all(|t| *t == Some(last));
+            offset = match (all_at_last, since == Some(last)) {
+                (true, true) => offset + page.rows.len() as u64,
+                (true, false) => page.rows.len() as u64,
+                (false, _) => 0,
+            };
+            since = Some(last);
+        }
+    }
+
+    /// Publishes the page's changed records, awaits every acknowledgement, then stores their
+    /// hashes and moves the cursor to `latest`, in one transaction.
+    async fn publish_page(
+        &self,
+        poller: &mut Poller,
+        rows: &[Map<String, Value>],
+        latest: Option<NaiveDateTime>,
+        state: &mut State,
+    ) -> Result<(), PollError> {
+        let resource = poller.resource.name.clone();
+        let mut pending: Vec<PendingAck> = Vec::new();
+        let mut published: Vec<(String, String, Hash)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut unchanged = 0u64;
+        let mut dead = 0u64;
+        for row in rows {
+            let texts = poller.texts(row);
+            let cells: Vec<Cell> = texts
+                .iter()
+                .map(|t| t.as_deref().map_or(Cell::Null, Cell::Text))
+                .collect();
+            let key_values: Vec<&str> = poller
+                .keys
+                .iter()
+                .map(|i| texts[*i].as_deref().unwrap_or(""))
+                .collect();
+            let key = record_key(&key_values);
+            let hash = poller.hash(&cells);
+            if poller.known.get(&key).is_some_and(|(_, h)| *h == hash) || !seen.insert(key.clone())
+            {
+                unchanged += 1;
+                continue;
+            }
+            let changed_text = texts[poller.changed].as_deref().unwrap_or("");
+            let idempotency_key = format!(
+                "rest:{}:{}:{}:{}:{}",
+                self.id,
+                resource,
+                key,
+                changed_text,
+                hex::encode(&hash[..8])
+            );
+            let envelope = Envelope {
+                idempotency_key: &idempotency_key,
+                source: &self.id,
+                source_system: &self.config.source_system,
+                occurred_at: now_millis(),
+                ingested_at: now_millis(),
+            };
+            let record = match poller.bound.event(&cells, None, &envelope) {
+                Ok(event) => self.event_record(&poller.resource, &event).await?,
+                Err(error) => {
+                    dead += 1;
+                    tracing::warn!(%resource, record = %key, %error, "record does not fit its contract; dead-lettered");
+                    self.dead_letter(&poller.resource, &key, row, &error.to_string())
+                }
+            };
+            metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+                m::COMPONENT_TYPE => TYPE)
+            .increment(1);
+            pending.push(self.publisher.enqueue(record).await?);
+            published.push((
+                key,
+                serde_json::to_string(&key_values).unwrap_or_default(),
+                hash,
+            ));
+        }
+        for ack in futures::future::try_join_all(pending).await? {
+            let _ = ack;
+        }
+        let cursor = match (latest, poller.cursor) {
+            (Some(l), Some(c)) if l <= c => None,
+            (Some(l), _) => Some(l),
+            (None, _) => None,
+        };
+        let cursor_text = cursor.map(format_change_time);
+        state
+            .commit(&resource, cursor_text.as_deref(), &published, &[])
+            .await?;
+        if let Some(c) = cursor {
+            poller.cursor = Some(c);
+        }
+        let count = |outcome: &'static str, n: u64| {
+            metrics::counter!(RECORDS, m::COMPONENT_ID => self.id.clone(),
+                "resource" => resource.clone(), "outcome" => outcome)
+            .increment(n);
+        };
+        count("published", published.len() as u64 - dead);
+        count("dead_lettered", dead);
+        count("unchanged", unchanged);
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(published.len() as u64 - dead);
+        for (key, values, hash) in published {
+            poller.known.insert(key, (values, hash));
+        }
+        Ok(())
+    }
+
+    /// Lists every key; remembered keys missing from the list (and from a direct lookup)
+    /// become the mapping's `on_delete`.
+    async fn find_deletions(&self, poller: &mut Poller, state: &mut State) -> Result<(), PollError> {
+        let mut listed: HashSet<String> = HashSet::with_capacity(poller.known.len());
+        let mut offset = 0u64;
+        loop {
+            let page = self
+                .api
+                .page(&PageQuery {
+                    collection: poller.collection(),
+                    filters: poller.resource.config.filters.as_ref(),
+                    select: &poller.key_fields,
+                    order_by: &poller.key_fields,
+                    since: None,
+                    equal: &[],
+                    offset,
+                    limit: self.config.page_size,
+                })
+                .await?;
+            for row in &page.rows {
+                let values: Vec<String> = poller
+                    .key_fields
+                    .iter()
+                    .map(|k| lookup(row, k).map(|v| v.into_owned()).unwrap_or_default())
+                    .collect();
+                let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+                listed.insert(record_key(&refs));
+            }
+            if !page.more {
+                break;
+            }
+            offset += page.rows.len() as u64;
+        }
+        let missing: Vec<(String, String)> = poller
+            .known
+            .iter()
+            .filter(|(key, _)| !listed.contains(*key))
+            .map(|(key, (values, _))| (key.clone(), values.clone()))
+            .collect();
+        let mut pending = Vec::new();
+        let mut deleted = Vec::new();
+        for (key, values) in missing {
+            let values: Vec<String> = serde_json::from_str(&values).unwrap_or_default();
+            let equal: Vec<(String, Value)> = poller
+                .key_fields
+                .iter()
+                .cloned()
+                .zip(values.iter().map(|v| Value::String(v.clone())))
+                .collect();
+            let found = self
+                .api
+                .page(&PageQuery {
+                    collection: poller.collection(),
+                    filters: poller.resource.config.filters.as_ref(),
+                    select: &poller.key_fields,
+                    order_by: &[],
+                    since: None,
+                    equal: &equal,
+                    offset: 0,
+                    limit: 1,
+                })
+                .await?;
+            if !found.rows.is_empty() {
+                continue;
+            }
+            let cells: Vec<Cell> = (0..poller.fields.len())
+                .map(|i| match poller.keys.iter().position(|k| *k == i) {
+                    Some(j) => values.get(j).map_or(Cell::Null, |v| Cell::Text(v)),
+                    None => Cell::Missing,
+                })
+                .collect();
+            let idempotency_key = format!("rest:{}:{}:{}:deleted", self.id, poller.resource.name, key);
+            let envelope = Envelope {
+                idempotency_key: &idempotency_key,
+                source: &self.id,
+                source_system: &self.config.source_system,
+                occurred_at: now_millis(),
+                ingested_at: now_millis(),
+            };
+            let record = match poller.bound.deleted(&cells, &envelope) {
+                Ok(Deleted::Skip) => None,
+                Ok(Deleted::Tombstone(k)) => Some(RawRecord {
+                    topic: poller.resource.topic.clone(),
+                    key: Some(k.into_bytes()),
+                    payload: None,
+                    headers: vec![(
+                        TRACEPARENT_HEADER.to_string(),
+                        Traceparent::new_root().to_string().into_bytes(),
+                    )],
+                    partition: None,
+                }),
+                Ok(Deleted::Event(event)) => Some(self.event_record(&poller.resource, &event).await?),
+                Err(error) => {
+                    let row: Map<String, Value> = poller
+                        .key_fields
+                        .iter()
+                        .cloned()
+                        .zip(values.iter().map(|v| Value::String(v.clone())))
+                        .collect();
+                    Some(self.dead_letter(&poller.resource, &key, &row, &error.to_string()))
+                }
+            };
+            if let Some(record) = record {
+                pending.push(self.publisher.enqueue(record).await?);
+            }
+            tracing::info!(resource = %poller.resource.name, record = %key, "record no longer in the ERP");
+            deleted.push(key);
+        }
+        futures::future::try_join_all(pending).await?;
+        if !deleted.is_empty() {
+            state.commit(&poller.resource.name, None, &[], &deleted).await?;
+            metrics::counter!(RECORDS, m::COMPONENT_ID => self.id.clone(),
+                "resource" => poller.resource.name.clone(), "outcome" => "deleted")
+            .increment(deleted.len() as u64);
+            for key in &deleted {
+                poller.known.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn event_record(&self, resource: &Resource, event: &Mapped) -> Result<RawRecord, PollError> {
+        Ok(RawRecord {
+            topic: resource.topic.clone(),
+            key: Some(event.key().as_bytes().to_vec()),
+            payload: Some(
+                event
+                    .encode(self.publisher.codec(), &resource.topic)
+                    .await
+                    .map_err(PublishError::from)?,
+            ),
+            headers: vec![(
+                TRACEPARENT_HEADER.to_string(),
+                Traceparent::new_root().to_string().into_bytes(),
+            )],
+            partition: None,
+        })
+    }
+
+    fn dead_letter(&self, resource: &Resource, key: &str, row: &Map<String, Value>, error: &str) -> RawRecord {
+        metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        RawRecord {
+            topic: resource.dlq_topic.clone(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(Value::Object(row.clone()).to_string().into_bytes()),
+            headers: vec![
+                ("erpstream.error".into(), error.as_bytes().to_vec()),
+                ("erpstream.source".into(), self.id.clone().into_bytes()),
+                ("erpstream.attempts".into(), b"1".to_vec()),
+                (
+                    "erpstream.original.resource".into(),
+                    resource.name.clone().into_bytes(),
+                ),
+                (
+                    "erpstream.failed_at".into(),
+                    now_millis().to_string().into_bytes(),
+                ),
+                (
+                    TRACEPARENT_HEADER.to_string(),
+                    Traceparent::new_root().to_string().into_bytes(),
+                ),
+            ],
+            partition: None,
+        }
+    }
+}
+
+impl Poller {
+    fn collection(&self) -> &str {
+        let config = &self.resource.config;
+        config
+            .doctype
+            .as_deref()
+            .or(config.baq.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The record's fields in cell order, as text (`None` for null or absent).
+    fn texts<'a>(&self, row: &'a Map<String, Value>) -> Vec<Option<Cow<'a, str>>> {
+        self.fields.iter().map(|f| lookup(row, f)).collect()
+    }
+
+    /// Hash of everything the mapping reads but the change time.
+    fn hash(&self, cells: &[Cell]) -> Hash {
+        let mut digest = Sha256::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == self.changed {
+                continue;
+            }
+            match cell {
+                Cell::Text(text) => {
+                    digest.update([1]);
+                    digest.update((text.len() as u64).to_be_bytes());
+                    digest.update(text.as_bytes());
+                }
+                _ => digest.update([0]),
+            }
+        }
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&digest.finalize()[..16]);
+        hash
+    }
+}
+
+/// A field of a record (`a.b` descends into objects) as text: strings as they are, numbers in
+/// their exact JSON form, objects and arrays as JSON; `None` for null or absent.
+fn lookup<'a>(row: &'a Map<String, Value>, path: &str) -> Option<Cow<'a, str>> {
+    let value = match row.get(path) {
+        Some(v) => v,
+        None => {
+            let mut parts = path.split('.');
+            let mut value = row.get(parts.next()?)?;
+            for part in parts {
+                value = value.get(part)?;
+            }
+            value
+        }
+    };
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        other => Some(Cow::Owned(other.to_string())),
+    }
+}
+
+/// A record's key: the value itself for one key field, a JSON array for several.
+fn record_key(values: &[&str]) -> String {
+    match values {
+        [one] => (*one).to_string(),
+        many => serde_json::to_string(many).unwrap_or_default(),
+    }
+}
+
+/// A change time as the ERP writes it: Frappe's `2026-11-27 10:00:00.123456` (the server's
+/// local time, kept as it is), or ISO 8601 with or without offset (converted to UTC).
+fn parse_change_time(text: &str) -> Option<NaiveDateTime> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.naive_utc());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t);
+        }
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+}
+
+fn format_change_time(time: NaiveDateTime) -> String {
+    time.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_times_parse_in_the_presets_forms() {
+        let frappe = parse_change_time("2026-11-27 10:00:00.123456").expect("frappe");
+        assert_eq!(format_change_time(frappe), "2026-11-27 10:00:00.123456");
+        let iso = parse_change_time("2026-11-27T11:00:00+01:00").expect("iso");
+        assert_eq!(format_change_time(iso), "2026-11-27 10:00:00.000000");
+        assert!(parse_change_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn fields_read_as_text_exactly() {
+        let row: Map<String, Value> = serde_json::from_str(
+            r#"{"qty": 45000.10, "name": "A", "ok": true, "gone": null, "stock": {"wh": "W1"}}"#,
+        )
+        .expect("json");
+        assert_eq!(lookup(&row, "qty").as_deref(), Some("45000.10"));
+        assert_eq!(lookup(&row, "ok").as_deref(), Some("true"));
+        assert_eq!(lookup(&row, "gone"), None);
+        assert_eq!(lookup(&row, "absent"), None);
+        assert_eq!(lookup(&row, "stock.wh").as_deref(), Some("W1"));
+        assert_eq!(record_key(&["A"]), "A");
+        assert_eq!(record_key(&["A", "W/1"]), r#"["A","W/1"]"#);
+    }
+}
