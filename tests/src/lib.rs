@@ -5,6 +5,7 @@
 //! Every test gets its own app id and topic prefix, so tests run side by side.
 
 pub mod erp;
+pub mod erpnext;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -574,6 +575,10 @@ registry:
             .env("TEST_STOREFRONT_SECRET", STOREFRONT_SECRET)
             .env("TEST_API_TOKEN", API_TOKEN)
             .env("TEST_ERP_TOKEN", ERP_TOKEN)
+            .env("TEST_ERPNEXT_KEY", erpnext::API_KEY)
+            .env("TEST_ERPNEXT_SECRET", erpnext::API_SECRET)
+            .env("TEST_ODATA_USER", erpnext::ODATA_USER.0)
+            .env("TEST_ODATA_PASSWORD", erpnext::ODATA_USER.1)
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -612,6 +617,36 @@ registry:
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Starts the process and waits until `/healthz` answers (ready or not).
+    pub async fn start_unready(&mut self) {
+        self.spawn();
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.url);
+        let until = Instant::now() + Duration::from_secs(90);
+        while !client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                Instant::now() < until,
+                "pipeline not listening after 90s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/readyz`: status and body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("{}/readyz", self.url))
+            .await
+            .expect("readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Starts the process, expecting it to refuse to run: waits for it to exit with an error

@@ -76,13 +76,13 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
     for api in &ops.apis {
         database &= api.store_reachable().await;
     }
-    let starting: Vec<&str> = ops
+    let not_ready: Vec<&str> = ops
         .components
         .iter()
         .filter(|(_, ready)| !ready.load(Ordering::SeqCst))
         .map(|(name, _)| name.as_str())
         .collect();
-    let status = if broker && registry && database && starting.is_empty() {
+    let status = if broker && registry && database && not_ready.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -94,7 +94,7 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
             "status": if status == StatusCode::OK { "ready" } else { "not ready" },
             "checks": {"broker": word(broker), "registry": word(registry),
                 "database": word(database)},
-            "starting": starting,
+            "not_ready": not_ready,
         })),
     )
 }

@@ -404,9 +404,7 @@ pub fn topic_specs(topology: &Topology) -> Vec<TopicSpec> {
     for source in topology.sources.values() {
         let mapped: Vec<&String> = match source {
             SourceConfig::PgCdc(config) => config.tables.values().map(|t| &t.topic).collect(),
-            SourceConfig::RestPoll(config) => {
-                config.resources.values().map(|r| &r.topic).collect()
-            }
+            SourceConfig::RestPoll(config) => config.resources.values().map(|r| &r.topic).collect(),
             _ => Vec::new(),
         };
         for topic in mapped {

@@ -748,7 +748,8 @@ fn constant(target: &Target, value: &Value) -> Result<Value, String> {
 fn convert(target: &Target, cell: Cell) -> Result<Value, String> {
     let text = match cell {
         Cell::Text(t) => t,
-        Cell::Null if target.nullable => return Ok(Value::Null),
+        // A deleted record's non-key fields are unknown: null where the contract allows.
+        Cell::Null | Cell::Missing if target.nullable => return Ok(Value::Null),
         Cell::Null => return Err("is NULL; the field is required".into()),
         Cell::Unchanged => {
             return Err(

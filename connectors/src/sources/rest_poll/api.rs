@@ -125,7 +125,11 @@ impl Api {
             Preset::Erpnext => {
                 let secret = match &config.auth.api_secret {
                     Some(secret) => secret.resolve()?,
-                    None => return Err(ApiError::Secret(crate::SecretError::Empty("api_secret".into()))),
+                    None => {
+                        return Err(ApiError::Secret(crate::SecretError::Empty(
+                            "api_secret".into(),
+                        )));
+                    }
                 };
                 headers.insert(
                     AUTHORIZATION,
@@ -175,11 +179,17 @@ impl Api {
 
     /// Checks the credentials with the cheapest authenticated call: ERPNext's
     /// `frappe.auth.get_logged_user` (answers the API user), one record of an OData BAQ.
-    pub async fn test_connection(&self, any_collection: &str) -> Result<String, ApiError> {
+    /// `retry`: off while the circuit is open (one request per test, not a burst).
+    pub async fn test_connection(
+        &self,
+        any_collection: &str,
+        retry: bool,
+    ) -> Result<String, ApiError> {
+        let attempts = if retry { self.retry.max_attempts } else { 1 };
         match self.preset {
             Preset::Erpnext => {
                 let url = format!("{}/api/method/frappe.auth.get_logged_user", self.base);
-                let body = self.get(&url, &[], "the logged-in user").await?;
+                let body = self.get(&url, &[], "the logged-in user", attempts).await?;
                 body.get("message")
                     .and_then(Value::as_str)
                     .map(str::to_string)
@@ -200,7 +210,7 @@ impl Api {
                     offset: 0,
                     limit: 1,
                 };
-                self.page(&query).await?;
+                self.fetch(&query, attempts).await?;
                 Ok("api key accepted".into())
             }
         }
@@ -208,12 +218,16 @@ impl Api {
 
     /// One page of records.
     pub async fn page(&self, query: &PageQuery<'_>) -> Result<Page, ApiError> {
+        self.fetch(query, self.retry.max_attempts).await
+    }
+
+    async fn fetch(&self, query: &PageQuery<'_>, attempts: u32) -> Result<Page, ApiError> {
         let (url, params) = match self.preset {
             Preset::Erpnext => erpnext_request(&self.base, query),
             Preset::Odata => odata_request(&self.base, &self.company, query),
         };
         let what = query.collection.to_string();
-        let body = self.get(&url, &params, &what).await?;
+        let body = self.get(&url, &params, &what, attempts).await?;
         let (rows, next_link) = match self.preset {
             Preset::Erpnext => (body.get("data"), false),
             Preset::Odata => (
@@ -239,8 +253,14 @@ impl Api {
         Ok(Page { rows, more })
     }
 
-    /// GET with pacing and retries; the JSON body of a 2xx.
-    async fn get(&self, url: &str, params: &[(String, String)], what: &str) -> Result<Value, ApiError> {
+    /// GET with pacing and up to `attempts` attempts; the JSON body of a 2xx.
+    async fn get(
+        &self,
+        url: &str,
+        params: &[(String, String)],
+        what: &str,
+        attempts: u32,
+    ) -> Result<Value, ApiError> {
         let peer = self.preset.peer();
         let url = reqwest::Url::parse_with_params(url, params).map_err(|e| ApiError::Refused {
             peer,
@@ -252,10 +272,7 @@ impl Api {
         loop {
             attempt += 1;
             self.pace().await;
-            let request = self
-                .http
-                .get(url.clone())
-                .headers(self.headers.clone());
+            let request = self.http.get(url.clone()).headers(self.headers.clone());
             let started = Instant::now();
             let result = request.send().await;
             metrics::histogram!(m::REQUEST_DURATION, m::COMPONENT_ID => self.id.clone())
@@ -313,7 +330,7 @@ impl Api {
                     }
                 }
             };
-            if attempt >= self.retry.max_attempts {
+            if attempt >= attempts {
                 return Err(ApiError::Unavailable {
                     peer,
                     what: what.to_string(),
@@ -388,13 +405,20 @@ fn erpnext_request(base: &str, q: &PageQuery) -> (String, Vec<(String, String)>)
         .cloned()
         .unwrap_or_default();
     if let Some((field, since)) = q.since {
-        filters.push(json!([field, ">=", since.format("%Y-%m-%d %H:%M:%S%.6f").to_string()]));
+        filters.push(json!([
+            field,
+            ">=",
+            since.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+        ]));
     }
     for (field, value) in q.equal {
         filters.push(json!([field, "=", value]));
     }
     let mut params = vec![
-        ("fields".to_string(), Value::from(q.select.to_vec()).to_string()),
+        (
+            "fields".to_string(),
+            Value::from(q.select.to_vec()).to_string(),
+        ),
         ("limit_start".to_string(), q.offset.to_string()),
         ("limit_page_length".to_string(), q.limit.to_string()),
     ];
@@ -453,7 +477,10 @@ fn odata_literal(value: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn query<'a>(since: Option<(&'a str, NaiveDateTime)>, equal: &'a [(String, Value)]) -> PageQuery<'a> {
+    fn query<'a>(
+        since: Option<(&'a str, NaiveDateTime)>,
+        equal: &'a [(String, Value)],
+    ) -> PageQuery<'a> {
         PageQuery {
             collection: "Bin",
             filters: None,
@@ -498,9 +525,15 @@ mod tests {
         let mut q = query(None, &equal);
         q.filters = Some(&filter);
         let (url, params) = odata_request("https://kinetic/server", "EPIC06", &q);
-        assert_eq!(url, "https://kinetic/server/api/v2/odata/EPIC06/BaqSvc/Bin/Data");
+        assert_eq!(
+            url,
+            "https://kinetic/server/api/v2/odata/EPIC06/BaqSvc/Bin/Data"
+        );
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("$filter"), Some("(Plant eq 'MfgSys') and PartNum eq 'O''Neil'"));
+        assert_eq!(
+            get("$filter"),
+            Some("(Plant eq 'MfgSys') and PartNum eq 'O''Neil'")
+        );
         assert_eq!(get("$top"), Some("5"));
         assert_eq!(get("$skip"), Some("10"));
     }

@@ -259,7 +259,10 @@ impl RestPollConfig {
             }
         }
         if self.interval < Duration::from_millis(100) {
-            problems.push(Problem::new(format!("{at}.interval"), "must be at least 100ms"));
+            problems.push(Problem::new(
+                format!("{at}.interval"),
+                "must be at least 100ms",
+            ));
         }
         if self.page_size == 0 {
             problems.push(Problem::new(format!("{at}.page_size"), "must be > 0"));
@@ -275,7 +278,10 @@ impl RestPollConfig {
         }
         problems.extend(self.retry.validate(&format!("{at}.retry")));
         if self.circuit.failures == 0 {
-            problems.push(Problem::new(format!("{at}.circuit.failures"), "must be > 0"));
+            problems.push(Problem::new(
+                format!("{at}.circuit.failures"),
+                "must be > 0",
+            ));
         }
         if self.source_system.trim().is_empty() {
             problems.push(Problem::new(

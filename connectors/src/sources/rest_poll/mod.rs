@@ -40,9 +40,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use api::{Api, PageQuery};
 pub use api::{ApiError, REQUESTS};
 pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
-use api::{Api, PageQuery};
 use state::{Hash, State};
 
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
@@ -163,11 +163,7 @@ impl RestPollSource {
             .unwrap_or_else(|| "modified".into());
         let mapping = resource.config.mapping();
         let mut fields: Vec<String> = key_fields.clone();
-        for name in mapping
-            .inputs()
-            .into_iter()
-            .chain([changed_field.as_str()])
-        {
+        for name in mapping.inputs().into_iter().chain([changed_field.as_str()]) {
             if !fields.iter().any(|f| f == name) {
                 fields.push(name.to_string());
             }
@@ -179,13 +175,12 @@ impl RestPollSource {
                 key: key_fields.contains(name),
             })
             .collect();
-        let bound =
-            Bound::new(&mapping, resource.kind, &columns, "field").map_err(|e| {
-                PollError::Resource {
-                    resource: resource.name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let bound = Bound::new(&mapping, resource.kind, &columns, "field").map_err(|e| {
+            PollError::Resource {
+                resource: resource.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let index = |name: &str| fields.iter().position(|f| f == name).unwrap_or(0);
         Ok(Poller {
             keys: key_fields.iter().map(|k| index(k)).collect(),
@@ -212,6 +207,7 @@ impl RestPollSource {
         let mut state: Option<State> = None;
         let mut failures = 0u32;
         let mut loaded = false;
+        let mut circuit_open = false;
         loop {
             let started = Instant::now();
             let cycle = async {
@@ -223,7 +219,10 @@ impl RestPollSource {
                     unreachable!("opened above")
                 };
                 if !loaded {
-                    let user = self.api.test_connection(self.first_collection()).await?;
+                    let user = self
+                        .api
+                        .test_connection(self.first_collection(), !circuit_open)
+                        .await?;
                     tracing::info!(user = %user, "{} accepted the credentials", self.config.preset.peer());
                     for poller in &mut pollers {
                         let remembered = state.load(&poller.resource.name).await?;
@@ -254,9 +253,13 @@ impl RestPollSource {
                         .record(started.elapsed().as_secs_f64());
                     metrics::gauge!(LAST_SUCCESS, m::COMPONENT_ID => self.id.clone())
                         .set(now_millis() as f64 / 1000.0);
-                    if failures >= self.config.circuit.failures {
-                        tracing::info!("{} answers again; circuit closed", self.config.preset.peer());
+                    if circuit_open {
+                        tracing::info!(
+                            "{} answers again; circuit closed",
+                            self.config.preset.peer()
+                        );
                     }
+                    circuit_open = false;
                     failures = 0;
                     metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(0.0);
                     self.ready.store(true, Ordering::Relaxed);
@@ -282,8 +285,9 @@ impl RestPollSource {
                             "circuit open after {failures} failed polls: not calling {} but to test it",
                             self.config.preset.peer()
                         );
-                        // The next cycle starts with the connection test.
+                        // The next cycle starts with the connection test, one attempt.
                         loaded = false;
+                        circuit_open = true;
                         tokio::select! {
                             _ = shutdown.changed() => return Ok(()),
                             _ = tokio::time::sleep(self.config.circuit.open_for) => continue,
@@ -460,7 +464,11 @@ impl RestPollSource {
 
     /// Lists every key; remembered keys missing from the list (and from a direct lookup)
     /// become the mapping's `on_delete`.
-    async fn find_deletions(&self, poller: &mut Poller, state: &mut State) -> Result<(), PollError> {
+    async fn find_deletions(
+        &self,
+        poller: &mut Poller,
+        state: &mut State,
+    ) -> Result<(), PollError> {
         let mut listed: HashSet<String> = HashSet::with_capacity(poller.known.len());
         let mut offset = 0u64;
         loop {
@@ -529,7 +537,8 @@ impl RestPollSource {
                     None => Cell::Missing,
                 })
                 .collect();
-            let idempotency_key = format!("rest:{}:{}:{}:deleted", self.id, poller.resource.name, key);
+            let idempotency_key =
+                format!("rest:{}:{}:{}:deleted", self.id, poller.resource.name, key);
             let envelope = Envelope {
                 idempotency_key: &idempotency_key,
                 source: &self.id,
@@ -549,7 +558,9 @@ impl RestPollSource {
                     )],
                     partition: None,
                 }),
-                Ok(Deleted::Event(event)) => Some(self.event_record(&poller.resource, &event).await?),
+                Ok(Deleted::Event(event)) => {
+                    Some(self.event_record(&poller.resource, &event).await?)
+                }
                 Err(error) => {
                     let row: Map<String, Value> = poller
                         .key_fields
@@ -568,7 +579,9 @@ impl RestPollSource {
         }
         futures::future::try_join_all(pending).await?;
         if !deleted.is_empty() {
-            state.commit(&poller.resource.name, None, &[], &deleted).await?;
+            state
+                .commit(&poller.resource.name, None, &[], &deleted)
+                .await?;
             metrics::counter!(RECORDS, m::COMPONENT_ID => self.id.clone(),
                 "resource" => poller.resource.name.clone(), "outcome" => "deleted")
             .increment(deleted.len() as u64);
@@ -579,7 +592,11 @@ impl RestPollSource {
         Ok(())
     }
 
-    async fn event_record(&self, resource: &Resource, event: &Mapped) -> Result<RawRecord, PollError> {
+    async fn event_record(
+        &self,
+        resource: &Resource,
+        event: &Mapped,
+    ) -> Result<RawRecord, PollError> {
         Ok(RawRecord {
             topic: resource.topic.clone(),
             key: Some(event.key().as_bytes().to_vec()),
@@ -597,7 +614,13 @@ impl RestPollSource {
         })
     }
 
-    fn dead_letter(&self, resource: &Resource, key: &str, row: &Map<String, Value>, error: &str) -> RawRecord {
+    fn dead_letter(
+        &self,
+        resource: &Resource,
+        key: &str,
+        row: &Map<String, Value>,
+        error: &str,
+    ) -> RawRecord {
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
