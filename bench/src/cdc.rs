@@ -8,12 +8,13 @@
 //! - paced: `paced_rate` rows/s in transactions of 10 for `paced_seconds`; commit →
 //!   broker-ack latency quantiles from the source's own histogram (unsaturated).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use serde_json::json;
 
+use crate::process::{Running, broker_pid, cpu_seconds, free_port, wait_sent};
 use crate::report;
 
 /// Options of `erpstream-bench cdc`.
@@ -61,19 +62,6 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// A pipeline process that is killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 struct Phase {
     rows_per_second: f64,
     seconds: f64,
@@ -111,6 +99,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         wait_sent(
             &client,
             &metrics_url,
+            "db",
             args.rows as f64,
             Duration::from_secs(600),
         )
@@ -138,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         wait_sent(
             &client,
             &metrics_url,
+            "db",
             2.0 * args.rows as f64,
             Duration::from_secs(600),
         )
@@ -186,6 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         wait_sent(
             &client,
             &metrics_url,
+            "db",
             (ticks * per_tick) as f64,
             Duration::from_secs(120),
         )
@@ -302,33 +293,6 @@ fn bucket_quantile(text: &str, name: &str, quantile: f64) -> f64 {
     f64::NAN
 }
 
-/// CPU seconds (user + system) a process used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0);
-    ticks / 100.0
-}
-
-/// The local broker's pid (from the stack's pid file).
-fn broker_pid() -> u32 {
-    std::env::var("ERPSTREAM_STATE_DIR")
-        .ok()
-        .and_then(|dir| std::fs::read_to_string(format!("{dir}/run/tansu.pid")).ok())
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn start(args: &Args, name: &str, url: &str, port: u16) -> anyhow::Result<Running> {
     let dir = std::env::temp_dir().join(name);
     std::fs::create_dir_all(&dir)?;
@@ -395,38 +359,4 @@ async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the pipeline did not get ready")
-}
-
-/// Waits until the source reports `target` acknowledged records.
-async fn wait_sent(
-    client: &reqwest::Client,
-    metrics_url: &str,
-    target: f64,
-    within: Duration,
-) -> anyhow::Result<()> {
-    let until = Instant::now() + within;
-    loop {
-        let sent = match client.get(metrics_url).send().await {
-            Ok(r) => r
-                .text()
-                .await
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("erpstream_component_sent_events_total")
-                        && l.contains("component_id=\"db\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-            Err(_) => 0.0,
-        };
-        if sent >= target {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < until,
-            "only {sent} of {target} records acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -5,8 +5,10 @@
 mod cdc;
 mod footprint;
 mod latency;
+mod process;
 mod processors;
 mod report;
+mod rest_poll;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,9 @@ enum Bench {
     /// Postgres → Kafka through a pg_cdc source: snapshot and stream rows/s, commit → ack
     /// latency (see bench/cdc.sh).
     Cdc(cdc::Args),
+    /// A polled ERPNext (the test suite's ERP-shaped server): N items with stock in three
+    /// warehouses to the broker, HTTP calls and seconds (see bench/rest_poll.sh).
+    RestPoll(rest_poll::Args),
     /// N keys of inventory state through a real changelog topic: restore time and RSS.
     Footprint(footprint::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
@@ -43,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Latency(args) => latency::run(args).await,
         Bench::LatencySummary => latency::summarize(),
         Bench::Cdc(args) => cdc::run(args).await,
+        Bench::RestPoll(args) => rest_poll::run(args).await,
         Bench::Footprint(args) => footprint::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,

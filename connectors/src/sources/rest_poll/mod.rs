@@ -204,43 +204,30 @@ impl RestPollSource {
             .iter()
             .map(|r| self.poller(r.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut state: Option<State> = None;
+        // One state connection per resource: resources are polled side by side.
+        let mut states: Vec<Option<State>> = pollers.iter().map(|_| None).collect();
         let mut failures = 0u32;
         let mut loaded = false;
         let mut circuit_open = false;
         loop {
             let started = Instant::now();
             let cycle = async {
-                if state.as_ref().is_none_or(State::is_closed) {
-                    state = Some(State::open(&self.config.state_database, &self.state_key).await?);
-                    loaded = false;
-                }
-                let Some(state) = state.as_mut() else {
-                    unreachable!("opened above")
-                };
                 if !loaded {
                     let user = self
                         .api
                         .test_connection(self.first_collection(), !circuit_open)
                         .await?;
                     tracing::info!(user = %user, "{} accepted the credentials", self.config.preset.peer());
-                    for poller in &mut pollers {
-                        let remembered = state.load(&poller.resource.name).await?;
-                        poller.cursor = remembered.cursor.as_deref().and_then(parse_change_time);
-                        poller.known = remembered.records;
-                    }
+                    // Start again from what is stored.
+                    states.iter_mut().for_each(|s| *s = None);
                     loaded = true;
                     self.ready.store(true, Ordering::Relaxed);
                 }
-                for poller in &mut pollers {
-                    self.poll(poller, state).await?;
-                    if !self.config.deletion_check.is_zero()
-                        && poller.last_deletion_check.elapsed() >= self.config.deletion_check
-                    {
-                        self.find_deletions(poller, state).await?;
-                        poller.last_deletion_check = Instant::now();
-                    }
-                }
+                let polls = pollers
+                    .iter_mut()
+                    .zip(states.iter_mut())
+                    .map(|(poller, state)| self.cycle(poller, state));
+                futures::future::try_join_all(polls).await?;
                 Ok::<(), PollError>(())
             };
             let result = tokio::select! {
@@ -302,6 +289,29 @@ impl RestPollSource {
         }
     }
 
+    /// One resource's share of a poll: (re)connects its state and reloads what is stored,
+    /// polls, and checks for deletions when due.
+    async fn cycle(&self, poller: &mut Poller, state: &mut Option<State>) -> Result<(), PollError> {
+        let state = match state {
+            Some(open) if !open.is_closed() => open,
+            _ => {
+                let open = State::open(&self.config.state_database, &self.state_key).await?;
+                let remembered = open.load(&poller.resource.name).await?;
+                poller.cursor = remembered.cursor.as_deref().and_then(parse_change_time);
+                poller.known = remembered.records;
+                state.insert(open)
+            }
+        };
+        self.poll(poller, state).await?;
+        if !self.config.deletion_check.is_zero()
+            && poller.last_deletion_check.elapsed() >= self.config.deletion_check
+        {
+            self.find_deletions(poller, state).await?;
+            poller.last_deletion_check = Instant::now();
+        }
+        Ok(())
+    }
+
     fn first_collection(&self) -> &str {
         self.resources
             .first()
@@ -309,45 +319,51 @@ impl RestPollSource {
             .unwrap_or_default()
     }
 
-    /// Reads everything changed since the cursor (minus the look-back), page by page.
+    /// Reads everything changed since the cursor (minus the look-back), page by page; the
+    /// next page is fetched while the current one is published.
     async fn poll(&self, poller: &mut Poller, state: &mut State) -> Result<(), PollError> {
+        let started = Instant::now();
         let look_back = chrono::Duration::from_std(self.config.look_back).unwrap_or_default();
         let mut since = poller.cursor.map(|c| c - look_back);
         let mut offset = 0u64;
-        let order_by: Vec<String> = [poller.changed_field.clone()]
+        let collection = poller.collection().to_string();
+        let filters = poller.resource.config.filters.clone();
+        let fields = poller.fields.clone();
+        let changed_field = poller.changed_field.clone();
+        let order_by: Vec<String> = [changed_field.clone()]
             .into_iter()
             .chain(poller.key_fields.iter().cloned())
             .collect();
+        let query = |since: Option<NaiveDateTime>, offset: u64| PageQuery {
+            collection: &collection,
+            filters: filters.as_ref(),
+            select: &fields,
+            order_by: &order_by,
+            since: since.map(|s| (changed_field.as_str(), s)),
+            equal: &[],
+            offset,
+            limit: self.config.page_size,
+        };
+        let (mut pages, mut rows, mut published) = (0u64, 0u64, 0u64);
+        let mut page = self.api.page(&query(since, offset)).await?;
         loop {
-            let page = self
-                .api
-                .page(&PageQuery {
-                    collection: poller.collection(),
-                    filters: poller.resource.config.filters.as_ref(),
-                    select: &poller.fields,
-                    order_by: &order_by,
-                    since: since.map(|s| (poller.changed_field.as_str(), s)),
-                    equal: &[],
-                    offset,
-                    limit: self.config.page_size,
-                })
-                .await?;
+            pages += 1;
+            rows += page.rows.len() as u64;
             let times: Vec<Option<NaiveDateTime>> = page
                 .rows
                 .iter()
-                .map(|row| lookup(row, &poller.changed_field).and_then(|v| parse_change_time(&v)))
+                .map(|row| lookup(row, &changed_field).and_then(|v| parse_change_time(&v)))
                 .collect();
             let latest = times.iter().flatten().max().copied();
-            self.publish_page(poller, &page.rows, latest, state).await?;
             if !page.more {
-                return Ok(());
+                published += self.publish_page(poller, &page.rows, latest, state).await?;
+                break;
             }
             let Some(last) = latest else {
                 return Err(PollError::Resource {
                     resource: poller.resource.name.clone(),
                     reason: format!(
-                        "a full page without a readable {} value; cannot page on it",
-                        poller.changed_field
+                        "a full page without a readable {changed_field} value; cannot page on it"
                     ),
                 });
             };
@@ -360,18 +376,37 @@ impl RestPollSource {
                 (false, _) => 0,
             };
             since = Some(last);
+            let next_query = query(since, offset);
+            let (done, next) = tokio::join!(
+                self.publish_page(poller, &page.rows, latest, state),
+                self.api.page(&next_query)
+            );
+            published += done?;
+            page = next?;
         }
+        if published > 0 || pages > 1 {
+            tracing::info!(
+                resource = %poller.resource.name,
+                pages,
+                rows,
+                published,
+                ms = started.elapsed().as_millis() as u64,
+                "polled"
+            );
+        }
+        Ok(())
     }
 
     /// Publishes the page's changed records, awaits every acknowledgement, then stores their
-    /// hashes and moves the cursor to `latest`, in one transaction.
+    /// hashes and moves the cursor to `latest`, in one transaction. Returns how many were
+    /// published.
     async fn publish_page(
         &self,
         poller: &mut Poller,
         rows: &[Map<String, Value>],
         latest: Option<NaiveDateTime>,
         state: &mut State,
-    ) -> Result<(), PollError> {
+    ) -> Result<u64, PollError> {
         let resource = poller.resource.name.clone();
         let mut pending: Vec<PendingAck> = Vec::new();
         let mut published: Vec<(String, String, Hash)> = Vec::new();
@@ -430,9 +465,7 @@ impl RestPollSource {
                 hash,
             ));
         }
-        for ack in futures::future::try_join_all(pending).await? {
-            let _ = ack;
-        }
+        futures::future::try_join_all(pending).await?;
         let cursor = match (latest, poller.cursor) {
             (Some(l), Some(c)) if l <= c => None,
             (Some(l), _) => Some(l),
@@ -456,10 +489,11 @@ impl RestPollSource {
         metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(published.len() as u64 - dead);
+        let count = published.len() as u64;
         for (key, values, hash) in published {
             poller.known.insert(key, (values, hash));
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Lists every key; remembered keys missing from the list (and from a direct lookup)

@@ -36,7 +36,11 @@ impl State {
         });
         client
             .batch_execute(
-                "CREATE SCHEMA IF NOT EXISTS erpstream;
+                // Serialised: several resources (and replicas) open their state at once, and
+                // concurrent CREATE ... IF NOT EXISTS can still collide.
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext('erpstream.rest_poll'));
+                 CREATE SCHEMA IF NOT EXISTS erpstream;
                  CREATE TABLE IF NOT EXISTS erpstream.rest_poll_cursors (
                      source text NOT NULL,
                      resource text NOT NULL,
@@ -50,7 +54,8 @@ impl State {
                      key_values jsonb NOT NULL,
                      hash bytea NOT NULL,
                      updated_at timestamptz NOT NULL DEFAULT now(),
-                     PRIMARY KEY (source, resource, key))",
+                     PRIMARY KEY (source, resource, key));
+                 COMMIT;",
             )
             .await?;
         Ok(Self {

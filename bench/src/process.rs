@@ -1,0 +1,80 @@
+//! What the process-level benchmarks share: a pipeline process stopped on drop, a free port,
+//! and waiting on a source's acknowledged-records counter.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A pipeline process that is killed when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until the source `component` reports `target` acknowledged records.
+pub async fn wait_sent(
+    client: &reqwest::Client,
+    metrics_url: &str,
+    component: &str,
+    target: f64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
+    loop {
+        let sent = match client.get(metrics_url).send().await {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("erpstream_component_sent_events_total")
+                        && l.contains(&format!("component_id=\"{component}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+            Err(_) => 0.0,
+        };
+        if sent >= target {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "only {sent} of {target} records acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// CPU seconds (user + system) a process used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The local broker's pid (from the stack's pid file).
+pub fn broker_pid() -> u32 {
+    std::env::var("ERPSTREAM_STATE_DIR")
+        .ok()
+        .and_then(|dir| std::fs::read_to_string(format!("{dir}/run/tansu.pid")).ok())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
