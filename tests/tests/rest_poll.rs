@@ -81,25 +81,19 @@ fn stock_erp(erp: &FakeErp, items: usize) {
     erp.put("Bin", bins);
 }
 
-async fn catalog(pipeline: &Pipeline) -> Vec<CatalogUpdate> {
+async fn catalog(brokers: &str, pipeline: &Pipeline) -> Vec<CatalogUpdate> {
     let codec = Codec::new(&Stack::from_env().registry).expect("codec");
     let mut out = Vec::new();
-    for record in read_topic(
-        &Stack::from_env().brokers,
-        &pipeline.topic("catalog.update"),
-    ) {
+    for record in read_topic(brokers, &pipeline.topic("catalog.update")) {
         out.push(codec.decode(&record.payload).await.expect("decodes"));
     }
     out
 }
 
-async fn stock(pipeline: &Pipeline) -> Vec<Option<InventoryChange>> {
+async fn stock(brokers: &str, pipeline: &Pipeline) -> Vec<Option<InventoryChange>> {
     let codec = Codec::new(&Stack::from_env().registry).expect("codec");
     let mut out = Vec::new();
-    for record in read_topic(
-        &Stack::from_env().brokers,
-        &pipeline.topic("inventory.change"),
-    ) {
+    for record in read_topic(brokers, &pipeline.topic("inventory.change")) {
         if record.payload.is_empty() {
             out.push(None);
         } else {
@@ -109,12 +103,17 @@ async fn stock(pipeline: &Pipeline) -> Vec<Option<InventoryChange>> {
     out
 }
 
-async fn wait_size(pipeline: &Pipeline, logical: &str, at_least: i64, within: Duration) -> i64 {
-    let brokers = Stack::from_env().brokers;
+async fn wait_size(
+    brokers: &str,
+    pipeline: &Pipeline,
+    logical: &str,
+    at_least: i64,
+    within: Duration,
+) -> i64 {
     let topic = pipeline.topic(logical);
     let until = Instant::now() + within;
     loop {
-        let size = topic_size(&brokers, &topic);
+        let size = topic_size(brokers, &topic);
         if size >= at_least {
             return size;
         }
@@ -138,7 +137,10 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
     let erp = FakeErp::start().await;
     stock_erp(&erp, 300);
-    let options = TopologyOptions::new("http://127.0.0.1:9");
+    // A broker of its own: this test's volume does not slow the others, nor theirs it.
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -147,9 +149,23 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
     let mut pipeline = Pipeline::custom(&options, &body(&source));
     pipeline.start().await;
 
-    wait_size(&pipeline, "catalog.update", 300, Duration::from_secs(60)).await;
-    wait_size(&pipeline, "inventory.change", 900, Duration::from_secs(60)).await;
-    let items = catalog(&pipeline).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        300,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        900,
+        Duration::from_secs(60),
+    )
+    .await;
+    let items = catalog(&options.brokers, &pipeline).await;
     assert_eq!(
         items.len(),
         300,
@@ -164,7 +180,7 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
         seven.variants[0].selling_price,
         Some("12.50".parse().expect("decimal"))
     );
-    let bins = stock(&pipeline).await;
+    let bins = stock(&options.brokers, &pipeline).await;
     let bin = bins
         .iter()
         .flatten()
@@ -199,8 +215,22 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
     // A real change is published once.
     erp.update("Bin", "BIN-00005-WH-2", json!({"actual_qty": 77}));
     erp.update("Item", "ITEM-00004", json!({"item_name": "Renamed"}));
-    wait_size(&pipeline, "inventory.change", 901, Duration::from_secs(20)).await;
-    wait_size(&pipeline, "catalog.update", 301, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        901,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        301,
+        Duration::from_secs(20),
+    )
+    .await;
 
     // A record written with exactly the cursor's change time (same second, same microsecond)
     // after the cursor moved there is still read: pages continue with >=, not >.
@@ -210,7 +240,14 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
         "BIN-00006-WH-1",
         json!({"actual_qty": 66, "modified": cursor}),
     );
-    wait_size(&pipeline, "inventory.change", 902, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        902,
+        Duration::from_secs(20),
+    )
+    .await;
     erp.put(
         "Bin",
         vec![
@@ -218,13 +255,31 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
             "actual_qty": 5, "reserved_qty": 0, "modified": cursor}),
         ],
     );
-    wait_size(&pipeline, "inventory.change", 903, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        903,
+        Duration::from_secs(20),
+    )
+    .await;
 
     // A deleted Bin is found by the key-set check and becomes its on_delete event.
     erp.delete("Bin", "BIN-00009-WH-3");
-    wait_size(&pipeline, "inventory.change", 904, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        904,
+        Duration::from_secs(20),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let changes: Vec<InventoryChange> = stock(&pipeline).await.into_iter().flatten().collect();
+    let changes: Vec<InventoryChange> = stock(&options.brokers, &pipeline)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert_eq!(changes.len(), 904, "nothing else published");
     let last_of = |sku: &str, location: &str| {
         changes
@@ -246,7 +301,7 @@ async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
         0,
         "nothing dead-lettered"
     );
-    let items = catalog(&pipeline).await;
+    let items = catalog(&options.brokers, &pipeline).await;
     let renamed: Vec<&str> = items
         .iter()
         .filter(|c| c.group_id == "ITEM-00004")
@@ -262,7 +317,10 @@ async fn a_restart_mid_poll_skips_nothing_and_republishes_nothing_unchanged() {
     stock_erp(&erp, 1000);
     // Slow pages, so the poll is mid-way when the process dies.
     erp.fail_always(Some(Fault::Delay(Duration::from_millis(150))));
-    let options = TopologyOptions::new("http://127.0.0.1:9");
+    // A broker of its own: this test's volume does not slow the others, nor theirs it.
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -281,8 +339,22 @@ async fn a_restart_mid_poll_skips_nothing_and_republishes_nothing_unchanged() {
     assert!(at_kill < 1000, "killed mid-poll ({at_kill} of 1000 items)");
     erp.fail_always(None);
     pipeline.start().await;
-    wait_size(&pipeline, "catalog.update", 1000, Duration::from_secs(60)).await;
-    wait_size(&pipeline, "inventory.change", 3000, Duration::from_secs(90)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        1000,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        3000,
+        Duration::from_secs(90),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let records = read_topic(&options.brokers, &catalog_topic);
@@ -320,7 +392,10 @@ async fn bad_credentials_429_storms_and_a_failing_erp_are_reported_and_recovered
     let erp = FakeErp::start().await;
     stock_erp(&erp, 20);
     erp.accept_token(erpnext::API_KEY, "rotated-secret");
-    let options = TopologyOptions::new("http://127.0.0.1:9");
+    // A broker of its own: this test's volume does not slow the others, nor theirs it.
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -364,7 +439,14 @@ async fn bad_credentials_429_storms_and_a_failing_erp_are_reported_and_recovered
 
     // The ERP accepts the key again (say, re-enabled): the source recovers by itself.
     erp.accept_token(erpnext::API_KEY, erpnext::API_SECRET);
-    wait_size(&pipeline, "catalog.update", 20, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        20,
+        Duration::from_secs(20),
+    )
+    .await;
     let (status, _) = pipeline.readyz().await;
     assert_eq!(status, 200);
 
@@ -385,7 +467,14 @@ async fn bad_credentials_429_storms_and_a_failing_erp_are_reported_and_recovered
         "{} requests in a 1.5 s storm with Retry-After: 1",
         after_storm - before_storm
     );
-    wait_size(&pipeline, "catalog.update", 21, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        21,
+        Duration::from_secs(20),
+    )
+    .await;
     let metrics = pipeline.metrics().await;
     assert!(
         metric(
@@ -438,7 +527,14 @@ async fn bad_credentials_429_storms_and_a_failing_erp_are_reported_and_recovered
         "ITEM-00002",
         json!({"item_name": "After the outage"}),
     );
-    wait_size(&pipeline, "catalog.update", 22, Duration::from_secs(20)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "catalog.update",
+        22,
+        Duration::from_secs(20),
+    )
+    .await;
     let until = Instant::now() + Duration::from_secs(10);
     while pipeline.readyz().await.0 != 200 {
         assert!(Instant::now() < until, "{}", pipeline.log_text());
@@ -463,7 +559,10 @@ async fn an_odata_baq_is_paged_with_top_and_skip_and_mapped_with_transforms() {
         })
         .collect();
     erp.put("Inventory_Snapshot", rows);
-    let options = TopologyOptions::new("http://127.0.0.1:9");
+    // A broker of its own: this test's volume does not slow the others, nor theirs it.
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
     let state = Stack::from_env().database;
     let source = format!(
         r#"  kinetic:
@@ -495,9 +594,20 @@ async fn an_odata_baq_is_paged_with_top_and_skip_and_mapped_with_transforms() {
     );
     let mut pipeline = Pipeline::custom(&options, &body(&source));
     pipeline.start().await;
-    wait_size(&pipeline, "inventory.change", 150, Duration::from_secs(30)).await;
+    wait_size(
+        &options.brokers,
+        &pipeline,
+        "inventory.change",
+        150,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let changes: Vec<InventoryChange> = stock(&pipeline).await.into_iter().flatten().collect();
+    let changes: Vec<InventoryChange> = stock(&options.brokers, &pipeline)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert_eq!(changes.len(), 150);
     let skus: HashSet<&str> = changes.iter().map(|c| c.sku.as_str()).collect();
     assert_eq!(skus.len(), 150, "every row once");
