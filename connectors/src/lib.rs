@@ -7,6 +7,7 @@
 
 pub mod kafka;
 pub mod metrics;
+pub mod planning;
 pub mod retry;
 pub mod secret;
 pub mod sinks;

@@ -21,17 +21,20 @@ pub enum EventKind {
     InventoryAdjustment,
     /// `inventory.reservation` (internal), keyed by `sku`.
     Reservation,
+    /// `demand.actual`, keyed by `sku`.
+    DemandActual,
 }
 
 impl EventKind {
     /// Every kind, for registration at start-up.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::CatalogUpdate,
         EventKind::InventoryChange,
         EventKind::SalesOrder,
         EventKind::InventoryAvailable,
         EventKind::InventoryAdjustment,
         EventKind::Reservation,
+        EventKind::DemandActual,
     ];
 
     /// The default topic name of this kind (SPEC §2); deployments may prefix it.
@@ -43,6 +46,7 @@ impl EventKind {
             EventKind::InventoryAvailable => "inventory.available",
             EventKind::InventoryAdjustment => "inventory.adjustment",
             EventKind::Reservation => "inventory.reservation",
+            EventKind::DemandActual => "demand.actual",
         }
     }
 
@@ -60,6 +64,7 @@ impl EventKind {
             EventKind::InventoryAvailable => include_str!("../avro/inventory.available.avsc"),
             EventKind::InventoryAdjustment => include_str!("../avro/inventory.adjustment.avsc"),
             EventKind::Reservation => include_str!("../avro/inventory.reservation.avsc"),
+            EventKind::DemandActual => include_str!("../avro/demand.actual.avsc"),
         }
     }
 
@@ -72,6 +77,7 @@ impl EventKind {
             EventKind::InventoryAvailable => "io.erpstream.events.InventoryAvailable",
             EventKind::InventoryAdjustment => "io.erpstream.events.InventoryAdjustment",
             EventKind::Reservation => "io.erpstream.events.Reservation",
+            EventKind::DemandActual => "io.erpstream.events.DemandActual",
         }
     }
 }
@@ -153,6 +159,35 @@ pub struct InventoryChange {
     pub reference_id: Option<String>,
 }
 impl_event!(InventoryChange, EventKind::InventoryChange, sku);
+
+/// Shipped or invoiced quantity of a sku in one month, region and channel (`demand.actual`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemandActual {
+    /// Unique id of this event (UUID).
+    pub event_id: String,
+    /// Equal for deliveries of the same source change.
+    pub idempotency_key: String,
+    /// The system of record.
+    pub source_system: String,
+    /// The connector id that produced it.
+    pub source: String,
+    /// ERP time, epoch ms; a newer figure replaces an older one.
+    pub occurred_at: i64,
+    /// Ingest time, epoch ms.
+    pub ingested_at: i64,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// First day of the month, `YYYY-MM-01`.
+    pub period: String,
+    /// The month's quantity.
+    #[serde(with = "quantity")]
+    pub actual_qty: Decimal,
+    /// Sales region.
+    pub region: String,
+    /// Sales channel.
+    pub channel: String,
+}
+impl_event!(DemandActual, EventKind::DemandActual, sku);
 
 /// One sellable variant of a catalog group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ pub mod trace;
 
 pub use codec::{Codec, CodecError};
 pub use events::{
-    AdjustmentLine, CatalogUpdate, Event, EventKind, Holds, InventoryAdjustment,
+    AdjustmentLine, CatalogUpdate, DemandActual, Event, EventKind, Holds, InventoryAdjustment,
     InventoryAvailable, InventoryChange, LineItem, LocationStock, OrderStatus, Reservation,
     ReservationAction, SalesOrder, Variant,
 };

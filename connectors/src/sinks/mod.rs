@@ -7,4 +7,5 @@
 //! in input order and never move a key backwards.
 
 pub mod erp_rest;
+pub mod planning_pg;
 pub mod storefront_webhook;

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 
 use erpstream_connectors::kafka::RawRecord;
 use erpstream_schemas::{
-    CatalogUpdate, InventoryAdjustment, InventoryAvailable, InventoryChange, Reservation,
-    SalesOrder, Traceparent,
+    CatalogUpdate, DemandActual, InventoryAdjustment, InventoryAvailable, InventoryChange,
+    Reservation, SalesOrder, Traceparent,
 };
 
 /// An input record as processors see it: the raw record and its decoded event.
@@ -56,6 +56,8 @@ pub enum Decoded {
     InventoryAdjustment(InventoryAdjustment),
     /// `inventory.reservation`.
     Reservation(Reservation),
+    /// `demand.actual`.
+    DemandActual(DemandActual),
 }
 
 impl Decoded {
@@ -69,6 +71,7 @@ impl Decoded {
             Decoded::InventoryAvailable(e) => e.idempotency_key(),
             Decoded::InventoryAdjustment(e) => e.idempotency_key(),
             Decoded::Reservation(e) => e.idempotency_key(),
+            Decoded::DemandActual(e) => e.idempotency_key(),
         }
     }
 }

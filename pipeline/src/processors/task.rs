@@ -270,6 +270,7 @@ impl StreamTask {
                 Decoded::InventoryAdjustment(self.codec.decode(payload).await?)
             }
             EventKind::Reservation => Decoded::Reservation(self.codec.decode(payload).await?),
+            EventKind::DemandActual => Decoded::DemandActual(self.codec.decode(payload).await?),
         };
         let headers = erpstream_connectors::kafka::headers_of(message);
         let trace = headers

@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
 use erpstream_connectors::sinks::erp_rest::{self, ErpRestSink};
+use erpstream_connectors::sinks::planning_pg::{self, PlanningPgSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
 use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
 use erpstream_connectors::sources::pg_cdc::{self, PgCdcSource};
@@ -56,6 +57,9 @@ pub enum RuntimeError {
     /// A change-data-capture source cannot work against its database.
     #[error("{0}")]
     Cdc(#[from] pg_cdc::CdcError),
+    /// The planning sink could not be set up.
+    #[error(transparent)]
+    Planning(#[from] planning_pg::PlanningError),
     /// A polled source could not be set up.
     #[error(transparent)]
     Poll(#[from] rest_poll::PollError),
@@ -266,6 +270,32 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                 let run: BoxFuture<'static, Result<(), String>> =
                     Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
                 (erp_rest::TYPE, ready, run)
+            }
+            SinkConfig::PlanningPg(config) => {
+                let inputs = config
+                    .inputs
+                    .iter()
+                    .filter_map(|logical| {
+                        let topic = kafka.topic(logical);
+                        Some(planning_pg::Input {
+                            kind: topology.contract(logical)?,
+                            dlq_topic: dlq_topic(&topic),
+                            topic,
+                        })
+                    })
+                    .collect();
+                let sink = PlanningPgSink::build(
+                    id,
+                    config.clone(),
+                    inputs,
+                    &kafka,
+                    &group,
+                    publisher.clone(),
+                )?;
+                let ready = sink.ready();
+                let run: BoxFuture<'static, Result<(), String>> =
+                    Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
+                (planning_pg::TYPE, ready, run)
             }
         };
         readiness.push((id.clone(), ready));

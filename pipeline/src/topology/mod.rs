@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use erpstream_connectors::kafka::KafkaConfig;
 use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
+use erpstream_connectors::sinks::planning_pg::PlanningPgConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
 use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
@@ -135,6 +136,8 @@ pub enum SinkConfig {
     StorefrontWebhook(StorefrontWebhookConfig),
     /// `erp_rest`.
     ErpRest(ErpRestConfig),
+    /// `planning_pg`.
+    PlanningPg(PlanningPgConfig),
 }
 
 impl SinkConfig {
@@ -143,6 +146,7 @@ impl SinkConfig {
         match self {
             SinkConfig::StorefrontWebhook(c) => &c.inputs,
             SinkConfig::ErpRest(c) => &c.inputs,
+            SinkConfig::PlanningPg(c) => &c.inputs,
         }
     }
 }

@@ -151,7 +151,15 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                 problems.extend(c.validate(at));
                 SinkConfig::ErpRest(c)
             }),
-            _ => unknown_type(at, &["storefront_webhook", "erp_rest"], problems),
+            "planning_pg" => typed::<PlanningPgConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SinkConfig::PlanningPg(c)
+            }),
+            _ => unknown_type(
+                at,
+                &["storefront_webhook", "erp_rest", "planning_pg"],
+                problems,
+            ),
         },
     );
 
@@ -531,6 +539,11 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                 &[EventKind::InventoryAvailable, EventKind::CatalogUpdate]
             }
             SinkConfig::ErpRest(_) => &[EventKind::SalesOrder, EventKind::InventoryAdjustment],
+            SinkConfig::PlanningPg(_) => &[
+                EventKind::CatalogUpdate,
+                EventKind::InventoryChange,
+                EventKind::DemandActual,
+            ],
         };
         for (i, input) in sink.inputs().iter().enumerate() {
             let path = format!("sinks.{id}.inputs[{i}]");

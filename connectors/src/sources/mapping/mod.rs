@@ -13,7 +13,7 @@ use apache_avro::Schema;
 use erpstream_schemas::codec::bundled_schema;
 use erpstream_schemas::decimal;
 use erpstream_schemas::{
-    CatalogUpdate, Codec, CodecError, Event, EventKind, InventoryChange, SalesOrder,
+    CatalogUpdate, Codec, CodecError, DemandActual, Event, EventKind, InventoryChange, SalesOrder,
 };
 use std::borrow::Cow;
 
@@ -21,10 +21,11 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 /// Contracts a table can be mapped to.
-pub const MAPPABLE: [EventKind; 3] = [
+pub const MAPPABLE: [EventKind; 4] = [
     EventKind::InventoryChange,
     EventKind::CatalogUpdate,
     EventKind::SalesOrder,
+    EventKind::DemandActual,
 ];
 /// Fields every event carries that the source fills in itself.
 const ENVELOPE: [&str; 6] = [
@@ -67,6 +68,8 @@ pub enum Mapped {
     CatalogUpdate(CatalogUpdate),
     /// `sales.order`.
     SalesOrder(SalesOrder),
+    /// `demand.actual`.
+    DemandActual(DemandActual),
 }
 
 impl Mapped {
@@ -76,6 +79,7 @@ impl Mapped {
             Mapped::InventoryChange(e) => e.key(),
             Mapped::CatalogUpdate(e) => e.key(),
             Mapped::SalesOrder(e) => e.key(),
+            Mapped::DemandActual(e) => e.key(),
         }
     }
 
@@ -85,6 +89,7 @@ impl Mapped {
             Mapped::InventoryChange(e) => codec.encode(topic, e).await,
             Mapped::CatalogUpdate(e) => codec.encode(topic, e).await,
             Mapped::SalesOrder(e) => codec.encode(topic, e).await,
+            Mapped::DemandActual(e) => codec.encode(topic, e).await,
         }
     }
 }
@@ -377,6 +382,9 @@ impl Bound {
             }
             EventKind::SalesOrder => {
                 Mapped::SalesOrder(serde_path_to_error::deserialize(value).map_err(field_error)?)
+            }
+            EventKind::DemandActual => {
+                Mapped::DemandActual(serde_path_to_error::deserialize(value).map_err(field_error)?)
             }
             _ => Mapped::InventoryChange(
                 serde_path_to_error::deserialize(value).map_err(field_error)?,

@@ -1,0 +1,617 @@
+//! `planning_pg`: upserts `catalog.update`, `inventory.change` and `demand.actual` into the
+//! planning database (blueprint §4 mapping), in batches.
+//!
+//! Contract:
+//! - **Offsets in the same transaction.** A batch's rows and the next input offset of every
+//!   partition it read are written in one transaction (`planning.sink_offsets`); records
+//!   below a partition's stored offset are skipped. A crash before the commit leaves neither
+//!   rows nor offsets, one after it leaves both: a replay neither loses nor doubles an effect.
+//!   The offsets are also stored in Kafka afterwards, only so a restart reads less again.
+//! - **Never backwards.** Every row carries `source_version` (the event's ERP time, epoch
+//!   ms); an upsert replaces a row only with an equal or newer version, so out-of-order or
+//!   replayed records leave the newest values. Within a batch the newest record per key wins.
+//! - **Mapping.** `catalog.update`: one product per variant (`sku`, `name` = group name,
+//!   `category_name` = last category, `product_family`, `lead_time_days`, `is_active`).
+//!   `inventory.change` with `new_quantity` (absolute): `on_hand_qty`, `allocated_qty`,
+//!   `in_transit_qty` (absent = 0), `updated_at` = ERP time; relative adjustments are not
+//!   planning data and are skipped (counted). `demand.actual`: one row per (sku, period,
+//!   region, channel).
+//! - **Refusals.** Inventory and demand for a sku the products table does not know, and
+//!   periods that are not the first day of a month, go to `<topic>.dlq` with the reason
+//!   (acknowledged before the batch commits).
+
+mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use erpstream_schemas::{CatalogUpdate, Codec, DemandActual, EventKind, InventoryChange};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+pub use config::PlanningPgConfig;
+
+use crate::kafka::{self, GroupConsumer, KafkaConfig, Publisher, TrackingContext};
+use crate::metrics as m;
+use crate::planning;
+
+/// Component type name in the topology.
+pub const TYPE: &str = "planning_pg";
+/// Rows written (inserted or updated), by `table`.
+pub const ROWS: &str = "erpstream_planning_rows_written_total";
+/// Seconds one batch transaction took.
+pub const BATCH_SECONDS: &str = "erpstream_planning_batch_seconds";
+
+/// One input topic.
+pub struct Input {
+    /// Broker-side topic.
+    pub topic: String,
+    /// Its contract.
+    pub kind: EventKind,
+    /// Its dead-letter topic.
+    pub dlq_topic: String,
+}
+
+/// Why the sink could not be built or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningError {
+    /// The consumer could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The planning database refused the schema.
+    #[error("planning database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// A running `planning_pg` sink.
+pub struct PlanningPgSink {
+    id: String,
+    config: PlanningPgConfig,
+    inputs: HashMap<String, (EventKind, String)>,
+    consumer: GroupConsumer,
+    context: TrackingContext,
+    publisher: Publisher,
+    codec: Codec,
+}
+
+/// (sku, period, region, channel).
+type DemandKey = (String, String, String, String);
+
+/// Rows of one batch, newest per key.
+#[derive(Default)]
+struct Rows {
+    products: HashMap<String, Product>,
+    inventory: HashMap<(String, String), Stock>,
+    demand: HashMap<DemandKey, Demand>,
+}
+
+struct Product {
+    name: String,
+    category: Option<String>,
+    family: Option<String>,
+    lead_time_days: Option<i32>,
+    active: bool,
+    system: String,
+    version: i64,
+}
+
+struct Stock {
+    on_hand: String,
+    allocated: String,
+    in_transit: String,
+    at: i64,
+    system: String,
+    version: i64,
+    message: usize,
+}
+
+struct Demand {
+    quantity: String,
+    system: String,
+    version: i64,
+    message: usize,
+}
+
+impl PlanningPgSink {
+    /// Builds the sink and its consumer of group `group` (no network I/O).
+    pub fn build(
+        id: &str,
+        config: PlanningPgConfig,
+        inputs: Vec<Input>,
+        kafka: &KafkaConfig,
+        group: &str,
+        publisher: Publisher,
+    ) -> Result<Self, PlanningError> {
+        let (consumer, context) = kafka::group_consumer(kafka, group, id)?;
+        Ok(Self {
+            id: id.to_string(),
+            config,
+            inputs: inputs
+                .into_iter()
+                .map(|i| (i.topic, (i.kind, i.dlq_topic)))
+                .collect(),
+            consumer,
+            context,
+            codec: publisher.codec().clone(),
+            publisher,
+        })
+    }
+
+    /// Turns true once the group assigned this sink its partitions.
+    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.context.joined()
+    }
+
+    /// Runs until `shutdown`; a batch not yet committed is read again after a restart.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PlanningError> {
+        let mut db = self.open().await?;
+        let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        tracing::info!(?topics, "planning sink started");
+        let mut stored: HashMap<(String, i32), i64> = HashMap::new();
+        loop {
+            let Some(batch) = self.next_batch(&mut shutdown).await else {
+                break;
+            };
+            for revoked in self.context.take_revoked() {
+                stored.remove(&revoked);
+            }
+            loop {
+                match self.write(&mut db, &batch, &mut stored).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.id.clone(),
+                            m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => "database", m::STAGE => "write")
+                        .increment(1);
+                        tracing::warn!(error = %err, "planning batch not written; retrying");
+                        tokio::select! {
+                            _ = shutdown.changed() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        if db.is_closed() {
+                            match self.open().await {
+                                Ok(open) => db = open,
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "planning database unreachable")
+                                }
+                            }
+                        }
+                        stored.clear();
+                    }
+                }
+            }
+            let mut list = TopicPartitionList::new();
+            for ((topic, partition), next) in &stored {
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            }
+            if let Err(err) = self.consumer.store_offsets(&list) {
+                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
+            }
+        }
+        kafka::commit_stored(&self.consumer);
+        Ok(())
+    }
+
+    async fn open(&self) -> Result<Client, PlanningError> {
+        let mut db = planning::connect(&self.config.database).await?;
+        planning::migrate(&mut db).await?;
+        Ok(db)
+    }
+
+    /// Up to `batch_size` records: waits for the first, then at most `batch_wait` for more.
+    async fn next_batch(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<OwnedMessage>> {
+        let mut batch = Vec::new();
+        let first = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return None,
+                message = self.consumer.recv() => match message {
+                    Ok(message) => break message.detach(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "consume failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        };
+        batch.push(first);
+        let until = tokio::time::Instant::now() + self.config.batch_wait;
+        while batch.len() < self.config.batch_size {
+            match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Err(err)) => tracing::warn!(error = %err, "consume failed"),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Decodes, refuses, and writes one batch with its offsets in one transaction.
+    async fn write(
+        &self,
+        db: &mut Client,
+        batch: &[OwnedMessage],
+        stored: &mut HashMap<(String, i32), i64>,
+    ) -> Result<(), PlanningWriteError> {
+        let started = Instant::now();
+        let unknown: Vec<String> = batch
+            .iter()
+            .map(|m| (m.topic().to_string(), m.partition()))
+            .filter(|tp| !stored.contains_key(tp))
+            .map(|(topic, _)| topic)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            let rows = db
+                .query(
+                    "SELECT topic, partition, next_offset FROM planning.sink_offsets
+                     WHERE sink = $1 AND topic = ANY($2)",
+                    &[&self.id, &unknown],
+                )
+                .await?;
+            for row in rows {
+                stored.insert((row.get(0), row.get(1)), row.get(2));
+            }
+        }
+        let mut rows = Rows::default();
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        let mut skipped = 0u64;
+        for (index, message) in batch.iter().enumerate() {
+            let tp = (message.topic().to_string(), message.partition());
+            if stored.get(&tp).is_some_and(|n| message.offset() < *n) {
+                continue;
+            }
+            let slot = next.entry(tp).or_insert(0);
+            *slot = (*slot).max(message.offset() + 1);
+            let Some((kind, _)) = self.inputs.get(message.topic()) else {
+                continue;
+            };
+            let Some(payload) = message.payload() else {
+                skipped += 1;
+                continue;
+            };
+            match self.decode(*kind, payload, index, &mut rows).await {
+                Ok(true) => {}
+                Ok(false) => skipped += 1,
+                Err(reason) => refused.push((index, reason)),
+            }
+        }
+        // Inventory and demand must name a known product (in the table or this batch).
+        let wanted: Vec<String> = rows
+            .inventory
+            .keys()
+            .map(|k| k.0.clone())
+            .chain(rows.demand.keys().map(|k| k.0.clone()))
+            .filter(|sku| !rows.products.contains_key(sku))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let known: HashSet<String> = if wanted.is_empty() {
+            HashSet::new()
+        } else {
+            db.query(
+                "SELECT sku FROM planning.products WHERE sku = ANY($1)",
+                &[&wanted],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        let is_known = |sku: &str| rows.products.contains_key(sku) || known.contains(sku);
+        let mut unknown_stock = Vec::new();
+        for (key, stock) in &rows.inventory {
+            if !is_known(&key.0) {
+                unknown_stock.push(key.clone());
+                refused.push((
+                    stock.message,
+                    format!("unknown sku {}: no such product", key.0),
+                ));
+            }
+        }
+        let mut unknown_demand = Vec::new();
+        for (key, demand) in &rows.demand {
+            if !is_known(&key.0) {
+                unknown_demand.push(key.clone());
+                refused.push((
+                    demand.message,
+                    format!("unknown sku {}: no such product", key.0),
+                ));
+            }
+        }
+        for key in unknown_stock {
+            rows.inventory.remove(&key);
+        }
+        for key in unknown_demand {
+            rows.demand.remove(&key);
+        }
+        self.dead_letter(batch, &refused).await?;
+
+        let tx = db.transaction().await?;
+        let products = upsert_products(&tx, &rows.products).await?;
+        let inventory = upsert_inventory(&tx, &rows.inventory).await?;
+        let demand = upsert_demand(&tx, &rows.demand).await?;
+        let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
+            next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut b, mut c), (t, p, o)| {
+                    a.push(t);
+                    b.push(p);
+                    c.push(o);
+                    (a, b, c)
+                },
+            );
+        tx.execute(
+            "INSERT INTO planning.sink_offsets (sink, topic, partition, next_offset)
+             SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, o)
+             ON CONFLICT (sink, topic, partition) DO UPDATE
+             SET next_offset = GREATEST(planning.sink_offsets.next_offset, EXCLUDED.next_offset),
+                 updated_at = now()",
+            &[&self.id, &topics, &partitions, &offsets],
+        )
+        .await?;
+        tx.commit().await?;
+        stored.extend(next);
+        metrics::histogram!(BATCH_SECONDS, m::COMPONENT_ID => self.id.clone())
+            .record(started.elapsed().as_secs_f64());
+        for (table, count) in [
+            ("products", products),
+            ("inventory", inventory),
+            ("demand_actuals", demand),
+        ] {
+            metrics::counter!(ROWS, m::COMPONENT_ID => self.id.clone(), "table" => table)
+                .increment(count);
+        }
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(batch.len() as u64);
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(products + inventory + demand);
+        if skipped > 0 {
+            metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+                m::COMPONENT_TYPE => TYPE, m::REASON => "not_planning_data")
+            .increment(skipped);
+        }
+        Ok(())
+    }
+
+    /// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
+    /// it is refused.
+    async fn decode(
+        &self,
+        kind: EventKind,
+        payload: &[u8],
+        index: usize,
+        rows: &mut Rows,
+    ) -> Result<bool, String> {
+        let undecodable = |e: erpstream_schemas::CodecError| format!("undecodable: {e}");
+        match kind {
+            EventKind::CatalogUpdate => {
+                let event: CatalogUpdate = self.codec.decode(payload).await.map_err(undecodable)?;
+                let skus: Vec<String> = if event.variants.is_empty() {
+                    vec![event.group_id.clone()]
+                } else {
+                    event.variants.iter().map(|v| v.sku.clone()).collect()
+                };
+                for sku in skus {
+                    let newer = rows
+                        .products
+                        .get(&sku)
+                        .is_none_or(|p| p.version <= event.occurred_at);
+                    if newer {
+                        rows.products.insert(
+                            sku,
+                            Product {
+                                name: event.group_name.clone(),
+                                category: event.category_path.last().cloned(),
+                                family: event.product_family.clone(),
+                                lead_time_days: event.lead_time_days,
+                                active: event.is_active,
+                                system: event.source_system.clone(),
+                                version: event.occurred_at,
+                            },
+                        );
+                    }
+                }
+                Ok(true)
+            }
+            EventKind::InventoryChange => {
+                let event: InventoryChange =
+                    self.codec.decode(payload).await.map_err(undecodable)?;
+                let Some(on_hand) = event.new_quantity else {
+                    return Ok(false);
+                };
+                let key = (event.sku.clone(), event.location_code.clone());
+                if rows
+                    .inventory
+                    .get(&key)
+                    .is_none_or(|s| s.version <= event.occurred_at)
+                {
+                    let text = |d: Option<rust_decimal::Decimal>| d.unwrap_or_default().to_string();
+                    rows.inventory.insert(
+                        key,
+                        Stock {
+                            on_hand: on_hand.to_string(),
+                            allocated: text(event.allocated_qty),
+                            in_transit: text(event.in_transit_qty),
+                            at: event.occurred_at,
+                            system: event.source_system,
+                            version: event.occurred_at,
+                            message: index,
+                        },
+                    );
+                }
+                Ok(true)
+            }
+            EventKind::DemandActual => {
+                let event: DemandActual = self.codec.decode(payload).await.map_err(undecodable)?;
+                let period = chrono::NaiveDate::parse_from_str(&event.period, "%Y-%m-%d")
+                    .ok()
+                    .filter(|d| chrono::Datelike::day(d) == 1)
+                    .ok_or_else(|| {
+                        format!(
+                            "period {:?} is not the first day of a month (YYYY-MM-01)",
+                            event.period
+                        )
+                    })?;
+                let key = (
+                    event.sku.clone(),
+                    period.format("%Y-%m-%d").to_string(),
+                    event.region.clone(),
+                    event.channel.clone(),
+                );
+                if rows
+                    .demand
+                    .get(&key)
+                    .is_none_or(|d| d.version <= event.occurred_at)
+                {
+                    rows.demand.insert(
+                        key,
+                        Demand {
+                            quantity: event.actual_qty.to_string(),
+                            system: event.source_system,
+                            version: event.occurred_at,
+                            message: index,
+                        },
+                    );
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Publishes the refused records to their dead-letter topics and awaits every ack.
+    async fn dead_letter(
+        &self,
+        batch: &[OwnedMessage],
+        refused: &[(usize, String)],
+    ) -> Result<(), PlanningWriteError> {
+        let mut pending = Vec::new();
+        for (index, reason) in refused {
+            let message = &batch[*index];
+            let Some((_, dlq)) = self.inputs.get(message.topic()) else {
+                continue;
+            };
+            tracing::warn!(topic = message.topic(), offset = message.offset(), %reason, "record refused by the planning sink; dead-lettered");
+            metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
+                m::COMPONENT_TYPE => TYPE)
+            .increment(1);
+            let record = kafka::dead_letter(message, dlq, reason, &self.id, 1);
+            pending.push(self.publisher.enqueue(record).await?);
+        }
+        futures::future::try_join_all(pending).await?;
+        Ok(())
+    }
+}
+
+/// Why a batch was not written (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum PlanningWriteError {
+    #[error("planning database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Publish(#[from] kafka::PublishError),
+}
+
+async fn upsert_products(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &HashMap<String, Product>,
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let skus: Vec<&str> = rows.keys().map(String::as_str).collect();
+    let get = |f: &dyn Fn(&Product) -> Option<String>| -> Vec<Option<String>> {
+        skus.iter().map(|s| f(&rows[*s])).collect()
+    };
+    let names = get(&|p| Some(p.name.clone()));
+    let categories = get(&|p| p.category.clone());
+    let families = get(&|p| p.family.clone());
+    let systems = get(&|p| Some(p.system.clone()));
+    let lead: Vec<Option<i32>> = skus.iter().map(|s| rows[*s].lead_time_days).collect();
+    let active: Vec<bool> = skus.iter().map(|s| rows[*s].active).collect();
+    let versions: Vec<i64> = skus.iter().map(|s| rows[*s].version).collect();
+    tx.execute(
+        "INSERT INTO planning.products AS t
+             (sku, name, category_name, product_family, lead_time_days, is_active, source_system, source_version)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bool[], $7::text[], $8::bigint[])
+         ON CONFLICT (sku) DO UPDATE SET
+             name = EXCLUDED.name, category_name = EXCLUDED.category_name,
+             product_family = EXCLUDED.product_family, lead_time_days = EXCLUDED.lead_time_days,
+             is_active = EXCLUDED.is_active, source_system = EXCLUDED.source_system,
+             source_version = EXCLUDED.source_version, updated_at = now()
+         WHERE t.source_version <= EXCLUDED.source_version",
+        &[&skus, &names, &categories, &families, &lead, &active, &systems, &versions],
+    )
+    .await
+}
+
+async fn upsert_inventory(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &HashMap<(String, String), Stock>,
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<&(String, String)> = rows.keys().collect();
+    let skus: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let locations: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let on_hand: Vec<&str> = keys.iter().map(|k| rows[*k].on_hand.as_str()).collect();
+    let allocated: Vec<&str> = keys.iter().map(|k| rows[*k].allocated.as_str()).collect();
+    let in_transit: Vec<&str> = keys.iter().map(|k| rows[*k].in_transit.as_str()).collect();
+    let at: Vec<i64> = keys.iter().map(|k| rows[*k].at).collect();
+    let systems: Vec<&str> = keys.iter().map(|k| rows[*k].system.as_str()).collect();
+    let versions: Vec<i64> = keys.iter().map(|k| rows[*k].version).collect();
+    tx.execute(
+        "INSERT INTO planning.inventory AS t
+             (sku, location, on_hand_qty, allocated_qty, in_transit_qty, updated_at, source_system, source_version)
+         SELECT sku, location, on_hand::numeric, allocated::numeric, in_transit::numeric,
+                to_timestamp(at / 1000.0), system, version
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[])
+              AS u(sku, location, on_hand, allocated, in_transit, at, system, version)
+         ON CONFLICT (sku, location) DO UPDATE SET
+             on_hand_qty = EXCLUDED.on_hand_qty, allocated_qty = EXCLUDED.allocated_qty,
+             in_transit_qty = EXCLUDED.in_transit_qty, updated_at = EXCLUDED.updated_at,
+             source_system = EXCLUDED.source_system, source_version = EXCLUDED.source_version
+         WHERE t.source_version <= EXCLUDED.source_version",
+        &[&skus, &locations, &on_hand, &allocated, &in_transit, &at, &systems, &versions],
+    )
+    .await
+}
+
+async fn upsert_demand(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &HashMap<DemandKey, Demand>,
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<&DemandKey> = rows.keys().collect();
+    let skus: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let periods: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let regions: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let channels: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+    let quantities: Vec<&str> = keys.iter().map(|k| rows[*k].quantity.as_str()).collect();
+    let systems: Vec<&str> = keys.iter().map(|k| rows[*k].system.as_str()).collect();
+    let versions: Vec<i64> = keys.iter().map(|k| rows[*k].version).collect();
+    tx.execute(
+        "INSERT INTO planning.demand_actuals AS t
+             (sku, period, region, channel, actual_qty, source_system, source_version)
+         SELECT sku, period::date, region, channel, qty::numeric, system, version
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+              AS u(sku, period, region, channel, qty, system, version)
+         ON CONFLICT (sku, period, region, channel) DO UPDATE SET
+             actual_qty = EXCLUDED.actual_qty, source_system = EXCLUDED.source_system,
+             source_version = EXCLUDED.source_version, updated_at = now()
+         WHERE t.source_version <= EXCLUDED.source_version",
+        &[&skus, &periods, &regions, &channels, &quantities, &systems, &versions],
+    )
+    .await
+}
