@@ -10,5 +10,6 @@ pub mod fields;
 pub mod http;
 pub mod mapping;
 pub mod pg_cdc;
+pub mod planning_api;
 pub mod rest_poll;
 pub mod storefront_api;

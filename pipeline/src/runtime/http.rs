@@ -13,9 +13,28 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use erpstream_connectors::kafka::Publisher;
+use erpstream_connectors::sources::planning_api::PlanningApi;
 use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+
+/// A component whose database `/readyz` checks.
+#[derive(Clone)]
+pub enum Store {
+    /// The storefront API's request store.
+    Storefront(Arc<StorefrontApiSource>),
+    /// The planning database.
+    Planning(Arc<PlanningApi>),
+}
+
+impl Store {
+    async fn reachable(&self) -> bool {
+        match self {
+            Store::Storefront(api) => api.store_reachable().await,
+            Store::Planning(api) => api.store_reachable().await,
+        }
+    }
+}
 
 #[derive(Clone)]
 struct Ops {
@@ -23,7 +42,7 @@ struct Ops {
     publisher: Publisher,
     registry_url: String,
     client: reqwest::Client,
-    apis: Vec<Arc<StorefrontApiSource>>,
+    apis: Vec<Store>,
     components: Arc<Vec<(String, Arc<AtomicBool>)>>,
 }
 
@@ -32,7 +51,7 @@ pub fn operations(
     metrics: PrometheusHandle,
     publisher: Publisher,
     registry_url: &str,
-    apis: Vec<Arc<StorefrontApiSource>>,
+    apis: Vec<Store>,
     components: Vec<(String, Arc<AtomicBool>)>,
 ) -> Router {
     let client = reqwest::Client::builder()
@@ -74,7 +93,7 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         .is_ok_and(|r| r.status().is_success());
     let mut database = true;
     for api in &ops.apis {
-        database &= api.store_reachable().await;
+        database &= api.reachable().await;
     }
     let not_ready: Vec<&str> = ops
         .components

@@ -22,6 +22,7 @@ use erpstream_connectors::sinks::planning_pg::{self, PlanningPgSink};
 use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookSink};
 use erpstream_connectors::sources::erp_webhook::ErpWebhookSource;
 use erpstream_connectors::sources::pg_cdc::{self, PgCdcSource};
+use erpstream_connectors::sources::planning_api::{self, PlanningApi};
 use erpstream_connectors::sources::rest_poll::{self, RestPollSource};
 use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use erpstream_schemas::{Codec, CodecError};
@@ -57,6 +58,9 @@ pub enum RuntimeError {
     /// A change-data-capture source cannot work against its database.
     #[error("{0}")]
     Cdc(#[from] pg_cdc::CdcError),
+    /// The planning API could not be set up.
+    #[error(transparent)]
+    PlanningApi(#[from] planning_api::PlanningApiError),
     /// The planning sink could not be set up.
     #[error(transparent)]
     Planning(#[from] planning_pg::PlanningError),
@@ -141,7 +145,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     router = router.merge(inventory::snapshot::router(view.clone(), source.auth()));
                 }
                 router = router.merge(source.clone().router());
-                apis.push(source);
+                apis.push(http::Store::Storefront(source));
             }
             SourceConfig::PgCdc(config) => {
                 let tables = config
@@ -170,6 +174,21 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     async move { (name, source.run(rx).await.map_err(|e| e.to_string())) }
                         .instrument(span),
                 );
+            }
+            SourceConfig::PlanningApi(config) => {
+                let topics = planning_api::Topics {
+                    products: kafka.topic(&config.products_topic),
+                    inventory: kafka.topic(&config.inventory_topic),
+                    demand: kafka.topic(&config.demand_topic),
+                };
+                let api = Arc::new(PlanningApi::build(
+                    id,
+                    config.clone(),
+                    topics,
+                    publisher.clone(),
+                )?);
+                router = router.merge(api.clone().router());
+                apis.push(http::Store::Planning(api));
             }
             SourceConfig::RestPoll(config) => {
                 let resources = config

@@ -15,6 +15,7 @@ use erpstream_connectors::sinks::planning_pg::PlanningPgConfig;
 use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
 use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
 use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
+use erpstream_connectors::sources::planning_api::PlanningApiConfig;
 use erpstream_connectors::sources::rest_poll::RestPollConfig;
 use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
@@ -100,6 +101,8 @@ pub enum SourceConfig {
     PgCdc(PgCdcConfig),
     /// `rest_poll`.
     RestPoll(RestPollConfig),
+    /// `planning_api`.
+    PlanningApi(PlanningApiConfig),
 }
 
 /// A processor, by `type`.

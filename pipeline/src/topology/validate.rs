@@ -113,9 +113,19 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
                 problems.extend(c.validate(at));
                 SourceConfig::RestPoll(c)
             }),
+            "planning_api" => typed::<PlanningApiConfig>(value, at, problems).map(|c| {
+                problems.extend(c.validate(at));
+                SourceConfig::PlanningApi(c)
+            }),
             _ => unknown_type(
                 at,
-                &["erp_webhook", "storefront_api", "pg_cdc", "rest_poll"],
+                &[
+                    "erp_webhook",
+                    "storefront_api",
+                    "pg_cdc",
+                    "rest_poll",
+                    "planning_api",
+                ],
                 problems,
             ),
         },
@@ -353,6 +363,23 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                             problems.push(Problem::new(format!("{table_at}.{field}"), reason));
                         }
                     }
+                }
+            }
+            SourceConfig::PlanningApi(c) => {
+                for (field, topic, kind) in [
+                    (
+                        "products_topic",
+                        &c.products_topic,
+                        EventKind::CatalogUpdate,
+                    ),
+                    (
+                        "inventory_topic",
+                        &c.inventory_topic,
+                        EventKind::InventoryChange,
+                    ),
+                    ("demand_topic", &c.demand_topic, EventKind::DemandActual),
+                ] {
+                    expect_topic(t, &format!("{at}.{field}"), topic, &[kind], problems);
                 }
             }
             SourceConfig::RestPoll(c) => {

@@ -1,0 +1,559 @@
+//! `planning_api`: the planning integration endpoints (Epicor guide §2–§4, blueprint §3).
+//!
+//! - `POST /api/v1/integrations/erp/{products,inventory,demand-actuals}/sync` with the
+//!   `{meta, items}` envelope. Bearer tokens carry a role; only `admin` and
+//!   `sop_coordinator` may call (`403` otherwise, `401` without a known token). Each item is
+//!   validated on its own (unknown skus of inventory and demand included) and answered
+//!   `accepted` or `rejected` with every field error. `dry_run` validates and publishes
+//!   nothing. Accepted items become events on the topics (`catalog.update`,
+//!   `inventory.change`, `demand.actual`) — the `planning_pg` sink, not the API, writes the
+//!   tables — and the answer comes after the broker acknowledged them. A request with an
+//!   `idempotency_key` seen before gets the stored first answer and publishes nothing (the
+//!   key is taken under a lock for the request's duration, so two concurrent repeats do not
+//!   both publish; a dry run does not take the key).
+//! - `POST /api/v1/integrations/erp/publish/{demand-plan,supply-plan}/{plan_id}`: see
+//!   [`publish`].
+
+mod config;
+mod payload;
+pub mod publish;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use erpstream_schemas::{
+    CatalogUpdate, DemandActual, Event, InventoryChange, Traceparent, Variant, now_millis,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
+use payload::{Endpoint, Item};
+
+use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
+use crate::metrics as m;
+use crate::planning;
+use crate::sources::http::{invalid, read_limited, retry_later, too_large, trace_of};
+
+/// Component type name in the topology.
+pub const TYPE: &str = "planning_api";
+/// Roles allowed to call the planning endpoints.
+pub const ROLES: [&str; 2] = ["admin", "sop_coordinator"];
+
+/// Why the API could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningApiError {
+    /// A token or the ERP token could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::SecretError),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Who called.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token name (or role).
+    pub name: String,
+    /// Role.
+    pub role: String,
+}
+
+/// Broker-side topics the items go to.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Products.
+    pub products: String,
+    /// Inventory.
+    pub inventory: String,
+    /// Demand actuals.
+    pub demand: String,
+}
+
+/// The running API.
+pub struct PlanningApi {
+    id: String,
+    config: PlanningApiConfig,
+    tokens: Vec<(SecretString, Caller)>,
+    topics: Topics,
+    publisher: Publisher,
+    db: Mutex<Option<Client>>,
+    erp: publish::ErpClient,
+}
+
+impl PlanningApi {
+    /// Reads the tokens and builds the ERP client (no I/O).
+    pub fn build(
+        id: &str,
+        config: PlanningApiConfig,
+        topics: Topics,
+        publisher: Publisher,
+    ) -> Result<Self, PlanningApiError> {
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| {
+                Ok((
+                    t.token.resolve()?,
+                    Caller {
+                        name: t.name.clone().unwrap_or_else(|| t.role.clone()),
+                        role: t.role.clone(),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, crate::SecretError>>()?;
+        let erp = publish::ErpClient::new(&config.publish)?;
+        Ok(Self {
+            id: id.to_string(),
+            config,
+            tokens,
+            topics,
+            publisher,
+            db: Mutex::new(None),
+            erp,
+        })
+    }
+
+    /// The routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/api/v1/integrations/erp/{endpoint}/sync",
+                post(
+                    |State(api): State<Arc<Self>>,
+                     Path(endpoint): Path<String>,
+                     headers: HeaderMap,
+                     body: Body| async move {
+                        api.sync(&endpoint, &headers, body).await
+                    },
+                ),
+            )
+            .route(
+                "/api/v1/integrations/erp/publish/{kind}/{plan_id}",
+                post(
+                    |State(api): State<Arc<Self>>,
+                     Path((kind, plan_id)): Path<(String, String)>,
+                     headers: HeaderMap| async move {
+                        api.publish(&kind, &plan_id, &headers).await
+                    },
+                ),
+            )
+            .with_state(self)
+    }
+
+    /// Whether the planning database answers (for `/readyz`).
+    pub async fn store_reachable(&self) -> bool {
+        self.database().await.is_ok()
+    }
+
+    /// The caller, or why not (`401`/`403`).
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(Refusal::Unauthorized(
+                "missing credentials: send Authorization: Bearer <token>",
+            ))?;
+        let mut found = None;
+        for (token, caller) in &self.tokens {
+            if bool::from(token.expose_secret().as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(caller.clone());
+            }
+        }
+        let caller = found.ok_or(Refusal::Unauthorized("invalid token"))?;
+        if !ROLES.contains(&caller.role.as_str()) {
+            return Err(Refusal::Forbidden(caller.role));
+        }
+        Ok(caller)
+    }
+
+    /// A connection to the planning database, opened (and migrated) on first use.
+    async fn database(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, tokio_postgres::Error> {
+        let mut guard = self.db.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let mut client = planning::connect(&self.config.database).await?;
+            planning::migrate(&mut client).await?;
+            *guard = Some(client);
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |c| {
+            c.as_mut().unwrap_or_else(|| unreachable!("opened above"))
+        }))
+    }
+
+    async fn sync(&self, endpoint: &str, headers: &HeaderMap, body: Body) -> Response {
+        metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(1);
+        let endpoint = match endpoint {
+            "products" => Endpoint::Products,
+            "inventory" => Endpoint::Inventory,
+            "demand-actuals" => Endpoint::DemandActuals,
+            other => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": "not found",
+                        "reason": format!("no sync endpoint {other}; use products, inventory or demand-actuals")})),
+                )
+                    .into_response();
+            }
+        };
+        let caller = match self.caller(headers) {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let limit = self.config.max_body.as_u64() as usize;
+        let bytes = match read_limited(headers, body, limit).await {
+            Ok(bytes) => bytes,
+            Err(limit) => return too_large(limit),
+        };
+        let envelope = match payload::envelope(&bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => return invalid(StatusCode::BAD_REQUEST, &error),
+        };
+        if envelope.items.len() > self.config.max_items {
+            return invalid(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &crate::sources::fields::FieldError::new(
+                    "items",
+                    format!("at most {} items per request", self.config.max_items),
+                ),
+            );
+        }
+        match self
+            .sync_items(endpoint, &caller, envelope, trace_of(headers))
+            .await
+        {
+            Ok(response) => response,
+            Err(SyncError::Database(err)) => {
+                tracing::warn!(error = %err, "planning database unavailable");
+                retry_later("planning database unavailable", 5)
+            }
+            Err(SyncError::Publish(err)) => {
+                tracing::warn!(error = %err, "sync items not stored on the broker");
+                retry_later("the broker did not take the items", 5)
+            }
+        }
+    }
+
+    async fn sync_items(
+        &self,
+        endpoint: Endpoint,
+        caller: &Caller,
+        envelope: payload::Envelope,
+        trace: Traceparent,
+    ) -> Result<Response, SyncError> {
+        let meta = envelope.meta;
+        let mut db = self.database().await?;
+        // The key is held for the whole request: a concurrent repeat waits, then replays.
+        let tx = db.transaction().await?;
+        if let (Some(key), false) = (&meta.idempotency_key, meta.dry_run) {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[key])
+                .await?;
+            if let Some(row) = tx
+                .query_opt(
+                    "SELECT endpoint, response FROM planning.sync_requests WHERE idempotency_key = $1",
+                    &[key],
+                )
+                .await?
+            {
+                let (stored_endpoint, response): (String, Value) = (row.get(0), row.get(1));
+                if stored_endpoint != endpoint.name() {
+                    return Ok((
+                        StatusCode::CONFLICT,
+                        axum::Json(json!({"error": "idempotency key reused",
+                            "field": "meta.idempotency_key",
+                            "reason": format!("already used for the {stored_endpoint} sync")})),
+                    )
+                        .into_response());
+                }
+                metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
+                    m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
+                .increment(1);
+                return Ok((
+                    StatusCode::OK,
+                    [("idempotent-replayed", "true")],
+                    axum::Json(response),
+                )
+                    .into_response());
+            }
+        }
+        let mut results = Vec::with_capacity(envelope.items.len());
+        let mut valid: Vec<(usize, Item)> = Vec::new();
+        for (index, value) in envelope.items.iter().enumerate() {
+            match payload::item(endpoint, index, value) {
+                Ok(item) => valid.push((index, item)),
+                Err(errors) => results.push((
+                    index,
+                    value.get("sku").and_then(Value::as_str).map(str::to_string),
+                    errors,
+                )),
+            }
+        }
+        if endpoint != Endpoint::Products {
+            let skus: Vec<String> = valid.iter().map(|(_, i)| i.sku().to_string()).collect();
+            let known: std::collections::HashSet<String> = tx
+                .query(
+                    "SELECT sku FROM planning.products WHERE sku = ANY($1)",
+                    &[&skus],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            valid.retain(|(index, item)| {
+                if known.contains(item.sku()) {
+                    return true;
+                }
+                results.push((
+                    *index,
+                    Some(item.sku().to_string()),
+                    vec![crate::sources::fields::FieldError::new(
+                        format!("items[{index}].sku"),
+                        format!("unknown sku {}: sync it as a product first", item.sku()),
+                    )],
+                ));
+                false
+            });
+        }
+        let run = meta
+            .idempotency_key
+            .clone()
+            .or_else(|| meta.batch_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let mut accepted: Vec<(usize, String, String)> = Vec::new();
+        if !meta.dry_run {
+            let now = now_millis();
+            let mut pending: Vec<PendingAck> = Vec::new();
+            for (index, item) in &valid {
+                let key = format!("sync:{}:{run}:{index}", endpoint.name());
+                let record = self
+                    .record(item, &key, &meta.source_system, now, &trace)
+                    .await?;
+                accepted.push((*index, item.sku().to_string(), record.0));
+                pending.push(self.publisher.enqueue(record.1).await?);
+            }
+            futures::future::try_join_all(pending).await?;
+        } else {
+            accepted.extend(
+                valid
+                    .iter()
+                    .map(|(index, item)| (*index, item.sku().to_string(), String::new())),
+            );
+        }
+        let mut items: Vec<(usize, Value)> = accepted
+            .into_iter()
+            .map(|(index, sku, event_id)| {
+                let mut result = json!({"index": index, "sku": sku, "status": "accepted"});
+                if !event_id.is_empty() {
+                    result["event_id"] = Value::String(event_id);
+                }
+                (index, result)
+            })
+            .chain(results.into_iter().map(|(index, sku, errors)| {
+                (
+                    index,
+                    json!({"index": index, "sku": sku, "status": "rejected", "errors": errors}),
+                )
+            }))
+            .collect();
+        items.sort_by_key(|(index, _)| *index);
+        let total = items.len();
+        let rejected = items
+            .iter()
+            .filter(|(_, r)| r["status"] == "rejected")
+            .count();
+        let status = match (meta.dry_run, rejected) {
+            (true, _) => "validated",
+            (false, 0) => "accepted",
+            (false, r) if r == total => "rejected",
+            (false, _) => "partially_accepted",
+        };
+        let response = json!({
+            "status": status,
+            "endpoint": endpoint.name(),
+            "source_system": meta.source_system,
+            "batch_id": meta.batch_id,
+            "idempotency_key": meta.idempotency_key,
+            "dry_run": meta.dry_run,
+            "summary": {"received": total, "accepted": total - rejected, "rejected": rejected},
+            "results": items.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+        });
+        if let (Some(key), false) = (&meta.idempotency_key, meta.dry_run) {
+            tx.execute(
+                "INSERT INTO planning.sync_requests
+                     (idempotency_key, endpoint, batch_id, source_system, actor, response)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    key,
+                    &endpoint.name(),
+                    &meta.batch_id,
+                    &meta.source_system,
+                    &caller.name,
+                    &response,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
+            m::COMPONENT_TYPE => TYPE)
+        .increment(if meta.dry_run {
+            0
+        } else {
+            (total - rejected) as u64
+        });
+        tracing::info!(endpoint = endpoint.name(), caller = %caller.name, status, total, rejected,
+            dry_run = meta.dry_run, "sync request");
+        Ok((StatusCode::OK, axum::Json(response)).into_response())
+    }
+
+    /// The event for one item: (event id, record).
+    async fn record(
+        &self,
+        item: &Item,
+        idempotency_key: &str,
+        source_system: &str,
+        now: i64,
+        trace: &Traceparent,
+    ) -> Result<(String, RawRecord), PublishError> {
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let codec = self.publisher.codec();
+        let (topic, key, payload) = match item {
+            Item::Product(p) => {
+                let event = CatalogUpdate {
+                    event_id: event_id.clone(),
+                    idempotency_key: idempotency_key.to_string(),
+                    source_system: source_system.to_string(),
+                    source: self.id.clone(),
+                    occurred_at: now,
+                    ingested_at: now,
+                    group_id: p.sku.clone(),
+                    group_name: p.name.clone(),
+                    description: None,
+                    category_path: p.category_name.iter().cloned().collect(),
+                    tax_code: None,
+                    is_active: true,
+                    product_family: p.product_family.clone(),
+                    lead_time_days: p.lead_time_days,
+                    variants: vec![Variant {
+                        sku: p.sku.clone(),
+                        variant_title: None,
+                        selling_price: None,
+                        mrp: None,
+                        current_stock: None,
+                        specifications: Default::default(),
+                        media_assets: Vec::new(),
+                    }],
+                };
+                let payload = codec.encode(&self.topics.products, &event).await?;
+                (&self.topics.products, event.key().to_string(), payload)
+            }
+            Item::Inventory(i) => {
+                let event = InventoryChange {
+                    event_id: event_id.clone(),
+                    idempotency_key: idempotency_key.to_string(),
+                    source_system: source_system.to_string(),
+                    source: self.id.clone(),
+                    occurred_at: now,
+                    ingested_at: now,
+                    sku: i.sku.clone(),
+                    location_code: i.location.clone(),
+                    new_quantity: Some(i.on_hand_qty),
+                    allocated_qty: Some(i.allocated_qty),
+                    in_transit_qty: Some(i.in_transit_qty),
+                    quantity_change: None,
+                    change_reason: Some("PLANNING_SYNC".into()),
+                    reference_id: None,
+                };
+                let payload = codec.encode(&self.topics.inventory, &event).await?;
+                (&self.topics.inventory, event.key().to_string(), payload)
+            }
+            Item::Demand(d) => {
+                let event = DemandActual {
+                    event_id: event_id.clone(),
+                    idempotency_key: idempotency_key.to_string(),
+                    source_system: source_system.to_string(),
+                    source: self.id.clone(),
+                    occurred_at: now,
+                    ingested_at: now,
+                    sku: d.sku.clone(),
+                    period: d.period.clone(),
+                    actual_qty: d.actual_qty,
+                    region: d.region.clone(),
+                    channel: d.channel.clone(),
+                };
+                let payload = codec.encode(&self.topics.demand, &event).await?;
+                (&self.topics.demand, event.key().to_string(), payload)
+            }
+        };
+        Ok((
+            event_id,
+            RawRecord {
+                topic: topic.clone(),
+                key: Some(key.into_bytes()),
+                payload: Some(payload),
+                headers: vec![(
+                    TRACEPARENT_HEADER.to_string(),
+                    trace.child().to_string().into_bytes(),
+                )],
+                partition: None,
+            },
+        ))
+    }
+}
+
+/// A caller refused.
+#[derive(Debug)]
+enum Refusal {
+    /// No or an unknown token.
+    Unauthorized(&'static str),
+    /// A known token whose role may not call.
+    Forbidden(String),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized(reason) => {
+                crate::sources::http::unauthorized(reason, Some("Bearer"))
+            }
+            Refusal::Forbidden(role) => (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"error": "forbidden",
+                    "reason": format!("role {role} may not call the planning integration; it needs admin or sop_coordinator")})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Why a sync request could not be answered (the caller retries).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("planning database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<erpstream_schemas::CodecError> for SyncError {
+    fn from(err: erpstream_schemas::CodecError) -> Self {
+        SyncError::Publish(PublishError::Codec(err))
+    }
+}

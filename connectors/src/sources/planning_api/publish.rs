@@ -1,0 +1,340 @@
+//! Publish-back of approved plans (blueprint §2 phase 3, §3):
+//! `POST /api/v1/integrations/erp/publish/{demand-plan,supply-plan}/{plan_id}`.
+//!
+//! - Only a plan whose status is `approved` is published; a plan published before answers
+//!   `already_published` with the ERP's reference, and is not sent again.
+//! - Lines whose period starts before today + `frozen_horizon` are held back and listed; the
+//!   rest are sent. A plan with nothing outside the horizon is rejected.
+//! - The ERP receives `POST <publish.url>/api/plans/{demand,supply}` with
+//!   `Idempotency-Key: plan-<kind>-<plan_id>-<approved_at ms>` (equal for every attempt of the
+//!   same approval, so a retry after a lost answer creates nothing twice), retried on
+//!   408/429/5xx/timeouts with the sinks' backoff; its `external_reference_id` (or `id`) is
+//!   kept.
+//! - Every attempt, whatever its outcome, is a row of `planning.publish_audit` with the
+//!   caller, the outcome, the held lines and a `correlation_id` that the answer also carries.
+//!   Publishes of one plan are serialised by an advisory lock.
+//!
+//! Plans are published when this endpoint is called (the default). The planning database
+//! could also trigger it — a `pg_cdc` source on `planning.plans` seeing `status` turn
+//! `approved` — but no such trigger is built: publishing stays an explicit, audited act.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::{Caller, PlanningApi, PlanningApiError, PublishConfig};
+use crate::retry::{Outcome, RetryConfig, backoff, classify, retry_after, send};
+
+/// The ERP side of publishing.
+pub struct ErpClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<SecretString>,
+    retry: RetryConfig,
+    frozen_horizon: Duration,
+}
+
+impl ErpClient {
+    /// Reads the token and builds the client (no I/O).
+    pub fn new(config: &PublishConfig) -> Result<Self, PlanningApiError> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(config.request_timeout)
+                .build()?,
+            base: config.url.trim_end_matches('/').to_string(),
+            token: config.token.as_ref().map(|t| t.resolve()).transpose()?,
+            retry: config.retry.clone(),
+            frozen_horizon: config.frozen_horizon,
+        })
+    }
+
+    /// Sends the plan; `Ok(reference)` on 2xx, `Err((status, reason))` otherwise.
+    async fn send(&self, kind: &str, key: &str, body: &Value) -> Result<String, (u16, String)> {
+        let url = format!("{}/api/plans/{kind}", self.base);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self
+                .http
+                .post(&url)
+                .header("idempotency-key", key)
+                .json(body);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token.expose_secret());
+            }
+            let (reason, hint) = match send(request, "planning_publish").await {
+                Err(Outcome::Retry {
+                    reason,
+                    retry_after,
+                }) => (reason, retry_after),
+                Err(other) => (format!("{other:?}"), None),
+                Ok(response) => {
+                    let status = response.status();
+                    let hint = retry_after(response.headers());
+                    let text = response.text().await.unwrap_or_default();
+                    match classify("the ERP", status, hint) {
+                        Outcome::Delivered => {
+                            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            let reference = body
+                                .get("external_reference_id")
+                                .or_else(|| body.get("id"))
+                                .or_else(|| body.pointer("/data/name"))
+                                .map(|v| match v {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                });
+                            return reference.ok_or_else(|| {
+                                (
+                                    502,
+                                    "the ERP accepted the plan but named no reference".into(),
+                                )
+                            });
+                        }
+                        Outcome::Reject { reason } => {
+                            return Err((status.as_u16(), format!("{reason}: {text}")));
+                        }
+                        Outcome::Retry {
+                            reason,
+                            retry_after,
+                        } => (reason, retry_after),
+                    }
+                }
+            };
+            if attempt >= self.retry.max_attempts {
+                return Err((503, format!("{reason} (after {attempt} attempts)")));
+            }
+            tokio::time::sleep(backoff(&self.retry, attempt, hint)).await;
+        }
+    }
+}
+
+/// One attempt's outcome, as answered and audited.
+struct Attempt<'a> {
+    plan_id: i64,
+    kind: &'a str,
+    status: &'static str,
+    reason: Option<String>,
+    publish_key: Option<String>,
+    reference: Option<String>,
+    published: i32,
+    held: Value,
+}
+
+impl PlanningApi {
+    pub(super) async fn publish(&self, kind: &str, plan_id: &str, headers: &HeaderMap) -> Response {
+        let kind = match kind {
+            "demand-plan" => "demand",
+            "supply-plan" => "supply",
+            other => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": "not found",
+                        "reason": format!("no plan kind {other}; use demand-plan or supply-plan")})),
+                )
+                    .into_response();
+            }
+        };
+        let caller = match self.caller(headers) {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let Ok(plan_id) = plan_id.parse::<i64>() else {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid request", "field": "plan_id",
+                    "reason": "must be a number"})),
+            )
+                .into_response();
+        };
+        let correlation_id = uuid::Uuid::new_v4();
+        match self
+            .try_publish(kind, plan_id, &caller, correlation_id)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(error = %err, plan_id, "publish not completed");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"error": "planning database unavailable",
+                        "correlation_id": correlation_id})),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+                response
+            }
+        }
+    }
+
+    async fn try_publish(
+        &self,
+        kind: &str,
+        plan_id: i64,
+        caller: &Caller,
+        correlation_id: uuid::Uuid,
+    ) -> Result<Response, tokio_postgres::Error> {
+        let mut db = self.database().await?;
+        let tx = db.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('erpstream.publish'), $1::int)",
+            &[&((plan_id % i64::from(i32::MAX)) as i32)],
+        )
+        .await?;
+        let plan = tx
+            .query_opt(
+                "SELECT kind, name, status, (extract(epoch FROM approved_at) * 1000)::bigint
+                 FROM planning.plans WHERE plan_id = $1",
+                &[&plan_id],
+            )
+            .await?;
+        let mut attempt = Attempt {
+            plan_id,
+            kind,
+            status: "rejected",
+            reason: None,
+            publish_key: None,
+            reference: None,
+            published: 0,
+            held: json!([]),
+        };
+        let (http, attempt) = 'outcome: {
+            let Some(plan) = plan else {
+                attempt.reason = Some(format!("no plan {plan_id}"));
+                break 'outcome (StatusCode::NOT_FOUND, attempt);
+            };
+            let (plan_kind, name, status, approved_at): (String, String, String, Option<i64>) =
+                (plan.get(0), plan.get(1), plan.get(2), plan.get(3));
+            if plan_kind != kind {
+                attempt.reason = Some(format!(
+                    "plan {plan_id} is a {plan_kind} plan, not a {kind} plan"
+                ));
+                break 'outcome (StatusCode::CONFLICT, attempt);
+            }
+            if let Some(done) = tx
+                .query_opt(
+                    "SELECT external_reference_id, publish_key FROM planning.plan_publications WHERE plan_id = $1",
+                    &[&plan_id],
+                )
+                .await?
+            {
+                attempt.status = "already_published";
+                attempt.reference = Some(done.get(0));
+                attempt.publish_key = Some(done.get(1));
+                break 'outcome (StatusCode::OK, attempt);
+            }
+            let Some(approved_at) = approved_at.filter(|_| status == "approved") else {
+                attempt.reason = Some(format!(
+                    "plan {plan_id} is {status}: only approved plans are published"
+                ));
+                break 'outcome (StatusCode::CONFLICT, attempt);
+            };
+            let horizon_days = (self.erp.frozen_horizon.as_secs() / 86_400) as i32;
+            let lines = tx
+                .query(
+                    "SELECT line_no, sku, location, period::text, quantity::text,
+                            period < current_date + $2::int
+                     FROM planning.plan_lines WHERE plan_id = $1 ORDER BY line_no",
+                    &[&plan_id, &horizon_days],
+                )
+                .await?;
+            let line = |r: &tokio_postgres::Row| {
+                json!({"line_no": r.get::<_, i32>(0), "sku": r.get::<_, String>(1),
+                    "location": r.get::<_, Option<String>>(2), "period": r.get::<_, String>(3),
+                    "quantity": r.get::<_, String>(4).parse::<Value>().unwrap_or(Value::Null)})
+            };
+            let held: Vec<Value> = lines
+                .iter()
+                .filter(|r| r.get::<_, bool>(5))
+                .map(line)
+                .collect();
+            let send: Vec<Value> = lines
+                .iter()
+                .filter(|r| !r.get::<_, bool>(5))
+                .map(line)
+                .collect();
+            attempt.held = Value::Array(held);
+            if send.is_empty() {
+                attempt.reason = Some(format!(
+                    "every line is inside the frozen horizon ({horizon_days} days from today)"
+                ));
+                break 'outcome (StatusCode::CONFLICT, attempt);
+            }
+            let key = format!("plan-{kind}-{plan_id}-{approved_at}");
+            attempt.publish_key = Some(key.clone());
+            let body = json!({"plan_id": plan_id, "kind": kind, "name": name,
+                "approved_at": approved_at, "publish_key": key,
+                "correlation_id": correlation_id, "lines": send});
+            match self.erp.send(kind, &key, &body).await {
+                Ok(reference) => {
+                    attempt.status = "accepted";
+                    attempt.published = send.len() as i32;
+                    tx.execute(
+                        "INSERT INTO planning.plan_publications
+                             (plan_id, publish_key, external_reference_id, correlation_id, published_lines, held_lines)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[&plan_id, &key, &reference, &correlation_id, &attempt.published,
+                          &(attempt.held.as_array().map_or(0, Vec::len) as i32)],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE planning.plans SET status = 'published' WHERE plan_id = $1",
+                        &[&plan_id],
+                    )
+                    .await?;
+                    attempt.reference = Some(reference);
+                    (StatusCode::OK, attempt)
+                }
+                Err((status, reason)) if status >= 500 => {
+                    attempt.status = "failed";
+                    attempt.reason = Some(reason);
+                    (StatusCode::BAD_GATEWAY, attempt)
+                }
+                Err((_, reason)) => {
+                    attempt.reason = Some(format!("the ERP refused the plan: {reason}"));
+                    (StatusCode::UNPROCESSABLE_ENTITY, attempt)
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO planning.publish_audit
+                 (plan_id, kind, actor, role, status, reason, publish_key, external_reference_id,
+                  correlation_id, published_lines, held_lines)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &attempt.plan_id,
+                &attempt.kind,
+                &caller.name,
+                &caller.role,
+                &attempt.status,
+                &attempt.reason,
+                &attempt.publish_key,
+                &attempt.reference,
+                &correlation_id,
+                &attempt.published,
+                &attempt.held,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(plan_id, kind, status = attempt.status, caller = %caller.name,
+            %correlation_id, "plan publish attempt");
+        Ok((
+            http,
+            axum::Json(json!({
+                "status": attempt.status,
+                "plan_id": plan_id,
+                "external_reference_id": attempt.reference,
+                "correlation_id": correlation_id,
+                "reason": attempt.reason,
+                "published_lines": attempt.published,
+                "held_lines": attempt.held,
+            })),
+        )
+            .into_response())
+    }
+}
