@@ -1,5 +1,5 @@
-//! A test ERP for the write-back path: the sales interface spec §5 endpoints (bearer token,
-//! `Idempotency-Key` honoured) and ERPNext's `/api/resource/Sales Order` (token auth, lookup
+//! A test ERP for the write-back path: the sales interface spec §5 endpoints and the plan
+//! publish endpoint `/api/plans/{kind}` (bearer token, `Idempotency-Key` honoured) and ERPNext's `/api/resource/Sales Order` (token auth, lookup
 //! by `po_no`). It can be told to fail, and records every request.
 
 use std::net::SocketAddr;
@@ -47,6 +47,7 @@ impl Erp {
         let app = axum::Router::new()
             .route("/api/sales/orders", post(generic))
             .route("/api/inventory/adjust", post(generic))
+            .route("/api/plans/{kind}", post(generic))
             .route(
                 "/api/resource/{doctype}",
                 axum::routing::get(erpnext_list).post(erpnext_create),
@@ -115,18 +116,18 @@ impl ErpState {
         (status != 0).then(|| StatusCode::from_u16(status).expect("status"))
     }
 
-    /// Creates the document unless `key` exists; whether it was new.
-    fn create(&self, path: &str, key: &str, body: Value) -> bool {
+    /// Creates the document unless `key` exists: whether it was new, and its number.
+    fn create(&self, path: &str, key: &str, body: Value) -> (bool, usize) {
         let mut created = self.created.lock().expect("lock");
-        if created.iter().any(|c| c.path == path && c.key == key) {
-            return false;
+        if let Some(at) = created.iter().position(|c| c.path == path && c.key == key) {
+            return (false, at + 1);
         }
         created.push(Created {
             path: path.to_string(),
             key: key.to_string(),
             body,
         });
-        true
+        (true, created.len())
     }
 }
 
@@ -158,15 +159,17 @@ async fn generic(
             axum::Json(json!({"error": "try later"})),
         );
     }
-    if state.create(&path, key, body) {
+    let (new, number) = state.create(&path, key, body);
+    let reference = format!("ERP-DOC-{number:05}");
+    if new {
         (
             StatusCode::CREATED,
-            axum::Json(json!({"status": "created"})),
+            axum::Json(json!({"status": "created", "external_reference_id": reference})),
         )
     } else {
         (
             StatusCode::OK,
-            axum::Json(json!({"status": "already exists"})),
+            axum::Json(json!({"status": "already exists", "external_reference_id": reference})),
         )
     }
 }

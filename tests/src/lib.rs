@@ -34,6 +34,12 @@ pub const API_TOKEN: &str = "test-api-token";
 pub const ERP_TOKEN: &str = "test-key:test-secret";
 /// Location held for order lines that name none.
 pub const DEFAULT_LOCATION: &str = "WH-TECH-01";
+/// Planning API tokens by role (`TEST_PLANNING_{ADMIN,COORDINATOR,VIEWER}`).
+pub const PLANNING_TOKENS: [(&str, &str); 3] = [
+    ("TEST_PLANNING_ADMIN", "planning-admin-token"),
+    ("TEST_PLANNING_COORDINATOR", "planning-coordinator-token"),
+    ("TEST_PLANNING_VIEWER", "planning-viewer-token"),
+];
 
 /// Where the local stack is.
 #[derive(Clone, Debug)]
@@ -575,6 +581,7 @@ registry:
             .env("TEST_STOREFRONT_SECRET", STOREFRONT_SECRET)
             .env("TEST_API_TOKEN", API_TOKEN)
             .env("TEST_ERP_TOKEN", ERP_TOKEN)
+            .envs(PLANNING_TOKENS)
             .env("TEST_ERPNEXT_KEY", erpnext::API_KEY)
             .env("TEST_ERPNEXT_SECRET", erpnext::API_SECRET)
             .env("TEST_ODATA_USER", erpnext::ODATA_USER.0)

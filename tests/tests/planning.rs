@@ -377,3 +377,358 @@ async fn a_sink_killed_mid_batch_ends_with_exactly_the_expected_rows() {
     );
     pipeline.terminate();
 }
+
+/// A topology with the planning API (publishing to `erp`) and the planning sink.
+fn api_body(database: &str, erp: &str) -> String {
+    format!(
+        r#"topics:
+  catalog.update: {{ partitions: 2 }}
+  inventory.change: {{ partitions: 2 }}
+  demand.actual: {{ partitions: 2 }}
+sources:
+  planning_api:
+    type: planning_api
+    database: {database}
+    tokens:
+      - {{ token: {{ env: TEST_PLANNING_ADMIN }}, role: admin, name: ops-admin }}
+      - {{ token: {{ env: TEST_PLANNING_COORDINATOR }}, role: sop_coordinator, name: sop-lead }}
+      - {{ token: {{ env: TEST_PLANNING_VIEWER }}, role: viewer }}
+    publish:
+      url: {erp}
+      token: {{ env: TEST_ERP_TOKEN }}
+      frozen_horizon: 14days
+      retry: {{ max_attempts: 2, initial_backoff: 50ms, max_backoff: 100ms }}
+sinks:
+  planning:
+    type: planning_pg
+    inputs: [catalog.update, inventory.change, demand.actual]
+    database: {database}
+    batch_wait: 20ms
+"#
+    )
+}
+
+async fn post(url: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value, bool) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, response.json().await.unwrap_or_default(), replayed)
+}
+
+async fn wait_row(db: &Client, sql: &str, within: Duration) {
+    let until = Instant::now() + within;
+    while count(db, sql).await == 0 {
+        assert!(Instant::now() < until, "no row for {sql}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The three requests of the Epicor guide §4.1–§4.3, bodies as written there.
+const PRODUCTS: &str = r#"{
+    "meta": {
+      "source_system": "EpicorKinetic",
+      "batch_id": "KIN-PROD-20260227-001",
+      "idempotency_key": "kin-prod-001",
+      "dry_run": false
+    },
+    "items": [
+      {
+        "sku": "FG-1001",
+        "name": "Widget A",
+        "category_name": "Finished Goods",
+        "product_family": "Widgets",
+        "lead_time_days": 14
+      }
+    ]
+  }"#;
+const INVENTORY: &str = r#"{
+    "meta": {
+      "source_system": "EpicorKinetic",
+      "batch_id": "KIN-INV-20260227-001",
+      "idempotency_key": "kin-inv-001",
+      "dry_run": false
+    },
+    "items": [
+      {
+        "sku": "FG-1001",
+        "location": "MAIN-WH",
+        "on_hand_qty": 1250,
+        "allocated_qty": 200,
+        "in_transit_qty": 75
+      }
+    ]
+  }"#;
+const DEMAND: &str = r#"{
+    "meta": {
+      "source_system": "EpicorKinetic",
+      "batch_id": "KIN-DA-20260227-001",
+      "idempotency_key": "kin-da-001",
+      "dry_run": false
+    },
+    "items": [
+      {
+        "sku": "FG-1001",
+        "period": "2026-02-01",
+        "actual_qty": 980,
+        "region": "NA",
+        "channel": "Direct"
+      }
+    ]
+  }"#;
+
+#[tokio::test]
+async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
+    let (url, db) = planning_database().await;
+    let erp = erp::Erp::start().await;
+    let mut pipeline = Pipeline::custom(&options, &api_body(&url, &erp.url));
+    pipeline.start().await;
+    let base = format!("{}/api/v1/integrations/erp", pipeline.url);
+    let admin = Some(PLANNING_TOKENS[0].1);
+
+    let (status, answer, _) = post(&format!("{base}/products/sync"), admin, PRODUCTS).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+    assert_eq!(answer["summary"]["accepted"], 1);
+    wait_row(&db, "SELECT count(*) FROM planning.products WHERE sku = 'FG-1001' AND name = 'Widget A' AND lead_time_days = 14", Duration::from_secs(20)).await;
+
+    let (status, first, _) = post(&format!("{base}/inventory/sync"), admin, INVENTORY).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["results"][0]["status"], "accepted");
+    let coordinator = Some(PLANNING_TOKENS[1].1);
+    let (status, answer, _) =
+        post(&format!("{base}/demand-actuals/sync"), coordinator, DEMAND).await;
+    assert_eq!(status, 200, "{answer}");
+    wait_row(&db, "SELECT count(*) FROM planning.inventory WHERE sku = 'FG-1001' AND location = 'MAIN-WH' AND on_hand_qty = 1250 AND allocated_qty = 200 AND in_transit_qty = 75", Duration::from_secs(20)).await;
+    wait_row(&db, "SELECT count(*) FROM planning.demand_actuals WHERE sku = 'FG-1001' AND period = '2026-02-01' AND actual_qty = 980 AND region = 'NA' AND channel = 'Direct'", Duration::from_secs(20)).await;
+    let inventory_topic = pipeline.topic("inventory.change");
+    let published = topic_size(&options.brokers, &inventory_topic);
+    assert_eq!(published, 1);
+
+    // The same request again: the first answer, nothing new published.
+    let (status, again, replayed) = post(&format!("{base}/inventory/sync"), admin, INVENTORY).await;
+    assert_eq!(status, 200);
+    assert!(replayed);
+    assert_eq!(again, first);
+    // A dry run with a new figure: validated, nothing published or written.
+    let dry = INVENTORY
+        .replace("\"dry_run\": false", "\"dry_run\": true")
+        .replace("1250", "9999")
+        .replace("kin-inv-001", "kin-inv-002");
+    let (status, answer, _) = post(&format!("{base}/inventory/sync"), admin, &dry).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "validated");
+    // The real run after the dry run with the same key is not swallowed by it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(topic_size(&options.brokers, &inventory_topic), published);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM planning.inventory WHERE on_hand_qty = 9999"
+        )
+        .await,
+        0
+    );
+    let real = dry.replace("\"dry_run\": true", "\"dry_run\": false");
+    let (_, answer, replayed) = post(&format!("{base}/inventory/sync"), admin, &real).await;
+    assert!(!replayed);
+    assert_eq!(answer["status"], "accepted");
+    wait_row(
+        &db,
+        "SELECT count(*) FROM planning.inventory WHERE on_hand_qty = 9999",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // Per-item results name the field; unknown skus are refused; roles are enforced.
+    let mixed = r#"{"meta": {"source_system": "EpicorKinetic"}, "items": [
+        {"sku": "FG-1001", "period": "2026-03-01", "actual_qty": 5},
+        {"sku": "FG-1001", "period": "2026-03-15", "actual_qty": 5},
+        {"sku": "FG-9999", "period": "2026-03-01", "actual_qty": 5}]}"#;
+    let (status, answer, _) = post(&format!("{base}/demand-actuals/sync"), admin, mixed).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "partially_accepted");
+    assert_eq!(
+        answer["results"][1]["errors"][0]["field"],
+        "items[1].period"
+    );
+    assert!(
+        answer["results"][2]["errors"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown sku FG-9999")
+    );
+    let (status, _, _) = post(
+        &format!("{base}/products/sync"),
+        Some(PLANNING_TOKENS[2].1),
+        PRODUCTS,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = post(&format!("{base}/products/sync"), None, PRODUCTS).await;
+    assert_eq!(status, 401);
+    let (status, answer, _) = post(
+        &format!("{base}/products/sync"),
+        admin,
+        r#"{"meta": {}, "items": []}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["field"], "meta.source_system");
+    pipeline.terminate();
+}
+
+#[tokio::test]
+async fn publishing_plans_is_governed_idempotent_and_audited() {
+    let broker = Broker::start();
+    let mut options = TopologyOptions::new("http://127.0.0.1:9");
+    options.brokers = broker.brokers.clone();
+    let (url, db) = planning_database().await;
+    let erp = erp::Erp::start().await;
+    let mut pipeline = Pipeline::custom(&options, &api_body(&url, &erp.url));
+    pipeline.start().await;
+    // The schema is there once the sink or the API started.
+    let until = Instant::now() + Duration::from_secs(20);
+    while db
+        .execute("SELECT 1 FROM planning.plans", &[])
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < until, "planning schema not created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.batch_execute(
+        "INSERT INTO planning.products (sku, name, source_system, source_version) VALUES ('FG-1001', 'Widget A', 'test', 1);
+         INSERT INTO planning.plans (plan_id, kind, name, status) VALUES (1, 'demand', 'Draft plan', 'draft');
+         INSERT INTO planning.plans (plan_id, kind, name, status, approved_by, approved_at)
+             VALUES (2, 'demand', 'Q3 demand', 'approved', 'sop-lead', now()),
+                    (3, 'supply', 'Frozen only', 'approved', 'sop-lead', now()),
+                    (4, 'supply', 'Supply', 'approved', 'sop-lead', now());
+         INSERT INTO planning.plan_lines (plan_id, line_no, sku, location, period, quantity) VALUES
+             (2, 1, 'FG-1001', 'MAIN-WH', date_trunc('month', current_date), 100),
+             (2, 2, 'FG-1001', 'MAIN-WH', date_trunc('month', current_date + 62), 120),
+             (2, 3, 'FG-1001', 'MAIN-WH', date_trunc('month', current_date + 93), 130),
+             (3, 1, 'FG-1001', 'MAIN-WH', current_date, 10),
+             (4, 1, 'FG-1001', 'MAIN-WH', date_trunc('month', current_date + 62), 40);",
+    )
+    .await
+    .expect("plans");
+    let base = format!("{}/api/v1/integrations/erp/publish", pipeline.url);
+    let coordinator = Some(PLANNING_TOKENS[1].1);
+
+    let (status, answer, _) = post(&format!("{base}/demand-plan/1"), coordinator, "").await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["status"], "rejected");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("only approved plans")
+    );
+
+    let (status, answer, _) = post(&format!("{base}/demand-plan/2"), coordinator, "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+    assert_eq!(answer["published_lines"], 2);
+    assert_eq!(
+        answer["held_lines"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    assert_eq!(answer["held_lines"][0]["line_no"], 1);
+    let reference = answer["external_reference_id"].clone();
+    assert!(reference.is_string());
+    let created = erp.created();
+    assert_eq!(created.len(), 1);
+    assert!(
+        created[0].key.starts_with("plan-demand-2-"),
+        "{:?}",
+        created[0].key
+    );
+    assert_eq!(created[0].body["lines"].as_array().map(Vec::len), Some(2));
+
+    let (status, again, _) = post(&format!("{base}/demand-plan/2"), coordinator, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(again["status"], "already_published");
+    assert_eq!(again["external_reference_id"], reference);
+    assert_eq!(erp.created().len(), 1, "not sent again");
+
+    let (status, answer, _) = post(&format!("{base}/supply-plan/2"), coordinator, "").await;
+    assert_eq!(status, 409);
+    assert_eq!(answer["status"], "rejected");
+    let (status, answer, _) = post(&format!("{base}/supply-plan/3"), coordinator, "").await;
+    assert_eq!(status, 409);
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("frozen horizon")
+    );
+
+    // The ERP down: failed, audited, nothing recorded as published; then it works.
+    erp.fail_with(503);
+    let (status, answer, _) = post(&format!("{base}/supply-plan/4"), coordinator, "").await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["status"], "failed");
+    erp.fail_with(0);
+    let (status, answer, _) = post(
+        &format!("{base}/supply-plan/4"),
+        Some(PLANNING_TOKENS[0].1),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+    let (status, _, _) = post(
+        &format!("{base}/supply-plan/4"),
+        Some(PLANNING_TOKENS[2].1),
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let audit: Vec<(i64, String, String)> = db
+        .query(
+            "SELECT plan_id, status, actor FROM planning.publish_audit ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expected: Vec<(i64, &str, &str)> = vec![
+        (1, "rejected", "sop-lead"),
+        (2, "accepted", "sop-lead"),
+        (2, "already_published", "sop-lead"),
+        (2, "rejected", "sop-lead"),
+        (3, "rejected", "sop-lead"),
+        (4, "failed", "sop-lead"),
+        (4, "accepted", "ops-admin"),
+    ];
+    assert_eq!(
+        audit
+            .iter()
+            .map(|(p, s, a)| (*p, s.as_str(), a.as_str()))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM planning.plans WHERE status = 'published'"
+        )
+        .await,
+        2
+    );
+    pipeline.terminate();
+}
