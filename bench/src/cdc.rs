@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 use serde_json::json;
 
-use crate::process::{Running, broker_pid, cpu_seconds, free_port, wait_sent};
+use crate::process::{Running, broker_pid, cpu_seconds, free_port, wait_ready, wait_sent};
 use crate::report;
 
 /// Options of `erpstream-bench cdc`.
@@ -343,20 +343,4 @@ sources:
         .stderr(log)
         .spawn()?;
     Ok(Running(child))
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < until {
-        if client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the pipeline did not get ready")
 }

@@ -5,6 +5,7 @@
 mod cdc;
 mod footprint;
 mod latency;
+mod planning;
 mod process;
 mod processors;
 mod report;
@@ -33,6 +34,10 @@ enum Bench {
     /// A polled ERPNext (the test suite's ERP-shaped server): N items with stock in three
     /// warehouses to the broker, HTTP calls and seconds (see bench/rest_poll.sh).
     RestPoll(rest_poll::Args),
+    /// The planning_pg sink: N inventory records (and their products) already on the broker
+    /// into a fresh planning database; records/s end to end and inside its transactions
+    /// (see bench/planning.sh).
+    Planning(planning::Args),
     /// N keys of inventory state through a real changelog topic: restore time and RSS.
     Footprint(footprint::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
@@ -49,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::LatencySummary => latency::summarize(),
         Bench::Cdc(args) => cdc::run(args).await,
         Bench::RestPoll(args) => rest_poll::run(args).await,
+        Bench::Planning(args) => planning::run(args).await,
         Bench::Footprint(args) => footprint::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,

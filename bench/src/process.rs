@@ -78,3 +78,20 @@ pub fn broker_pid() -> u32 {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Waits until the pipeline on `port` answers `/readyz` with 200.
+pub async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        if client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the pipeline did not get ready")
+}

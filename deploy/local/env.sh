@@ -17,3 +17,5 @@ export ERPSTREAM_REGISTRY_URL="${ERPSTREAM_REGISTRY_URL:-http://127.0.0.1:$ERPST
 export ERPSTREAM_DATABASE_URL="${ERPSTREAM_DATABASE_URL:-postgres://postgres@127.0.0.1:$ERPSTREAM_PG_PORT/erpstream}"
 # The ERP database the default topology's pg_cdc source reads (created by up.sh).
 export ERP_DATABASE_URL="${ERP_DATABASE_URL:-postgres://postgres@127.0.0.1:$ERPSTREAM_PG_PORT/erp}"
+# The planning database the planning_pg sink and planning_api use (created by up.sh).
+export PLANNING_DATABASE_URL="${PLANNING_DATABASE_URL:-postgres://postgres@127.0.0.1:$ERPSTREAM_PG_PORT/planning}"

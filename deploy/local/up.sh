@@ -74,6 +74,11 @@ PGOPTIONS="-c client_min_messages=warning" psql_ -d erp -c "CREATE TABLE IF NOT 
   actual_qty numeric(18,3) NOT NULL DEFAULT 0, reserved_qty numeric(18,3) NOT NULL DEFAULT 0,
   modified timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (item_code, warehouse))"
 
+# The planning database (the planning_pg sink and planning_api migrate its schema).
+if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'planning'")" != 1 ]; then
+  psql_ -d postgres -c "CREATE DATABASE planning"
+fi
+
 # --- broker ---------------------------------------------------------------------------
 if ! alive "$state/run/tansu.pid"; then
   if port_open "$ERPSTREAM_KAFKA_PORT"; then log "port $ERPSTREAM_KAFKA_PORT is taken by another process"; exit 1; fi
@@ -107,7 +112,7 @@ if [ ! -f "$state/secrets.env" ]; then
   } > "$state/secrets.env"
 fi
 # Secrets added by later versions, appended to an existing file.
-for name in STOREFRONT_API_TOKEN ERP_API_TOKEN; do
+for name in STOREFRONT_API_TOKEN ERP_API_TOKEN PLANNING_ADMIN_TOKEN PLANNING_COORDINATOR_TOKEN; do
   if ! grep -q "^export $name=" "$state/secrets.env"; then
     echo "export $name=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> "$state/secrets.env"
   fi

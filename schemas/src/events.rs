@@ -211,6 +211,21 @@ pub struct Variant {
     pub media_assets: Vec<String>,
 }
 
+impl Variant {
+    /// A variant that is only its sku (planning products, which carry no shop attributes).
+    pub fn of_sku(sku: &str) -> Self {
+        Self {
+            sku: sku.to_string(),
+            variant_title: None,
+            selling_price: None,
+            mrp: None,
+            current_stock: None,
+            specifications: Default::default(),
+            media_assets: Vec::new(),
+        }
+    }
+}
+
 /// A product group with its variants (`catalog.update`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogUpdate {

@@ -67,15 +67,7 @@ fn product(sku: &str, name: &str, at: i64) -> CatalogUpdate {
         is_active: true,
         product_family: Some("Widgets".into()),
         lead_time_days: Some(14),
-        variants: vec![Variant {
-            sku: sku.into(),
-            variant_title: None,
-            selling_price: None,
-            mrp: None,
-            current_stock: None,
-            specifications: Default::default(),
-            media_assets: Vec::new(),
-        }],
+        variants: vec![Variant::of_sku(sku)],
     }
 }
 

@@ -1,4 +1,7 @@
 -- The planning database (erp-wms-integration-blueprint §4, Epicor guide §5–§6).
+-- inventory and demand_actuals name products by sku without a foreign key: the sink checks
+-- every sku against products itself (refusing unknown ones to the DLQ), and a per-row key
+-- share lock on products would halve its write rate.
 -- Rows written from events carry source_version (the event's ERP time, epoch ms): an upsert
 -- never replaces a row with an older version, so replays and out-of-order records cannot
 -- move a row backwards.
@@ -16,7 +19,7 @@ CREATE TABLE planning.products (
 );
 
 CREATE TABLE planning.inventory (
-    sku text NOT NULL REFERENCES planning.products (sku),
+    sku text NOT NULL,
     location text NOT NULL,
     on_hand_qty numeric(18, 3) NOT NULL,
     allocated_qty numeric(18, 3) NOT NULL DEFAULT 0,
@@ -28,7 +31,7 @@ CREATE TABLE planning.inventory (
 );
 
 CREATE TABLE planning.demand_actuals (
-    sku text NOT NULL REFERENCES planning.products (sku),
+    sku text NOT NULL,
     period date NOT NULL CHECK (extract(day FROM period) = 1),
     region text NOT NULL DEFAULT 'Global',
     channel text NOT NULL DEFAULT 'All',

@@ -21,7 +21,7 @@ pub struct PlanningPgConfig {
 }
 
 fn default_batch_size() -> usize {
-    5_000
+    10_000
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(100)

@@ -68,13 +68,51 @@ pub enum PlanningError {
 
 /// A running `planning_pg` sink.
 pub struct PlanningPgSink {
-    id: String,
+    writer: BatchWriter,
     config: PlanningPgConfig,
-    inputs: HashMap<String, (EventKind, String)>,
     consumer: GroupConsumer,
     context: TrackingContext,
+}
+
+/// The sink's core, without the consumer: decodes a batch of records ([`prepare`](Self::prepare),
+/// no I/O, so the next batch can be decoded while the previous one is written), refuses what
+/// does not fit, and writes the rest with the next offsets in one transaction
+/// ([`write`](Self::write)).
+#[derive(Clone)]
+pub struct BatchWriter {
+    id: String,
+    inputs: std::sync::Arc<HashMap<String, (EventKind, String)>>,
     publisher: Publisher,
     codec: Codec,
+}
+
+/// A decoded batch, newest row per key, waiting to be written.
+pub struct Prepared {
+    batch: Vec<OwnedMessage>,
+    rows: Rows,
+    refused: Vec<(usize, String)>,
+    next: HashMap<(String, i32), i64>,
+    skipped: u64,
+}
+
+/// Next input offset per (topic, partition), as stored with the rows.
+pub type Offsets = HashMap<(String, i32), i64>;
+
+impl BatchWriter {
+    /// A writer for sink `id` reading `inputs`; refusals are published with `publisher`.
+    pub fn new(id: &str, inputs: Vec<Input>, publisher: Publisher) -> Self {
+        Self {
+            id: id.to_string(),
+            inputs: std::sync::Arc::new(
+                inputs
+                    .into_iter()
+                    .map(|i| (i.topic, (i.kind, i.dlq_topic)))
+                    .collect(),
+            ),
+            codec: publisher.codec().clone(),
+            publisher,
+        }
+    }
 }
 
 /// (sku, period, region, channel).
@@ -127,16 +165,10 @@ impl PlanningPgSink {
     ) -> Result<Self, PlanningError> {
         let (consumer, context) = kafka::group_consumer(kafka, group, id)?;
         Ok(Self {
-            id: id.to_string(),
+            writer: BatchWriter::new(id, inputs, publisher),
             config,
-            inputs: inputs
-                .into_iter()
-                .map(|i| (i.topic, (i.kind, i.dlq_topic)))
-                .collect(),
             consumer,
             context,
-            codec: publisher.codec().clone(),
-            publisher,
         })
     }
 
@@ -145,54 +177,93 @@ impl PlanningPgSink {
         self.context.joined()
     }
 
-    /// Runs until `shutdown`; a batch not yet committed is read again after a restart.
+    /// Runs until `shutdown`; a batch not yet committed is read again after a restart. The
+    /// next batch is fetched and decoded (on another task) while the previous one is written.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PlanningError> {
         let mut db = self.open().await?;
-        let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        let topics: Vec<&str> = self.writer.inputs.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
         tracing::info!(?topics, "planning sink started");
-        let mut stored: HashMap<(String, i32), i64> = HashMap::new();
+        let mut stored = Offsets::new();
+        self.writer.load_offsets(&db, &mut stored).await?;
+        let mut current: Option<Prepared> = None;
         loop {
-            let Some(batch) = self.next_batch(&mut shutdown).await else {
-                break;
-            };
-            for revoked in self.context.take_revoked() {
-                stored.remove(&revoked);
+            if !self.context.take_revoked().is_empty() {
+                // Partitions moved: start again from what the database holds.
+                stored.clear();
+                self.writer.load_offsets(&db, &mut stored).await?;
             }
-            loop {
-                match self.write(&mut db, &batch, &mut stored).await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.id.clone(),
-                            m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => "database", m::STAGE => "write")
-                        .increment(1);
-                        tracing::warn!(error = %err, "planning batch not written; retrying");
-                        tokio::select! {
-                            _ = shutdown.changed() => return Ok(()),
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                        if db.is_closed() {
-                            match self.open().await {
-                                Ok(open) => db = open,
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "planning database unreachable")
-                                }
-                            }
-                        }
-                        stored.clear();
+            let snapshot = stored.clone();
+            let mut stop = shutdown.clone();
+            let fetch = async {
+                let batch = self.next_batch(&mut shutdown).await?;
+                let writer = self.writer.clone();
+                tokio::spawn(async move { writer.prepare(batch, &snapshot).await })
+                    .await
+                    .ok()
+            };
+            let write = async {
+                match current.as_mut() {
+                    Some(prepared) => {
+                        self.write_until_done(&mut db, prepared, &mut stored, &mut stop)
+                            .await
                     }
+                    None => true,
+                }
+            };
+            let (written, fetched) = tokio::join!(write, fetch);
+            if !written {
+                break;
+            }
+            if current.take().is_some() {
+                let mut list = TopicPartitionList::new();
+                for ((topic, partition), next) in &stored {
+                    let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
+                }
+                if let Err(err) = self.consumer.store_offsets(&list) {
+                    tracing::debug!(error = %err, "offset store refused (partition revoked?)");
                 }
             }
-            let mut list = TopicPartitionList::new();
-            for ((topic, partition), next) in &stored {
-                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
-            }
-            if let Err(err) = self.consumer.store_offsets(&list) {
-                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
+            match fetched {
+                Some(prepared) => current = Some(prepared),
+                None => break,
             }
         }
         kafka::commit_stored(&self.consumer);
         Ok(())
+    }
+
+    /// Writes `prepared`, retrying (and reconnecting) until it is done; `false` on shutdown.
+    async fn write_until_done(
+        &self,
+        db: &mut Client,
+        prepared: &mut Prepared,
+        stored: &mut Offsets,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            match self.writer.write(db, prepared, stored).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.writer.id.clone(),
+                        m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => "database", m::STAGE => "write")
+                    .increment(1);
+                    tracing::warn!(error = %err, "planning batch not written; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return false,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    if db.is_closed() {
+                        match self.open().await {
+                            Ok(open) => *db = open,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "planning database unreachable");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn open(&self) -> Result<Client, PlanningError> {
@@ -228,38 +299,33 @@ impl PlanningPgSink {
         }
         Some(batch)
     }
+}
 
-    /// Decodes, refuses, and writes one batch with its offsets in one transaction.
-    async fn write(
+impl BatchWriter {
+    /// Every partition's stored next offset for this sink.
+    pub async fn load_offsets(
         &self,
-        db: &mut Client,
-        batch: &[OwnedMessage],
-        stored: &mut HashMap<(String, i32), i64>,
-    ) -> Result<(), PlanningWriteError> {
-        let started = Instant::now();
-        let unknown: Vec<String> = batch
-            .iter()
-            .map(|m| (m.topic().to_string(), m.partition()))
-            .filter(|tp| !stored.contains_key(tp))
-            .map(|(topic, _)| topic)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if !unknown.is_empty() {
-            let rows = db
-                .query(
-                    "SELECT topic, partition, next_offset FROM planning.sink_offsets
-                     WHERE sink = $1 AND topic = ANY($2)",
-                    &[&self.id, &unknown],
-                )
-                .await?;
-            for row in rows {
-                stored.insert((row.get(0), row.get(1)), row.get(2));
-            }
+        db: &Client,
+        stored: &mut Offsets,
+    ) -> Result<(), tokio_postgres::Error> {
+        let rows = db
+            .query(
+                "SELECT topic, partition, next_offset FROM planning.sink_offsets WHERE sink = $1",
+                &[&self.id],
+            )
+            .await?;
+        for row in rows {
+            stored.insert((row.get(0), row.get(1)), row.get(2));
         }
+        Ok(())
+    }
+
+    /// Decodes `batch`, skipping records below the `stored` offsets, keeping the newest row
+    /// per key; no I/O.
+    pub async fn prepare(&self, batch: Vec<OwnedMessage>, stored: &Offsets) -> Prepared {
         let mut rows = Rows::default();
         let mut refused: Vec<(usize, String)> = Vec::new();
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        let mut next = Offsets::new();
         let mut skipped = 0u64;
         for (index, message) in batch.iter().enumerate() {
             let tp = (message.topic().to_string(), message.partition());
@@ -281,6 +347,32 @@ impl PlanningPgSink {
                 Err(reason) => refused.push((index, reason)),
             }
         }
+        Prepared {
+            batch,
+            rows,
+            refused,
+            next,
+            skipped,
+        }
+    }
+
+    /// Refuses inventory and demand of unknown skus, publishes every refusal, and writes the
+    /// rows with the next offsets in one transaction; `stored` receives the new offsets.
+    pub async fn write(
+        &self,
+        db: &mut Client,
+        prepared: &mut Prepared,
+        stored: &mut Offsets,
+    ) -> Result<(), PlanningWriteError> {
+        let started = Instant::now();
+        let Prepared {
+            batch,
+            rows,
+            refused,
+            next,
+            skipped,
+        } = prepared;
+        let skipped = *skipped;
         // Inventory and demand must name a known product (in the table or this batch).
         let wanted: Vec<String> = rows
             .inventory
@@ -330,8 +422,9 @@ impl PlanningPgSink {
         for key in unknown_demand {
             rows.demand.remove(&key);
         }
-        self.dead_letter(batch, &refused).await?;
-
+        self.dead_letter(batch, refused).await?;
+        // Published: a retry of this batch does not dead-letter them again.
+        refused.clear();
         let tx = db.transaction().await?;
         let products = upsert_products(&tx, &rows.products).await?;
         let inventory = upsert_inventory(&tx, &rows.inventory).await?;
@@ -356,7 +449,7 @@ impl PlanningPgSink {
         )
         .await?;
         tx.commit().await?;
-        stored.extend(next);
+        stored.extend(next.iter().map(|(k, v)| (k.clone(), *v)));
         metrics::histogram!(BATCH_SECONDS, m::COMPONENT_ID => self.id.clone())
             .record(started.elapsed().as_secs_f64());
         for (table, count) in [
@@ -513,9 +606,11 @@ impl PlanningPgSink {
 
 /// Why a batch was not written (it is retried).
 #[derive(Debug, thiserror::Error)]
-enum PlanningWriteError {
+pub enum PlanningWriteError {
+    /// The planning database failed.
     #[error("planning database: {0}")]
     Database(#[from] tokio_postgres::Error),
+    /// A refusal was not taken by the broker.
     #[error(transparent)]
     Publish(#[from] kafka::PublishError),
 }

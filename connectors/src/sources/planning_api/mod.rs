@@ -451,15 +451,7 @@ impl PlanningApi {
                     is_active: true,
                     product_family: p.product_family.clone(),
                     lead_time_days: p.lead_time_days,
-                    variants: vec![Variant {
-                        sku: p.sku.clone(),
-                        variant_title: None,
-                        selling_price: None,
-                        mrp: None,
-                        current_stock: None,
-                        specifications: Default::default(),
-                        media_assets: Vec::new(),
-                    }],
+                    variants: vec![Variant::of_sku(&p.sku)],
                 };
                 let payload = codec.encode(&self.topics.products, &event).await?;
                 (&self.topics.products, event.key().to_string(), payload)
