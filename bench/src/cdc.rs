@@ -8,13 +8,14 @@
 //! - paced: `paced_rate` rows/s in transactions of 10 for `paced_seconds`; commit →
 //!   broker-ack latency quantiles from the source's own histogram (unsaturated).
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use serde_json::json;
 
-use crate::process::{Running, broker_pid, cpu_seconds, free_port, wait_ready, wait_sent};
+use crate::process::{
+    Pipeline, Running, broker_pid, cpu_seconds, free_port, wait_ready, wait_sent,
+};
 use crate::report;
 
 /// Options of `erpstream-bench cdc`.
@@ -294,23 +295,16 @@ fn bucket_quantile(text: &str, name: &str, quantile: f64) -> f64 {
 }
 
 fn start(args: &Args, name: &str, url: &str, port: u16) -> anyhow::Result<Running> {
-    let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir)?;
-    let topology = dir.join("topology.yaml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"app_id: {name}
-http:
-  listen: 127.0.0.1:{port}
-kafka:
-  brokers: {brokers}
-  topic_prefix: "{name}."
-  linger: 5ms
-  idempotence: false
-registry:
-  url: {registry}
-topics:
+    let pipeline = Pipeline {
+        bin: &args.bin,
+        name,
+        port,
+        brokers: &args.brokers,
+        registry: &args.registry,
+    };
+    pipeline.start(
+        &format!(
+            r#"topics:
   inventory.change: {{ partitions: 3 }}
 sources:
   db:
@@ -328,19 +322,8 @@ sources:
           location_code: warehouse
           new_quantity: actual_qty
 "#,
-            brokers = args.brokers,
-            registry = args.registry,
             state = args.database,
         ),
-    )?;
-    let log = std::fs::File::create(dir.join("pipeline.log"))?;
-    let child = Command::new(&args.bin)
-        .arg("run")
-        .arg("--topology")
-        .arg(&topology)
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    Ok(Running(child))
+        &[],
+    )
 }

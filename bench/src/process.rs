@@ -1,7 +1,7 @@
 //! What the process-level benchmarks share: a pipeline process stopped on drop, a free port,
 //! and waiting on a source's acknowledged-records counter.
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A pipeline process that is killed when dropped.
@@ -94,4 +94,50 @@ pub async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the pipeline did not get ready")
+}
+
+/// Where and how a benchmark pipeline runs.
+pub struct Pipeline<'a> {
+    /// The erpstream binary.
+    pub bin: &'a str,
+    /// App id, topic prefix and temp directory name.
+    pub name: &'a str,
+    /// HTTP port.
+    pub port: u16,
+    /// Broker.
+    pub brokers: &'a str,
+    /// Registry.
+    pub registry: &'a str,
+}
+
+impl Pipeline<'_> {
+    /// Writes a topology (app id, listener, broker with `linger: 5ms` and idempotence off,
+    /// registry, then `body` from `topics:` on) and starts `erpstream run` on it with `env`;
+    /// its log goes to `<temp>/<name>/pipeline.log`.
+    pub fn start(&self, body: &str, env: &[(&str, &str)]) -> anyhow::Result<Running> {
+        let dir = std::env::temp_dir().join(self.name);
+        std::fs::create_dir_all(&dir)?;
+        let topology = dir.join("topology.yaml");
+        std::fs::write(
+            &topology,
+            format!(
+                "app_id: {name}\nhttp:\n  listen: 127.0.0.1:{port}\nkafka:\n  brokers: {brokers}\n  topic_prefix: \"{name}.\"\n  linger: 5ms\n  idempotence: false\nregistry:\n  url: {registry}\n{body}",
+                name = self.name,
+                port = self.port,
+                brokers = self.brokers,
+                registry = self.registry,
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("pipeline.log"))?;
+        let child = Command::new(self.bin)
+            .arg("run")
+            .arg("--topology")
+            .arg(&topology)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Running(child))
+    }
 }

@@ -7,14 +7,13 @@
 //!   (the poll interval, 1 s, is part of it). Seeded documents were modified from a day before,
 //!   one item per second, so the look-back window (60 s) holds about 60 of them.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use erpstream_e2e::erpnext::{self, FakeErp};
 use serde_json::json;
 
-use crate::process::{Running, broker_pid, cpu_seconds, free_port, wait_sent};
+use crate::process::{Pipeline, Running, broker_pid, cpu_seconds, free_port, wait_sent};
 use crate::report;
 
 /// Options of `erpstream-bench rest-poll`.
@@ -208,23 +207,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn start(args: &Args, name: &str, erp: &str, port: u16) -> anyhow::Result<Running> {
-    let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir)?;
-    let topology = dir.join("topology.yaml");
-    std::fs::write(
-        &topology,
-        format!(
-            r#"app_id: {name}
-http:
-  listen: 127.0.0.1:{port}
-kafka:
-  brokers: {brokers}
-  topic_prefix: "{name}."
-  linger: 5ms
-  idempotence: false
-registry:
-  url: {registry}
-topics:
+    let pipeline = Pipeline {
+        bin: &args.bin,
+        name,
+        port,
+        brokers: &args.brokers,
+        registry: &args.registry,
+    };
+    pipeline.start(
+        &format!(
+            r#"topics:
   catalog.update: {{ partitions: 3 }}
   inventory.change: {{ partitions: 3 }}
 sources:
@@ -261,21 +253,11 @@ sources:
           allocated_qty: reserved_qty
         occurred_at: modified
 "#,
-            brokers = args.brokers,
-            registry = args.registry,
             state = args.database,
         ),
-    )?;
-    let log = std::fs::File::create(dir.join("pipeline.log"))?;
-    let child = Command::new(&args.bin)
-        .arg("run")
-        .arg("--topology")
-        .arg(&topology)
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .env("BENCH_ERPNEXT_KEY", erpnext::API_KEY)
-        .env("BENCH_ERPNEXT_SECRET", erpnext::API_SECRET)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    Ok(Running(child))
+        &[
+            ("BENCH_ERPNEXT_KEY", erpnext::API_KEY),
+            ("BENCH_ERPNEXT_SECRET", erpnext::API_SECRET),
+        ],
+    )
 }

@@ -86,6 +86,18 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// The broker-side topic, its dead-letter topic and its contract, for a logical topic a
+/// source maps records to (`None` if the topology does not know the contract; validation
+/// has refused that already).
+fn mapped(
+    topology: &Topology,
+    logical: &str,
+) -> Option<(String, String, erpstream_schemas::EventKind)> {
+    let kind = topology.contract(logical)?;
+    let topic = topology.kafka.topic(logical);
+    Some((topic.clone(), dlq_topic(&topic), kind))
+}
+
 /// Changelog topic of a component's state (broker-side).
 pub fn changelog_topic(
     kafka: &KafkaConfig,
@@ -152,12 +164,12 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     .tables
                     .iter()
                     .filter_map(|(name, mapping)| {
-                        let topic = kafka.topic(&mapping.topic);
+                        let (topic, dlq_topic, kind) = mapped(&topology, &mapping.topic)?;
                         Some(pg_cdc::Table {
                             name: name.clone(),
                             mapping: mapping.clone(),
-                            kind: topology.contract(&mapping.topic)?,
-                            dlq_topic: dlq_topic(&topic),
+                            kind,
+                            dlq_topic,
                             topic,
                         })
                     })
@@ -195,12 +207,12 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     .resources
                     .iter()
                     .filter_map(|(name, resource)| {
-                        let topic = kafka.topic(&resource.topic);
+                        let (topic, dlq_topic, kind) = mapped(&topology, &resource.topic)?;
                         Some(rest_poll::Resource {
                             name: name.clone(),
                             config: resource.clone(),
-                            kind: topology.contract(&resource.topic)?,
-                            dlq_topic: dlq_topic(&topic),
+                            kind,
+                            dlq_topic,
                             topic,
                         })
                     })
