@@ -432,6 +432,15 @@ pub struct TopologyOptions {
 }
 
 impl TopologyOptions {
+    /// Defaults against a broker of the test's own (no storefront): its volume does not slow
+    /// the other tests, nor theirs it. Keep the broker alive for the test's duration.
+    pub fn own_broker() -> (Broker, Self) {
+        let broker = Broker::start();
+        let mut options = Self::new("http://127.0.0.1:9");
+        options.brokers = broker.brokers.clone();
+        (broker, options)
+    }
+
     /// Defaults against the local stack, delivering to `storefront`.
     pub fn new(storefront: &str) -> Self {
         let stack = Stack::from_env();

@@ -388,9 +388,7 @@ async fn a_sigkill_during_a_stream_of_changes_loses_nothing_and_repeats_are_iden
     let url = cluster.url("postgres");
     let client = pg(&url).await;
     stock_table(&client, SKUS).await;
-    let broker = Broker::start();
-    let mut options = TopologyOptions::new("http://127.0.0.1:9");
-    options.brokers = broker.brokers.clone();
+    let (broker, mut options) = TopologyOptions::own_broker();
     // tansu takes seconds for a large batch when busy; give acknowledgements time.
     options.delivery_timeout = "30s";
     // The source alone, on a broker of its own: the source's guarantees on the topic; the

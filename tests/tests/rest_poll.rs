@@ -137,10 +137,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
     let erp = FakeErp::start().await;
     stock_erp(&erp, 300);
-    // A broker of its own: this test's volume does not slow the others, nor theirs it.
-    let broker = Broker::start();
-    let mut options = TopologyOptions::new("http://127.0.0.1:9");
-    options.brokers = broker.brokers.clone();
+    let (_broker, options) = TopologyOptions::own_broker();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -317,10 +314,7 @@ async fn a_restart_mid_poll_skips_nothing_and_republishes_nothing_unchanged() {
     stock_erp(&erp, 1000);
     // Slow pages, so the poll is mid-way when the process dies.
     erp.fail_always(Some(Fault::Delay(Duration::from_millis(150))));
-    // A broker of its own: this test's volume does not slow the others, nor theirs it.
-    let broker = Broker::start();
-    let mut options = TopologyOptions::new("http://127.0.0.1:9");
-    options.brokers = broker.brokers.clone();
+    let (_broker, options) = TopologyOptions::own_broker();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -392,10 +386,7 @@ async fn bad_credentials_429_storms_and_a_failing_erp_are_reported_and_recovered
     let erp = FakeErp::start().await;
     stock_erp(&erp, 20);
     erp.accept_token(erpnext::API_KEY, "rotated-secret");
-    // A broker of its own: this test's volume does not slow the others, nor theirs it.
-    let broker = Broker::start();
-    let mut options = TopologyOptions::new("http://127.0.0.1:9");
-    options.brokers = broker.brokers.clone();
+    let (_broker, options) = TopologyOptions::own_broker();
     let source = erpnext_source(
         &erp,
         "TEST_ERPNEXT_SECRET",
@@ -559,10 +550,7 @@ async fn an_odata_baq_is_paged_with_top_and_skip_and_mapped_with_transforms() {
         })
         .collect();
     erp.put("Inventory_Snapshot", rows);
-    // A broker of its own: this test's volume does not slow the others, nor theirs it.
-    let broker = Broker::start();
-    let mut options = TopologyOptions::new("http://127.0.0.1:9");
-    options.brokers = broker.brokers.clone();
+    let (_broker, options) = TopologyOptions::own_broker();
     let state = Stack::from_env().database;
     let source = format!(
         r#"  kinetic:
