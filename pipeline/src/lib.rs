@@ -5,4 +5,5 @@ pub mod demo;
 pub mod processors;
 pub mod registry;
 pub mod runtime;
+pub mod tools;
 pub mod topology;

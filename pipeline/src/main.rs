@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use erpstream_pipeline::tools::{self, Tools, dlq, reconcile, replay, tail};
 use erpstream_pipeline::{demo, registry, runtime, topology::Topology};
 
 /// erpstream keeps ERPs, storefronts and planning databases in step through Kafka.
@@ -29,6 +30,108 @@ enum Command {
     Validate {
         /// The topology file.
         file: PathBuf,
+    },
+    /// Print a topic's records as JSON lines (values decoded through the registry).
+    Tail {
+        /// Topic, e.g. inventory.change.
+        topic: String,
+        /// Start at the first record at or after this time (RFC 3339, a date, epoch ms, or a
+        /// duration ago such as 15m); default: only new records.
+        #[arg(long, conflicts_with = "offset")]
+        from: Option<String>,
+        /// Start at this offset in every partition.
+        #[arg(long)]
+        offset: Option<i64>,
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Include each record's headers.
+        #[arg(long)]
+        headers: bool,
+        /// Stop at the end of what the topic holds now instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+    /// Replay a topic's records of a time window to stdout, a file, or a sink (shadow mode
+    /// unless --live).
+    Replay {
+        /// Topic to replay.
+        #[arg(long)]
+        topic: String,
+        /// Window start (inclusive): RFC 3339, a date, epoch ms, or a duration ago (2h).
+        #[arg(long)]
+        from: String,
+        /// Window end (exclusive); default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// `stdout`, `file` (with --out), or a sink id of the topology.
+        #[arg(long)]
+        into: String,
+        /// The file for `--into file`; for a sink, where its computed requests are written.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Re-publish the window to its topic so the sink really sends it again (through its
+        /// dedupe and version guards).
+        #[arg(long)]
+        live: bool,
+        /// Read and count only; write and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only records with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Also write the summary as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+    /// Compare an external stock picture (CSV/JSON file or URL) with erpstream's materialized
+    /// state and report what is missing, extra or differing.
+    Reconcile {
+        /// The external picture: a file or an http(s) URL.
+        #[arg(long)]
+        against: String,
+        /// Request header for --against URLs, `Name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// erpstream's side: snapshot URL or a saved `?detail=true` snapshot file; default:
+        /// the topology's snapshot endpoint.
+        #[arg(long)]
+        state: Option<String>,
+        /// Token for the snapshot endpoint.
+        #[arg(long, env = "STOREFRONT_API_TOKEN", hide_env_values = true)]
+        state_token: Option<String>,
+        /// Also compare the planning database (Postgres URL).
+        #[arg(long)]
+        planning: Option<String>,
+        /// When the picture was taken; default: fetch time (URL) or modification time (file).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Publish correcting inventory.change events for every difference.
+        #[arg(long)]
+        repair: bool,
+        /// Topic of the inventory processor's input (named in `last_event`).
+        #[arg(long, default_value = "inventory.change")]
+        events_topic: String,
+        /// Write the full report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Exit with status 1 when anything differs.
+        #[arg(long)]
+        fail_on_diff: bool,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+    /// Inspect and redrive dead-lettered records.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Serve a Confluent-compatible schema registry stored in Postgres (for local use).
     Registry {
@@ -90,6 +193,77 @@ enum Command {
     },
 }
 
+/// The topology a tool reads its broker, registry and topics from.
+#[derive(clap::Args, Clone)]
+struct TopologyArg {
+    /// The topology file.
+    #[arg(long, default_value = "topology.yaml", env = "ERPSTREAM_TOPOLOGY")]
+    topology: PathBuf,
+}
+
+/// Filters of `dlq list` and `dlq redrive`.
+#[derive(clap::Args, Clone)]
+struct DlqFilter {
+    /// Only the dead letters of this topic (e.g. inventory.available).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this error type: retries_exhausted, rejected, refused, undecodable, mapping.
+    #[arg(long)]
+    error_type: Option<String>,
+    /// Only this key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only records this component dead-lettered.
+    #[arg(long)]
+    source: Option<String>,
+}
+
+impl DlqFilter {
+    fn into_filter(self, all: bool) -> dlq::Filter {
+        dlq::Filter {
+            topic: self.topic,
+            error_type: self.error_type,
+            key: self.key,
+            source: self.source,
+            all,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered records (pending ones unless --all).
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Include records already redriven or superseded.
+        #[arg(long)]
+        all: bool,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+    /// Show one record (`<dlq topic>/<partition>/<offset>` from `dlq list`) with its value.
+    Show {
+        /// The record's id.
+        id: String,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+    /// Publish pending records again to the topic they failed on.
+    Redrive {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Report what would be redriven; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
+}
+
 fn main() -> ExitCode {
     runtime::telemetry::init_logging();
     let cli = Cli::parse();
@@ -129,6 +303,182 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             runtime::run(topology, metrics).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tail {
+            topic,
+            from,
+            offset,
+            key,
+            headers,
+            no_follow,
+            limit,
+            topology,
+        } => {
+            let tools = Tools::load(&topology.topology)?;
+            let from = match (from, offset) {
+                (Some(time), _) => tools::From::Time(tools::parse_time(&time)?),
+                (None, Some(offset)) => tools::From::Offset(offset),
+                (None, None) => tools::From::End,
+            };
+            let options = tail::TailOptions {
+                topic,
+                from,
+                no_follow,
+                key,
+                headers,
+                limit,
+            };
+            tail::run(&tools, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            topic,
+            from,
+            to,
+            into,
+            out,
+            live,
+            dry_run,
+            key,
+            report,
+            topology,
+        } => {
+            let tools = Tools::load(&topology.topology)?;
+            let target = match into.as_str() {
+                "stdout" => replay::Target::Stdout,
+                "file" => replay::Target::File(
+                    out.clone()
+                        .context("--into file needs --out PATH")?,
+                ),
+                sink => replay::Target::Sink(sink.to_string()),
+            };
+            let options = replay::ReplayOptions {
+                topic,
+                from: tools::parse_time(&from).context("--from")?,
+                to: match to {
+                    Some(to) => tools::parse_time(&to).context("--to")?,
+                    None => erpstream_schemas::now_millis(),
+                },
+                target,
+                out,
+                live,
+                dry_run,
+                key,
+            };
+            let summary = replay::run(&tools, options).await?;
+            eprintln!(
+                "replayed {} records ({} keys) of {} from {} to {} in {:.2} s [{}]{}{}",
+                summary.records,
+                summary.keys,
+                summary.topic,
+                summary.from,
+                summary.to,
+                summary.seconds,
+                summary.mode,
+                match summary.mode.as_str() {
+                    "shadow" => format!("; {} requests computed, none sent", summary.requests),
+                    _ => String::new(),
+                },
+                match summary.mode.as_str() {
+                    "live" => format!(
+                        "; {} re-published, {} superseded; seen by {}",
+                        summary.republished,
+                        summary.superseded,
+                        summary.consumers.join(", ")
+                    ),
+                    _ => String::new(),
+                }
+            );
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+                    .with_context(|| format!("could not write {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile {
+            against,
+            headers,
+            state,
+            state_token,
+            planning,
+            as_of,
+            repair,
+            events_topic,
+            report,
+            fail_on_diff,
+            topology,
+        } => {
+            let tools = Tools::load(&topology.topology)?;
+            let options = reconcile::ReconcileOptions {
+                against,
+                headers,
+                state,
+                state_token,
+                planning,
+                as_of: as_of
+                    .map(|t| tools::parse_time(&t))
+                    .transpose()
+                    .context("--as-of")?,
+                repair,
+                events_topic,
+            };
+            let result = reconcile::run(&tools, options).await?;
+            eprint!("{}", reconcile::summary(&result));
+            if let Some(path) = &report {
+                reconcile::write_report(&result, path)?;
+            } else {
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            let clean = result.state.is_clean()
+                && result.planning.as_ref().is_none_or(|p| p.is_clean());
+            Ok(if fail_on_diff && !clean {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                filter,
+                all,
+                json,
+                topology,
+            } => {
+                let tools = Tools::load(&topology.topology)?;
+                let entries = dlq::list(&tools, &filter.into_filter(all)).await?;
+                if json {
+                    for entry in &entries {
+                        println!("{}", serde_json::to_string(entry)?);
+                    }
+                } else {
+                    print!("{}", dlq::table(&entries));
+                    eprintln!("{} dead-lettered record(s)", entries.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Show { id, topology } => {
+                let tools = Tools::load(&topology.topology)?;
+                println!("{}", serde_json::to_string_pretty(&dlq::show(&tools, &id).await?)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Redrive {
+                filter,
+                dry_run,
+                topology,
+            } => {
+                let tools = Tools::load(&topology.topology)?;
+                let summary = dlq::redrive(&tools, &filter.into_filter(false), dry_run).await?;
+                eprintln!(
+                    "{} pending matched: {} {}redriven, {} superseded by a newer record, {} source rows (fix the source data)",
+                    summary.matched,
+                    summary.redriven,
+                    if dry_run { "would be " } else { "" },
+                    summary.superseded,
+                    summary.source_rows
+                );
+                println!("{}", serde_json::to_string(&summary)?);
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Registry {
             listen,
             database_url,

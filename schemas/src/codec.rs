@@ -233,6 +233,30 @@ impl Codec {
         apache_avro::from_value::<E>(&value).map_err(|e| CodecError::Decode(e.to_string()))
     }
 
+    /// Decodes a wire-format record into JSON (see [`to_json`]) with the writer's schema from
+    /// the registry, whatever topic or contract it belongs to.
+    pub async fn decode_json(&self, payload: &[u8]) -> Result<serde_json::Value, CodecError> {
+        if payload.len() < 5 || payload[0] != 0 {
+            return Err(CodecError::Decode(
+                "not in the Confluent wire format".into(),
+            ));
+        }
+        let decoded = self
+            .inner
+            .decoder
+            .decode_with_schema(Some(payload))
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    CodecError::registry(e)
+                } else {
+                    CodecError::Decode(e.error)
+                }
+            })?
+            .ok_or_else(|| CodecError::Decode("empty record".into()))?;
+        Ok(to_json(&decoded.value, &decoded.schema.parsed))
+    }
+
     /// Decodes a wire-format record into a generic Avro value, whatever its schema.
     pub async fn decode_value(&self, payload: &[u8]) -> Result<Value, CodecError> {
         if payload.len() < 5 || payload[0] != 0 {
@@ -300,48 +324,72 @@ fn supplied(kind: EventKind) -> SuppliedSchema {
     )
 }
 
-/// Converts a decoded Avro value to JSON for people and pipes: decimals as exact numbers,
+/// Converts a decoded Avro value to JSON for people and pipes, reading decimals' scale and
+/// named types from the writer's `schema`: decimals as exact JSON numbers (`45000.00`),
 /// timestamps as RFC 3339 strings, unions unwrapped.
-pub fn value_to_json(value: &Value) -> serde_json::Value {
+pub fn to_json(value: &Value, schema: &Schema) -> serde_json::Value {
+    let names = apache_avro::schema::ResolvedSchema::try_from(schema)
+        .map(|resolved| resolved.get_names().clone())
+        .unwrap_or_default();
+    json_of(value, schema, &names)
+}
+
+fn json_of(
+    value: &Value,
+    schema: &Schema,
+    names: &apache_avro::schema::NamesRef<'_>,
+) -> serde_json::Value {
     use serde_json::Value as J;
-    match value {
-        Value::Null => J::Null,
-        Value::Boolean(b) => J::Bool(*b),
-        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => J::from(*i),
-        Value::Long(i) | Value::TimeMicros(i) => J::from(*i),
-        Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
+    let schema = match schema {
+        Schema::Ref { name } => names.get(name).copied().unwrap_or(schema),
+        other => other,
+    };
+    match (value, schema) {
+        (Value::Null, _) => J::Null,
+        (Value::Boolean(b), _) => J::Bool(*b),
+        (Value::Int(i) | Value::Date(i) | Value::TimeMillis(i), _) => J::from(*i),
+        (Value::Long(i) | Value::TimeMicros(i), _) => J::from(*i),
+        (Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms), _) => {
             chrono::DateTime::from_timestamp_millis(*ms)
                 .map(|t| J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
                 .unwrap_or(J::from(*ms))
         }
-        Value::Float(f) => J::from(*f),
-        Value::Double(f) => J::from(*f),
-        Value::String(s) | Value::Enum(_, s) => J::String(s.clone()),
-        Value::Uuid(u) => J::String(u.to_string()),
-        Value::Bytes(b) | Value::Fixed(_, b) => {
+        (Value::Float(f), _) => J::from(*f),
+        (Value::Double(f), _) => J::from(*f),
+        (Value::String(s) | Value::Enum(_, s), _) => J::String(s.clone()),
+        (Value::Uuid(u), _) => J::String(u.to_string()),
+        (Value::Decimal(d), Schema::Decimal(decimal)) => decimal_json(d, decimal.scale),
+        (Value::Bytes(b) | Value::Fixed(_, b), _) => {
             J::String(b.iter().map(|x| format!("{x:02x}")).collect())
         }
-        Value::Decimal(d) => decimal_json(d),
-        Value::Union(_, inner) => value_to_json(inner),
-        Value::Array(items) => J::Array(items.iter().map(value_to_json).collect()),
-        Value::Map(m) => J::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), value_to_json(v)))
+        (Value::Union(index, inner), Schema::Union(union)) => match union.variants().get(*index as usize) {
+            Some(variant) => json_of(inner, variant, names),
+            None => J::Null,
+        },
+        (Value::Array(items), Schema::Array(array)) => J::Array(
+            items
+                .iter()
+                .map(|item| json_of(item, &array.items, names))
                 .collect(),
         ),
-        Value::Record(fields) => J::Object(
+        (Value::Map(m), Schema::Map(map)) => J::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), json_of(v, &map.types, names)))
+                .collect(),
+        ),
+        (Value::Record(fields), Schema::Record(record)) => J::Object(
             fields
                 .iter()
-                .map(|(k, v)| (k.clone(), value_to_json(v)))
+                .zip(&record.fields)
+                .map(|((name, v), field)| (name.clone(), json_of(v, &field.schema, names)))
                 .collect(),
         ),
-        other => J::String(format!("{other:?}")),
+        (other, _) => J::String(format!("{other:?}")),
     }
 }
 
-fn decimal_json(d: &apache_avro::Decimal) -> serde_json::Value {
-    // The scale lives in the schema, not the value: render the unscaled integer; callers that
-    // need exact numbers decode into the typed events instead.
+/// A decimal as an exact JSON number with the schema's scale.
+fn decimal_json(d: &apache_avro::Decimal, scale: usize) -> serde_json::Value {
     let bytes: Vec<u8> = d.try_into().unwrap_or_default();
     let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
         0xff
@@ -352,7 +400,11 @@ fn decimal_json(d: &apache_avro::Decimal) -> serde_json::Value {
     if bytes.len() <= 16 {
         buf[16 - bytes.len()..].copy_from_slice(&bytes);
     }
-    serde_json::Value::from(i128::from_be_bytes(buf).to_string())
+    let unscaled = i128::from_be_bytes(buf);
+    let text = rust_decimal::Decimal::try_from_i128_with_scale(unscaled, scale as u32)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| unscaled.to_string());
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
 #[cfg(test)]
@@ -390,6 +442,35 @@ mod tests {
 
     fn d(text: &str) -> Decimal {
         Decimal::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn json_shows_decimals_exactly_and_timestamps_as_text() {
+        let codec = Codec::new("http://127.0.0.1:1").unwrap();
+        let event = InventoryChange {
+            event_id: "0b9e6f1e-4a8f-4f7b-9a59-0f7f2f0c1a11".into(),
+            idempotency_key: "k".into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1_705_744_800_000,
+            ingested_at: 1_705_744_800_123,
+            sku: "S".into(),
+            location_code: "L".into(),
+            new_quantity: Some(d("45000.00")),
+            allocated_qty: None,
+            in_transit_qty: Some(d("-2.5")),
+            quantity_change: None,
+            change_reason: None,
+            reference_id: None,
+        };
+        let schema = codec.inner.schemas[&EventKind::InventoryChange];
+        let value = codec.to_value(&event).unwrap();
+        let json = to_json(&value, schema);
+        assert_eq!(json["new_quantity"].to_string(), "45000.000");
+        assert_eq!(json["in_transit_qty"].to_string(), "-2.500");
+        assert_eq!(json["allocated_qty"], serde_json::Value::Null);
+        assert_eq!(json["occurred_at"], "2024-01-20T10:00:00.000Z");
+        assert_eq!(json["sku"], "S");
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::Changelog;
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
-pub use dead_letter::{dead_letter, headers_of};
+pub use dead_letter::{ERROR_TYPE_HEADER, Failure, dead_letter, headers_of};
 pub use producer::{Ack, PendingAck, PublishError, Publisher, RawRecord};
 
 /// Kafka header carrying the W3C trace context.

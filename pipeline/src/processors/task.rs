@@ -335,7 +335,12 @@ impl StreamTask {
             metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
             tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
             records.push(erpstream_connectors::kafka::dead_letter(
-                &message, &dlq, &error, &self.name, 1,
+                &message,
+                &dlq,
+                erpstream_connectors::kafka::Failure::Undecodable,
+                &error,
+                &self.name,
+                1,
             ));
         }
         if !self.send_all(records, shutdown).await {

@@ -235,7 +235,14 @@ impl ErpRestSink {
                 }
                 Err(err) => {
                     return self
-                        .dead_letter(message, &dlq, &format!("undecodable: {err}"), 1, shutdown)
+                        .dead_letter(
+                            message,
+                            &dlq,
+                            kafka::Failure::Undecodable,
+                            &format!("undecodable: {err}"),
+                            1,
+                            shutdown,
+                        )
                         .await;
                 }
             }
@@ -255,7 +262,7 @@ impl ErpRestSink {
                 Outcome::Delivered => break,
                 Outcome::Reject { reason } => {
                     return self
-                        .dead_letter(message, &dlq, &reason, attempt, shutdown)
+                        .dead_letter(message, &dlq, kafka::Failure::Rejected, &reason, attempt, shutdown)
                         .await;
                 }
                 Outcome::Retry {
@@ -264,7 +271,14 @@ impl ErpRestSink {
                 } => {
                     if attempt >= self.config.retry.max_attempts {
                         return self
-                            .dead_letter(message, &dlq, &reason, attempt, shutdown)
+                            .dead_letter(
+                                message,
+                                &dlq,
+                                kafka::Failure::RetriesExhausted,
+                                &reason,
+                                attempt,
+                                shutdown,
+                            )
                             .await;
                     }
                     metrics::counter!(m::RETRIES, m::COMPONENT_ID => self.id.clone(),
@@ -328,6 +342,7 @@ impl ErpRestSink {
         &self,
         message: &OwnedMessage,
         dlq: &str,
+        failure: kafka::Failure,
         reason: &str,
         attempts: u32,
         shutdown: &mut watch::Receiver<bool>,
@@ -337,7 +352,7 @@ impl ErpRestSink {
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        let record = kafka::dead_letter(message, dlq, reason, &self.id, attempts);
+        let record = kafka::dead_letter(message, dlq, failure, reason, &self.id, attempts);
         loop {
             match self.publisher.send(record.clone()).await {
                 Ok(_) => return true,

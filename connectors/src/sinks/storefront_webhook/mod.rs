@@ -43,7 +43,7 @@ pub use service::DeliveryService;
 use crate::retry::{Outcome, backoff};
 
 use crate::kafka::{
-    Changelog, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
+    Changelog, Failure, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
 };
 use crate::metrics as m;
 
@@ -192,6 +192,66 @@ impl StorefrontWebhookSink {
     }
 }
 
+/// One request the sink would send, before its guard has its say.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Delivery key: `stock|<sku>|<location>` or `catalog|<group>`.
+    pub key: String,
+    /// The `webhook-id` header.
+    pub webhook_id: String,
+    /// The signed JSON body.
+    pub body: bytes::Bytes,
+}
+
+/// The requests the sink would send for one record of contract `kind`, regardless of what
+/// it delivered already: one per location of a stock record, one per catalog record. Used
+/// by `erpstream replay` in shadow mode, which computes deliveries without sending them.
+pub async fn requests(
+    codec: &Codec,
+    kind: EventKind,
+    payload: &[u8],
+) -> Result<Vec<Request>, String> {
+    match kind {
+        EventKind::InventoryAvailable => {
+            let record: erpstream_schemas::InventoryAvailable =
+                codec.decode(payload).await.map_err(|e| e.to_string())?;
+            Ok(record
+                .locations
+                .iter()
+                .map(|location| Request {
+                    key: format!("stock|{}|{}", record.sku, location.location_code),
+                    webhook_id: stock_webhook_id(&record, location),
+                    body: payload::stock(&record, location),
+                })
+                .collect())
+        }
+        EventKind::CatalogUpdate => {
+            let record: erpstream_schemas::CatalogUpdate =
+                codec.decode(payload).await.map_err(|e| e.to_string())?;
+            Ok(vec![Request {
+                key: format!("catalog|{}", record.group_id),
+                webhook_id: catalog_webhook_id(&record),
+                body: payload::catalog(&record),
+            }])
+        }
+        other => Err(format!("the storefront sink does not deliver {other:?}")),
+    }
+}
+
+fn stock_webhook_id(
+    record: &erpstream_schemas::InventoryAvailable,
+    location: &erpstream_schemas::LocationStock,
+) -> String {
+    format!(
+        "stock:{}:{}:{}",
+        record.sku, location.location_code, location.version
+    )
+}
+
+fn catalog_webhook_id(record: &erpstream_schemas::CatalogUpdate) -> String {
+    format!("catalog:{}", record.event_id)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -233,6 +293,8 @@ struct Delivery {
     source: Arc<OwnedMessage>,
     attempts: u32,
     last_error: String,
+    /// Why it failed, once it has.
+    failure: Failure,
 }
 
 #[derive(Default)]
@@ -332,6 +394,7 @@ impl State {
                     source: message,
                     attempts: 0,
                     last_error: reason,
+                    failure: Failure::Undecodable,
                 };
                 self.dead_letter(sink, delivery);
                 return;
@@ -439,10 +502,7 @@ impl State {
                             },
                         )],
                         body: payload::stock(&record, location),
-                        webhook_id: format!(
-                            "stock:{}:{}:{}",
-                            record.sku, location.location_code, location.version
-                        ),
+                        webhook_id: stock_webhook_id(&record, location),
                         traceparent: traceparent.clone(),
                         ingested_at: record.ingested_at,
                         occurred_at: record.occurred_at,
@@ -450,6 +510,7 @@ impl State {
                         source: message.clone(),
                         attempts: 0,
                         last_error: String::new(),
+                        failure: Failure::RetriesExhausted,
                         key,
                     });
                 }
@@ -492,7 +553,7 @@ impl State {
                         (seen_key, GuardEntry::Seen { at: now }),
                     ],
                     body: payload::catalog(&record),
-                    webhook_id: format!("catalog:{}", record.event_id),
+                    webhook_id: catalog_webhook_id(&record),
                     traceparent,
                     ingested_at: record.ingested_at,
                     occurred_at: record.occurred_at,
@@ -500,6 +561,7 @@ impl State {
                     source: message.clone(),
                     attempts: 0,
                     last_error: String::new(),
+                    failure: Failure::RetriesExhausted,
                     key,
                 });
             }
@@ -632,6 +694,7 @@ impl State {
                     Outcome::Delivered => self.delivered(sink, delivery),
                     Outcome::Reject { reason } => {
                         delivery.last_error = reason;
+                        delivery.failure = Failure::Rejected;
                         self.finish_slot(&slot_key);
                         self.dead_letter(sink, delivery);
                     }
@@ -768,6 +831,7 @@ impl State {
         let record = crate::kafka::dead_letter(
             &delivery.source,
             &input.dlq_topic,
+            delivery.failure,
             &delivery.last_error,
             &sink.id,
             delivery.attempts,

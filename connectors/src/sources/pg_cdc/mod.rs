@@ -455,6 +455,10 @@ impl PgCdcSource {
                     payload: Some(row_json(cells).into_bytes()),
                     headers: vec![
                         ("erpstream.error".into(), error.to_string().into_bytes()),
+                        (
+                            crate::kafka::ERROR_TYPE_HEADER.into(),
+                            crate::kafka::Failure::Mapping.as_str().into(),
+                        ),
                         ("erpstream.source".into(), self.id.clone().into_bytes()),
                         ("erpstream.attempts".into(), b"1".to_vec()),
                         (

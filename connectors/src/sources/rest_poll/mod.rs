@@ -664,6 +664,10 @@ impl RestPollSource {
             payload: Some(Value::Object(row.clone()).to_string().into_bytes()),
             headers: vec![
                 ("erpstream.error".into(), error.as_bytes().to_vec()),
+                (
+                    crate::kafka::ERROR_TYPE_HEADER.into(),
+                    crate::kafka::Failure::Mapping.as_str().into(),
+                ),
                 ("erpstream.source".into(), self.id.clone().into_bytes()),
                 ("erpstream.attempts".into(), b"1".to_vec()),
                 (

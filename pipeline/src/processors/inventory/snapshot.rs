@@ -3,7 +3,10 @@
 //!
 //! `[{"sku": ..., "qty": ...}]` with `qty` = available summed over locations;
 //! `?location=CODE` keeps that location only (skus not held there are left out);
-//! `?detail=true` adds `locations` with on_hand, reserved, safety_stock and available.
+//! `?detail=true` adds the sku's `partition` and `locations` with on_hand, reserved,
+//! safety_stock, available, version, and `erp_time` / `erp_offset`: the ERP time and input
+//! offset (in that partition) of the last absolute figure applied — the event that set
+//! on_hand, which `erpstream reconcile` reports next to a difference.
 //! The state lock is held for one chunk of skus at a time, so the body is never built in
 //! memory and the processor keeps running; every sku is read whole (consistent per sku).
 //! Partition by partition, skus in lexical order within each. Serves the partitions this
@@ -173,6 +176,9 @@ impl Cursor {
         out.extend_from_slice(b",\"qty\":");
         out.extend_from_slice(decimal_text(state.available(location)).as_bytes());
         if self.query.detail {
+            out.extend_from_slice(
+                format!(",\"partition\":{}", self.partitions[self.index]).as_bytes(),
+            );
             out.extend_from_slice(b",\"locations\":[");
             let mut first = true;
             for (code, l) in state
@@ -196,7 +202,13 @@ impl Cursor {
                         format!(",\"{name}\":{}", decimal_text(value)).as_bytes(),
                     );
                 }
-                out.extend_from_slice(format!(",\"version\":{}}}", l.version).as_bytes());
+                out.extend_from_slice(
+                    format!(
+                        ",\"version\":{},\"erp_time\":{},\"erp_offset\":{}}}",
+                        l.version, l.erp_time, l.erp_offset
+                    )
+                    .as_bytes(),
+                );
             }
             out.push(b']');
         }

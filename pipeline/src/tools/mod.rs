@@ -1,0 +1,79 @@
+//! The data team's and operator's tools: `tail`, `replay`, `reconcile` and `dlq`.
+//!
+//! Contract: every tool works against a running pipeline without disturbing it. Topics are
+//! read by consumers that are assigned partitions directly (no consumer group, nothing
+//! committed), so no component loses a partition or an offset. The only writes are the
+//! explicit ones: `replay --live`, `reconcile --repair` and `dlq redrive` publish records
+//! marked with an `erpstream.*` header naming the operation, and those records go through
+//! the same dedupe and version guards as any other.
+//!
+//! Human output (progress, summaries) goes to stderr; stdout carries only data (JSON
+//! lines), so every tool can be piped.
+
+pub mod dlq;
+mod read;
+pub mod reconcile;
+pub mod replay;
+mod report;
+pub mod tail;
+mod time;
+
+pub use read::{From, TopicReader, Until, newest_offsets};
+pub use report::{Progress, Records, json_record};
+pub use time::parse_time;
+
+use erpstream_connectors::kafka::KafkaConfig;
+use erpstream_schemas::Codec;
+
+use crate::topology::Topology;
+
+/// What every tool needs from the topology: the broker, the registry and the names.
+pub struct Tools {
+    /// The validated topology.
+    pub topology: Topology,
+    /// Its Kafka section.
+    pub kafka: KafkaConfig,
+    /// A codec on its registry.
+    pub codec: Codec,
+}
+
+impl Tools {
+    /// Loads `topology` (validated as `erpstream run` would).
+    pub fn load(topology: &std::path::Path) -> anyhow::Result<Self> {
+        let topology = Topology::load(topology)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
+        let codec = Codec::new(&topology.registry.url)?;
+        Ok(Self {
+            kafka: topology.kafka.clone(),
+            codec,
+            topology,
+        })
+    }
+
+    /// The broker-side name of a topic given by the user: logical names get the topology's
+    /// `topic_prefix`, names that already carry it are kept.
+    pub fn topic(&self, name: &str) -> String {
+        let prefix = &self.kafka.topic_prefix;
+        if prefix.is_empty() || name.starts_with(prefix.as_str()) {
+            name.to_string()
+        } else {
+            self.kafka.topic(name)
+        }
+    }
+
+    /// The logical name of a broker-side topic (the prefix removed).
+    pub fn logical<'a>(&self, topic: &'a str) -> &'a str {
+        topic
+            .strip_prefix(self.kafka.topic_prefix.as_str())
+            .unwrap_or(topic)
+    }
+
+    /// Whether the topology declares the (logical) topic compacted: only the newest record
+    /// per key counts there, so an older record must never be written after a newer one.
+    pub fn compacted(&self, logical: &str) -> bool {
+        self.topology
+            .topics
+            .get(logical)
+            .is_some_and(|t| t.compacted)
+    }
+}

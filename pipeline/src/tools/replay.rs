@@ -1,0 +1,318 @@
+//! `erpstream replay`: a topic's records of a time window, to a file, stdout, or a sink.
+//!
+//! Side-effect-free unless `--live`: `stdout`/`file` write JSON lines; a sink id runs the
+//! sink in shadow mode, which computes the requests it would send (written with `--out`)
+//! and sends nothing. `--live` re-publishes the window's records to their topic, marked
+//! `erpstream.replay`; every consumer of the topic then takes them through its own dedupe
+//! and version guards, so a replay never moves a figure backwards. On a compacted topic, a
+//! record a newer one with the same key supersedes is not re-published (compaction would
+//! otherwise keep the older one as the key's value).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use erpstream_connectors::kafka::{Publisher, RawRecord, headers_of};
+use erpstream_connectors::sinks::storefront_webhook;
+use erpstream_schemas::EventKind;
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Serialize;
+
+use super::{From, Progress, Records, TopicReader, Tools, Until, json_record, newest_offsets};
+use crate::topology::SinkConfig;
+
+/// Header marking a re-published record with the replay's id.
+pub const REPLAY_HEADER: &str = "erpstream.replay";
+
+/// Where the window goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// JSON lines on stdout.
+    Stdout,
+    /// JSON lines in a file.
+    File(PathBuf),
+    /// A sink of the topology, by id.
+    Sink(String),
+}
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Topic (logical or broker-side name).
+    pub topic: String,
+    /// Window start (epoch ms, inclusive).
+    pub from: i64,
+    /// Window end (epoch ms, exclusive).
+    pub to: i64,
+    /// Where it goes.
+    pub target: Target,
+    /// Shadow mode: where the computed requests are written (JSON lines).
+    pub out: Option<PathBuf>,
+    /// Re-publish for real (sink targets only).
+    pub live: bool,
+    /// Nothing is written anywhere but the summary, even with `live`.
+    pub dry_run: bool,
+    /// Only records with this key.
+    pub key: Option<String>,
+}
+
+/// The summary of a replay.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplaySummary {
+    /// Broker-side topic.
+    pub topic: String,
+    /// Window start, RFC 3339.
+    pub from: String,
+    /// Window end, RFC 3339.
+    pub to: String,
+    /// `stdout`, `file`, `shadow`, `live` or `dry-run`.
+    pub mode: String,
+    /// Records in the window (after the key filter).
+    pub records: u64,
+    /// Distinct keys among them.
+    pub keys: usize,
+    /// Records read past but outside the window's timestamps.
+    pub outside_window: u64,
+    /// Partition → `[start, end)` offsets read.
+    pub partitions: Vec<(i32, i64, Option<i64>)>,
+    /// Shadow mode: requests the sink would send.
+    pub requests: u64,
+    /// Shadow mode: records the sink could not turn into requests (with the first reason).
+    pub refused: u64,
+    /// Live: records re-published.
+    pub republished: u64,
+    /// Live, compacted topic: records not re-published because a newer one has their key.
+    pub superseded: u64,
+    /// Components that read the topic (who sees a live replay).
+    pub consumers: Vec<String>,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// Runs a replay and returns its summary.
+pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<ReplaySummary> {
+    if options.from >= options.to {
+        bail!("--from must be before --to");
+    }
+    let topic = tools.topic(&options.topic);
+    let logical = tools.logical(&topic).to_string();
+    let sink = match &options.target {
+        Target::Sink(id) => Some(sink_for(tools, id, &logical)?),
+        _ => None,
+    };
+    if options.live && sink.is_none() {
+        bail!("--live re-sends through a sink: give --into <sink id>");
+    }
+    let mut summary = ReplaySummary {
+        topic: topic.clone(),
+        from: rfc3339(options.from),
+        to: rfc3339(options.to),
+        mode: match (&options.target, options.live, options.dry_run) {
+            (_, _, true) => "dry-run",
+            (Target::Stdout, ..) => "stdout",
+            (Target::File(_), ..) => "file",
+            (Target::Sink(_), true, _) => "live",
+            (Target::Sink(_), false, _) => "shadow",
+        }
+        .into(),
+        consumers: consumers_of(tools, &logical),
+        ..Default::default()
+    };
+    let mut reader = TopicReader::open(
+        &tools.kafka,
+        &topic,
+        From::Time(options.from),
+        Until::Time(options.to),
+    )
+    .await?;
+    summary.partitions = reader.spans();
+    let progress = Progress::new(reader.total(), "replaying");
+    let mut out: Option<Box<dyn Write>> = match (&options.target, &options.out) {
+        _ if options.dry_run => None,
+        (Target::Stdout, _) => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+        (Target::File(path), _) | (Target::Sink(_), Some(path)) => Some(Box::new(
+            std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("could not create {}", path.display()))?,
+            ),
+        )),
+        (Target::Sink(_), None) => None,
+    };
+    let mut counted = Records::default();
+    let mut live: Vec<OwnedMessage> = Vec::new();
+    let mut first_refusal: Option<String> = None;
+    while let Some(message) = reader.next(&mut summary.outside_window).await? {
+        progress.step();
+        if let Some(key) = &options.key
+            && message.key() != Some(key.as_bytes())
+        {
+            continue;
+        }
+        counted.add(&message);
+        match (&sink, options.live) {
+            (None, _) => {
+                if let Some(out) = out.as_mut() {
+                    let line = json_record(&tools.codec, &message, true).await;
+                    serde_json::to_writer(&mut *out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            (Some(_), true) => live.push(message),
+            (Some(kind), false) => {
+                let payload = message.payload().unwrap_or_default();
+                match storefront_webhook::requests(&tools.codec, *kind, payload).await {
+                    Ok(requests) => {
+                        for request in requests {
+                            summary.requests += 1;
+                            if let Some(out) = out.as_mut() {
+                                let body: serde_json::Value =
+                                    serde_json::from_slice(&request.body)?;
+                                serde_json::to_writer(
+                                    &mut *out,
+                                    &serde_json::json!({
+                                        "key": request.key,
+                                        "webhook_id": request.webhook_id,
+                                        "body": body,
+                                        "from": {"partition": message.partition(), "offset": message.offset()},
+                                    }),
+                                )?;
+                                out.write_all(b"\n")?;
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        summary.refused += 1;
+                        first_refusal.get_or_insert(reason);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(mut out) = out {
+        out.flush()?;
+    }
+    if !live.is_empty() {
+        let (republished, superseded) =
+            republish(tools, &topic, &logical, live, options.dry_run).await?;
+        summary.republished = republished;
+        summary.superseded = superseded;
+    }
+    summary.records = counted.records;
+    summary.keys = counted.keys.len();
+    summary.seconds = progress.finish().as_secs_f64();
+    if let Some(reason) = first_refusal {
+        tracing::warn!(refused = summary.refused, first = %reason, "records the sink cannot deliver");
+    }
+    Ok(summary)
+}
+
+/// The contract of `logical` if `id` is a sink that reads it and shadow mode can compute its
+/// requests.
+fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<EventKind> {
+    let Some(sink) = tools.topology.sinks.get(id) else {
+        let known: Vec<&str> = tools.topology.sinks.keys().map(String::as_str).collect();
+        bail!("--into {id}: not stdout, file or a sink of the topology ({known:?})");
+    };
+    if !sink.inputs().iter().any(|i| i == logical) {
+        bail!("sink {id} does not read {logical} (it reads {:?})", sink.inputs());
+    }
+    let kind = tools
+        .topology
+        .contract(logical)
+        .with_context(|| format!("topic {logical} has no contract in the topology"))?;
+    match sink {
+        SinkConfig::StorefrontWebhook(_) => Ok(kind),
+        _ => bail!(
+            "sink {id}: shadow mode computes storefront_webhook requests only; replay {logical} \
+             --into file or stdout to inspect it, or --live to re-send it"
+        ),
+    }
+}
+
+/// Components whose inputs include `logical`.
+fn consumers_of(tools: &Tools, logical: &str) -> Vec<String> {
+    let topology = &tools.topology;
+    let sinks = topology
+        .sinks
+        .iter()
+        .filter(|(_, s)| s.inputs().iter().any(|i| i == logical))
+        .map(|(id, _)| id.clone());
+    let processors = topology
+        .processors
+        .iter()
+        .filter(|(_, p)| p.inputs().iter().any(|i| i == logical))
+        .map(|(id, _)| id.clone());
+    sinks.chain(processors).collect()
+}
+
+/// Re-publishes `messages` to `topic` in their partitions and order, marked with
+/// [`REPLAY_HEADER`]; on a compacted topic, skips those a newer record supersedes.
+/// Returns (re-published, superseded).
+async fn republish(
+    tools: &Tools,
+    topic: &str,
+    logical: &str,
+    messages: Vec<OwnedMessage>,
+    dry_run: bool,
+) -> anyhow::Result<(u64, u64)> {
+    let newest = if tools.compacted(logical) {
+        let mut after: HashMap<i32, i64> = HashMap::new();
+        let mut keys = HashSet::new();
+        for message in &messages {
+            let start = after.entry(message.partition()).or_insert(message.offset());
+            *start = (*start).min(message.offset());
+            keys.insert(message.key().map(<[u8]>::to_vec).unwrap_or_default());
+        }
+        newest_offsets(&tools.kafka, topic, after, &keys).await?
+    } else {
+        HashMap::new()
+    };
+    let replay_id = uuid::Uuid::now_v7().to_string();
+    let publisher = Publisher::new(&tools.kafka, "erpstream-replay", tools.codec.clone())?;
+    let progress = Progress::new(Some(messages.len() as u64), "re-publishing");
+    let mut pending = Vec::new();
+    let mut superseded = 0;
+    for message in messages {
+        progress.step();
+        let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
+        if newest
+            .get(&(message.partition(), key))
+            .is_some_and(|newest| *newest > message.offset())
+        {
+            superseded += 1;
+            continue;
+        }
+        if dry_run {
+            continue;
+        }
+        let mut headers = headers_of(&message);
+        headers.retain(|(k, _)| !k.starts_with("erpstream."));
+        headers.push((REPLAY_HEADER.into(), replay_id.clone().into_bytes()));
+        headers.push((
+            format!("{REPLAY_HEADER}.of"),
+            format!("{topic}/{}/{}", message.partition(), message.offset()).into_bytes(),
+        ));
+        pending.push(
+            publisher
+                .enqueue(RawRecord {
+                    topic: topic.to_string(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                    partition: Some(message.partition()),
+                })
+                .await?,
+        );
+    }
+    let republished = pending.len() as u64;
+    futures::future::try_join_all(pending).await?;
+    progress.finish();
+    Ok((republished, superseded))
+}
+
+fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
