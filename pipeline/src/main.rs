@@ -345,10 +345,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let tools = Tools::load(&topology.topology)?;
             let target = match into.as_str() {
                 "stdout" => replay::Target::Stdout,
-                "file" => replay::Target::File(
-                    out.clone()
-                        .context("--into file needs --out PATH")?,
-                ),
+                "file" => {
+                    replay::Target::File(out.clone().context("--into file needs --out PATH")?)
+                }
                 sink => replay::Target::Sink(sink.to_string()),
             };
             let options = replay::ReplayOptions {
@@ -428,8 +427,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", serde_json::to_string(&result)?);
             }
-            let clean = result.state.is_clean()
-                && result.planning.as_ref().is_none_or(|p| p.is_clean());
+            let clean =
+                result.state.is_clean() && result.planning.as_ref().is_none_or(|p| p.is_clean());
             Ok(if fail_on_diff && !clean {
                 ExitCode::FAILURE
             } else {
@@ -457,7 +456,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             DlqCommand::Show { id, topology } => {
                 let tools = Tools::load(&topology.topology)?;
-                println!("{}", serde_json::to_string_pretty(&dlq::show(&tools, &id).await?)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&dlq::show(&tools, &id).await?)?
+                );
                 Ok(ExitCode::SUCCESS)
             }
             DlqCommand::Redrive {

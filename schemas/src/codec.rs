@@ -362,10 +362,12 @@ fn json_of(
         (Value::Bytes(b) | Value::Fixed(_, b), _) => {
             J::String(b.iter().map(|x| format!("{x:02x}")).collect())
         }
-        (Value::Union(index, inner), Schema::Union(union)) => match union.variants().get(*index as usize) {
-            Some(variant) => json_of(inner, variant, names),
-            None => J::Null,
-        },
+        (Value::Union(index, inner), Schema::Union(union)) => {
+            match union.variants().get(*index as usize) {
+                Some(variant) => json_of(inner, variant, names),
+                None => J::Null,
+            }
+        }
         (Value::Array(items), Schema::Array(array)) => J::Array(
             items
                 .iter()

@@ -730,6 +730,25 @@ registry:
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs `erpstream <args> --topology <this pipeline's topology>` to completion (the
+    /// storefront API token in the environment, as an operator would have it).
+    pub fn tool(&self, args: &[&str]) -> ToolRun {
+        let output = Command::new(binary())
+            .args(args)
+            .arg("--topology")
+            .arg(&self.topology)
+            .env("STOREFRONT_API_TOKEN", API_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run erpstream");
+        ToolRun {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// The broker-side name of a logical topic.
     pub fn topic(&self, logical: &str) -> String {
         format!("{}{logical}", self.prefix)
@@ -807,6 +826,29 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What an `erpstream` command printed.
+#[derive(Debug)]
+pub struct ToolRun {
+    /// Exit status 0.
+    pub success: bool,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl ToolRun {
+    /// Stdout's JSON lines; panics (showing stderr) if the command failed.
+    pub fn json_lines(&self) -> Vec<Value> {
+        assert!(self.success, "command failed: {}", self.stderr);
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 }
 

@@ -25,7 +25,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{From, Progress, TopicReader, Tools, Until, json_record, newest_offsets};
+use super::{From, Progress, Tools, TopicReader, Until, json_record, newest_offsets};
 
 /// Header naming the DLQ record a redriven record came from.
 pub const REDRIVE_HEADER: &str = "erpstream.redrive.of";
@@ -93,13 +93,12 @@ pub async fn list(tools: &Tools, filter: &Filter) -> anyhow::Result<Vec<Entry>> 
     let now = erpstream_schemas::now_millis();
     let mut entries = Vec::new();
     for dlq in dlq_topics(tools, filter.topic.as_deref()) {
-        let mut reader = match TopicReader::open(&tools.kafka, &dlq, From::Beginning, Until::End)
-            .await
-        {
-            Ok(reader) => reader,
-            Err(err) if err.to_string().contains("does not exist") => continue,
-            Err(err) => return Err(err),
-        };
+        let mut reader =
+            match TopicReader::open(&tools.kafka, &dlq, From::Beginning, Until::End).await {
+                Ok(reader) => reader,
+                Err(err) if err.to_string().contains("does not exist") => continue,
+                Err(err) => return Err(err),
+            };
         let mut skipped = 0;
         while let Some(message) = reader.next(&mut skipped).await? {
             let entry = entry(message, &ledger, now);
@@ -283,14 +282,18 @@ fn ledger_topic(tools: &Tools) -> String {
 
 async fn read_ledger(tools: &Tools) -> anyhow::Result<HashMap<String, Mark>> {
     let mut ledger = HashMap::new();
-    let mut reader =
-        match TopicReader::open(&tools.kafka, &ledger_topic(tools), From::Beginning, Until::End)
-            .await
-        {
-            Ok(reader) => reader,
-            Err(err) if err.to_string().contains("does not exist") => return Ok(ledger),
-            Err(err) => return Err(err),
-        };
+    let mut reader = match TopicReader::open(
+        &tools.kafka,
+        &ledger_topic(tools),
+        From::Beginning,
+        Until::End,
+    )
+    .await
+    {
+        Ok(reader) => reader,
+        Err(err) if err.to_string().contains("does not exist") => return Ok(ledger),
+        Err(err) => return Err(err),
+    };
     let mut skipped = 0;
     while let Some(message) = reader.next(&mut skipped).await? {
         let (Some(key), Some(value)) = (message.key(), message.payload()) else {
@@ -338,7 +341,9 @@ fn entry(message: OwnedMessage, ledger: &HashMap<String, Mark>, now: i64) -> Ent
         (None, Some(_)) => "pending".into(),
     };
     Entry {
-        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
         original_partition: text("erpstream.original.partition").and_then(|t| t.parse().ok()),
         original_offset: text("erpstream.original.offset").and_then(|t| t.parse().ok()),
         error: text("erpstream.error").unwrap_or_default(),

@@ -40,8 +40,8 @@ pub struct Tools {
 impl Tools {
     /// Loads `topology` (validated as `erpstream run` would).
     pub fn load(topology: &std::path::Path) -> anyhow::Result<Self> {
-        let topology = Topology::load(topology)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
+        let topology =
+            Topology::load(topology).map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
         let codec = Codec::new(&topology.registry.url)?;
         Ok(Self {
             kafka: topology.kafka.clone(),

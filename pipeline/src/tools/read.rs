@@ -14,6 +14,10 @@ use rdkafka::{Offset, TopicPartitionList};
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 /// A bounded read that receives nothing for this long has stalled.
 const STALL: Duration = Duration::from_secs(60);
+/// A time window's read of a partition ends at the first record this much after the
+/// window's end; records between are skipped. Producers' clocks and latencies differ, so
+/// a partition's timestamps may step back a little.
+const LATE: i64 = 60_000;
 
 /// Where reading starts in every partition.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ pub enum From {
 /// Where reading stops.
 #[derive(Debug, Clone, Copy)]
 pub enum Until {
-    /// Before the first record whose timestamp is at or after this time (epoch ms).
+    /// Records stamped before this time (epoch ms); see [`TopicReader`].
     Time(i64),
     /// At the end of what the partitions held when reading began.
     End,
@@ -51,12 +55,14 @@ struct Span {
 
 /// A topic read from [`From`] to [`Until`] by a consumer of its own.
 ///
-/// Record timestamps of a partition are taken to rise with offsets (as with `LogAppendTime`
-/// or one producer's clock): the read of a time window starts at the broker's time index
-/// for `from` and stops at its index for `to`, and records in between whose timestamps lie
-/// outside the window are skipped.
+/// A time window `[from, to)` is read from the broker's time index for `from` (the first
+/// offset stamped at or after it) and, per partition, until the end as of the start or the
+/// first record stamped a minute or more after `to`, whichever comes first; records in
+/// between stamped outside the window are skipped. The index is only a starting point: a
+/// broker that answers too early an offset (tansu 0.6.0 answers the first offset for any
+/// time) costs reading time, never records.
 pub struct TopicReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<EofIsNews>,
     topic: String,
     spans: HashMap<i32, Span>,
     window: (Option<i64>, Option<i64>),
@@ -71,9 +77,12 @@ impl TopicReader {
         from: From,
         until: Until,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka
+        let consumer: StreamConsumer<EofIsNews> = kafka
             .client_config("erpstream-tools")
-            .set("group.id", format!("erpstream-tools-{}", uuid::Uuid::new_v4()))
+            .set(
+                "group.id",
+                format!("erpstream-tools-{}", uuid::Uuid::new_v4()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -81,7 +90,7 @@ impl TopicReader {
                 "fetch.wait.max.ms",
                 kafka.fetch_wait.as_millis().max(1).to_string(),
             )
-            .create()
+            .create_with_context(EofIsNews)
             .context("could not create a Kafka consumer")?;
         let topic = topic.to_string();
         let window_from = match from {
@@ -180,6 +189,11 @@ impl TopicReader {
             }
             let at = message.timestamp().to_millis().unwrap_or(0);
             let (from, to) = self.window;
+            if to.is_some_and(|t| at >= t + LATE) {
+                self.spans.remove(&partition);
+                *skipped += 1;
+                continue;
+            }
             if from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t) {
                 *skipped += 1;
                 continue;
@@ -189,9 +203,28 @@ impl TopicReader {
     }
 }
 
+/// A client context that does not log the end of a partition as an error: a bounded read
+/// waits for exactly that.
+struct EofIsNews;
+
+impl rdkafka::ClientContext for EofIsNews {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(error = %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofIsNews {}
+
 /// Every partition's span; partitions with nothing to read are left out.
 fn plan(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<EofIsNews>,
     topic: &str,
     from: From,
     until: Until,
@@ -238,7 +271,10 @@ fn plan(
     };
     let starts: HashMap<i32, i64> = match from {
         From::Beginning => watermarks.iter().map(|(p, (low, _))| (*p, *low)).collect(),
-        From::End => watermarks.iter().map(|(p, (_, high))| (*p, *high)).collect(),
+        From::End => watermarks
+            .iter()
+            .map(|(p, (_, high))| (*p, *high))
+            .collect(),
         From::Offset(offset) => watermarks
             .iter()
             .map(|(p, (low, high))| (*p, offset.clamp(*low, *high)))
@@ -254,10 +290,9 @@ fn plan(
     };
     let ends: HashMap<i32, Option<i64>> = match until {
         Until::Follow => partitions.iter().map(|p| (*p, None)).collect(),
-        Until::End => watermarks.iter().map(|(p, (_, high))| (*p, Some(*high))).collect(),
-        Until::Time(time) => at_time(time)?
-            .into_iter()
-            .map(|(p, o)| (p, Some(o)))
+        Until::End | Until::Time(_) => watermarks
+            .iter()
+            .map(|(p, (_, high))| (*p, Some(*high)))
             .collect(),
     };
     Ok(partitions

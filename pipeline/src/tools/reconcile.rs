@@ -103,10 +103,13 @@ pub struct Difference {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// The picture's quantity (absent: `extra`).
+    #[serde(with = "rust_decimal::serde::arbitrary_precision_option")]
     pub external: Option<Decimal>,
     /// The compared side's quantity (absent: `missing`).
+    #[serde(with = "rust_decimal::serde::arbitrary_precision_option")]
     pub erpstream: Option<Decimal>,
     /// erpstream − external.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub difference: Decimal,
     /// The event that set erpstream's figure, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,7 +346,11 @@ fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> 
     let text = match &value {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => s.clone(),
-        other => return Err(serde::de::Error::custom(format!("{other} is not a quantity"))),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "{other} is not a quantity"
+            )));
+        }
     };
     Decimal::from_str(&text)
         .or_else(|_| Decimal::from_scientific(&text))
@@ -351,16 +358,17 @@ fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> 
 }
 
 fn parse_csv(bytes: &[u8]) -> anyhow::Result<Vec<Row>> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
     let header: Vec<String> = reader
         .headers()?
         .iter()
         .map(|h| h.to_ascii_lowercase().replace([' ', '-'], "_"))
         .collect();
     let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
-    let sku = column(SKU).with_context(|| {
-        format!("no sku column (one of {SKU:?}) in the header {header:?}")
-    })?;
+    let sku = column(SKU)
+        .with_context(|| format!("no sku column (one of {SKU:?}) in the header {header:?}"))?;
     let quantity = column(QUANTITY).with_context(|| {
         format!("no quantity column (one of {QUANTITY:?}) in the header {header:?}")
     })?;
@@ -429,7 +437,13 @@ fn compare_state(picture: &mut Picture, bytes: &[u8], events_topic: &str) -> any
             let total: Decimal = item.locations.iter().map(|l| l.on_hand).sum();
             let newest = item.locations.iter().max_by_key(|l| l.erp_time);
             let event = newest.and_then(last);
-            check(picture, &mut diff, (item.sku.clone(), String::new()), total, event);
+            check(
+                picture,
+                &mut diff,
+                (item.sku.clone(), String::new()),
+                total,
+                event,
+            );
         } else {
             for location in &item.locations {
                 let event = last(location);
@@ -439,8 +453,9 @@ fn compare_state(picture: &mut Picture, bytes: &[u8], events_topic: &str) -> any
         }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde::Deserializer::deserialize_seq(&mut deserializer, EachVisitor(&mut visit))
-        .context("the snapshot is not a JSON array of skus with `locations` (ask with ?detail=true)")?;
+    serde::Deserializer::deserialize_seq(&mut deserializer, EachVisitor(&mut visit)).context(
+        "the snapshot is not a JSON array of skus with `locations` (ask with ?detail=true)",
+    )?;
     finish(picture, &mut diff);
     Ok(diff)
 }
@@ -586,7 +601,11 @@ async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> anyhow::Result<u64> {
         .await?;
     let publisher = Publisher::new(&tools.kafka, "erpstream-reconcile", tools.codec.clone())?;
     let run = uuid::Uuid::now_v7().to_string();
-    let corrections = diff.missing.iter().chain(&diff.differing).chain(&diff.extra);
+    let corrections = diff
+        .missing
+        .iter()
+        .chain(&diff.differing)
+        .chain(&diff.extra);
     let total = (diff.missing.len() + diff.differing.len() + diff.extra.len()) as u64;
     let progress = Progress::new(Some(total), "publishing repairs");
     let mut acks = Vec::new();
@@ -621,7 +640,10 @@ async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> anyhow::Result<u64> {
                             TRACEPARENT_HEADER.into(),
                             Traceparent::new_root().to_string().into_bytes(),
                         ),
-                        (REPAIR_HEADER.into(), format!("reconcile:{run}").into_bytes()),
+                        (
+                            REPAIR_HEADER.into(),
+                            format!("reconcile:{run}").into_bytes(),
+                        ),
                     ],
                     partition: None,
                 })
@@ -664,7 +686,10 @@ pub fn summary(report: &Report) -> String {
                 ));
             }
             if list.len() > 5 {
-                out.push_str(&format!("  ... {} more {label} (see the report)\n", list.len() - 5));
+                out.push_str(&format!(
+                    "  ... {} more {label} (see the report)\n",
+                    list.len() - 5
+                ));
             }
         }
     }

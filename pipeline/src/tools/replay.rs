@@ -19,7 +19,7 @@ use erpstream_schemas::EventKind;
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 
-use super::{From, Progress, Records, TopicReader, Tools, Until, json_record, newest_offsets};
+use super::{From, Progress, Records, Tools, TopicReader, Until, json_record, newest_offsets};
 use crate::topology::SinkConfig;
 
 /// Header marking a re-published record with the replay's id.
@@ -131,12 +131,12 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
     let mut out: Option<Box<dyn Write>> = match (&options.target, &options.out) {
         _ if options.dry_run => None,
         (Target::Stdout, _) => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
-        (Target::File(path), _) | (Target::Sink(_), Some(path)) => Some(Box::new(
-            std::io::BufWriter::new(
+        (Target::File(path), _) | (Target::Sink(_), Some(path)) => {
+            Some(Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path)
                     .with_context(|| format!("could not create {}", path.display()))?,
-            ),
-        )),
+            )))
+        }
         (Target::Sink(_), None) => None,
     };
     let mut counted = Records::default();
@@ -215,7 +215,10 @@ fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<EventKind>
         bail!("--into {id}: not stdout, file or a sink of the topology ({known:?})");
     };
     if !sink.inputs().iter().any(|i| i == logical) {
-        bail!("sink {id} does not read {logical} (it reads {:?})", sink.inputs());
+        bail!(
+            "sink {id} does not read {logical} (it reads {:?})",
+            sink.inputs()
+        );
     }
     let kind = tools
         .topology

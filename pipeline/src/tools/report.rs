@@ -21,9 +21,9 @@ pub async fn json_record(codec: &Codec, message: &OwnedMessage, headers: bool) -
             Ok(value) => value,
             Err(err) => json!({"undecodable": err.to_string(), "bytes": hex::encode(payload)}),
         },
-        Some(payload) => serde_json::from_slice(payload).unwrap_or_else(|_| {
-            json!({"undecodable": "neither Avro nor JSON", "bytes": hex::encode(payload)})
-        }),
+        Some(payload) => serde_json::from_slice(payload).unwrap_or_else(
+            |_| json!({"undecodable": "neither Avro nor JSON", "bytes": hex::encode(payload)}),
+        ),
     };
     let mut out = Map::new();
     out.insert("topic".into(), message.topic().into());
@@ -35,9 +35,7 @@ pub async fn json_record(codec: &Codec, message: &OwnedMessage, headers: bool) -
             .timestamp()
             .to_millis()
             .and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| {
-                Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            })
+            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
             .unwrap_or(Value::Null),
     );
     out.insert(

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use rdkafka::message::Message;
 
-use super::{From, TopicReader, Tools, Until, json_record};
+use super::{From, Tools, TopicReader, Until, json_record};
 
 /// What to print.
 #[derive(Debug, Clone)]
@@ -50,7 +50,13 @@ pub async fn run(tools: &Tools, options: TailOptions) -> anyhow::Result<u64> {
         let written = serde_json::to_writer(&mut out, &line)
             .map_err(std::io::Error::from)
             .and_then(|_| out.write_all(b"\n"))
-            .and_then(|_| if options.no_follow { Ok(()) } else { out.flush() });
+            .and_then(|_| {
+                if options.no_follow {
+                    Ok(())
+                } else {
+                    out.flush()
+                }
+            });
         match written {
             Ok(()) => printed += 1,
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(printed),

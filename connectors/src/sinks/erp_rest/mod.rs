@@ -262,7 +262,14 @@ impl ErpRestSink {
                 Outcome::Delivered => break,
                 Outcome::Reject { reason } => {
                     return self
-                        .dead_letter(message, &dlq, kafka::Failure::Rejected, &reason, attempt, shutdown)
+                        .dead_letter(
+                            message,
+                            &dlq,
+                            kafka::Failure::Rejected,
+                            &reason,
+                            attempt,
+                            shutdown,
+                        )
                         .await;
                 }
                 Outcome::Retry {

@@ -596,7 +596,8 @@ impl BatchWriter {
             metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
                 m::COMPONENT_TYPE => TYPE)
             .increment(1);
-            let record = kafka::dead_letter(message, dlq, kafka::Failure::Refused, reason, &self.id, 1);
+            let record =
+                kafka::dead_letter(message, dlq, kafka::Failure::Refused, reason, &self.id, 1);
             pending.push(self.publisher.enqueue(record).await?);
         }
         futures::future::try_join_all(pending).await?;
