@@ -8,6 +8,7 @@ mod latency;
 mod planning;
 mod process;
 mod processors;
+mod reconcile;
 mod report;
 mod rest_poll;
 mod snapshot;
@@ -38,6 +39,9 @@ enum Bench {
     /// into a fresh planning database; records/s end to end and inside its transactions
     /// (see bench/planning.sh).
     Planning(planning::Args),
+    /// `erpstream reconcile` of N sku × location pairs with planted differences: time and
+    /// peak memory, every planted difference found exactly (see bench/reconcile.sh).
+    Reconcile(reconcile::Args),
     /// N keys of inventory state through a real changelog topic: restore time and RSS.
     Footprint(footprint::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Cdc(args) => cdc::run(args).await,
         Bench::RestPoll(args) => rest_poll::run(args).await,
         Bench::Planning(args) => planning::run(args).await,
+        Bench::Reconcile(args) => reconcile::run(args).await,
         Bench::Footprint(args) => footprint::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,
