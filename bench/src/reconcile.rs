@@ -158,16 +158,18 @@ fn generate(args: &Args, dir: &Path) -> anyhow::Result<Planted> {
         for l in 0..args.locations {
             let pair = s * args.locations + l;
             let location = format!("WH-{l:02}");
-            let plant =
-                if args.planted > 0 && pair % stride == 0 && pair / stride < args.planted * 3 {
-                    match (pair / stride) % 3 {
-                        0 => Plant::Differing,
-                        1 => Plant::Missing,
-                        _ => Plant::Extra,
-                    }
-                } else {
-                    Plant::None
-                };
+            let plant = if args.planted > 0
+                && pair.is_multiple_of(stride)
+                && pair / stride < args.planted * 3
+            {
+                match (pair / stride) % 3 {
+                    0 => Plant::Differing,
+                    1 => Plant::Missing,
+                    _ => Plant::Extra,
+                }
+            } else {
+                Plant::None
+            };
             let quantity = (pair * 7919) % 100_000;
             let key = (sku.clone(), location.clone());
             match plant {

@@ -714,3 +714,103 @@ fn rfc3339(millis: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
+
+    fn state(items: &str) -> Vec<u8> {
+        items.as_bytes().to_vec()
+    }
+
+    const STATE: &str = r#"[
+        {"sku":"A","qty":5,"partition":1,"locations":[
+            {"location_code":"W1","on_hand":2.000,"reserved":0,"safety_stock":0,"available":2,"version":1,"erp_time":1795759360415,"erp_offset":7},
+            {"location_code":"W2","on_hand":3,"reserved":0,"safety_stock":0,"available":3,"version":1,"erp_time":0,"erp_offset":0}]},
+        {"sku":"B","qty":0,"partition":0,"locations":[
+            {"location_code":"W1","on_hand":0,"reserved":0,"safety_stock":0,"available":0,"version":2,"erp_time":1,"erp_offset":3}]},
+        {"sku":"C","qty":4,"partition":0,"locations":[
+            {"location_code":"W1","on_hand":4,"reserved":0,"safety_stock":0,"available":4,"version":2,"erp_time":1,"erp_offset":4}]}
+    ]"#;
+
+    #[test]
+    fn an_erpnext_bin_export_is_compared_per_location() {
+        let csv = "Item Code,Warehouse,Actual Qty\nA,W1,2\nA,W2,3.5\nD,W1,1\nE,W1,0\n";
+        let mut picture = parse_picture(csv.as_bytes(), "bins.csv").unwrap();
+        assert!(!picture.per_sku);
+        let diff = compare_state(&mut picture, &state(STATE), "inventory.change").unwrap();
+        let c = &diff.counts;
+        // A/W1 equal (2 vs 2.000), B/W1 zero and absent, E/W1 zero and absent.
+        assert_eq!((c.matching, c.missing, c.extra, c.differing), (3, 1, 1, 1));
+        assert_eq!(diff.differing[0].sku, "A");
+        assert_eq!(diff.differing[0].external, Some(d("3.5")));
+        assert_eq!(diff.differing[0].difference, d("-0.5"));
+        assert!(
+            diff.differing[0].last_event.is_none(),
+            "no absolute figure yet"
+        );
+        assert_eq!(
+            (diff.missing[0].sku.as_str(), diff.missing[0].external),
+            ("D", Some(d("1")))
+        );
+        let extra = &diff.extra[0];
+        assert_eq!(extra.sku, "C");
+        let last = extra.last_event.as_ref().unwrap();
+        assert_eq!((last.partition, last.offset), (0, 4));
+    }
+
+    #[test]
+    fn json_pictures_in_every_accepted_shape() {
+        let frappe = r#"{"data":[{"item_code":"A","warehouse":"W1","actual_qty":2.0}]}"#;
+        let odata = r#"{"value":[{"PartNum":"A","WarehouseCode":"W1","OnHandQty":"2"}]}"#;
+        let plain = r#"[{"sku":"A","location_code":"W1","qty":2}]"#;
+        for text in [frappe, odata, plain] {
+            let picture = parse_picture(text.as_bytes(), "p.json").unwrap();
+            assert_eq!(
+                picture
+                    .rows
+                    .get(&("A".to_string(), "W1".to_string()))
+                    .map(|r| r.0),
+                Some(d("2")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_per_sku_is_compared_with_the_sum_of_locations() {
+        let erp = r#"[{"sku":"A","qty":5},{"sku":"C","qty":3}]"#;
+        let mut picture = parse_picture(erp.as_bytes(), "snapshot").unwrap();
+        assert!(picture.per_sku);
+        let diff = compare_state(&mut picture, &state(STATE), "inventory.change").unwrap();
+        assert_eq!(diff.counts.differing, 1);
+        assert_eq!(diff.differing[0].sku, "C");
+        assert_eq!(diff.differing[0].location, None);
+        assert_eq!(diff.counts.matching, 2, "A sums to 5; B is 0 and absent");
+    }
+
+    #[test]
+    fn bad_pictures_are_refused_with_the_place_and_reason() {
+        let no_sku = parse_picture(b"code,qty\nA,1\n", "p.csv").err().unwrap();
+        assert!(format!("{no_sku:#}").contains("no sku column"));
+        let bad_qty = parse_picture(b"sku,location,qty\nA,W1,1\nB,W1,lots\n", "p.csv")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{bad_qty:#}").contains("line 3: quantity \"lots\""),
+            "{bad_qty:#}"
+        );
+        let mixed = parse_picture(
+            br#"[{"sku":"A","qty":1},{"sku":"B","location":"W","qty":1}]"#,
+            "p",
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{mixed:#}").contains("has no location"));
+        assert!(parse_picture(b"  ", "p").is_err());
+    }
+}
