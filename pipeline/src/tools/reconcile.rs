@@ -205,15 +205,20 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
     if let Some(token) = &options.state_token {
         headers.push(format!("Authorization: Bearer {token}"));
     }
+    progress.phase("reading erpstream's state");
     let (state_bytes, _) = load(&state_source, &headers)
         .await
         .with_context(|| format!("reading erpstream's state from {state_source}"))?;
     let events_topic = tools.topic(&options.events_topic);
+    progress.phase("comparing");
     let state = compare_state(&mut picture, &state_bytes, &events_topic)
         .with_context(|| format!("reading erpstream's state from {state_source}"))?;
     drop(state_bytes);
     let planning = match &options.planning {
-        Some(url) => Some(compare_planning(&mut picture, url).await?),
+        Some(url) => {
+            progress.phase("comparing with the planning database");
+            Some(compare_planning(&mut picture, url).await?)
+        }
         None => None,
     };
     let repaired = if options.repair {

@@ -108,14 +108,14 @@ impl Progress {
         }
     }
 
+    /// Names the phase under way.
+    pub fn phase(&self, what: &str) {
+        self.bar.set_message(what.to_string());
+    }
+
     /// One more step done.
     pub fn step(&self) {
         self.bar.inc(1);
-    }
-
-    /// Steps done so far (for bars that jump).
-    pub fn set(&self, position: u64) {
-        self.bar.set_position(position);
     }
 
     /// Removes the bar; returns the time since it was made.
