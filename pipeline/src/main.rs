@@ -110,6 +110,10 @@ enum Command {
         /// Also compare the planning database (Postgres URL).
         #[arg(long)]
         planning: Option<String>,
+        /// Also compare the storefront's view (file or URL, same formats) with erpstream's
+        /// available-to-sell.
+        #[arg(long)]
+        storefront: Option<String>,
         /// When the picture was taken; default: fetch time (URL) or modification time (file).
         #[arg(long)]
         as_of: Option<String>,
@@ -399,6 +403,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             state,
             state_token,
             planning,
+            storefront,
             as_of,
             repair,
             events_topic,
@@ -413,6 +418,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 state,
                 state_token,
                 planning,
+                storefront,
                 as_of: as_of
                     .map(|t| tools::parse_time(&t))
                     .transpose()

@@ -829,6 +829,24 @@ impl Drop for Pipeline {
     }
 }
 
+/// A new planning database on the stack's Postgres: (URL, client).
+/// Empty: the planning sink or API migrates it.
+pub async fn planning_database() -> (String, tokio_postgres::Client) {
+    let admin_url = Stack::from_env().database;
+    let admin = pg(&admin_url).await;
+    let name = unique("planning_").replace(['-', '.'], "_").to_lowercase();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("database URL without a name"),
+    };
+    let client = pg(&url).await;
+    (url, client)
+}
+
 /// What an `erpstream` command printed.
 #[derive(Debug)]
 pub struct ToolRun {

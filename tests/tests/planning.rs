@@ -11,23 +11,6 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::Client;
 
-/// A new planning database on the stack's Postgres: (URL, client).
-async fn planning_database() -> (String, Client) {
-    let admin_url = Stack::from_env().database;
-    let admin = pg(&admin_url).await;
-    let name = unique("planning_").replace(['-', '.'], "_").to_lowercase();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("database URL without a name"),
-    };
-    let client = pg(&url).await;
-    (url, client)
-}
-
 fn body(database: &str, batch_size: usize) -> String {
     format!(
         r#"topics:

@@ -461,6 +461,62 @@ async fn reconcile_reports_each_difference_with_its_last_event_and_repairs_them(
          R-3,WH-A,10\nR-3,WH-B,10\nR-4,WH-A,10\nR-5,WH-A,3\nR-6,WH-A,0\n",
     )
     .expect("write picture");
+    // The planning database holds the ERP's figures but one (R-3/WH-B 9).
+    let (planning_url, mut planning) = planning_database().await;
+    erpstream_connectors::planning::migrate(&mut planning)
+        .await
+        .expect("migrate");
+    for (sku, location, quantity) in [
+        ("R-1", "WH-A", "10"),
+        ("R-1", "WH-B", "10"),
+        ("R-2", "WH-A", "10"),
+        ("R-2", "WH-B", "12.5"),
+        ("R-3", "WH-A", "10"),
+        ("R-3", "WH-B", "9"),
+        ("R-4", "WH-A", "10"),
+        ("R-5", "WH-A", "3"),
+    ] {
+        planning
+            .execute(
+                "INSERT INTO planning.inventory (sku, location, on_hand_qty, updated_at, source_system, source_version)
+                 VALUES ($1, $2, $3::text::numeric, now(), 'ERP', 1)",
+                &[&sku, &location, &quantity],
+            )
+            .await
+            .expect("insert");
+    }
+    // The storefront's view: what it was sent, newest per key, with R-1/WH-A mis-applied.
+    wait_for("every key delivered", Duration::from_secs(30), || {
+        let keys: BTreeSet<String> = storefront
+            .deliveries()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}|{}",
+                    d.body["data"]["sku"], d.body["data"]["location_code"]
+                )
+            })
+            .collect();
+        (keys.len() == 8).then_some(())
+    })
+    .await;
+    let mut shown: HashMap<(String, String), Value> = HashMap::new();
+    for delivery in storefront.deliveries() {
+        let data = &delivery.body["data"];
+        let key = (
+            data["sku"].as_str().expect("sku").to_string(),
+            data["location_code"].as_str().expect("loc").to_string(),
+        );
+        shown.insert(key, data["new_quantity"].clone());
+    }
+    shown.insert(("R-1".into(), "WH-A".into()), Value::from(11));
+    let view: Vec<Value> = shown
+        .into_iter()
+        .map(|((sku, location), qty)| serde_json::json!({"sku": sku, "location": location, "qty": qty}))
+        .collect();
+    let view_file = dir.join("storefront.json");
+    std::fs::write(&view_file, serde_json::to_vec(&view).expect("json")).expect("write view");
+
     let report = dir.join("report.json");
     let run = pipeline.tool(&[
         "reconcile",
@@ -470,6 +526,10 @@ async fn reconcile_reports_each_difference_with_its_last_event_and_repairs_them(
         &rfc3339(now),
         "--state",
         &format!("{}/api/inventory/snapshot?detail=true", pipeline.url),
+        "--planning",
+        &planning_url,
+        "--storefront",
+        view_file.to_str().expect("path"),
         "--report",
         report.to_str().expect("path"),
     ]);
@@ -519,6 +579,27 @@ async fn reconcile_reports_each_difference_with_its_last_event_and_repairs_them(
         "{}",
         run.stderr
     );
+    let planning_diff = &diff["planning"];
+    assert_eq!(planning_diff["counts"]["differing"], 1, "{planning_diff}");
+    assert_eq!(
+        planning_diff["counts"]["missing"].as_u64().expect("n")
+            + planning_diff["counts"]["extra"].as_u64().expect("n"),
+        0,
+        "{planning_diff}"
+    );
+    assert_eq!(planning_diff["differing"][0]["sku"], "R-3");
+    assert_eq!(planning_diff["differing"][0]["erpstream"].to_string(), "9");
+    let storefront_diff = &diff["storefront"];
+    assert_eq!(
+        storefront_diff["counts"]["differing"], 1,
+        "{storefront_diff}"
+    );
+    assert_eq!(
+        storefront_diff["counts"]["matching"], 7,
+        "{storefront_diff}"
+    );
+    assert_eq!(storefront_diff["differing"][0]["sku"], "R-1");
+    assert_eq!(storefront_diff["differing"][0]["external"], 11);
 
     // --repair publishes one marked correction per difference; then the pictures agree.
     let run = pipeline.tool(&[

@@ -9,6 +9,10 @@
 //! with `?detail=true` (`on_hand` per location, and the partition, offset and ERP time of
 //! the event that set it), read from the running pipeline or a saved file.
 //!
+//! With `storefront`, a picture of what the storefront shows (same formats) is compared
+//! with erpstream's `available` (what the storefront sink delivers), so a storefront that
+//! missed or mis-applied updates shows up too.
+//!
 //! A key present on one side only is `missing` (in the picture, not in erpstream) or
 //! `extra` (the other way) unless its quantity there is zero: an ERP export leaves out empty
 //! bins. Keys on both sides with unequal quantities are `differing`. With `repair`,
@@ -69,6 +73,8 @@ pub struct ReconcileOptions {
     pub state_token: Option<String>,
     /// Also compare the planning database at this URL.
     pub planning: Option<String>,
+    /// Also compare the storefront's view (file or URL) with erpstream's `available`.
+    pub storefront: Option<String>,
     /// When the picture was taken (epoch ms; default: fetch time for URLs, the file's
     /// modification time for files).
     pub as_of: Option<i64>,
@@ -167,6 +173,9 @@ pub struct Report {
     /// The planning database, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planning: Option<Diff>,
+    /// The storefront's view against erpstream's `available`, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storefront: Option<Diff>,
     /// Repair events published (with `--repair`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<u64>,
@@ -211,8 +220,21 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
         .with_context(|| format!("reading erpstream's state from {state_source}"))?;
     let events_topic = tools.topic(&options.events_topic);
     progress.phase("comparing");
-    let state = compare_state(&mut picture, &state_bytes, &events_topic)
+    let state = compare_state(&mut picture, &state_bytes, &events_topic, Figure::OnHand)
         .with_context(|| format!("reading erpstream's state from {state_source}"))?;
+    let storefront = match &options.storefront {
+        Some(view) => {
+            progress.phase("comparing the storefront's view");
+            let (bytes, _) = load(view, &options.headers).await?;
+            let mut shown =
+                parse_picture(&bytes, view).with_context(|| format!("reading {view}"))?;
+            Some(
+                compare_state(&mut shown, &state_bytes, &events_topic, Figure::Available)
+                    .with_context(|| format!("reading erpstream's state from {state_source}"))?,
+            )
+        }
+        None => None,
+    };
     drop(state_bytes);
     let planning = match &options.planning {
         Some(url) => {
@@ -235,6 +257,7 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
         level: if picture.per_sku { "sku" } else { "location" },
         state,
         planning,
+        storefront,
         repaired,
         seconds: progress.finish().as_secs_f64(),
     })
@@ -416,14 +439,34 @@ struct StateLocation {
     location_code: String,
     #[serde(deserialize_with = "decimal")]
     on_hand: Decimal,
+    #[serde(deserialize_with = "decimal")]
+    available: Decimal,
     #[serde(default)]
     erp_time: i64,
     #[serde(default)]
     erp_offset: i64,
 }
 
+/// Which of erpstream's figures a picture is compared with.
+#[derive(Debug, Clone, Copy)]
+enum Figure {
+    /// The ERP's on-hand quantity.
+    OnHand,
+    /// Available to sell (what the storefront is sent).
+    Available,
+}
+
 /// Compares the picture with the snapshot, streaming its skus.
-fn compare_state(picture: &mut Picture, bytes: &[u8], events_topic: &str) -> anyhow::Result<Diff> {
+fn compare_state(
+    picture: &mut Picture,
+    bytes: &[u8],
+    events_topic: &str,
+    figure: Figure,
+) -> anyhow::Result<Diff> {
+    let of = |l: &StateLocation| match figure {
+        Figure::OnHand => l.on_hand,
+        Figure::Available => l.available,
+    };
     let mut diff = Diff::default();
     for (_, seen) in picture.rows.values_mut() {
         *seen = false;
@@ -439,7 +482,7 @@ fn compare_state(picture: &mut Picture, bytes: &[u8], events_topic: &str) -> any
             })
         };
         if picture.per_sku {
-            let total: Decimal = item.locations.iter().map(|l| l.on_hand).sum();
+            let total: Decimal = item.locations.iter().map(of).sum();
             let newest = item.locations.iter().max_by_key(|l| l.erp_time);
             let event = newest.and_then(last);
             check(
@@ -453,7 +496,7 @@ fn compare_state(picture: &mut Picture, bytes: &[u8], events_topic: &str) -> any
             for location in &item.locations {
                 let event = last(location);
                 let key = (item.sku.clone(), location.location_code.clone());
-                check(picture, &mut diff, key, location.on_hand, event);
+                check(picture, &mut diff, key, of(location), event);
             }
         }
     };
@@ -474,6 +517,7 @@ fn check(
     last_event: Option<LastEvent>,
 ) {
     diff.counts.compared += 1;
+    let value = value.normalize();
     let location = (!picture.per_sku).then(|| key.1.clone());
     match picture.rows.get_mut(&key) {
         Some((external, seen)) => {
@@ -485,9 +529,9 @@ fn check(
                 diff.differing.push(Difference {
                     sku: key.0,
                     location,
-                    external: Some(*external),
+                    external: Some(external.normalize()),
                     erpstream: Some(value),
-                    difference: value - *external,
+                    difference: (value - *external).normalize(),
                     last_event,
                 });
             }
@@ -521,9 +565,9 @@ fn finish(picture: &Picture, diff: &mut Diff) {
         diff.missing.push(Difference {
             sku: sku.clone(),
             location: (!picture.per_sku).then(|| location.clone()),
-            external: Some(*external),
+            external: Some(external.normalize()),
             erpstream: None,
-            difference: -*external,
+            difference: -external.normalize(),
             last_event: None,
         });
     }
@@ -670,6 +714,9 @@ pub fn summary(report: &Report) -> String {
     if let Some(planning) = &report.planning {
         sides.push(("planning database", planning));
     }
+    if let Some(storefront) = &report.storefront {
+        sides.push(("storefront view vs available", storefront));
+    }
     for (name, diff) in sides {
         let c = &diff.counts;
         out.push_str(&format!(
@@ -747,7 +794,13 @@ mod tests {
         let csv = "Item Code,Warehouse,Actual Qty\nA,W1,2\nA,W2,3.5\nD,W1,1\nE,W1,0\n";
         let mut picture = parse_picture(csv.as_bytes(), "bins.csv").unwrap();
         assert!(!picture.per_sku);
-        let diff = compare_state(&mut picture, &state(STATE), "inventory.change").unwrap();
+        let diff = compare_state(
+            &mut picture,
+            &state(STATE),
+            "inventory.change",
+            Figure::OnHand,
+        )
+        .unwrap();
         let c = &diff.counts;
         // A/W1 equal (2 vs 2.000), B/W1 zero and absent, E/W1 zero and absent.
         assert_eq!((c.matching, c.missing, c.extra, c.differing), (3, 1, 1, 1));
@@ -766,6 +819,16 @@ mod tests {
         assert_eq!(extra.sku, "C");
         let last = extra.last_event.as_ref().unwrap();
         assert_eq!((last.partition, last.offset), (0, 4));
+    }
+
+    #[test]
+    fn the_storefront_view_is_compared_with_available() {
+        let shown = r#"[{"sku":"A","location":"W1","qty":2},{"sku":"A","location":"W2","qty":4},{"sku":"C","location":"W1","qty":4}]"#;
+        let mut picture = parse_picture(shown.as_bytes(), "shown").unwrap();
+        let diff = compare_state(&mut picture, &state(STATE), "t", Figure::Available).unwrap();
+        assert_eq!(diff.counts.differing, 1);
+        assert_eq!(diff.differing[0].erpstream, Some(d("3")));
+        assert_eq!(diff.differing[0].external, Some(d("4")));
     }
 
     #[test]
@@ -791,7 +854,13 @@ mod tests {
         let erp = r#"[{"sku":"A","qty":5},{"sku":"C","qty":3}]"#;
         let mut picture = parse_picture(erp.as_bytes(), "snapshot").unwrap();
         assert!(picture.per_sku);
-        let diff = compare_state(&mut picture, &state(STATE), "inventory.change").unwrap();
+        let diff = compare_state(
+            &mut picture,
+            &state(STATE),
+            "inventory.change",
+            Figure::OnHand,
+        )
+        .unwrap();
         assert_eq!(diff.counts.differing, 1);
         assert_eq!(diff.differing[0].sku, "C");
         assert_eq!(diff.differing[0].location, None);
