@@ -12,7 +12,9 @@
 //!   not delivered again.
 //! - 408, 429, 5xx and timeouts are retried with capped exponential backoff and jitter; after
 //!   `retry.max_attempts`, or at once for other 4xx, the input record goes to `<topic>.dlq`
-//!   with `erpstream.error`, `erpstream.source` and `erpstream.attempts` headers.
+//!   with `erpstream.error`, `erpstream.error_type` (`retries_exhausted`, `rejected`),
+//!   `erpstream.source` and `erpstream.attempts` headers. `erpstream dlq redrive` publishes
+//!   it to its topic again; the guard then delivers it unless a newer figure was delivered.
 //! - An input offset is stored only when every delivery it produced is durable: delivered
 //!   and guarded, superseded by a newer delivery that is, or dead-lettered. The one window
 //!   left is a crash between a 2xx and its guard write; the repeat then carries the same
