@@ -378,7 +378,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 summary.seconds,
                 summary.mode,
                 match summary.mode.as_str() {
-                    "shadow" => format!("; {} requests computed, none sent", summary.requests),
+                    "shadow" => format!(
+                        "; {} requests/rows computed, {} refused, none sent or written",
+                        summary.computed, summary.refused
+                    ),
                     _ => String::new(),
                 },
                 match summary.mode.as_str() {

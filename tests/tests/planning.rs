@@ -273,6 +273,69 @@ async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lett
             .any(|e| e.contains("not the first day of a month")),
         "{refused:?}"
     );
+
+    // Shadow replay into the sink: the rows it would write, none written.
+    let dir = std::env::temp_dir().join(unique("planning-shadow-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rows_file = dir.join("rows.jsonl");
+    let run = pipeline.tool(&[
+        "replay",
+        "--topic",
+        "demand.actual",
+        "--from",
+        "1h",
+        "--into",
+        "planning",
+        "--out",
+        rows_file.to_str().expect("path"),
+    ]);
+    assert!(run.success, "shadow replay failed: {}", run.stderr);
+    assert!(
+        run.stderr.contains("2 requests/rows computed, 1 refused"),
+        "{}",
+        run.stderr
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rows_file)
+        .expect("rows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows[0]["table"], "planning.demand_actuals");
+    assert_eq!(rows[0]["values"]["actual_qty"], "980.000");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM planning.demand_actuals").await,
+        1
+    );
+
+    // The product arrives late; the refused stock is redriven and lands.
+    produce(
+        &options.brokers,
+        &pipeline.topic("catalog.update"),
+        &[crate::product("NOT-A-PRODUCT", "Late product", t)],
+    )
+    .await;
+    wait_consumed(&db, &pipeline, 12, Duration::from_secs(60)).await;
+    let run = pipeline.tool(&[
+        "dlq",
+        "redrive",
+        "--source",
+        "planning",
+        "--error-type",
+        "refused",
+    ]);
+    assert!(run.success, "redrive failed: {}", run.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).expect("summary");
+    assert_eq!(summary["redriven"], 2, "{summary}");
+    wait_consumed(&db, &pipeline, 14, Duration::from_secs(60)).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM planning.inventory WHERE sku = 'NOT-A-PRODUCT'"
+        )
+        .await,
+        1,
+        "the redriven stock is written once its product is there"
+    );
     pipeline.terminate();
 }
 

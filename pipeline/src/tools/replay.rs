@@ -1,8 +1,9 @@
 //! `erpstream replay`: a topic's records of a time window, to a file, stdout, or a sink.
 //!
 //! Side-effect-free unless `--live`: `stdout`/`file` write JSON lines; a sink id runs the
-//! sink in shadow mode, which computes the requests it would send (written with `--out`)
-//! and sends nothing. `--live` re-publishes the window's records to their topic, marked
+//! sink in shadow mode, which computes what it would do and does nothing: the requests a
+//! `storefront_webhook` sink would send, the rows a `planning_pg` sink would upsert
+//! (written with `--out`). `--live` re-publishes the window's records to their topic, marked
 //! `erpstream.replay`; every consumer of the topic then takes them through its own dedupe
 //! and version guards, so a replay never moves a figure backwards. On a compacted topic, a
 //! record a newer one with the same key supersedes is not re-published (compaction would
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use erpstream_connectors::kafka::{Publisher, RawRecord, headers_of};
-use erpstream_connectors::sinks::storefront_webhook;
+use erpstream_connectors::sinks::{planning_pg, storefront_webhook};
 use erpstream_schemas::EventKind;
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
@@ -76,9 +77,9 @@ pub struct ReplaySummary {
     pub outside_window: u64,
     /// Partition → `[start, end)` offsets read.
     pub partitions: Vec<(i32, i64, Option<i64>)>,
-    /// Shadow mode: requests the sink would send.
-    pub requests: u64,
-    /// Shadow mode: records the sink could not turn into requests (with the first reason).
+    /// Shadow mode: requests (storefront) or rows (planning) the sink would send or write.
+    pub computed: u64,
+    /// Shadow mode: records the sink would refuse (dead-letter).
     pub refused: u64,
     /// Live: records re-published.
     pub republished: u64,
@@ -159,24 +160,18 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
                 }
             }
             (Some(_), true) => live.push(message),
-            (Some(kind), false) => {
+            (Some(shadow), false) => {
                 let payload = message.payload().unwrap_or_default();
-                match storefront_webhook::requests(&tools.codec, *kind, payload).await {
-                    Ok(requests) => {
-                        for request in requests {
-                            summary.requests += 1;
+                match shadow.compute(tools, payload).await {
+                    Ok(lines) => {
+                        for mut line in lines {
+                            summary.computed += 1;
                             if let Some(out) = out.as_mut() {
-                                let body: serde_json::Value =
-                                    serde_json::from_slice(&request.body)?;
-                                serde_json::to_writer(
-                                    &mut *out,
-                                    &serde_json::json!({
-                                        "key": request.key,
-                                        "webhook_id": request.webhook_id,
-                                        "body": body,
-                                        "from": {"partition": message.partition(), "offset": message.offset()},
-                                    }),
-                                )?;
+                                line["from"] = serde_json::json!({
+                                    "partition": message.partition(),
+                                    "offset": message.offset(),
+                                });
+                                serde_json::to_writer(&mut *out, &line)?;
                                 out.write_all(b"\n")?;
                             }
                         }
@@ -207,9 +202,45 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
     Ok(summary)
 }
 
-/// The contract of `logical` if `id` is a sink that reads it and shadow mode can compute its
-/// requests.
-fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<EventKind> {
+/// What shadow mode computes for a sink.
+#[derive(Debug, Clone, Copy)]
+enum Shadow {
+    /// A `storefront_webhook` sink's requests.
+    Storefront(EventKind),
+    /// A `planning_pg` sink's rows.
+    Planning(EventKind),
+}
+
+impl Shadow {
+    /// What the sink would do with one record, as JSON objects.
+    async fn compute(
+        self,
+        tools: &Tools,
+        payload: &[u8],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        match self {
+            Shadow::Storefront(kind) => {
+                let requests = storefront_webhook::requests(&tools.codec, kind, payload).await?;
+                Ok(requests
+                    .into_iter()
+                    .map(|request| {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&request.body).unwrap_or_default();
+                        serde_json::json!({
+                            "key": request.key,
+                            "webhook_id": request.webhook_id,
+                            "body": body,
+                        })
+                    })
+                    .collect())
+            }
+            Shadow::Planning(kind) => planning_pg::rows_for(&tools.codec, kind, payload).await,
+        }
+    }
+}
+
+/// What shadow mode computes for sink `id`, which must read `logical`.
+fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<Shadow> {
     let Some(sink) = tools.topology.sinks.get(id) else {
         let known: Vec<&str> = tools.topology.sinks.keys().map(String::as_str).collect();
         bail!("--into {id}: not stdout, file or a sink of the topology ({known:?})");
@@ -225,10 +256,11 @@ fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<EventKind>
         .contract(logical)
         .with_context(|| format!("topic {logical} has no contract in the topology"))?;
     match sink {
-        SinkConfig::StorefrontWebhook(_) => Ok(kind),
-        _ => bail!(
-            "sink {id}: shadow mode computes storefront_webhook requests only; replay {logical} \
-             --into file or stdout to inspect it, or --live to re-send it"
+        SinkConfig::StorefrontWebhook(_) => Ok(Shadow::Storefront(kind)),
+        SinkConfig::PlanningPg(_) => Ok(Shadow::Planning(kind)),
+        SinkConfig::ErpRest(_) => bail!(
+            "sink {id}: shadow mode computes storefront_webhook requests and planning_pg rows; \
+             replay {logical} --into file or stdout to inspect it, or --live to re-send it"
         ),
     }
 }

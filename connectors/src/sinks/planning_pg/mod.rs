@@ -341,7 +341,7 @@ impl BatchWriter {
                 skipped += 1;
                 continue;
             };
-            match self.decode(*kind, payload, index, &mut rows).await {
+            match decode(&self.codec, *kind, payload, index, &mut rows).await {
                 Ok(true) => {}
                 Ok(false) => skipped += 1,
                 Err(reason) => refused.push((index, reason)),
@@ -474,112 +474,6 @@ impl BatchWriter {
         Ok(())
     }
 
-    /// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
-    /// it is refused.
-    async fn decode(
-        &self,
-        kind: EventKind,
-        payload: &[u8],
-        index: usize,
-        rows: &mut Rows,
-    ) -> Result<bool, String> {
-        let undecodable = |e: erpstream_schemas::CodecError| format!("undecodable: {e}");
-        match kind {
-            EventKind::CatalogUpdate => {
-                let event: CatalogUpdate = self.codec.decode(payload).await.map_err(undecodable)?;
-                let skus: Vec<String> = if event.variants.is_empty() {
-                    vec![event.group_id.clone()]
-                } else {
-                    event.variants.iter().map(|v| v.sku.clone()).collect()
-                };
-                for sku in skus {
-                    let newer = rows
-                        .products
-                        .get(&sku)
-                        .is_none_or(|p| p.version <= event.occurred_at);
-                    if newer {
-                        rows.products.insert(
-                            sku,
-                            Product {
-                                name: event.group_name.clone(),
-                                category: event.category_path.last().cloned(),
-                                family: event.product_family.clone(),
-                                lead_time_days: event.lead_time_days,
-                                active: event.is_active,
-                                system: event.source_system.clone(),
-                                version: event.occurred_at,
-                            },
-                        );
-                    }
-                }
-                Ok(true)
-            }
-            EventKind::InventoryChange => {
-                let event: InventoryChange =
-                    self.codec.decode(payload).await.map_err(undecodable)?;
-                let Some(on_hand) = event.new_quantity else {
-                    return Ok(false);
-                };
-                let key = (event.sku.clone(), event.location_code.clone());
-                if rows
-                    .inventory
-                    .get(&key)
-                    .is_none_or(|s| s.version <= event.occurred_at)
-                {
-                    let text = |d: Option<rust_decimal::Decimal>| d.unwrap_or_default().to_string();
-                    rows.inventory.insert(
-                        key,
-                        Stock {
-                            on_hand: on_hand.to_string(),
-                            allocated: text(event.allocated_qty),
-                            in_transit: text(event.in_transit_qty),
-                            at: event.occurred_at,
-                            system: event.source_system,
-                            version: event.occurred_at,
-                            message: index,
-                        },
-                    );
-                }
-                Ok(true)
-            }
-            EventKind::DemandActual => {
-                let event: DemandActual = self.codec.decode(payload).await.map_err(undecodable)?;
-                let period = chrono::NaiveDate::parse_from_str(&event.period, "%Y-%m-%d")
-                    .ok()
-                    .filter(|d| chrono::Datelike::day(d) == 1)
-                    .ok_or_else(|| {
-                        format!(
-                            "period {:?} is not the first day of a month (YYYY-MM-01)",
-                            event.period
-                        )
-                    })?;
-                let key = (
-                    event.sku.clone(),
-                    period.format("%Y-%m-%d").to_string(),
-                    event.region.clone(),
-                    event.channel.clone(),
-                );
-                if rows
-                    .demand
-                    .get(&key)
-                    .is_none_or(|d| d.version <= event.occurred_at)
-                {
-                    rows.demand.insert(
-                        key,
-                        Demand {
-                            quantity: event.actual_qty.to_string(),
-                            system: event.source_system,
-                            version: event.occurred_at,
-                            message: index,
-                        },
-                    );
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
     /// Publishes the refused records to their dead-letter topics and awaits every ack.
     async fn dead_letter(
         &self,
@@ -710,4 +604,149 @@ async fn upsert_demand(
         &[&skus, &periods, &regions, &channels, &quantities, &systems, &versions],
     )
     .await
+}
+
+/// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
+/// it is refused.
+async fn decode(
+    codec: &Codec,
+    kind: EventKind,
+    payload: &[u8],
+    index: usize,
+    rows: &mut Rows,
+) -> Result<bool, String> {
+    let undecodable = |e: erpstream_schemas::CodecError| format!("undecodable: {e}");
+    match kind {
+        EventKind::CatalogUpdate => {
+            let event: CatalogUpdate = codec.decode(payload).await.map_err(undecodable)?;
+            let skus: Vec<String> = if event.variants.is_empty() {
+                vec![event.group_id.clone()]
+            } else {
+                event.variants.iter().map(|v| v.sku.clone()).collect()
+            };
+            for sku in skus {
+                let newer = rows
+                    .products
+                    .get(&sku)
+                    .is_none_or(|p| p.version <= event.occurred_at);
+                if newer {
+                    rows.products.insert(
+                        sku,
+                        Product {
+                            name: event.group_name.clone(),
+                            category: event.category_path.last().cloned(),
+                            family: event.product_family.clone(),
+                            lead_time_days: event.lead_time_days,
+                            active: event.is_active,
+                            system: event.source_system.clone(),
+                            version: event.occurred_at,
+                        },
+                    );
+                }
+            }
+            Ok(true)
+        }
+        EventKind::InventoryChange => {
+            let event: InventoryChange = codec.decode(payload).await.map_err(undecodable)?;
+            let Some(on_hand) = event.new_quantity else {
+                return Ok(false);
+            };
+            let key = (event.sku.clone(), event.location_code.clone());
+            if rows
+                .inventory
+                .get(&key)
+                .is_none_or(|s| s.version <= event.occurred_at)
+            {
+                let text = |d: Option<rust_decimal::Decimal>| d.unwrap_or_default().to_string();
+                rows.inventory.insert(
+                    key,
+                    Stock {
+                        on_hand: on_hand.to_string(),
+                        allocated: text(event.allocated_qty),
+                        in_transit: text(event.in_transit_qty),
+                        at: event.occurred_at,
+                        system: event.source_system,
+                        version: event.occurred_at,
+                        message: index,
+                    },
+                );
+            }
+            Ok(true)
+        }
+        EventKind::DemandActual => {
+            let event: DemandActual = codec.decode(payload).await.map_err(undecodable)?;
+            let period = chrono::NaiveDate::parse_from_str(&event.period, "%Y-%m-%d")
+                .ok()
+                .filter(|d| chrono::Datelike::day(d) == 1)
+                .ok_or_else(|| {
+                    format!(
+                        "period {:?} is not the first day of a month (YYYY-MM-01)",
+                        event.period
+                    )
+                })?;
+            let key = (
+                event.sku.clone(),
+                period.format("%Y-%m-%d").to_string(),
+                event.region.clone(),
+                event.channel.clone(),
+            );
+            if rows
+                .demand
+                .get(&key)
+                .is_none_or(|d| d.version <= event.occurred_at)
+            {
+                rows.demand.insert(
+                    key,
+                    Demand {
+                        quantity: event.actual_qty.to_string(),
+                        system: event.source_system,
+                        version: event.occurred_at,
+                        message: index,
+                    },
+                );
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The rows the sink would upsert for one record of contract `kind`, as
+/// `{"table", "key", "values"}` objects, before its version guard and its check that the sku
+/// is known: `erpstream replay --into <planning sink>` shows them in shadow mode. Empty for
+/// records that carry no planning data (relative adjustments); `Err` with the reason for
+/// records the sink would refuse.
+pub async fn rows_for(
+    codec: &Codec,
+    kind: EventKind,
+    payload: &[u8],
+) -> Result<Vec<serde_json::Value>, String> {
+    use serde_json::json;
+    let mut rows = Rows::default();
+    decode(codec, kind, payload, 0, &mut rows).await?;
+    let mut out = Vec::new();
+    for (sku, p) in rows.products {
+        out.push(
+            json!({"table": "planning.products", "key": {"sku": sku}, "values": {
+            "name": p.name, "category_name": p.category, "product_family": p.family,
+            "lead_time_days": p.lead_time_days, "is_active": p.active,
+            "source_system": p.system, "source_version": p.version}}),
+        );
+    }
+    for ((sku, location), s) in rows.inventory {
+        out.push(
+            json!({"table": "planning.inventory", "key": {"sku": sku, "location": location},
+            "values": {"on_hand_qty": s.on_hand, "allocated_qty": s.allocated,
+            "in_transit_qty": s.in_transit,
+            "updated_at": chrono::DateTime::from_timestamp_millis(s.at).map(|t| t.to_rfc3339()),
+            "source_system": s.system, "source_version": s.version}}),
+        );
+    }
+    for ((sku, period, region, channel), d) in rows.demand {
+        out.push(json!({"table": "planning.demand_actuals",
+            "key": {"sku": sku, "period": period, "region": region, "channel": channel},
+            "values": {"actual_qty": d.quantity, "source_system": d.system,
+            "source_version": d.version}}));
+    }
+    Ok(out)
 }
