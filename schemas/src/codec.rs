@@ -15,6 +15,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::avro_common::AvroSchema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
@@ -236,6 +237,20 @@ impl Codec {
     /// Decodes a wire-format record into JSON (see [`to_json`]) with the writer's schema from
     /// the registry, whatever topic or contract it belongs to.
     pub async fn decode_json(&self, payload: &[u8]) -> Result<serde_json::Value, CodecError> {
+        let (value, schema) = self.decode_with_schema(payload).await?;
+        Ok(to_json(&value, &schema.parsed))
+    }
+
+    /// Decodes a wire-format record into a generic Avro value, whatever its schema.
+    pub async fn decode_value(&self, payload: &[u8]) -> Result<Value, CodecError> {
+        Ok(self.decode_with_schema(payload).await?.0)
+    }
+
+    /// A wire-format record's value and its writer's schema (from the registry, cached).
+    async fn decode_with_schema(
+        &self,
+        payload: &[u8],
+    ) -> Result<(Value, Arc<AvroSchema>), CodecError> {
         if payload.len() < 5 || payload[0] != 0 {
             return Err(CodecError::Decode(
                 "not in the Confluent wire format".into(),
@@ -254,29 +269,7 @@ impl Codec {
                 }
             })?
             .ok_or_else(|| CodecError::Decode("empty record".into()))?;
-        Ok(to_json(&decoded.value, &decoded.schema.parsed))
-    }
-
-    /// Decodes a wire-format record into a generic Avro value, whatever its schema.
-    pub async fn decode_value(&self, payload: &[u8]) -> Result<Value, CodecError> {
-        if payload.len() < 5 || payload[0] != 0 {
-            return Err(CodecError::Decode(
-                "not in the Confluent wire format".into(),
-            ));
-        }
-        let decoded = self
-            .inner
-            .decoder
-            .decode(Some(payload))
-            .await
-            .map_err(|e| {
-                if e.retriable {
-                    CodecError::registry(e)
-                } else {
-                    CodecError::Decode(e.error)
-                }
-            })?;
-        Ok(decoded.value)
+        Ok((decoded.value, decoded.schema))
     }
 }
 

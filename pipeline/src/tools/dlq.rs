@@ -19,13 +19,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use erpstream_connectors::kafka::{
-    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header, headers_of,
+    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{From, Progress, Tools, TopicReader, Until, json_record, newest_offsets};
+use super::{
+    From, NoSuchTopic, Progress, Tools, TopicReader, Until, json_record, newest_offsets, resend,
+    rfc3339,
+};
 
 /// Header naming the DLQ record a redriven record came from.
 pub const REDRIVE_HEADER: &str = "erpstream.redrive.of";
@@ -96,7 +99,7 @@ pub async fn list(tools: &Tools, filter: &Filter) -> anyhow::Result<Vec<Entry>> 
         let mut reader =
             match TopicReader::open(&tools.kafka, &dlq, From::Beginning, Until::End).await {
                 Ok(reader) => reader,
-                Err(err) if err.to_string().contains("does not exist") => continue,
+                Err(err) if err.is::<NoSuchTopic>() => continue,
                 Err(err) => return Err(err),
             };
         let mut skipped = 0;
@@ -214,17 +217,10 @@ pub async fn redrive(
         if dry_run {
             continue;
         }
-        let mut headers = headers_of(message);
-        headers.retain(|(k, _)| !k.starts_with("erpstream."));
-        headers.push((REDRIVE_HEADER.into(), entry.id.clone().into_bytes()));
+        let partition = entry.original_partition.unwrap_or(message.partition());
+        let marks = vec![(REDRIVE_HEADER.into(), entry.id.clone().into_bytes())];
         let ack = publisher
-            .enqueue(RawRecord {
-                topic: topic.clone(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers,
-                partition: entry.original_partition,
-            })
+            .enqueue(resend(message, topic, partition, marks))
             .await?;
         pending.push((entry.id.clone(), ack));
     }
@@ -291,7 +287,7 @@ async fn read_ledger(tools: &Tools) -> anyhow::Result<HashMap<String, Mark>> {
     .await
     {
         Ok(reader) => reader,
-        Err(err) if err.to_string().contains("does not exist") => return Ok(ledger),
+        Err(err) if err.is::<NoSuchTopic>() => return Ok(ledger),
         Err(err) => return Err(err),
     };
     let mut skipped = 0;
@@ -352,9 +348,7 @@ fn entry(message: OwnedMessage, ledger: &HashMap<String, Mark>, now: i64) -> Ent
         attempts: text("erpstream.attempts")
             .and_then(|t| t.parse().ok())
             .unwrap_or(0),
-        failed_at: chrono::DateTime::from_timestamp_millis(failed_at)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default(),
+        failed_at: rfc3339(failed_at),
         age_seconds: (now - failed_at).max(0) / 1000,
         original_topic,
         state,

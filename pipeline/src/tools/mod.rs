@@ -18,12 +18,13 @@ mod report;
 pub mod tail;
 mod time;
 
-pub use read::{From, TopicReader, Until, newest_offsets};
+pub use read::{From, NoSuchTopic, TopicReader, Until, newest_offsets};
 pub use report::{Progress, Records, json_record};
-pub use time::parse_time;
+pub use time::{parse_time, rfc3339};
 
-use erpstream_connectors::kafka::KafkaConfig;
+use erpstream_connectors::kafka::{KafkaConfig, RawRecord, headers_of};
 use erpstream_schemas::Codec;
+use rdkafka::message::{Message, OwnedMessage};
 
 use crate::topology::Topology;
 
@@ -75,5 +76,26 @@ impl Tools {
             .topics
             .get(logical)
             .is_some_and(|t| t.compacted)
+    }
+}
+
+/// `message` again for `topic`, in `partition`: its key, value and headers, without the
+/// `erpstream.*` ones of an earlier failure or operation, plus `marks` (the headers that name
+/// this operation). Replays and redrives publish these.
+pub fn resend(
+    message: &OwnedMessage,
+    topic: &str,
+    partition: i32,
+    marks: Vec<(String, Vec<u8>)>,
+) -> RawRecord {
+    let mut headers = headers_of(message);
+    headers.retain(|(k, _)| !k.starts_with("erpstream."));
+    headers.extend(marks);
+    RawRecord {
+        topic: topic.to_string(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers,
+        partition: Some(partition),
     }
 }

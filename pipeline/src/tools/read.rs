@@ -19,6 +19,11 @@ const STALL: Duration = Duration::from_secs(60);
 /// a partition's timestamps may step back a little.
 const LATE: i64 = 60_000;
 
+/// The topic to read is not on the broker.
+#[derive(Debug, thiserror::Error)]
+#[error("topic {0} does not exist on the broker")]
+pub struct NoSuchTopic(pub String);
+
 /// Where reading starts in every partition.
 #[derive(Debug, Clone)]
 pub enum From {
@@ -239,7 +244,7 @@ fn plan(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        bail!("topic {topic} does not exist on the broker");
+        return Err(NoSuchTopic(topic.to_string()).into());
     }
     let mut watermarks = HashMap::new();
     for &partition in &partitions {

@@ -33,7 +33,7 @@ use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{Progress, Tools};
+use super::{Progress, Tools, rfc3339};
 
 /// Column names read as the sku.
 pub const SKU: &[&str] = &["sku", "item_code", "part_num", "partnum", "item"];
@@ -759,12 +759,6 @@ pub fn write_report(report: &Report, path: &PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("could not create {}", path.display()))?;
     serde_json::to_writer_pretty(std::io::BufWriter::new(file), report)?;
     Ok(())
-}
-
-fn rfc3339(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,13 +14,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use erpstream_connectors::kafka::{Publisher, RawRecord, headers_of};
+use erpstream_connectors::kafka::Publisher;
 use erpstream_connectors::sinks::{planning_pg, storefront_webhook};
 use erpstream_schemas::EventKind;
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 
-use super::{From, Progress, Records, Tools, TopicReader, Until, json_record, newest_offsets};
+use super::{
+    From, Progress, Records, Tools, TopicReader, Until, json_record, newest_offsets, resend,
+    rfc3339,
+};
 use crate::topology::SinkConfig;
 
 /// Header marking a re-published record with the replay's id.
@@ -321,33 +324,18 @@ async fn republish(
         if dry_run {
             continue;
         }
-        let mut headers = headers_of(&message);
-        headers.retain(|(k, _)| !k.starts_with("erpstream."));
-        headers.push((REPLAY_HEADER.into(), replay_id.clone().into_bytes()));
-        headers.push((
-            format!("{REPLAY_HEADER}.of"),
-            format!("{topic}/{}/{}", message.partition(), message.offset()).into_bytes(),
-        ));
-        pending.push(
-            publisher
-                .enqueue(RawRecord {
-                    topic: topic.to_string(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                    headers,
-                    partition: Some(message.partition()),
-                })
-                .await?,
-        );
+        let marks = vec![
+            (REPLAY_HEADER.into(), replay_id.clone().into_bytes()),
+            (
+                format!("{REPLAY_HEADER}.of"),
+                format!("{topic}/{}/{}", message.partition(), message.offset()).into_bytes(),
+            ),
+        ];
+        let record = resend(&message, topic, message.partition(), marks);
+        pending.push(publisher.enqueue(record).await?);
     }
     let republished = pending.len() as u64;
     futures::future::try_join_all(pending).await?;
     progress.finish();
     Ok((republished, superseded))
-}
-
-fn rfc3339(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }

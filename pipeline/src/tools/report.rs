@@ -34,8 +34,7 @@ pub async fn json_record(codec: &Codec, message: &OwnedMessage, headers: bool) -
         message
             .timestamp()
             .to_millis()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+            .map(|t| Value::String(super::rfc3339(t)))
             .unwrap_or(Value::Null),
     );
     out.insert(

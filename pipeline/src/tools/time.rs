@@ -39,6 +39,14 @@ fn parse_at(text: &str, now: i64) -> anyhow::Result<i64> {
     }
 }
 
+/// Epoch milliseconds as RFC 3339 with milliseconds (`2026-11-27T10:00:00.000Z`); empty
+/// when out of range.
+pub fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
