@@ -122,10 +122,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut chunks = messages.chunks(args.batch_size);
         let decode = |chunk: &[OwnedMessage], stored: &Offsets| {
             let (writer, chunk, stored) = (writer.clone(), chunk.to_vec(), stored.clone());
-            tokio::spawn(async move { writer.prepare(chunk, &stored).await })
+            tokio::spawn(async move {
+                writer
+                    .prepare(chunk, &stored, &mut erpstream_connectors::kafka::never())
+                    .await
+            })
         };
         let mut current = match chunks.next() {
-            Some(chunk) => Some(decode(chunk, &stored).await?),
+            Some(chunk) => decode(chunk, &stored).await?,
             None => None,
         };
         while let Some(mut prepared) = current.take() {
@@ -134,7 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             writer.write(&mut db, &mut prepared, &mut stored).await?;
             batches.push(at.elapsed().as_secs_f64() * 1000.0);
             current = match next {
-                Some(handle) => Some(handle.await?),
+                Some(handle) => handle.await?,
                 None => None,
             };
         }

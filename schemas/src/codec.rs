@@ -70,14 +70,17 @@ impl CodecError {
     }
 
     fn registry(err: SRCError) -> Self {
-        let message = match &err.cause {
-            Some(cause) => format!("{}: {cause}", err.error),
-            None => err.error.clone(),
-        };
         CodecError::Registry {
-            message,
+            message: registry_message(&err),
             retriable: err.retriable,
         }
+    }
+}
+
+fn registry_message(err: &SRCError) -> String {
+    match &err.cause {
+        Some(cause) => format!("{}: {cause}", err.error),
+        None => err.error.clone(),
     }
 }
 
@@ -261,15 +264,32 @@ impl Codec {
             .decoder
             .decode_with_schema(Some(payload))
             .await
-            .map_err(|e| {
-                if e.retriable {
-                    CodecError::registry(e)
-                } else {
-                    CodecError::Decode(e.error)
-                }
-            })?
+            .map_err(|e| self.lookup_error(e))?
             .ok_or_else(|| CodecError::Decode("empty record".into()))?;
         Ok((decoded.value, decoded.schema))
+    }
+}
+
+impl Codec {
+    /// Classifies a failed writer-schema lookup. The registry client calls only network
+    /// errors, 502 and 503 retriable and caches every other failure for good; a 500 or 504
+    /// is an outage of the registry (its database restarting) as well, so it is retriable
+    /// here and dropped from the client's cache, or one blip would make every record of that
+    /// schema undecodable until a restart. What stays: the schema does not exist (404) or
+    /// does not parse — the record itself is at fault.
+    fn lookup_error(&self, err: SRCError) -> CodecError {
+        let server_error = err.error.contains("failed with status 5");
+        if err.retriable || server_error {
+            if !err.retriable {
+                self.inner.decoder.remove_errors_from_cache();
+            }
+            CodecError::Registry {
+                message: registry_message(&err),
+                retriable: true,
+            }
+        } else {
+            CodecError::Decode(err.error)
+        }
     }
 }
 

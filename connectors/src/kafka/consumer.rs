@@ -1,5 +1,4 @@
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
@@ -9,27 +8,74 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::KafkaConfig;
+use crate::component::Readiness;
 
-/// A group consumer whose context records revoked partitions.
+/// A group consumer whose context follows its assignment.
 pub type GroupConsumer = StreamConsumer<TrackingContext>;
 
-/// Remembers partitions taken away by a rebalance, so that state kept for them is dropped
-/// and restored afresh if they come back, and whether the consumer has joined its group.
-#[derive(Default, Clone)]
+/// Follows a group consumer's assignment: remembers partitions taken away by a rebalance
+/// (so state kept for them is dropped, and restored afresh if they come back) and keeps the
+/// component's [`Readiness`] true to it.
+///
+/// The consumer is not ready from the moment a rebalance revokes partitions until the next
+/// assignment arrives and, for a component that keeps state per partition, until the
+/// component says that state is restored ([`restored`](Self::restored)) for that very
+/// assignment: a later rebalance in between keeps it not ready.
+#[derive(Clone)]
 pub struct TrackingContext {
-    revoked: Arc<Mutex<HashSet<(String, i32)>>>,
-    joined: Arc<AtomicBool>,
+    tracking: Arc<Mutex<Tracking>>,
+    readiness: Readiness,
+    /// Whether the component restores state for what it is assigned.
+    stateful: bool,
+}
+
+#[derive(Default)]
+struct Tracking {
+    revoked: HashSet<(String, i32)>,
+    /// Counts assignments; the restore a component reports is for one of them.
+    generation: u64,
+    assigned: bool,
 }
 
 impl TrackingContext {
-    /// Set once the group gave this consumer its (possibly empty) assignment.
-    pub fn joined(&self) -> Arc<AtomicBool> {
-        self.joined.clone()
+    /// A context reporting to `readiness`; `stateful`: the component restores state for its
+    /// partitions before it is ready (see [`restored`](Self::restored)).
+    pub fn new(readiness: Readiness, stateful: bool) -> Self {
+        readiness.not_ready("joining its consumer group");
+        Self {
+            tracking: Arc::default(),
+            readiness,
+            stateful,
+        }
+    }
+
+    /// The readiness this context keeps.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> HashSet<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.lock().revoked)
+    }
+
+    /// The current assignment's number: read it before restoring, hand it to
+    /// [`restored`](Self::restored) after.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The component restored its state for assignment `generation`; it is ready unless a
+    /// rebalance came since.
+    pub fn restored(&self, generation: u64) {
+        let tracking = self.lock();
+        if tracking.assigned && tracking.generation == generation {
+            self.readiness.ready();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracking> {
+        self.tracking.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -38,23 +84,49 @@ impl ClientContext for TrackingContext {}
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tracking = self.lock();
+            tracking.assigned = false;
             for element in list.elements() {
-                revoked.insert((element.topic().to_string(), element.partition()));
+                tracking
+                    .revoked
+                    .insert((element.topic().to_string(), element.partition()));
             }
+            self.readiness.not_ready(format!(
+                "rebalancing: {} partition(s) revoked, waiting for the new assignment",
+                list.count()
+            ));
             tracing::info!(partitions = list.count(), "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            self.joined.store(true, Ordering::SeqCst);
-            tracing::info!(partitions = list.count(), "partitions assigned");
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let mut tracking = self.lock();
+                tracking.generation += 1;
+                tracking.assigned = true;
+                if self.stateful && list.count() > 0 {
+                    self.readiness.not_ready(format!(
+                        "restoring state for {} assigned partition(s)",
+                        list.count()
+                    ));
+                } else {
+                    self.readiness.ready();
+                }
+                tracing::info!(partitions = list.count(), "partitions assigned");
+            }
+            Rebalance::Error(err) => {
+                self.readiness.not_ready(format!("rebalance failed: {err}"));
+                tracing::warn!(error = %err, "rebalance failed");
+            }
+            Rebalance::Revoke(_) => {}
         }
     }
 }
 
-/// A consumer in group `group_id` that stores offsets only when told to.
+/// A consumer in group `group_id` that stores offsets only when told to; `context` follows
+/// its assignment (the consumer's [`context()`](rdkafka::consumer::Consumer::context) hands
+/// it back).
 ///
 /// With `kafka.instance_id` set, the member is static (`group.instance.id` =
 /// `<group>.<instance_id>`): a restarted process takes its partitions back at once instead
@@ -63,8 +135,8 @@ pub fn group_consumer(
     config: &KafkaConfig,
     group_id: &str,
     client_id: &str,
-) -> Result<(GroupConsumer, TrackingContext), KafkaError> {
-    let context = TrackingContext::default();
+    context: TrackingContext,
+) -> Result<GroupConsumer, KafkaError> {
     let mut client = config.client_config(client_id);
     if let Some(instance) = &config.instance_id {
         client.set("group.instance.id", format!("{group_id}.{instance}"));
@@ -82,8 +154,8 @@ pub fn group_consumer(
         .set("fetch.min.bytes", "1")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .create_with_context(context.clone())?;
-    Ok((consumer, context))
+        .create_with_context(context)?;
+    Ok(consumer)
 }
 
 /// Commits the stored offsets synchronously at shutdown; "nothing stored since the last

@@ -1,6 +1,9 @@
 //! The Kafka transport every component shares: one configuration, an acknowledged
 //! producer, group consumers with manual offset storage, changelog-backed state and topic
-//! creation.
+//! creation — and the consumer kit every consuming component is built from: offsets stored
+//! only behind durable effects ([`OffsetTracker`]), waiting out outages instead of skipping
+//! records ([`retrying`], [`decode`]), dead letters with one set of headers
+//! ([`DeadLetter`], [`headers`]).
 //!
 //! Contract: a [`Publisher`] send completes only when the broker has acknowledged the record
 //! (`acks=all`, idempotent producer unless `kafka.idempotence` is off); consumers never store an offset on their own
@@ -14,24 +17,36 @@ mod changelog;
 mod config;
 mod consumer;
 mod dead_letter;
+pub mod headers;
+mod offsets;
 mod producer;
+mod retrying;
 
 pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::Changelog;
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
-pub use dead_letter::{ERROR_TYPE_HEADER, Failure, dead_letter, headers_of};
+pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
+pub use headers::{header, headers_of, trace_of};
+pub use offsets::OffsetTracker;
 pub use producer::{Ack, PendingAck, PublishError, Publisher, RawRecord};
+pub use retrying::{Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
 
 /// Kafka header carrying the W3C trace context.
-pub const TRACEPARENT_HEADER: &str = erpstream_schemas::trace::HEADER;
+pub const TRACEPARENT_HEADER: &str = headers::TRACEPARENT;
 
-/// Reads a header's value from a consumed message.
-pub fn header<'a, M: rdkafka::message::Message>(message: &'a M, name: &str) -> Option<&'a [u8]> {
-    use rdkafka::message::Headers;
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
+/// Decodes a consumed record's value as `E`, waiting out a registry outage (a writer
+/// schema this process has not cached yet cannot be fetched). `None` if shutdown came
+/// first; `Some(Err)` if the bytes can never be decoded as `E` (dead-letter the record).
+pub async fn decode<E: erpstream_schemas::Event>(
+    codec: &erpstream_schemas::Codec,
+    payload: &[u8],
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Result<E, erpstream_schemas::CodecError>> {
+    retrying(
+        "decoding a record through the schema registry",
+        shutdown,
+        || codec.decode::<E>(payload),
+    )
+    .await
 }

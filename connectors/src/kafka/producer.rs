@@ -33,6 +33,16 @@ pub struct RawRecord {
     pub partition: Option<i32>,
 }
 
+impl RawRecord {
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
 /// The broker's acknowledgement of a queued record, still to come.
 pub type PendingAck = futures::future::BoxFuture<'static, Result<Ack, PublishError>>;
 

@@ -1,22 +1,26 @@
 //! The consumer task that runs one processor chain: consume a batch, process it record by
 //! record, make its effects durable in order (emitted records, then changelogs from the last
 //! processor of the chain to the first), then store the batch's offsets.
+//!
+//! A record whose writer schema cannot be fetched (the registry is down) is waited for, not
+//! skipped: nothing after it in the batch is processed before it, and no offset of the
+//! batch is stored before all of it is durable. A shutdown during the wait drops the
+//! batch's effects; the batch is read again after the restart.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use erpstream_connectors::component::Readiness;
 use erpstream_connectors::kafka::{
-    Changelog, GroupConsumer, Publisher, RawRecord, TRACEPARENT_HEADER, TrackingContext,
+    self, Changelog, DeadLetter, Failure, GroupConsumer, OffsetTracker, PublishError, Publisher,
+    RawRecord, TrackingContext,
 };
 use erpstream_connectors::metrics as m;
-use erpstream_schemas::{Codec, CodecError, EventKind, Traceparent};
+use erpstream_schemas::{Codec, CodecError, EventKind};
 use futures::StreamExt;
 use futures::future::join_all;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::{Decoded, Effects, Emit, Processor, Record};
@@ -26,11 +30,25 @@ const MAX_BATCH: usize = 1_000;
 /// How often processors get a [`Processor::tick`].
 const TICK: Duration = Duration::from_secs(1);
 
+/// Why a processor chain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The consumer could not subscribe.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker refused an effect for good (too large, not authorized): the batch can
+    /// neither be made durable nor skipped.
+    #[error("an effect of the batch cannot be published: {0}")]
+    Publish(#[from] PublishError),
+    /// An emitted record does not fit its contract (a defect).
+    #[error("an emitted record cannot be encoded: {0}")]
+    Encode(#[from] CodecError),
+}
+
 /// One processor chain and its consumer.
 pub struct StreamTask {
     name: String,
     consumer: GroupConsumer,
-    context: TrackingContext,
     /// Broker-side input topic → its contract and dead-letter topic.
     inputs: HashMap<String, (EventKind, String)>,
     chain: Vec<Box<dyn Processor>>,
@@ -38,45 +56,48 @@ pub struct StreamTask {
     publisher: Publisher,
     codec: Codec,
     restored: HashSet<i32>,
-    ready: Arc<AtomicBool>,
+    offsets: OffsetTracker,
 }
 
 impl StreamTask {
     /// A task over `inputs` (broker topic, contract, dead-letter topic) running `chain`,
-    /// whose processor `i` persists to `changelogs[i]`.
+    /// whose processor `i` persists to `changelogs[i]`; its consumer joins group `group`.
     pub fn new(
         name: String,
-        (consumer, context): (GroupConsumer, TrackingContext),
+        kafka_config: &kafka::KafkaConfig,
+        group: &str,
         inputs: Vec<(String, EventKind, String)>,
         chain: Vec<Box<dyn Processor>>,
         changelogs: Vec<Changelog>,
         publisher: Publisher,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, TaskError> {
+        let context = TrackingContext::new(Readiness::not_yet("starting"), true);
+        let consumer = kafka::group_consumer(kafka_config, group, &name, context)?;
+        Ok(Self {
             name,
             consumer,
-            context,
             inputs: inputs.into_iter().map(|(t, k, d)| (t, (k, d))).collect(),
             chain,
             changelogs,
             codec: publisher.codec().clone(),
             publisher,
             restored: HashSet::new(),
-            ready: Arc::new(AtomicBool::new(false)),
-        }
+            offsets: OffsetTracker::default(),
+        })
     }
 
-    /// Turns true once the group assigned this task its partitions and their state is
+    /// Ready while the group's assignment is held and every processor's state for it is
     /// restored (for `/readyz`).
-    pub fn ready(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
+    pub fn readiness(&self) -> Readiness {
+        self.context().readiness()
+    }
+
+    fn context(&self) -> &TrackingContext {
+        self.consumer.context()
     }
 
     /// Runs until `shutdown` turns true; the batch in progress is finished first.
-    pub async fn run(
-        mut self,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
         let topics: Vec<String> = self.inputs.keys().cloned().collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
@@ -88,7 +109,7 @@ impl StreamTask {
                 let mut stream = self.consumer.stream().ready_chunks(MAX_BATCH);
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed() => break,
+                    _ = kafka::shutdown_requested(&mut shutdown) => break,
                     _ = ticker.tick() => None,
                     batch = stream.next() => match batch {
                         Some(batch) => Some(batch.into_iter().filter_map(|m| match m {
@@ -103,16 +124,16 @@ impl StreamTask {
                 }
             };
             let Some(batch) = batch else {
-                self.tick(&mut shutdown).await;
+                self.tick(&mut shutdown).await?;
                 continue;
             };
             if batch.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            self.process_batch(batch, &mut shutdown).await;
+            self.process_batch(batch, &mut shutdown).await?;
         }
-        erpstream_connectors::kafka::commit_stored(&self.consumer);
+        kafka::commit_stored(&self.consumer);
         Ok(())
     }
 
@@ -120,18 +141,16 @@ impl StreamTask {
         &mut self,
         batch: Vec<OwnedMessage>,
         shutdown: &mut watch::Receiver<bool>,
-    ) {
-        self.sync_assignment(batch.iter().map(|m| m.partition()))
-            .await;
+    ) -> Result<(), TaskError> {
+        if !self
+            .sync_assignment(batch.iter().map(|m| m.partition()), shutdown)
+            .await
+        {
+            return Ok(());
+        }
         let mut effects = Effects::default();
-        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut dead_letters = Vec::new();
-        for message in batch {
-            let partition = message.partition();
-            offsets.insert(
-                (message.topic().to_string(), partition),
-                message.offset() + 1,
-            );
+        for message in &batch {
             metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.name.clone(),
                 m::COMPONENT_TYPE => "processor")
             .increment(1);
@@ -142,45 +161,48 @@ impl StreamTask {
                 .increment(1);
                 continue;
             }
-            match self.decode(&message).await {
-                Ok(record) => {
+            match self.decode(message, shutdown).await {
+                // Shutdown while the registry is away: nothing of this batch is durable or
+                // stored; it is read again after the restart.
+                None => return Ok(()),
+                Some(Ok(record)) => {
                     for (index, processor) in self.chain.iter_mut().enumerate() {
                         if !processor.process(index, &record, &mut effects) {
                             break;
                         }
                     }
                 }
-                Err(err) if err.is_retriable() => {
-                    // The registry is unreachable: retry this record rather than skip it.
-                    tracing::warn!(error = %err, "decode needs the registry; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    offsets.remove(&(message.topic().to_string(), partition));
-                    self.seek_back(&message);
-                    break;
-                }
-                Err(err) => dead_letters.push((message, err.to_string())),
+                Some(Err(err)) => dead_letters.push((message, err.to_string())),
             }
         }
-        if !self.make_durable(effects, dead_letters, shutdown).await {
-            return;
+        if !self.make_durable(effects, dead_letters, shutdown).await? {
+            return Ok(());
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in offsets {
-            let _ = list.add_partition_offset(&topic, partition, Offset::Offset(next));
+        for message in &batch {
+            self.offsets
+                .take(message.topic(), message.partition(), message.offset(), 0);
         }
-        if let Err(err) = self.consumer.store_offsets(&list) {
-            tracing::debug!(error = %err, "offset store refused (partition revoked?)");
-        }
+        self.offsets.store(&self.consumer);
+        Ok(())
     }
 
     /// Forgets revoked partitions and restores every assigned (or `seen`) partition not
-    /// restored yet, in one pass. Runs before each batch and on each tick, so the state
-    /// (and the snapshot API) is complete soon after start even when no record arrives.
-    async fn sync_assignment(&mut self, seen: impl Iterator<Item = i32>) {
-        for (_, partition) in self.context.take_revoked() {
-            self.restored.remove(&partition);
-            for processor in &mut self.chain {
-                processor.revoke(partition);
+    /// restored yet, in one pass, every processor's changelog side by side. Runs before each
+    /// batch and on each tick, so the state (and the snapshot API) is complete soon after an
+    /// assignment even when no record arrives; the task is ready once it is. `false` if
+    /// shutdown interrupted the restore.
+    async fn sync_assignment(
+        &mut self,
+        seen: impl Iterator<Item = i32>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let generation = self.context().generation();
+        for (topic, partition) in self.context().take_revoked() {
+            self.offsets.revoke(&topic, partition);
+            if self.restored.remove(&partition) {
+                for processor in &mut self.chain {
+                    processor.revoke(partition);
+                }
             }
         }
         let mut unrestored: BTreeSet<i32> = seen.filter(|p| !self.restored.contains(p)).collect();
@@ -193,53 +215,54 @@ impl StreamTask {
                     .filter(|p| !self.restored.contains(p)),
             );
         }
-        if !unrestored.is_empty() {
-            self.restore(&unrestored.into_iter().collect::<Vec<_>>())
-                .await;
+        if !unrestored.is_empty()
+            && !self
+                .restore(&unrestored.into_iter().collect::<Vec<_>>(), shutdown)
+                .await
+        {
+            return false;
         }
-        if self.context.joined().load(Ordering::SeqCst) {
-            self.ready.store(true, Ordering::SeqCst);
-        }
+        self.context().restored(generation);
+        true
     }
 
     /// Lets every processor make its time-driven changes and makes them durable.
-    async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) {
-        self.sync_assignment(std::iter::empty()).await;
+    async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), TaskError> {
+        if !self.sync_assignment(std::iter::empty(), shutdown).await {
+            return Ok(());
+        }
         let now = erpstream_schemas::now_millis();
         let mut effects = Effects::default();
         for (index, processor) in self.chain.iter_mut().enumerate() {
             processor.tick(index, now, &mut effects);
         }
         if !effects.emit.is_empty() || !effects.changelog.is_empty() {
-            self.make_durable(effects, Vec::new(), shutdown).await;
+            self.make_durable(effects, Vec::new(), shutdown).await?;
         }
+        Ok(())
     }
 
-    fn seek_back(&self, message: &OwnedMessage) {
-        if let Err(err) = self.consumer.seek(
-            message.topic(),
-            message.partition(),
-            Offset::Offset(message.offset()),
-            Duration::from_secs(5),
-        ) {
-            tracing::warn!(error = %err, "seek failed");
+    /// Restores `partitions` of every processor, the changelogs read side by side; `false`
+    /// if shutdown came first.
+    async fn restore(&mut self, partitions: &[i32], shutdown: &mut watch::Receiver<bool>) -> bool {
+        let reads = self.changelogs.iter().map(|changelog| {
+            let mut shutdown = shutdown.clone();
+            async move {
+                kafka::retrying("restoring processor state", &mut shutdown, || {
+                    changelog.restore(partitions)
+                })
+                .await
+            }
+        });
+        let mut states = Vec::with_capacity(self.chain.len());
+        for read in join_all(reads).await {
+            match read {
+                Some(Ok(state)) => states.push(state),
+                // KafkaError is always retriable: only shutdown ends the wait.
+                Some(Err(_)) | None => return false,
+            }
         }
-    }
-
-    async fn restore(&mut self, partitions: &[i32]) {
-        for (processor, changelog) in self.chain.iter_mut().zip(&self.changelogs) {
-            let mut attempt = 0u32;
-            let mut restored = loop {
-                match changelog.restore(partitions).await {
-                    Ok(restored) => break restored,
-                    Err(err) => {
-                        attempt += 1;
-                        tracing::warn!(error = %err, attempt, "state restore failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
-                            .await;
-                    }
-                }
-            };
+        for (processor, mut restored) in self.chain.iter_mut().zip(states) {
             for &partition in partitions {
                 let entries = restored.remove(&partition).unwrap_or_default();
                 tracing::info!(
@@ -252,33 +275,43 @@ impl StreamTask {
             }
         }
         self.restored.extend(partitions.iter().copied());
+        true
     }
 
-    async fn decode(&self, message: &OwnedMessage) -> Result<Record, CodecError> {
+    /// Decodes a record for the chain, waiting out a registry outage; `None` on shutdown,
+    /// `Some(Err)` if it can never be decoded.
+    async fn decode(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Result<Record, CodecError>> {
         let (kind, _) = self.inputs[message.topic()];
         let payload = message.payload().unwrap_or_default();
+        let codec = &self.codec;
         let event = match kind {
-            EventKind::InventoryChange => {
-                Decoded::InventoryChange(self.codec.decode(payload).await?)
-            }
-            EventKind::CatalogUpdate => Decoded::CatalogUpdate(self.codec.decode(payload).await?),
-            EventKind::SalesOrder => Decoded::SalesOrder(self.codec.decode(payload).await?),
-            EventKind::InventoryAvailable => {
-                Decoded::InventoryAvailable(self.codec.decode(payload).await?)
-            }
-            EventKind::InventoryAdjustment => {
-                Decoded::InventoryAdjustment(self.codec.decode(payload).await?)
-            }
-            EventKind::Reservation => Decoded::Reservation(self.codec.decode(payload).await?),
-            EventKind::DemandActual => Decoded::DemandActual(self.codec.decode(payload).await?),
+            EventKind::InventoryChange => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::InventoryChange),
+            EventKind::CatalogUpdate => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::CatalogUpdate),
+            EventKind::SalesOrder => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::SalesOrder),
+            EventKind::InventoryAvailable => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::InventoryAvailable),
+            EventKind::InventoryAdjustment => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::InventoryAdjustment),
+            EventKind::Reservation => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::Reservation),
+            EventKind::DemandActual => kafka::decode(codec, payload, shutdown)
+                .await?
+                .map(Decoded::DemandActual),
         };
-        let headers = erpstream_connectors::kafka::headers_of(message);
-        let trace = headers
-            .iter()
-            .find(|(k, _)| k == TRACEPARENT_HEADER)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .and_then(Traceparent::parse);
-        Ok(Record {
+        Some(event.map(|event| Record {
             topic: message.topic().to_string(),
             partition: message.partition(),
             offset: message.offset(),
@@ -286,65 +319,57 @@ impl StreamTask {
                 topic: message.topic().to_string(),
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec),
-                headers,
+                headers: kafka::headers_of(message),
                 partition: None,
             },
-            trace,
+            trace: kafka::trace_of(message),
             event,
-        })
+        }))
     }
 
     /// Publishes emitted records and dead letters, then changelog writes from the last
-    /// processor back to the first, retrying until each is acknowledged: skipping one would
-    /// lose data, and stopping halfway is safe because the offsets are not stored yet.
+    /// processor back to the first, waiting out broker outages: skipping one would lose
+    /// data, and stopping halfway is safe because the offsets are not stored yet. `false` if
+    /// shutdown interrupted it; an error the broker will never accept stops the task.
     async fn make_durable(
         &self,
         effects: Effects,
-        dead_letters: Vec<(OwnedMessage, String)>,
+        dead_letters: Vec<(&OwnedMessage, String)>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Result<bool, TaskError> {
         let mut records = Vec::with_capacity(effects.emit.len() + dead_letters.len());
         for emit in effects.emit {
             match emit {
                 Emit::Raw(raw) => records.push(raw),
                 Emit::Available(topic, event, trace) => {
-                    let payload = loop {
-                        match self.codec.encode(&topic, event.as_ref()).await {
-                            Ok(payload) => break payload,
-                            Err(err) => {
-                                tracing::error!(error = %err, "encode failed; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
+                    let encoded = kafka::retrying("encoding inventory.available", shutdown, || {
+                        self.codec.encode(&topic, event.as_ref())
+                    })
+                    .await;
+                    let payload = match encoded {
+                        None => return Ok(false),
+                        Some(result) => result?,
                     };
                     records.push(RawRecord {
                         topic,
                         key: Some(event.sku.clone().into_bytes()),
                         payload: Some(payload),
-                        headers: vec![(
-                            TRACEPARENT_HEADER.to_string(),
-                            trace.to_string().into_bytes(),
-                        )],
+                        headers: vec![kafka::headers::trace_header(&trace)],
                         partition: None,
                     });
                 }
             }
         }
         for (message, error) in dead_letters {
-            let dlq = self.inputs[message.topic()].1.clone();
+            let dlq = &self.inputs[message.topic()].1;
             metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
             tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
-            records.push(erpstream_connectors::kafka::dead_letter(
-                &message,
-                &dlq,
-                erpstream_connectors::kafka::Failure::Undecodable,
-                &error,
-                &self.name,
-                1,
-            ));
+            records.push(
+                DeadLetter::new(Failure::Undecodable, &error, &self.name).of_record(message, dlq),
+            );
         }
-        if !self.send_all(records, shutdown).await {
-            return false;
+        if !self.send_all(records, shutdown).await? {
+            return Ok(false);
         }
         for index in (0..self.chain.len()).rev() {
             let writes: Vec<RawRecord> = effects
@@ -359,50 +384,52 @@ impl StreamTask {
                     partition: Some(*partition),
                 })
                 .collect();
-            if !self.send_all(writes, shutdown).await {
-                return false;
+            if !self.send_all(writes, shutdown).await? {
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
     }
 
-    /// Sends every record, retrying failures; `false` if shutdown interrupted it.
+    /// Sends every record, re-sending the ones that failed until all are acknowledged;
+    /// `false` if shutdown interrupted it.
     async fn send_all(
         &self,
         records: Vec<RawRecord>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let mut pending = records;
-        let mut wait = Duration::from_millis(100);
-        while !pending.is_empty() {
+    ) -> Result<bool, PublishError> {
+        let pending = std::sync::Mutex::new(records);
+        let sent = kafka::retrying("publishing a batch's effects", shutdown, || async {
+            let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
             // Sends are queued in order, so records of one key keep their order.
-            let results = join_all(pending.iter().cloned().map(|r| self.publisher.send(r))).await;
-            let failed: Vec<RawRecord> = pending
-                .into_iter()
-                .zip(results)
-                .filter_map(|(record, result)| match result {
-                    Ok(_) => None,
-                    Err(err) => {
-                        tracing::warn!(topic = %record.topic, error = %err, "publish failed; retrying");
-                        Some(record)
+            let results = join_all(batch.iter().cloned().map(|r| self.publisher.send(r))).await;
+            let mut failed = Vec::new();
+            let mut error: Option<PublishError> = None;
+            for (record, result) in batch.into_iter().zip(results) {
+                if let Err(err) = result {
+                    failed.push(record);
+                    // A failure that lasts is the one to report.
+                    if error.as_ref().is_none_or(|e| e.is_retriable()) {
+                        error = Some(err);
                     }
-                })
-                .collect();
-            if failed.is_empty() {
-                return true;
+                }
             }
-            metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor",
-                m::ERROR_TYPE => "publish", m::STAGE => "emit").increment(failed.len() as u64);
-            if *shutdown.borrow() {
+            if !failed.is_empty() {
+                metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor",
+                    m::ERROR_TYPE => "publish", m::STAGE => "emit").increment(failed.len() as u64);
+            }
+            *pending.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+            error.map_or(Ok(()), Err)
+        })
+        .await;
+        match sent {
+            None => {
                 tracing::warn!(
                     "shutting down with unpublished effects; the batch will be re-processed after restart"
                 );
-                return false;
+                Ok(false)
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-            pending = failed;
+            Some(result) => result.map(|()| true),
         }
-        true
     }
 }

@@ -1,10 +1,12 @@
 //! Operations endpoints: `/metrics` (Prometheus), `/healthz` (the process answers),
 //! `/readyz` (the broker, the registry and every database a component uses are reachable,
-//! and every consumer has joined its group and restored its state: a pipeline that answers
-//! ready processes what it is sent without waiting for a rebalance).
+//! and every component says it can work: each consumer holds its group's assignment and the
+//! state for it is restored, so a pipeline that answers ready processes what it is sent
+//! without waiting for a rebalance; `not_ready` names the components that cannot, and
+//! `reasons` says why).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,6 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use erpstream_connectors::component::Readiness;
 use erpstream_connectors::kafka::Publisher;
 use erpstream_connectors::sources::planning_api::PlanningApi;
 use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
@@ -43,7 +46,7 @@ struct Ops {
     registry_url: String,
     client: reqwest::Client,
     apis: Vec<Store>,
-    components: Arc<Vec<(String, Arc<AtomicBool>)>>,
+    components: Arc<Vec<(String, Readiness)>>,
 }
 
 /// The operations routes.
@@ -52,7 +55,7 @@ pub fn operations(
     publisher: Publisher,
     registry_url: &str,
     apis: Vec<Store>,
-    components: Vec<(String, Arc<AtomicBool>)>,
+    components: Vec<(String, Readiness)>,
 ) -> Router {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -95,12 +98,12 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
     for api in &ops.apis {
         database &= api.reachable().await;
     }
-    let not_ready: Vec<&str> = ops
+    let reasons: BTreeMap<&str, String> = ops
         .components
         .iter()
-        .filter(|(_, ready)| !ready.load(Ordering::SeqCst))
-        .map(|(name, _)| name.as_str())
+        .filter_map(|(name, readiness)| Some((name.as_str(), readiness.status().err()?)))
         .collect();
+    let not_ready: Vec<&str> = reasons.keys().copied().collect();
     let status = if broker && registry && database && not_ready.is_empty() {
         StatusCode::OK
     } else {
@@ -114,6 +117,7 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
             "checks": {"broker": word(broker), "registry": word(registry),
                 "database": word(database)},
             "not_ready": not_ready,
+            "reasons": reasons,
         })),
     )
 }

@@ -76,6 +76,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A processor chain could not be built.
+    #[error(transparent)]
+    Task(#[from] crate::processors::task::TaskError),
     /// A component stopped with an error.
     #[error("component {0} failed: {1}")]
     Component(String, String),
@@ -128,7 +131,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let (processors, views) = processor_tasks(&topology, &publisher)?;
     let mut readiness = Vec::new();
     for (name, task) in processors {
-        readiness.push((name.clone(), task.ready()));
+        readiness.push((name.clone(), task.readiness()));
         let span =
             tracing::info_span!("component", component_kind = "processor", component_id = %name);
         let rx = shutdown_rx.clone();
@@ -178,7 +181,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                 let source =
                     PgCdcSource::build(id, &state_key, config.clone(), tables, publisher.clone())?;
                 preflight(&source).await?;
-                readiness.push((id.clone(), source.ready()));
+                readiness.push((id.clone(), source.readiness()));
                 let span = tracing::info_span!("component", component_kind = "source",
                     component_id = %id, component_type = pg_cdc::TYPE);
                 let (name, rx) = (id.clone(), shutdown_rx.clone());
@@ -225,7 +228,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     resources,
                     publisher.clone(),
                 )?;
-                readiness.push((id.clone(), source.ready()));
+                readiness.push((id.clone(), source.readiness()));
                 let span = tracing::info_span!("component", component_kind = "source",
                     component_id = %id, component_type = rest_poll::TYPE);
                 let (name, rx) = (id.clone(), shutdown_rx.clone());
@@ -269,7 +272,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
-                let ready = sink.ready();
+                let ready = sink.readiness();
                 let run: BoxFuture<'static, Result<(), String>> =
                     Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
                 (storefront_webhook::TYPE, ready, run)
@@ -297,7 +300,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
-                let ready = sink.ready();
+                let ready = sink.readiness();
                 let run: BoxFuture<'static, Result<(), String>> =
                     Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
                 (erp_rest::TYPE, ready, run)
@@ -323,7 +326,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
                     &group,
                     publisher.clone(),
                 )?;
-                let ready = sink.ready();
+                let ready = sink.readiness();
                 let run: BoxFuture<'static, Result<(), String>> =
                     Box::pin(async move { sink.run(rx).await.map_err(|e| e.to_string()) });
                 (planning_pg::TYPE, ready, run)
@@ -581,18 +584,16 @@ fn processor_tasks(topology: &Topology, publisher: &Publisher) -> Result<Chains,
             .collect();
         let name = chain.join("+");
         let group = format!("{}.{}", topology.app_id, chain[0]);
-        let consumer = kafka::group_consumer(kafka, &group, &name)?;
-        tasks.push((
+        let task = StreamTask::new(
             name.clone(),
-            StreamTask::new(
-                name,
-                consumer,
-                inputs,
-                processors,
-                changelogs,
-                publisher.clone(),
-            ),
-        ));
+            kafka,
+            &group,
+            inputs,
+            processors,
+            changelogs,
+            publisher.clone(),
+        )?;
+        tasks.push((name, task));
     }
     Ok((tasks, views))
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use erpstream_connectors::kafka::{
-    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header,
+    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header, headers,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use super::{
 };
 
 /// Header naming the DLQ record a redriven record came from.
-pub const REDRIVE_HEADER: &str = "erpstream.redrive.of";
+pub const REDRIVE_HEADER: &str = headers::REDRIVE_OF;
 
 /// Which dead-lettered records.
 #[derive(Debug, Clone, Default)]
@@ -326,11 +326,11 @@ fn entry(message: OwnedMessage, ledger: &HashMap<String, Mark>, now: i64) -> Ent
         message.partition(),
         message.offset()
     );
-    let failed_at = text("erpstream.failed_at")
+    let failed_at = text(headers::FAILED_AT)
         .and_then(|t| t.parse::<i64>().ok())
         .or_else(|| message.timestamp().to_millis())
         .unwrap_or(now);
-    let original_topic = text("erpstream.original.topic");
+    let original_topic = text(headers::ORIGINAL_TOPIC);
     let state = match (ledger.get(&id), &original_topic) {
         (Some(mark), _) => mark.state.clone(),
         (None, None) => "source row".into(),
@@ -340,12 +340,12 @@ fn entry(message: OwnedMessage, ledger: &HashMap<String, Mark>, now: i64) -> Ent
         key: message
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned()),
-        original_partition: text("erpstream.original.partition").and_then(|t| t.parse().ok()),
-        original_offset: text("erpstream.original.offset").and_then(|t| t.parse().ok()),
-        error: text("erpstream.error").unwrap_or_default(),
+        original_partition: text(headers::ORIGINAL_PARTITION).and_then(|t| t.parse().ok()),
+        original_offset: text(headers::ORIGINAL_OFFSET).and_then(|t| t.parse().ok()),
+        error: text(headers::ERROR).unwrap_or_default(),
         error_type: text(ERROR_TYPE_HEADER).unwrap_or_else(|| "unknown".into()),
-        source: text("erpstream.source").unwrap_or_default(),
-        attempts: text("erpstream.attempts")
+        source: text(headers::SOURCE).unwrap_or_default(),
+        attempts: text(headers::ATTEMPTS)
             .and_then(|t| t.parse().ok())
             .unwrap_or(0),
         failed_at: rfc3339(failed_at),

@@ -22,7 +22,7 @@ pub use read::{From, NoSuchTopic, TopicReader, Until, newest_offsets};
 pub use report::{Progress, Records, json_record};
 pub use time::{parse_time, rfc3339};
 
-use erpstream_connectors::kafka::{KafkaConfig, RawRecord, headers_of};
+use erpstream_connectors::kafka::{KafkaConfig, RawRecord};
 use erpstream_schemas::Codec;
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -88,8 +88,7 @@ pub fn resend(
     partition: i32,
     marks: Vec<(String, Vec<u8>)>,
 ) -> RawRecord {
-    let mut headers = headers_of(message);
-    headers.retain(|(k, _)| !k.starts_with("erpstream."));
+    let mut headers = erpstream_connectors::kafka::headers::foreign_headers_of(message);
     headers.extend(marks);
     RawRecord {
         topic: topic.to_string(),

@@ -57,7 +57,7 @@ pub const QUANTITY: &[&str] = &[
 ];
 
 /// Header marking repair events with the run's id.
-pub const REPAIR_HEADER: &str = "erpstream.repair";
+pub const REPAIR_HEADER: &str = erpstream_connectors::kafka::headers::REPAIR;
 
 /// What to compare.
 #[derive(Debug, Clone)]

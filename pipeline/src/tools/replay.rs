@@ -27,7 +27,7 @@ use super::{
 use crate::topology::SinkConfig;
 
 /// Header marking a re-published record with the replay's id.
-pub const REPLAY_HEADER: &str = "erpstream.replay";
+pub const REPLAY_HEADER: &str = erpstream_connectors::kafka::headers::REPLAY;
 
 /// Where the window goes.
 #[derive(Debug, Clone)]
@@ -327,7 +327,7 @@ async fn republish(
         let marks = vec![
             (REPLAY_HEADER.into(), replay_id.clone().into_bytes()),
             (
-                format!("{REPLAY_HEADER}.of"),
+                erpstream_connectors::kafka::headers::REPLAY_OF.to_string(),
                 format!("{topic}/{}/{}", message.partition(), message.offset()).into_bytes(),
             ),
         ];

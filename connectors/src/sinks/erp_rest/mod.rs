@@ -29,15 +29,16 @@ use erpstream_schemas::{
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use config::{ErpNextSettings, ErpRestConfig, OrdersAs, Preset};
 
+use crate::component::Readiness;
 use crate::kafka::{
-    self, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
+    self, DeadLetter, GroupConsumer, KafkaConfig, OffsetTracker, PublishError, Publisher,
+    TrackingContext, sleep_or_shutdown,
 };
 use crate::metrics as m;
 use crate::retry::{Outcome, backoff, classify, retry_after, send};
@@ -65,9 +66,12 @@ pub enum ErpRestError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
-    /// The consumer could not be created.
+    /// The consumer could not be created or subscribe.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker refused a dead letter or a write-back record for good.
+    #[error("a record the write-back depends on cannot be published: {0}")]
+    Publish(#[from] PublishError),
 }
 
 /// A document to write back.
@@ -117,7 +121,6 @@ pub struct ErpRestSink {
     base: reqwest::Url,
     token: Option<SecretString>,
     consumer: GroupConsumer,
-    context: TrackingContext,
     inputs: HashMap<String, (EventKind, String)>,
     sources: HashSet<String>,
     reservations_topic: String,
@@ -147,7 +150,8 @@ impl ErpRestSink {
             fetch_wait: config.fetch_wait,
             ..kafka.clone()
         };
-        let (consumer, context) = kafka::group_consumer(&kafka, group, id)?;
+        let context = TrackingContext::new(Readiness::not_yet("starting"), false);
+        let consumer = kafka::group_consumer(&kafka, group, id, context)?;
         let base = reqwest::Url::parse(&config.url).expect("validated URL");
         Ok(Self {
             id: id.to_string(),
@@ -155,7 +159,6 @@ impl ErpRestSink {
             base,
             token,
             consumer,
-            context,
             inputs: inputs
                 .into_iter()
                 .map(|i| (i.topic, (i.kind, i.dlq_topic)))
@@ -168,24 +171,22 @@ impl ErpRestSink {
         })
     }
 
-    /// Turns true once the group assigned this sink its partitions (for `/readyz`).
-    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.context.joined()
+    /// Ready while the sink holds its group's assignment (for `/readyz`).
+    pub fn readiness(&self) -> Readiness {
+        self.consumer.context().readiness()
     }
 
     /// Runs until `shutdown` turns true; a document being written back when it does is
     /// left uncommitted and written (idempotently) again after the restart.
-    pub async fn run(
-        self,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ErpRestError> {
         let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
         tracing::info!(?topics, url = %self.base, preset = ?self.config.preset, "erp write-back started");
+        let mut offsets = OffsetTracker::default();
         loop {
             let message = tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = kafka::shutdown_requested(&mut shutdown) => break,
                 message = self.consumer.recv() => match message {
                     Ok(message) => message.detach(),
                     Err(err) => {
@@ -195,18 +196,14 @@ impl ErpRestSink {
                     }
                 },
             };
-            if !self.handle(&message, &mut shutdown).await {
+            for (topic, partition) in self.consumer.context().take_revoked() {
+                offsets.revoke(&topic, partition);
+            }
+            if !self.handle(&message, &mut shutdown).await? {
                 break;
             }
-            let mut list = TopicPartitionList::new();
-            let _ = list.add_partition_offset(
-                message.topic(),
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            );
-            if let Err(err) = self.consumer.store_offsets(&list) {
-                tracing::debug!(error = %err, "offset store refused (partition revoked?)");
-            }
+            offsets.take(message.topic(), message.partition(), message.offset(), 0);
+            offsets.store(&self.consumer);
         }
         kafka::commit_stored(&self.consumer);
         Ok(())
@@ -214,99 +211,80 @@ impl ErpRestSink {
 
     /// Writes one record back; `false` if shutdown interrupted it (its offset is then not
     /// stored).
-    async fn handle(&self, message: &OwnedMessage, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ErpRestError> {
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
         let (kind, dlq) = self.inputs[message.topic()].clone();
         let payload = message.payload().unwrap_or_default();
-        let document = loop {
-            let decoded = match kind {
-                EventKind::SalesOrder => self.codec.decode(payload).await.map(Document::Order),
-                _ => self.codec.decode(payload).await.map(Document::Adjustment),
-            };
-            match decoded {
-                Ok(document) => break document,
-                Err(err) if err.is_retriable() => {
-                    tracing::warn!(error = %err, "decode needs the registry; retrying");
-                    if wait(Duration::from_secs(1), shutdown).await {
-                        return false;
-                    }
-                }
-                Err(err) => {
-                    return self
-                        .dead_letter(
-                            message,
-                            &dlq,
-                            kafka::Failure::Undecodable,
-                            &format!("undecodable: {err}"),
-                            1,
-                            shutdown,
-                        )
-                        .await;
-                }
+        let decoded = match kind {
+            EventKind::SalesOrder => kafka::decode(&self.codec, payload, shutdown)
+                .await
+                .map(|r| r.map(Document::Order)),
+            _ => kafka::decode(&self.codec, payload, shutdown)
+                .await
+                .map(|r| r.map(Document::Adjustment)),
+        };
+        let document = match decoded {
+            None => return Ok(false),
+            Some(Ok(document)) => document,
+            Some(Err(err)) => {
+                let failure = DeadLetter::new(
+                    kafka::Failure::Undecodable,
+                    &format!("undecodable: {err}"),
+                    &self.id,
+                )
+                .of_record(message, &dlq);
+                return self.dead_letter(failure, shutdown).await;
             }
         };
         if !self.sources.contains(document.source()) {
-            return true;
+            return Ok(true);
         }
         if let Document::Order(order) = &document
             && order.status != OrderStatus::Open
         {
-            return true;
+            return Ok(true);
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(&document).await {
+            let (failure, reason) = match self.attempt(&document).await {
                 Outcome::Delivered => break,
-                Outcome::Reject { reason } => {
-                    return self
-                        .dead_letter(
-                            message,
-                            &dlq,
-                            kafka::Failure::Rejected,
-                            &reason,
-                            attempt,
-                            shutdown,
-                        )
-                        .await;
+                Outcome::Reject { reason } => (kafka::Failure::Rejected, reason),
+                Outcome::Retry { reason, .. } if attempt >= self.config.retry.max_attempts => {
+                    (kafka::Failure::RetriesExhausted, reason)
                 }
                 Outcome::Retry {
                     reason,
                     retry_after,
                 } => {
-                    if attempt >= self.config.retry.max_attempts {
-                        return self
-                            .dead_letter(
-                                message,
-                                &dlq,
-                                kafka::Failure::RetriesExhausted,
-                                &reason,
-                                attempt,
-                                shutdown,
-                            )
-                            .await;
-                    }
                     metrics::counter!(m::RETRIES, m::COMPONENT_ID => self.id.clone(),
                         m::COMPONENT_TYPE => TYPE)
                     .increment(1);
                     let delay = backoff(&self.config.retry, attempt, retry_after);
                     tracing::warn!(reference = document.reference(), attempt, %reason,
                         ?delay, "ERP write-back failed; retrying");
-                    if wait(delay, shutdown).await {
-                        return false;
+                    if sleep_or_shutdown(delay, shutdown).await {
+                        return Ok(false);
                     }
+                    continue;
                 }
-            }
+            };
+            let record = DeadLetter::new(failure, &reason, &self.id)
+                .attempts(attempt)
+                .of_record(message, &dlq);
+            return self.dead_letter(record, shutdown).await;
         }
         let acked_at = now_millis();
         metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        let trace = kafka::header(message, TRACEPARENT_HEADER)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(Traceparent::parse)
+        let trace = kafka::trace_of(message)
             .map(|t| t.child())
             .unwrap_or_else(Traceparent::new_root);
         let steps: Vec<Reservation> = document
@@ -326,50 +304,37 @@ impl ErpRestSink {
             })
             .collect();
         for step in &steps {
-            loop {
-                match self
-                    .publisher
+            let published = kafka::retrying("publishing the write-back record", shutdown, || {
+                self.publisher
                     .publish(&self.reservations_topic, step, &trace)
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "write-back record not stored; retrying");
-                        if wait(Duration::from_secs(1), shutdown).await {
-                            return false;
-                        }
-                    }
-                }
-            }
+            })
+            .await;
+            match published {
+                None => return Ok(false),
+                Some(result) => result?,
+            };
         }
-        true
+        Ok(true)
     }
 
+    /// Publishes a dead letter, waiting out broker outages; `false` on shutdown.
     async fn dead_letter(
         &self,
-        message: &OwnedMessage,
-        dlq: &str,
-        failure: kafka::Failure,
-        reason: &str,
-        attempts: u32,
+        record: kafka::RawRecord,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        tracing::error!(topic = message.topic(), offset = message.offset(), %reason, attempts,
-            "ERP write-back dead-lettered");
+    ) -> Result<bool, ErpRestError> {
+        let error = record.header(kafka::headers::ERROR).unwrap_or_default();
+        tracing::error!(topic = %record.topic, %error, "ERP write-back dead-lettered");
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        let record = kafka::dead_letter(message, dlq, failure, reason, &self.id, attempts);
-        loop {
-            match self.publisher.send(record.clone()).await {
-                Ok(_) => return true,
-                Err(err) => {
-                    tracing::warn!(error = %err, "dead letter not stored; retrying");
-                    if wait(Duration::from_secs(1), shutdown).await {
-                        return false;
-                    }
-                }
-            }
+        let sent = kafka::retrying("publishing a dead letter", shutdown, || {
+            self.publisher.send(record.clone())
+        })
+        .await;
+        match sent {
+            None => Ok(false),
+            Some(result) => result.map(|_| true).map_err(ErpRestError::from),
         }
     }
 
@@ -491,14 +456,6 @@ impl ErpRestSink {
             .header("authorization", &auth)
             .json(&erpnext_body(order, &self.config.erpnext));
         self.send(request).await
-    }
-}
-
-/// Sleeps `delay`; `true` if shutdown came first.
-async fn wait(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = shutdown.changed() => true,
-        _ = tokio::time::sleep(delay) => false,
     }
 }
 

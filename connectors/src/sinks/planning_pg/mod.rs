@@ -34,7 +34,8 @@ use tokio_postgres::Client;
 
 pub use config::PlanningPgConfig;
 
-use crate::kafka::{self, GroupConsumer, KafkaConfig, Publisher, TrackingContext};
+use crate::component::Readiness;
+use crate::kafka::{self, DeadLetter, GroupConsumer, KafkaConfig, Publisher, TrackingContext};
 use crate::metrics as m;
 use crate::planning;
 
@@ -71,7 +72,6 @@ pub struct PlanningPgSink {
     writer: BatchWriter,
     config: PlanningPgConfig,
     consumer: GroupConsumer,
-    context: TrackingContext,
 }
 
 /// The sink's core, without the consumer: decodes a batch of records ([`prepare`](Self::prepare),
@@ -163,18 +163,20 @@ impl PlanningPgSink {
         group: &str,
         publisher: Publisher,
     ) -> Result<Self, PlanningError> {
-        let (consumer, context) = kafka::group_consumer(kafka, group, id)?;
+        // Its state, the offsets stored with the rows, is read again from the database
+        // before the first batch after a rebalance: nothing to wait for before it is ready.
+        let context = TrackingContext::new(Readiness::not_yet("starting"), false);
+        let consumer = kafka::group_consumer(kafka, group, id, context)?;
         Ok(Self {
             writer: BatchWriter::new(id, inputs, publisher),
             config,
             consumer,
-            context,
         })
     }
 
-    /// Turns true once the group assigned this sink its partitions.
-    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.context.joined()
+    /// Ready while the sink holds its group's assignment.
+    pub fn readiness(&self) -> Readiness {
+        self.consumer.context().readiness()
     }
 
     /// Runs until `shutdown`; a batch not yet committed is read again after a restart. The
@@ -188,7 +190,7 @@ impl PlanningPgSink {
         self.writer.load_offsets(&db, &mut stored).await?;
         let mut current: Option<Prepared> = None;
         loop {
-            if !self.context.take_revoked().is_empty() {
+            if !self.consumer.context().take_revoked().is_empty() {
                 // Partitions moved: start again from what the database holds.
                 stored.clear();
                 self.writer.load_offsets(&db, &mut stored).await?;
@@ -198,9 +200,11 @@ impl PlanningPgSink {
             let fetch = async {
                 let batch = self.next_batch(&mut shutdown).await?;
                 let writer = self.writer.clone();
-                tokio::spawn(async move { writer.prepare(batch, &snapshot).await })
+                let mut shutdown = shutdown.clone();
+                tokio::spawn(async move { writer.prepare(batch, &snapshot, &mut shutdown).await })
                     .await
                     .ok()
+                    .flatten()
             };
             let write = async {
                 match current.as_mut() {
@@ -321,8 +325,14 @@ impl BatchWriter {
     }
 
     /// Decodes `batch`, skipping records below the `stored` offsets, keeping the newest row
-    /// per key; no I/O.
-    pub async fn prepare(&self, batch: Vec<OwnedMessage>, stored: &Offsets) -> Prepared {
+    /// per key; no I/O but the registry, whose outage is waited out (`None` if shutdown came
+    /// first: nothing of the batch is written).
+    pub async fn prepare(
+        &self,
+        batch: Vec<OwnedMessage>,
+        stored: &Offsets,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Prepared> {
         let mut rows = Rows::default();
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut next = Offsets::new();
@@ -341,19 +351,29 @@ impl BatchWriter {
                 skipped += 1;
                 continue;
             };
-            match decode(&self.codec, *kind, payload, index, &mut rows).await {
-                Ok(true) => {}
-                Ok(false) => skipped += 1,
-                Err(reason) => refused.push((index, reason)),
+            let decoded = kafka::retrying(
+                "decoding a record through the schema registry",
+                shutdown,
+                || decode(&self.codec, *kind, payload),
+            )
+            .await?;
+            match decoded {
+                Ok(Some(event)) => match add_rows(event, index, &mut rows) {
+                    Ok(true) => {}
+                    Ok(false) => skipped += 1,
+                    Err(reason) => refused.push((index, reason)),
+                },
+                Ok(None) => skipped += 1,
+                Err(err) => refused.push((index, format!("undecodable: {err}"))),
             }
         }
-        Prepared {
+        Some(Prepared {
             batch,
             rows,
             refused,
             next,
             skipped,
-        }
+        })
     }
 
     /// Refuses inventory and demand of unknown skus, publishes every refusal, and writes the
@@ -491,7 +511,7 @@ impl BatchWriter {
                 m::COMPONENT_TYPE => TYPE)
             .increment(1);
             let record =
-                kafka::dead_letter(message, dlq, kafka::Failure::Refused, reason, &self.id, 1);
+                DeadLetter::new(kafka::Failure::Refused, reason, &self.id).of_record(message, dlq);
             pending.push(self.publisher.enqueue(record).await?);
         }
         futures::future::try_join_all(pending).await?;
@@ -606,19 +626,32 @@ async fn upsert_demand(
     .await
 }
 
-/// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
-/// it is refused.
+/// A record's value, as far as planning cares.
+enum Planned {
+    Catalog(CatalogUpdate),
+    Stock(InventoryChange),
+    Demand(DemandActual),
+}
+
+/// Decodes a value of contract `kind`; `Ok(None)` for contracts that carry no planning data.
 async fn decode(
     codec: &Codec,
     kind: EventKind,
     payload: &[u8],
-    index: usize,
-    rows: &mut Rows,
-) -> Result<bool, String> {
-    let undecodable = |e: erpstream_schemas::CodecError| format!("undecodable: {e}");
-    match kind {
-        EventKind::CatalogUpdate => {
-            let event: CatalogUpdate = codec.decode(payload).await.map_err(undecodable)?;
+) -> Result<Option<Planned>, erpstream_schemas::CodecError> {
+    Ok(Some(match kind {
+        EventKind::CatalogUpdate => Planned::Catalog(codec.decode(payload).await?),
+        EventKind::InventoryChange => Planned::Stock(codec.decode(payload).await?),
+        EventKind::DemandActual => Planned::Demand(codec.decode(payload).await?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
+/// it is refused.
+fn add_rows(event: Planned, index: usize, rows: &mut Rows) -> Result<bool, String> {
+    match event {
+        Planned::Catalog(event) => {
             let skus: Vec<String> = if event.variants.is_empty() {
                 vec![event.group_id.clone()]
             } else {
@@ -646,8 +679,7 @@ async fn decode(
             }
             Ok(true)
         }
-        EventKind::InventoryChange => {
-            let event: InventoryChange = codec.decode(payload).await.map_err(undecodable)?;
+        Planned::Stock(event) => {
             let Some(on_hand) = event.new_quantity else {
                 return Ok(false);
             };
@@ -673,8 +705,7 @@ async fn decode(
             }
             Ok(true)
         }
-        EventKind::DemandActual => {
-            let event: DemandActual = codec.decode(payload).await.map_err(undecodable)?;
+        Planned::Demand(event) => {
             let period = chrono::NaiveDate::parse_from_str(&event.period, "%Y-%m-%d")
                 .ok()
                 .filter(|d| chrono::Datelike::day(d) == 1)
@@ -707,7 +738,6 @@ async fn decode(
             }
             Ok(true)
         }
-        _ => Ok(false),
     }
 }
 
@@ -723,7 +753,12 @@ pub async fn rows_for(
 ) -> Result<Vec<serde_json::Value>, String> {
     use serde_json::json;
     let mut rows = Rows::default();
-    decode(codec, kind, payload, 0, &mut rows).await?;
+    if let Some(event) = decode(codec, kind, payload)
+        .await
+        .map_err(|e| format!("undecodable: {e}"))?
+    {
+        add_rows(event, 0, &mut rows)?;
+    }
     let mut out = Vec::new();
     for (sku, p) in rows.products {
         out.push(

@@ -26,15 +26,14 @@ mod service;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use erpstream_schemas::{Codec, EventKind};
 use futures::future::join_all;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,8 +43,10 @@ pub use service::DeliveryService;
 
 use crate::retry::{Outcome, backoff};
 
+use crate::component::Readiness;
 use crate::kafka::{
-    Changelog, Failure, GroupConsumer, KafkaConfig, Publisher, TRACEPARENT_HEADER, TrackingContext,
+    self, Changelog, DeadLetter, Failure, GroupConsumer, KafkaConfig, OffsetTracker, Publisher,
+    TrackingContext,
 };
 use crate::metrics as m;
 
@@ -55,6 +56,8 @@ mod payload;
 pub const TYPE: &str = "storefront_webhook";
 /// How long shutdown waits for deliveries in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often an idle sink looks at its assignment (to restore guards of new partitions).
+const ASSIGNMENT_CHECK: Duration = Duration::from_millis(100);
 
 /// Why the sink could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,9 @@ pub enum SinkError {
     /// A secret could not be read.
     #[error(transparent)]
     Secret(#[from] crate::SecretError),
+    /// The broker refused a guard write or a dead letter for good.
+    #[error("a record the sink depends on cannot be published: {0}")]
+    Publish(#[from] crate::kafka::PublishError),
     /// An input topic carries a contract this sink cannot deliver.
     #[error("input {0} carries {1:?}, which the storefront sink cannot deliver")]
     UnsupportedInput(String, EventKind),
@@ -92,7 +98,6 @@ pub struct StorefrontWebhookSink {
     config: StorefrontWebhookConfig,
     service: Arc<DeliveryService>,
     consumer: Arc<GroupConsumer>,
-    context: TrackingContext,
     inputs: HashMap<String, Input>,
     codec: Codec,
     publisher: Publisher,
@@ -119,12 +124,12 @@ impl StorefrontWebhookSink {
         }
         let secret = config.secret.resolve()?;
         let service = DeliveryService::new(config.url.clone(), secret, config.request_timeout, id)?;
-        let (consumer, context) = crate::kafka::group_consumer(kafka, group_id, id)?;
+        let context = TrackingContext::new(Readiness::not_yet("starting"), true);
+        let consumer = crate::kafka::group_consumer(kafka, group_id, id, context)?;
         Ok(Self {
             id: id.to_string(),
             service: Arc::new(service),
             consumer: Arc::new(consumer),
-            context,
             inputs: inputs.into_iter().map(|i| (i.topic.clone(), i)).collect(),
             codec: publisher.codec().clone(),
             publisher,
@@ -132,9 +137,14 @@ impl StorefrontWebhookSink {
         })
     }
 
-    /// Turns true once the group assigned this sink its partitions (for `/readyz`).
-    pub fn ready(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.context.joined()
+    /// Ready while the sink holds its group's assignment and the delivery guard of every
+    /// assigned partition is restored (for `/readyz`).
+    pub fn readiness(&self) -> Readiness {
+        self.context().readiness()
+    }
+
+    fn context(&self) -> &TrackingContext {
+        self.consumer.context()
     }
 
     /// Consumes and delivers until `shutdown` turns true, then drains deliveries in flight
@@ -143,22 +153,30 @@ impl StorefrontWebhookSink {
         let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics)?;
         let mut state = State::new();
+        let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
+        assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if !state.sync_assignment(&self, &mut shutdown).await {
+                break;
+            }
             state.dispatch(&self);
             let next_retry = state.next_retry();
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = kafka::shutdown_requested(&mut shutdown) => break,
                 Some(done) = state.tasks.join_next() => match done {
-                    Ok(done) => state.complete(&self, done),
+                    Ok(done) => state.complete(&self, done)?,
                     Err(err) => tracing::error!(error = %err, "delivery task failed"),
                 },
                 _ = sleep_until(next_retry), if next_retry.is_some() => state.wake_retries(),
+                _ = assignment_check.tick() => {}
                 message = self.consumer.recv(), if state.pending_count < self.config.max_pending => {
                     match message {
                         Ok(message) => {
                             let message = message.detach();
-                            state.take(&self, message).await;
+                            if !state.take(&self, message, &mut shutdown).await {
+                                break;
+                            }
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "consume failed");
@@ -189,7 +207,7 @@ impl StorefrontWebhookSink {
             state.store_offsets(&self);
         }
         state.store_offsets(&self);
-        crate::kafka::commit_stored(&self.consumer);
+        kafka::commit_stored(&self.consumer);
         Ok(())
     }
 }
@@ -306,17 +324,11 @@ struct Slot {
     waiting_until: Option<Instant>,
 }
 
-/// Offsets of one partition that are taken but not yet done.
-#[derive(Default)]
-struct Progress {
-    outstanding: BTreeMap<i64, u32>,
-    next: i64,
-    stored: i64,
-}
-
 enum Done {
     Attempt(Box<Delivery>, Outcome),
     Finalized(Tp, Vec<i64>),
+    /// The broker refused a guard write or dead letter for good; the sink stops.
+    Failed(crate::kafka::PublishError),
 }
 
 struct State {
@@ -324,7 +336,7 @@ struct State {
     slots: HashMap<(Tp, String), Slot>,
     ready: VecDeque<(Tp, String)>,
     retries: BinaryHeap<Reverse<(Instant, Tp, String)>>,
-    progress: HashMap<Tp, Progress>,
+    offsets: OffsetTracker,
     tasks: JoinSet<Done>,
     pending_count: usize,
 }
@@ -336,52 +348,71 @@ impl State {
             slots: HashMap::new(),
             ready: VecDeque::new(),
             retries: BinaryHeap::new(),
-            progress: HashMap::new(),
+            offsets: OffsetTracker::default(),
             tasks: JoinSet::new(),
             pending_count: 0,
         }
     }
 
-    /// Takes one input record: restores the partition's guard if needed, turns the record
-    /// into deliveries and queues them.
-    async fn take(&mut self, sink: &StorefrontWebhookSink, message: OwnedMessage) {
-        for revoked in sink.context.take_revoked() {
+    /// Forgets revoked partitions and restores the guard of every assigned partition that
+    /// has none yet, every input topic side by side; the sink is ready once it has. `false` if
+    /// shutdown interrupted the restore.
+    async fn sync_assignment(
+        &mut self,
+        sink: &StorefrontWebhookSink,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let generation = sink.context().generation();
+        for revoked in sink.context().take_revoked() {
             self.guard.remove(&revoked);
-            self.progress.remove(&revoked);
+            self.offsets.revoke(&revoked.0, revoked.1);
         }
+        let mut missing: HashMap<String, Vec<i32>> = HashMap::new();
+        if let Ok(assignment) = sink.consumer.assignment() {
+            for element in assignment.elements() {
+                let tp = (element.topic().to_string(), element.partition());
+                if !self.guard.contains_key(&tp) {
+                    missing.entry(tp.0).or_default().push(tp.1);
+                }
+            }
+        }
+        if !missing.is_empty() && !self.restore(sink, missing, shutdown).await {
+            return false;
+        }
+        sink.context().restored(generation);
+        true
+    }
+
+    /// Takes one input record: turns it into deliveries and queues them (restoring its
+    /// partition's guard first if the assignment check has not yet). `false` if shutdown
+    /// came while the record waited for the registry; its offset is not stored.
+    async fn take(
+        &mut self,
+        sink: &StorefrontWebhookSink,
+        message: OwnedMessage,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let tp: Tp = (message.topic().to_string(), message.partition());
         let offset = message.offset();
         let Some(input) = sink.inputs.get(&tp.0).cloned() else {
-            return;
+            return true;
         };
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
-        if !self.guard.contains_key(&tp) {
-            // Restore every assigned partition of this topic in one pass.
-            let mut partitions = vec![tp.1];
-            if let Ok(assignment) = sink.consumer.assignment() {
-                partitions.extend(
-                    assignment
-                        .elements_for_topic(&tp.0)
-                        .iter()
-                        .map(|e| e.partition())
-                        .filter(|p| *p != tp.1 && !self.guard.contains_key(&(tp.0.clone(), *p))),
-                );
-            }
-            self.restore(sink, &input, &partitions).await;
+        if !self.guard.contains_key(&tp)
+            && !self
+                .restore(sink, HashMap::from([(tp.0.clone(), vec![tp.1])]), shutdown)
+                .await
+        {
+            return false;
         }
-        let progress = self.progress.entry(tp.clone()).or_insert_with(|| Progress {
-            next: offset,
-            stored: offset,
-            ..Default::default()
-        });
-        progress.next = progress.next.max(offset + 1);
         let message = Arc::new(message);
-        let deliveries = match self.deliveries(sink, &input, &tp, &message).await {
-            Ok(deliveries) => deliveries,
-            Err(reason) => {
+        let deliveries = match self.deliveries(sink, &input, &tp, &message, shutdown).await {
+            None => return false,
+            Some(Ok(deliveries)) => deliveries,
+            Some(Err(reason)) => {
                 // Undecodable: nothing can ever deliver it, so it goes to the DLQ right away.
                 tracing::warn!(topic = %tp.0, partition = tp.1, offset, error = %reason, "undecodable record");
-                self.add_outstanding(&tp, offset, 1);
+                self.offsets.take(&tp.0, tp.1, offset, 1);
                 let delivery = Delivery {
                     tp: tp.clone(),
                     key: String::new(),
@@ -399,81 +430,89 @@ impl State {
                     failure: Failure::Undecodable,
                 };
                 self.dead_letter(sink, delivery);
-                return;
+                return true;
             }
         };
-        if deliveries.is_empty() {
-            return;
-        }
-        self.add_outstanding(&tp, offset, deliveries.len() as u32);
+        self.offsets
+            .take(&tp.0, tp.1, offset, deliveries.len() as u32);
         for delivery in deliveries {
             self.enqueue(sink, delivery);
         }
+        true
     }
 
-    async fn restore(&mut self, sink: &StorefrontWebhookSink, input: &Input, partitions: &[i32]) {
+    /// Restores the guard of `partitions` per input topic, the topics side by side; `false`
+    /// if shutdown came first.
+    async fn restore(
+        &mut self,
+        sink: &StorefrontWebhookSink,
+        partitions: HashMap<String, Vec<i32>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let horizon =
             erpstream_schemas::now_millis() - sink.config.dedupe_window.as_millis() as i64;
-        let mut attempt = 0u32;
-        loop {
-            match input.changelog.restore(partitions).await {
-                Ok(restored) => {
-                    for (partition, raw) in restored {
-                        let mut entries = HashMap::new();
-                        for (key, value) in raw {
-                            match serde_json::from_slice::<GuardEntry>(&value) {
-                                Ok(GuardEntry::Seen { at }) if at < horizon => {}
-                                Ok(entry) => {
-                                    entries.insert(key, entry);
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "skipping unreadable guard entry")
-                                }
-                            }
+        let reads = partitions.into_iter().filter_map(|(topic, partitions)| {
+            let input = sink.inputs.get(&topic)?.clone();
+            let mut shutdown = shutdown.clone();
+            Some(async move {
+                let restored =
+                    kafka::retrying("restoring the delivery guard", &mut shutdown, || {
+                        input.changelog.restore(&partitions)
+                    })
+                    .await;
+                (topic, restored)
+            })
+        });
+        for (topic, restored) in join_all(reads).await {
+            // KafkaError is always retriable: only shutdown ends the wait.
+            let Some(Ok(restored)) = restored else {
+                return false;
+            };
+            for (partition, raw) in restored {
+                let mut entries = HashMap::new();
+                for (key, value) in raw {
+                    match serde_json::from_slice::<GuardEntry>(&value) {
+                        Ok(GuardEntry::Seen { at }) if at < horizon => {}
+                        Ok(entry) => {
+                            entries.insert(key, entry);
                         }
-                        tracing::info!(topic = %input.topic, partition, keys = entries.len(), "delivery guard restored");
-                        self.guard.insert((input.topic.clone(), partition), entries);
+                        Err(err) => {
+                            tracing::warn!(error = %err, "skipping unreadable guard entry")
+                        }
                     }
-                    break;
                 }
-                Err(err) => {
-                    attempt += 1;
-                    tracing::warn!(error = %err, attempt, "guard restore failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
-                        .await;
-                }
+                tracing::info!(%topic, partition, keys = entries.len(), "delivery guard restored");
+                self.guard.insert((topic.clone(), partition), entries);
             }
         }
+        true
     }
 
     /// The deliveries one record asks for, after the guard and the queue have had their say.
+    /// `None` if shutdown came while the record waited for the registry; `Some(Err)` with
+    /// the reason if it can never be delivered.
     async fn deliveries(
         &mut self,
         sink: &StorefrontWebhookSink,
         input: &Input,
         tp: &Tp,
         message: &Arc<OwnedMessage>,
-    ) -> Result<Vec<Delivery>, String> {
-        let payload = message.payload().ok_or("record has no value")?;
-        let traceparent = message
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == TRACEPARENT_HEADER)
-                    .and_then(|h| h.value)
-            })
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(erpstream_schemas::Traceparent::parse)
-            .map(|t| t.child().to_string());
-        let guard = self.guard.get(tp);
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Result<Vec<Delivery>, String>> {
+        let Some(payload) = message.payload() else {
+            return Some(Err("record has no value".into()));
+        };
+        let traceparent = kafka::trace_of(message.as_ref()).map(|t| t.child().to_string());
+        let undecodable = |e: erpstream_schemas::CodecError| Some(Err(e.to_string()));
         let mut out = Vec::new();
         match input.kind {
             EventKind::InventoryAvailable => {
-                let record: erpstream_schemas::InventoryAvailable = sink
-                    .codec
-                    .decode(payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let record: erpstream_schemas::InventoryAvailable =
+                    match kafka::decode(&sink.codec, payload, shutdown).await? {
+                        Ok(record) => record,
+                        Err(err) => return undecodable(err),
+                    };
+                let guard = self.guard.get(tp);
                 for location in &record.locations {
                     let key = format!("stock|{}|{}", record.sku, location.location_code);
                     let available = location.available.normalize().to_string();
@@ -518,16 +557,17 @@ impl State {
                 }
             }
             EventKind::CatalogUpdate => {
-                let record: erpstream_schemas::CatalogUpdate = sink
-                    .codec
-                    .decode(payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let record: erpstream_schemas::CatalogUpdate =
+                    match kafka::decode(&sink.codec, payload, shutdown).await? {
+                        Ok(record) => record,
+                        Err(err) => return undecodable(err),
+                    };
+                let guard = self.guard.get(tp);
                 let key = format!("catalog|{}", record.group_id);
                 let seen_key = format!("seen|{}", record.idempotency_key);
                 if guard.is_some_and(|g| g.contains_key(&seen_key)) {
                     self.drop_metric(sink, "duplicate");
-                    return Ok(out);
+                    return Some(Ok(out));
                 }
                 let delivered = match guard.and_then(|g| g.get(&key)) {
                     Some(GuardEntry::Catalog { occurred_at }) => Some(*occurred_at),
@@ -539,7 +579,7 @@ impl State {
                     .max();
                 if newest_known.is_some_and(|t| record.occurred_at < t) {
                     self.drop_metric(sink, "stale");
-                    return Ok(out);
+                    return Some(Ok(out));
                 }
                 let now = erpstream_schemas::now_millis();
                 out.push(Delivery {
@@ -567,9 +607,9 @@ impl State {
                     key,
                 });
             }
-            other => return Err(format!("unsupported contract {other:?}")),
+            other => return Some(Err(format!("unsupported contract {other:?}"))),
         }
-        Ok(out)
+        Some(Ok(out))
     }
 
     fn queued_order(&self, tp: &Tp, key: &str) -> Option<i64> {
@@ -588,23 +628,9 @@ impl State {
         .increment(1);
     }
 
-    fn add_outstanding(&mut self, tp: &Tp, offset: i64, count: u32) {
-        if let Some(progress) = self.progress.get_mut(tp) {
-            *progress.outstanding.entry(offset).or_default() += count;
-        }
-    }
-
     fn release(&mut self, tp: &Tp, offsets: &[i64]) {
-        let Some(progress) = self.progress.get_mut(tp) else {
-            return;
-        };
         for offset in offsets {
-            if let Some(count) = progress.outstanding.get_mut(offset) {
-                *count -= 1;
-                if *count == 0 {
-                    progress.outstanding.remove(offset);
-                }
-            }
+            self.offsets.done(&tp.0, tp.1, *offset);
         }
     }
 
@@ -685,8 +711,9 @@ impl State {
         }
     }
 
-    fn complete(&mut self, sink: &StorefrontWebhookSink, done: Done) {
+    fn complete(&mut self, sink: &StorefrontWebhookSink, done: Done) -> Result<(), SinkError> {
         match done {
+            Done::Failed(err) => return Err(err.into()),
             Done::Finalized(tp, covers) => self.release(&tp, &covers),
             Done::Attempt(delivery, outcome) => {
                 let mut delivery = *delivery;
@@ -743,6 +770,7 @@ impl State {
                 }
             }
         }
+        Ok(())
     }
 
     /// During shutdown: record what finished, start nothing new.
@@ -751,6 +779,9 @@ impl State {
             Done::Attempt(delivery, Outcome::Delivered) => self.delivered(sink, *delivery),
             Done::Attempt(..) => {}
             Done::Finalized(tp, covers) => self.release(&tp, &covers),
+            Done::Failed(err) => {
+                tracing::error!(error = %err, "a guard write or dead letter was refused")
+            }
         }
     }
 
@@ -806,21 +837,19 @@ impl State {
                 let changelog = &changelog;
                 let partition = tp.1;
                 async move {
-                    let mut wait = Duration::from_millis(100);
-                    loop {
-                        match changelog.write(partition, key, value.clone()).await {
-                            Ok(_) => break,
-                            Err(err) => {
-                                tracing::warn!(error = %err, "guard write failed; retrying");
-                                tokio::time::sleep(wait).await;
-                                wait = (wait * 2).min(Duration::from_secs(5));
-                            }
-                        }
-                    }
+                    // Finishes even during shutdown (bounded by the drain deadline): the
+                    // delivery happened, and its guard keeps a restart from repeating it.
+                    kafka::retrying("writing the delivery guard", &mut kafka::never(), || {
+                        changelog.write(partition, key, value.clone())
+                    })
+                    .await
                 }
             });
-            join_all(writes).await;
-            Done::Finalized(tp, covers)
+            let written = join_all(writes).await;
+            match written.into_iter().flatten().find_map(Result::err) {
+                None => Done::Finalized(tp, covers),
+                Some(err) => Done::Failed(err),
+            }
         });
     }
 
@@ -830,46 +859,25 @@ impl State {
         };
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         tracing::warn!(key = %delivery.key, attempts = delivery.attempts, error = %delivery.last_error, "dead-lettering record");
-        let record = crate::kafka::dead_letter(
-            &delivery.source,
-            &input.dlq_topic,
-            delivery.failure,
-            &delivery.last_error,
-            &sink.id,
-            delivery.attempts,
-        );
+        let record = DeadLetter::new(delivery.failure, &delivery.last_error, &sink.id)
+            .attempts(delivery.attempts)
+            .of_record(&delivery.source, &input.dlq_topic);
         let publisher = sink.publisher.clone();
         let (tp, covers) = (delivery.tp, delivery.covers);
         self.tasks.spawn(async move {
-            let mut wait = Duration::from_millis(100);
-            while let Err(err) = publisher.send(record.clone()).await {
-                tracing::warn!(error = %err, "dead-letter write failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
+            let sent = kafka::retrying("publishing a dead letter", &mut kafka::never(), || {
+                publisher.send(record.clone())
+            })
+            .await;
+            match sent {
+                Some(Err(err)) => Done::Failed(err),
+                _ => Done::Finalized(tp, covers),
             }
-            Done::Finalized(tp, covers)
         });
     }
 
     /// Stores, per partition, the offset below which every record is done.
     fn store_offsets(&mut self, sink: &StorefrontWebhookSink) {
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), progress) in &mut self.progress {
-            let safe = progress
-                .outstanding
-                .keys()
-                .next()
-                .copied()
-                .unwrap_or(progress.next);
-            if safe > progress.stored {
-                progress.stored = safe;
-                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(safe));
-            }
-        }
-        if list.count() > 0
-            && let Err(err) = sink.consumer.store_offsets(&list)
-        {
-            tracing::debug!(error = %err, "offset store refused (partition revoked?)");
-        }
+        self.offsets.store(sink.consumer.as_ref());
     }
 }

@@ -31,7 +31,6 @@ mod snapshot;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use erpstream_schemas::{EventKind, Traceparent, now_millis};
@@ -46,7 +45,8 @@ use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapp
 pub use config::{PgCdcConfig, SnapshotMode};
 use control::{SlotState, SourceRecord, StateStore, TableShape};
 
-use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
+use crate::component::Readiness;
+use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord};
 use crate::metrics as m;
 
 /// Component type name in the topology.
@@ -129,7 +129,7 @@ pub struct PgCdcSource {
     tables: Vec<Table>,
     publisher: Publisher,
     replication: ReplicationConfig,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 }
 
 /// A table bound to its current columns.
@@ -184,12 +184,12 @@ impl PgCdcSource {
             tables,
             publisher,
             replication,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Readiness::not_yet("connecting to the source database"),
         })
     }
 
     /// True while the source streams with slot lag under `max_lag`.
-    pub fn ready(&self) -> Arc<AtomicBool> {
+    pub fn readiness(&self) -> Readiness {
         self.ready.clone()
     }
 
@@ -226,7 +226,8 @@ impl PgCdcSource {
         loop {
             let started = Instant::now();
             let result = self.session(&mut shutdown).await;
-            self.ready.store(false, Ordering::SeqCst);
+            self.ready
+                .not_ready("replication session ended; reconnecting");
             match result {
                 Ok(()) => return Ok(()),
                 Err(err) if !err.is_retriable() => return Err(err),
@@ -422,7 +423,7 @@ impl PgCdcSource {
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        let trace = Traceparent::new_root().to_string().into_bytes();
+        let trace = Traceparent::new_root();
         let record = match outcome {
             Ok(Change::Event(event)) => RawRecord {
                 topic: table.topic.clone(),
@@ -433,14 +434,14 @@ impl PgCdcSource {
                         .await
                         .map_err(PublishError::from)?,
                 ),
-                headers: vec![(TRACEPARENT_HEADER.to_string(), trace)],
+                headers: vec![crate::kafka::headers::trace_header(&trace)],
                 partition: None,
             },
             Ok(Change::Tombstone(key)) => RawRecord {
                 topic: table.topic.clone(),
                 key: Some(key.into_bytes()),
                 payload: None,
-                headers: vec![(TRACEPARENT_HEADER.to_string(), trace)],
+                headers: vec![crate::kafka::headers::trace_header(&trace)],
                 partition: None,
             },
             Ok(Change::Skip) => return Ok(None),
@@ -449,34 +450,18 @@ impl PgCdcSource {
                 metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
                     m::COMPONENT_TYPE => TYPE)
                 .increment(1);
-                RawRecord {
-                    topic: table.dlq_topic.clone(),
-                    key: Some(identity.as_bytes().to_vec()),
-                    payload: Some(row_json(cells).into_bytes()),
-                    headers: vec![
-                        ("erpstream.error".into(), error.to_string().into_bytes()),
-                        (
-                            crate::kafka::ERROR_TYPE_HEADER.into(),
-                            crate::kafka::Failure::Mapping.as_str().into(),
-                        ),
-                        ("erpstream.source".into(), self.id.clone().into_bytes()),
-                        ("erpstream.attempts".into(), b"1".to_vec()),
-                        (
-                            "erpstream.original.table".into(),
-                            table.name.clone().into_bytes(),
-                        ),
-                        (
-                            "erpstream.original.lsn".into(),
-                            position.as_bytes().to_vec(),
-                        ),
-                        (
-                            "erpstream.failed_at".into(),
-                            now_millis().to_string().into_bytes(),
-                        ),
-                        (TRACEPARENT_HEADER.to_string(), trace),
-                    ],
-                    partition: None,
-                }
+                crate::kafka::DeadLetter::new(
+                    crate::kafka::Failure::Mapping,
+                    &error.to_string(),
+                    &self.id,
+                )
+                .of_row(
+                    &table.dlq_topic,
+                    identity,
+                    row_json(cells).into_bytes(),
+                    &[("table", &table.name), ("lsn", position)],
+                    &trace,
+                )
             }
         };
         Ok(Some(self.publisher.enqueue(record).await?))
@@ -519,9 +504,13 @@ impl PgCdcSource {
                     if let Some((lag, retained)) = control::slot_lag(&source, &self.config.slot).await? {
                         metrics::gauge!(SLOT_LAG, m::COMPONENT_ID => self.id.clone()).set(lag as f64);
                         metrics::gauge!(SLOT_RETAINED, m::COMPONENT_ID => self.id.clone()).set(retained as f64);
-                        let ready = lag <= max_lag;
-                        if self.ready.swap(ready, Ordering::SeqCst) != ready && !ready {
-                            tracing::warn!(lag_bytes = lag, max_lag = max_lag, "slot lag above max_lag; not ready");
+                        if lag > max_lag {
+                            if self.ready.is_ready() {
+                                tracing::warn!(lag_bytes = lag, max_lag = max_lag, "slot lag above max_lag; not ready");
+                            }
+                            self.ready.not_ready(format!("slot lag {lag} bytes is above max_lag {max_lag}"));
+                        } else {
+                            self.ready.ready();
                         }
                     }
                     continue;
@@ -589,8 +578,8 @@ impl PgCdcSource {
                 }
                 ReplicationEvent::StoppedAt { .. } => break,
             }
-            if !self.ready.load(Ordering::SeqCst) && txn.is_none() {
-                self.ready.store(true, Ordering::SeqCst);
+            if !self.ready.is_ready() && txn.is_none() {
+                self.ready.ready();
             }
         }
         // Shutting down: wait briefly for what is in flight so its position is confirmed.

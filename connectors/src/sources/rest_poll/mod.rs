@@ -30,8 +30,6 @@ mod state;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
@@ -45,6 +43,7 @@ pub use api::{ApiError, REQUESTS};
 pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
 use state::{Hash, State};
 
+use crate::component::Readiness;
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped};
@@ -106,7 +105,7 @@ pub struct RestPollSource {
     resources: Vec<Resource>,
     publisher: Publisher,
     api: Api,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 }
 
 /// A resource with its mapping bound to the fields the poller reads.
@@ -141,7 +140,7 @@ impl RestPollSource {
             resources,
             publisher,
             api,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Readiness::not_yet("testing the ERP credentials"),
         };
         for resource in &source.resources {
             source.poller(resource.clone())?;
@@ -150,7 +149,7 @@ impl RestPollSource {
     }
 
     /// True while the ERP answers (the circuit is closed).
-    pub fn ready(&self) -> Arc<AtomicBool> {
+    pub fn readiness(&self) -> Readiness {
         self.ready.clone()
     }
 
@@ -221,7 +220,7 @@ impl RestPollSource {
                     // Start again from what is stored.
                     states.iter_mut().for_each(|s| *s = None);
                     loaded = true;
-                    self.ready.store(true, Ordering::Relaxed);
+                    self.ready.ready();
                 }
                 let polls = pollers
                     .iter_mut()
@@ -249,7 +248,7 @@ impl RestPollSource {
                     circuit_open = false;
                     failures = 0;
                     metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(0.0);
-                    self.ready.store(true, Ordering::Relaxed);
+                    self.ready.ready();
                 }
                 Err(err) => {
                     failures += 1;
@@ -265,7 +264,10 @@ impl RestPollSource {
                     .increment(1);
                     tracing::error!(error = %err, failures, "poll failed");
                     if failures >= self.config.circuit.failures {
-                        self.ready.store(false, Ordering::Relaxed);
+                        self.ready.not_ready(format!(
+                            "circuit open after {failures} failed polls of {}",
+                            self.config.preset.peer()
+                        ));
                         metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(1.0);
                         tracing::error!(
                             open_for = ?self.config.circuit.open_for,
@@ -658,33 +660,13 @@ impl RestPollSource {
         metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        RawRecord {
-            topic: resource.dlq_topic.clone(),
-            key: Some(key.as_bytes().to_vec()),
-            payload: Some(Value::Object(row.clone()).to_string().into_bytes()),
-            headers: vec![
-                ("erpstream.error".into(), error.as_bytes().to_vec()),
-                (
-                    crate::kafka::ERROR_TYPE_HEADER.into(),
-                    crate::kafka::Failure::Mapping.as_str().into(),
-                ),
-                ("erpstream.source".into(), self.id.clone().into_bytes()),
-                ("erpstream.attempts".into(), b"1".to_vec()),
-                (
-                    "erpstream.original.resource".into(),
-                    resource.name.clone().into_bytes(),
-                ),
-                (
-                    "erpstream.failed_at".into(),
-                    now_millis().to_string().into_bytes(),
-                ),
-                (
-                    TRACEPARENT_HEADER.to_string(),
-                    Traceparent::new_root().to_string().into_bytes(),
-                ),
-            ],
-            partition: None,
-        }
+        crate::kafka::DeadLetter::new(crate::kafka::Failure::Mapping, error, &self.id).of_row(
+            &resource.dlq_topic,
+            key,
+            Value::Object(row.clone()).to_string().into_bytes(),
+            &[("resource", &resource.name)],
+            &Traceparent::new_root(),
+        )
     }
 }
 

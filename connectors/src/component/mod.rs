@@ -1,0 +1,5 @@
+//! What every source and sink shares as a running component.
+
+mod readiness;
+
+pub use readiness::Readiness;
