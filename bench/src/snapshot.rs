@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use erpstream_connectors::component::SnapshotService;
 use erpstream_connectors::sources::storefront_api::ApiAuth;
 use erpstream_pipeline::processors::Processor;
 use erpstream_pipeline::processors::inventory::{
-    Hold, Inventory, InventoryConfig, LocationState, SkuState, snapshot,
+    Hold, Inventory, InventoryConfig, LocationState, SkuState,
 };
 use futures::StreamExt;
 use rust_decimal::Decimal;
@@ -112,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let auth = Arc::new(ApiAuth::new(vec![TOKEN.to_string().into()]));
-    let app = snapshot::router(inventory.view(), auth);
+    let app = inventory.view().router(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!(
         "http://{}/api/inventory/snapshot{}",

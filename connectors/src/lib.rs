@@ -6,6 +6,7 @@
 //! module documentation: what it acknowledges, when, and what it tolerates.
 
 pub mod component;
+mod error;
 pub mod kafka;
 pub mod metrics;
 pub mod planning;
@@ -15,4 +16,5 @@ pub mod sinks;
 pub mod sources;
 pub mod validation;
 
+pub use error::Error;
 pub use secret::{SecretError, SecretRef};

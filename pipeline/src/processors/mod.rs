@@ -18,12 +18,17 @@ pub mod inventory;
 pub mod task;
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
 
+use erpstream_connectors::component::{Graph, Names, SnapshotService};
 use erpstream_connectors::kafka::RawRecord;
+use erpstream_connectors::validation::Problem;
 use erpstream_schemas::{
-    CatalogUpdate, DemandActual, InventoryAdjustment, InventoryAvailable, InventoryChange,
-    Reservation, SalesOrder, Traceparent,
+    CatalogUpdate, DemandActual, EventKind, InventoryAdjustment, InventoryAvailable,
+    InventoryChange, Reservation, SalesOrder, Traceparent,
 };
+use serde::de::DeserializeOwned;
 
 /// An input record as processors see it: the raw record and its decoded event.
 pub struct Record {
@@ -107,4 +112,57 @@ pub trait Processor: Send + Sync {
     /// Called about once a second between batches, for time-driven changes (expiry).
     /// `now` is epoch ms.
     fn tick(&mut self, _index: usize, _now: i64, _effects: &mut Effects) {}
+}
+
+/// A processor type, implemented on its configuration (deserialized from the entry's
+/// settings, `type:` removed). The pipeline's registry maps `type:` names to these.
+///
+/// A chain starts at a processor that reads topics; the next one reads the previous one by
+/// id and sees every record the previous one let through ([`Processor::process`] returned
+/// `true`). The built [`Processor`] keeps the contract in the module documentation.
+pub trait ProcessorConfig: DeserializeOwned + Debug + Clone + Send + Sync + 'static {
+    /// The `type:` name.
+    const TYPE: &'static str;
+
+    /// Checks the settings alone: no I/O, every problem with its path below `at`.
+    fn validate(&self, at: &str) -> Vec<Problem>;
+
+    /// Topics or processor ids it reads.
+    fn inputs(&self) -> &[String];
+
+    /// The logical topic it writes, if any.
+    fn output(&self) -> Option<&str>;
+
+    /// The contracts it takes.
+    fn accepts(&self) -> &'static [EventKind];
+
+    /// The contracts it writes or lets through to the next processor, given those it reads.
+    fn produces(&self, inputs: &[EventKind]) -> Vec<EventKind>;
+
+    /// Whether another processor may read it by id (it lets records through rather than
+    /// writing a topic of its own).
+    fn chains(&self) -> bool {
+        self.output().is_none()
+    }
+
+    /// Whether its built form offers a snapshot of its state ([`Built::snapshot`]).
+    fn keeps_snapshot(&self) -> bool {
+        false
+    }
+
+    /// Checks against the rest of the topology (co-partitioning of what it writes); no I/O.
+    fn check(&self, _at: &str, _graph: &dyn Graph) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// Builds processor `id`.
+    fn build(&self, id: &str, names: &Names) -> Built;
+}
+
+/// A built processor, and the snapshot of its state it offers other components.
+pub struct Built {
+    /// The stage to run in its chain.
+    pub processor: Box<dyn Processor>,
+    /// Its state as a snapshot service (`storefront_api`'s `snapshot:` names it).
+    pub snapshot: Option<Arc<dyn SnapshotService>>,
 }

@@ -14,30 +14,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use erpstream_connectors::component::Readiness;
+use erpstream_connectors::component::{Probe, Readiness};
 use erpstream_connectors::kafka::Publisher;
-use erpstream_connectors::sources::planning_api::PlanningApi;
-use erpstream_connectors::sources::storefront_api::StorefrontApiSource;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-
-/// A component whose database `/readyz` checks.
-#[derive(Clone)]
-pub enum Store {
-    /// The storefront API's request store.
-    Storefront(Arc<StorefrontApiSource>),
-    /// The planning database.
-    Planning(Arc<PlanningApi>),
-}
-
-impl Store {
-    async fn reachable(&self) -> bool {
-        match self {
-            Store::Storefront(api) => api.store_reachable().await,
-            Store::Planning(api) => api.store_reachable().await,
-        }
-    }
-}
 
 #[derive(Clone)]
 struct Ops {
@@ -45,7 +25,7 @@ struct Ops {
     publisher: Publisher,
     registry_url: String,
     client: reqwest::Client,
-    apis: Vec<Store>,
+    probes: Vec<Probe>,
     components: Arc<Vec<(String, Readiness)>>,
 }
 
@@ -54,7 +34,7 @@ pub fn operations(
     metrics: PrometheusHandle,
     publisher: Publisher,
     registry_url: &str,
-    apis: Vec<Store>,
+    probes: Vec<Probe>,
     components: Vec<(String, Readiness)>,
 ) -> Router {
     let client = reqwest::Client::builder()
@@ -66,7 +46,7 @@ pub fn operations(
         publisher,
         registry_url: registry_url.trim_end_matches('/').to_string(),
         client,
-        apis,
+        probes,
         components: Arc::new(components),
     };
     Router::new()
@@ -95,8 +75,8 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         .await
         .is_ok_and(|r| r.status().is_success());
     let mut database = true;
-    for api in &ops.apis {
-        database &= api.reachable().await;
+    for probe in &ops.probes {
+        database &= probe().await;
     }
     let reasons: BTreeMap<&str, String> = ops
         .components

@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use erpstream_connectors::component::Shadow;
 use erpstream_connectors::kafka::Publisher;
-use erpstream_connectors::sinks::{planning_pg, storefront_webhook};
 use erpstream_schemas::EventKind;
 use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
@@ -24,7 +24,6 @@ use super::{
     From, Progress, Records, Tools, TopicReader, Until, json_record, newest_offsets, resend,
     rfc3339,
 };
-use crate::topology::SinkConfig;
 
 /// Header marking a re-published record with the replay's id.
 pub const REPLAY_HEADER: &str = erpstream_connectors::kafka::headers::REPLAY;
@@ -102,7 +101,7 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
     let topic = tools.topic(&options.topic);
     let logical = tools.logical(&topic).to_string();
     let sink = match &options.target {
-        Target::Sink(id) => Some(sink_for(tools, id, &logical)?),
+        Target::Sink(id) => Some(sink_for(tools, id, &logical, options.live)?),
         _ => None,
     };
     if options.live && sink.is_none() {
@@ -163,9 +162,13 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
                 }
             }
             (Some(_), true) => live.push(message),
-            (Some(shadow), false) => {
+            (Some(sink), false) => {
                 let payload = message.payload().unwrap_or_default();
-                match shadow.compute(tools, payload).await {
+                let computed = match sink.shadow {
+                    Some(shadow) => shadow(&tools.codec, sink.kind, payload).await,
+                    None => Ok(Vec::new()),
+                };
+                match computed {
                     Ok(lines) => {
                         for mut line in lines {
                             summary.computed += 1;
@@ -205,67 +208,36 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
     Ok(summary)
 }
 
-/// What shadow mode computes for a sink.
-#[derive(Debug, Clone, Copy)]
-enum Shadow {
-    /// A `storefront_webhook` sink's requests.
-    Storefront(EventKind),
-    /// A `planning_pg` sink's rows.
-    Planning(EventKind),
+/// The sink a replay goes into: the contract of the replayed topic and the sink's shadow
+/// mode.
+struct SinkTarget {
+    kind: EventKind,
+    shadow: Option<Shadow>,
 }
 
-impl Shadow {
-    /// What the sink would do with one record, as JSON objects.
-    async fn compute(
-        self,
-        tools: &Tools,
-        payload: &[u8],
-    ) -> Result<Vec<serde_json::Value>, String> {
-        match self {
-            Shadow::Storefront(kind) => {
-                let requests = storefront_webhook::requests(&tools.codec, kind, payload).await?;
-                Ok(requests
-                    .into_iter()
-                    .map(|request| {
-                        let body: serde_json::Value =
-                            serde_json::from_slice(&request.body).unwrap_or_default();
-                        serde_json::json!({
-                            "key": request.key,
-                            "webhook_id": request.webhook_id,
-                            "body": body,
-                        })
-                    })
-                    .collect())
-            }
-            Shadow::Planning(kind) => planning_pg::rows_for(&tools.codec, kind, payload).await,
-        }
-    }
-}
-
-/// What shadow mode computes for sink `id`, which must read `logical`.
-fn sink_for(tools: &Tools, id: &str, logical: &str) -> anyhow::Result<Shadow> {
+/// Sink `id`, which must read `logical`; without `--live` it must have a shadow mode.
+fn sink_for(tools: &Tools, id: &str, logical: &str, live: bool) -> anyhow::Result<SinkTarget> {
     let Some(sink) = tools.topology.sinks.get(id) else {
         let known: Vec<&str> = tools.topology.sinks.keys().map(String::as_str).collect();
         bail!("--into {id}: not stdout, file or a sink of the topology ({known:?})");
     };
-    if !sink.inputs().iter().any(|i| i == logical) {
-        bail!(
-            "sink {id} does not read {logical} (it reads {:?})",
-            sink.inputs()
-        );
+    let inputs: Vec<String> = sink.inputs().into_iter().map(|p| p.topic).collect();
+    if !inputs.iter().any(|i| i == logical) {
+        bail!("sink {id} does not read {logical} (it reads {inputs:?})");
     }
     let kind = tools
         .topology
         .contract(logical)
         .with_context(|| format!("topic {logical} has no contract in the topology"))?;
-    match sink {
-        SinkConfig::StorefrontWebhook(_) => Ok(Shadow::Storefront(kind)),
-        SinkConfig::PlanningPg(_) => Ok(Shadow::Planning(kind)),
-        SinkConfig::ErpRest(_) => bail!(
-            "sink {id}: shadow mode computes storefront_webhook requests and planning_pg rows; \
-             replay {logical} --into file or stdout to inspect it, or --live to re-send it"
-        ),
+    let shadow = sink.shadow();
+    if shadow.is_none() && !live {
+        bail!(
+            "sink {id} ({}) has no shadow mode; replay {logical} --into file or stdout to \
+             inspect it, or --live to re-send it",
+            sink.type_name()
+        );
     }
+    Ok(SinkTarget { kind, shadow })
 }
 
 /// Components whose inputs include `logical`.
@@ -274,7 +246,7 @@ fn consumers_of(tools: &Tools, logical: &str) -> Vec<String> {
     let sinks = topology
         .sinks
         .iter()
-        .filter(|(_, s)| s.inputs().iter().any(|i| i == logical))
+        .filter(|(_, s)| s.inputs().iter().any(|p| p.topic == logical))
         .map(|(id, _)| id.clone());
     let processors = topology
         .processors

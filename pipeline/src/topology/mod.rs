@@ -9,21 +9,15 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use erpstream_connectors::component::{Graph, Names};
 use erpstream_connectors::kafka::KafkaConfig;
-use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
-use erpstream_connectors::sinks::planning_pg::PlanningPgConfig;
-use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
-use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
-use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
-use erpstream_connectors::sources::planning_api::PlanningApiConfig;
-use erpstream_connectors::sources::rest_poll::RestPollConfig;
-use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;
 use serde::Deserialize;
 
-use crate::processors::dedupe::DedupeConfig;
-use crate::processors::inventory::InventoryConfig;
+use crate::components::{Configured, ConfiguredProcessor};
 
 /// A validated topology.
 #[derive(Debug, Clone)]
@@ -40,11 +34,11 @@ pub struct Topology {
     /// Declared topics by logical name.
     pub topics: BTreeMap<String, TopicConfig>,
     /// Sources by id.
-    pub sources: BTreeMap<String, SourceConfig>,
+    pub sources: BTreeMap<String, Arc<dyn Configured>>,
     /// Processors by id.
-    pub processors: BTreeMap<String, ProcessorConfig>,
+    pub processors: BTreeMap<String, Arc<dyn ConfiguredProcessor>>,
     /// Sinks by id.
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, Arc<dyn Configured>>,
 }
 
 /// The `http:` section.
@@ -90,70 +84,6 @@ pub struct TopicConfig {
     pub contract: Option<String>,
 }
 
-/// A source, by `type`.
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    /// `erp_webhook`.
-    ErpWebhook(ErpWebhookConfig),
-    /// `storefront_api`.
-    StorefrontApi(StorefrontApiConfig),
-    /// `pg_cdc`.
-    PgCdc(PgCdcConfig),
-    /// `rest_poll`.
-    RestPoll(RestPollConfig),
-    /// `planning_api`.
-    PlanningApi(PlanningApiConfig),
-}
-
-/// A processor, by `type`.
-#[derive(Debug, Clone)]
-pub enum ProcessorConfig {
-    /// `dedupe`.
-    Dedupe(DedupeConfig),
-    /// `inventory`.
-    Inventory(InventoryConfig),
-}
-
-impl ProcessorConfig {
-    /// Topics or processor ids this processor reads.
-    pub fn inputs(&self) -> &[String] {
-        match self {
-            ProcessorConfig::Dedupe(c) => &c.inputs,
-            ProcessorConfig::Inventory(c) => &c.inputs,
-        }
-    }
-
-    /// The topic it writes, if any.
-    pub fn output(&self) -> Option<&str> {
-        match self {
-            ProcessorConfig::Dedupe(c) => c.output.as_deref(),
-            ProcessorConfig::Inventory(c) => Some(&c.output),
-        }
-    }
-}
-
-/// A sink, by `type`.
-#[derive(Debug, Clone)]
-pub enum SinkConfig {
-    /// `storefront_webhook`.
-    StorefrontWebhook(StorefrontWebhookConfig),
-    /// `erp_rest`.
-    ErpRest(ErpRestConfig),
-    /// `planning_pg`.
-    PlanningPg(PlanningPgConfig),
-}
-
-impl SinkConfig {
-    /// Topics this sink reads.
-    pub fn inputs(&self) -> &[String] {
-        match self {
-            SinkConfig::StorefrontWebhook(c) => &c.inputs,
-            SinkConfig::ErpRest(c) => &c.inputs,
-            SinkConfig::PlanningPg(c) => &c.inputs,
-        }
-    }
-}
-
 /// Every problem found in a topology file.
 #[derive(Debug, thiserror::Error)]
 #[error("{} problem(s) in the topology:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -180,5 +110,32 @@ impl Topology {
     pub fn contract(&self, topic: &str) -> Option<EventKind> {
         let config = self.topics.get(topic)?;
         EventKind::from_topic(config.contract.as_deref().unwrap_or(topic))
+    }
+
+    /// How this deployment names topics, groups and changelogs.
+    pub fn names(&self) -> Names {
+        Names::new(&self.app_id, &self.kafka)
+    }
+
+    /// The sources and sinks, with their ids.
+    pub fn components(&self) -> impl Iterator<Item = (&String, &Arc<dyn Configured>)> {
+        self.sources.iter().chain(&self.sinks)
+    }
+}
+
+impl Graph for Topology {
+    fn contract(&self, topic: &str) -> Option<EventKind> {
+        Topology::contract(self, topic)
+    }
+    fn partitions(&self, topic: &str) -> Option<i32> {
+        self.topics.get(topic).map(|t| t.partitions)
+    }
+    fn has_source(&self, id: &str) -> bool {
+        self.sources.contains_key(id)
+    }
+    fn has_snapshot(&self, processor: &str) -> bool {
+        self.processors
+            .get(processor)
+            .is_some_and(|p| p.keeps_snapshot())
     }
 }

@@ -7,7 +7,12 @@ use erpstream_schemas::EventKind;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
+use std::sync::Arc;
+
+use erpstream_connectors::component::Kind;
+
 use super::*;
+use crate::components::{self, Configured, PROCESSORS};
 
 const SECTIONS: [&str; 8] = [
     "app_id",
@@ -92,86 +97,17 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         }
     }
 
-    let sources = components(
-        &root,
-        "sources",
-        &mut problems,
-        |kind, value, at, problems| match kind {
-            "erp_webhook" => typed::<ErpWebhookConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SourceConfig::ErpWebhook(c)
-            }),
-            "storefront_api" => typed::<StorefrontApiConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SourceConfig::StorefrontApi(c)
-            }),
-            "pg_cdc" => typed::<PgCdcConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SourceConfig::PgCdc(c)
-            }),
-            "rest_poll" => typed::<RestPollConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SourceConfig::RestPoll(c)
-            }),
-            "planning_api" => typed::<PlanningApiConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SourceConfig::PlanningApi(c)
-            }),
-            _ => unknown_type(
-                at,
-                &[
-                    "erp_webhook",
-                    "storefront_api",
-                    "pg_cdc",
-                    "rest_poll",
-                    "planning_api",
-                ],
-                problems,
-            ),
-        },
-    );
-    let processors = components(
+    let sources = components(&root, Kind::Source, &mut problems);
+    let processors = entries(
         &root,
         "processors",
         &mut problems,
-        |kind, value, at, problems| match kind {
-            "dedupe" => typed::<DedupeConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                ProcessorConfig::Dedupe(c)
-            }),
-            "inventory" => typed::<InventoryConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                ProcessorConfig::Inventory(c)
-            }),
-            _ => unknown_type(at, &["dedupe", "inventory"], problems),
+        |kind, value, at, problems| match PROCESSORS.iter().find(|t| t.name == kind) {
+            Some(t) => (t.parse)(value, at, problems),
+            None => unknown_type(at, PROCESSORS.iter().map(|t| t.name), problems),
         },
     );
-    let sinks = components(
-        &root,
-        "sinks",
-        &mut problems,
-        |kind, value, at, problems| match kind {
-            "storefront_webhook" => {
-                typed::<StorefrontWebhookConfig>(value, at, problems).map(|c| {
-                    problems.extend(c.validate(at));
-                    SinkConfig::StorefrontWebhook(c)
-                })
-            }
-            "erp_rest" => typed::<ErpRestConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SinkConfig::ErpRest(c)
-            }),
-            "planning_pg" => typed::<PlanningPgConfig>(value, at, problems).map(|c| {
-                problems.extend(c.validate(at));
-                SinkConfig::PlanningPg(c)
-            }),
-            _ => unknown_type(
-                at,
-                &["storefront_webhook", "erp_rest", "planning_pg"],
-                problems,
-            ),
-        },
-    );
+    let sinks = components(&root, Kind::Sink, &mut problems);
 
     // The graph rules need no broker or registry settings: check them even when those
     // sections are broken (the placeholders never leave this function, as problems exist).
@@ -211,36 +147,45 @@ fn section<T: DeserializeOwned>(
 }
 
 fn typed<T: DeserializeOwned>(value: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-        Ok(v) => Some(v),
-        Err(err) => {
-            let path = err.path().to_string();
-            let path = if path == "." || path == "?" {
-                at.to_string()
-            } else {
-                format!("{at}.{path}")
-            };
-            problems.push(Problem::new(path, err.into_inner().to_string()));
-            None
-        }
-    }
+    crate::components::deserialize(value, at, problems)
 }
 
-fn unknown_type<T>(at: &str, known: &[&str], problems: &mut Vec<Problem>) -> Option<T> {
+fn unknown_type<T>(
+    at: &str,
+    known: impl Iterator<Item = &'static str>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     problems.push(Problem::new(
         format!("{at}.type"),
-        format!("must be one of {}", known.join(", ")),
+        format!("must be one of {}", known.collect::<Vec<_>>().join(", ")),
     ));
     None
 }
 
+/// The `sources` or `sinks` section, each entry read by its registered type.
+fn components(
+    root: &Mapping,
+    kind: Kind,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Arc<dyn Configured>> {
+    entries(
+        root,
+        kind.section(),
+        problems,
+        |name, value, at, problems| match components::types(kind).find(|t| t.name == name) {
+            Some(t) => (t.parse)(value, at, problems),
+            None => unknown_type(at, components::types(kind).map(|t| t.name), problems),
+        },
+    )
+}
+
 /// Deserializes a `sources`/`processors`/`sinks` map, dispatching on each entry's `type`.
-fn components<T>(
+fn entries<T: ?Sized>(
     root: &Mapping,
     name: &str,
     problems: &mut Vec<Problem>,
-    build: impl Fn(&str, &Value, &str, &mut Vec<Problem>) -> Option<T>,
-) -> BTreeMap<String, T> {
+    build: impl Fn(&str, &Value, &str, &mut Vec<Problem>) -> Option<Arc<T>>,
+) -> BTreeMap<String, Arc<T>> {
     let mut out = BTreeMap::new();
     let Some(value) = root.get(name) else {
         return out;
@@ -285,7 +230,8 @@ fn components<T>(
     out
 }
 
-/// Cross-component rules: unique ids, known inputs, matching contracts, no cycles,
+/// Cross-component rules: unique ids, one owner per HTTP path, declared topics with the
+/// right contracts, each component's own checks, known processor inputs, no cycles,
 /// co-partitioning.
 fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
     let mut seen = BTreeMap::new();
@@ -310,157 +256,46 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
         }
     }
 
-    let mut paths = BTreeSet::new();
-    let mut api_sources = 0;
-    for (id, source) in &t.sources {
-        let at = format!("sources.{id}");
-        match source {
-            SourceConfig::ErpWebhook(c) => {
-                if !paths.insert(c.path.clone()) {
-                    problems.push(Problem::new(
-                        format!("{at}.path"),
-                        "is already served by another source",
-                    ));
-                }
-                expect_topic(
-                    t,
-                    &format!("{at}.catalog_topic"),
-                    &c.catalog_topic,
-                    &[EventKind::CatalogUpdate],
-                    problems,
-                );
-                expect_topic(
-                    t,
-                    &format!("{at}.inventory_topic"),
-                    &c.inventory_topic,
-                    &[EventKind::InventoryChange],
-                    problems,
-                );
-                if let Some(topic) = &c.orders_topic {
-                    let path = format!("{at}.orders_topic");
-                    expect_topic(t, &path, topic, &[EventKind::SalesOrder], problems);
-                }
-                if let Some(topic) = &c.reservations_topic {
-                    let path = format!("{at}.reservations_topic");
-                    expect_topic(t, &path, topic, &[EventKind::Reservation], problems);
-                }
-            }
-            SourceConfig::PgCdc(c) => {
-                for (name, table) in &c.tables {
-                    let table_at = format!("{at}.tables.{name}");
-                    let topic_at = format!("{table_at}.topic");
-                    expect_topic(
-                        t,
-                        &topic_at,
-                        &table.topic,
-                        &erpstream_connectors::sources::mapping::MAPPABLE,
-                        problems,
-                    );
-                    if let Some(kind) = t.contract(&table.topic) {
-                        for (field, reason) in
-                            erpstream_connectors::sources::mapping::check(table, kind)
-                        {
-                            problems.push(Problem::new(format!("{table_at}.{field}"), reason));
-                        }
-                    }
-                }
-            }
-            SourceConfig::PlanningApi(c) => {
-                for (field, topic, kind) in [
-                    (
-                        "products_topic",
-                        &c.products_topic,
-                        EventKind::CatalogUpdate,
-                    ),
-                    (
-                        "inventory_topic",
-                        &c.inventory_topic,
-                        EventKind::InventoryChange,
-                    ),
-                    ("demand_topic", &c.demand_topic, EventKind::DemandActual),
-                ] {
-                    expect_topic(t, &format!("{at}.{field}"), topic, &[kind], problems);
-                }
-            }
-            SourceConfig::RestPoll(c) => {
-                for (name, resource) in &c.resources {
-                    let resource_at = format!("{at}.resources.{name}");
-                    let topic_at = format!("{resource_at}.topic");
-                    expect_topic(
-                        t,
-                        &topic_at,
-                        &resource.topic,
-                        &erpstream_connectors::sources::mapping::MAPPABLE,
-                        problems,
-                    );
-                    if let Some(kind) = t.contract(&resource.topic) {
-                        let mapping = resource.mapping();
-                        for (field, reason) in
-                            erpstream_connectors::sources::mapping::check(&mapping, kind)
-                        {
-                            problems.push(Problem::new(format!("{resource_at}.{field}"), reason));
-                        }
-                    }
-                }
-            }
-            SourceConfig::StorefrontApi(c) => {
-                api_sources += 1;
-                if api_sources > 1 {
-                    problems.push(Problem::new(
-                        &at,
-                        "only one storefront_api source may run (its paths are fixed)",
-                    ));
-                }
-                for (field, topic, kind) in [
-                    ("orders_topic", &c.orders_topic, EventKind::SalesOrder),
-                    (
-                        "adjustments_topic",
-                        &c.adjustments_topic,
-                        EventKind::InventoryAdjustment,
-                    ),
-                    (
-                        "reservations_topic",
-                        &c.reservations_topic,
-                        EventKind::Reservation,
-                    ),
-                ] {
-                    expect_topic(t, &format!("{at}.{field}"), topic, &[kind], problems);
-                }
-                if let (Some(reservations), Some(inventory)) = (
-                    t.topics.get(&c.reservations_topic),
-                    t.topics.get(EventKind::InventoryChange.topic()),
-                ) && reservations.partitions != inventory.partitions
-                {
-                    problems.push(Problem::new(
-                        format!("{at}.reservations_topic"),
-                        format!(
-                            "{} must have as many partitions as inventory.change (both keyed by sku)",
-                            c.reservations_topic
-                        ),
-                    ));
-                }
-                if let Some(snapshot) = &c.snapshot
-                    && !matches!(
-                        t.processors.get(snapshot),
-                        Some(ProcessorConfig::Inventory(_))
-                    )
-                {
-                    problems.push(Problem::new(
-                        format!("{at}.snapshot"),
-                        format!("{snapshot} is not an inventory processor"),
-                    ));
+    let mut served: BTreeMap<String, String> = BTreeMap::new();
+    for (id, component) in t.components() {
+        let at = format!("{}.{id}", component.kind().section());
+        for route in component.routes() {
+            let path = match route.field {
+                Some(field) => format!("{at}.{field}"),
+                None => at.clone(),
+            };
+            match served.get(&route.path) {
+                Some(owner) => problems.push(Problem::new(
+                    path,
+                    format!("{} is already served by {owner}", route.path),
+                )),
+                None => {
+                    served.insert(route.path, at.clone());
                 }
             }
         }
+        for port in component.outputs() {
+            let path = format!("{at}.{}", port.field);
+            expect_topic(t, &path, &port.topic, port.contracts, problems);
+        }
+        for port in component.inputs() {
+            let path = format!("{at}.{}", port.field);
+            if t.processors.contains_key(&port.topic) {
+                problems.push(Problem::new(
+                    &path,
+                    "sinks read topics; name the processor's output topic",
+                ));
+            } else {
+                expect_topic(t, &path, &port.topic, port.contracts, problems);
+            }
+        }
+        problems.extend(component.check(&at, t));
     }
 
-    let mut consumers_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut readers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (id, processor) in &t.processors {
         let at = format!("processors.{id}");
-        let accepts: &[EventKind] = match processor {
-            ProcessorConfig::Dedupe(_) => &EventKind::ALL,
-            ProcessorConfig::Inventory(_) => &[EventKind::InventoryChange, EventKind::Reservation],
-        };
+        let accepts = processor.accepts();
         if processor.inputs().is_empty() {
             problems.push(Problem::new(
                 format!("{at}.inputs"),
@@ -471,8 +306,8 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
         for (i, input) in processor.inputs().iter().enumerate() {
             let path = format!("{at}.inputs[{i}]");
             if let Some(upstream) = t.processors.get(input) {
-                consumers_of.entry(input.as_str()).or_default().push(id);
-                if upstream.output().is_some() && matches!(upstream, ProcessorConfig::Dedupe(_)) {
+                readers.entry(input.as_str()).or_default().push(id);
+                if !upstream.chains() {
                     problems.push(Problem::new(
                         &path,
                         format!("processor {input} writes a topic; read that topic instead"),
@@ -506,31 +341,38 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
             ));
         }
         if let Some(output) = processor.output() {
-            let produces: &[EventKind] = match processor {
-                ProcessorConfig::Inventory(_) => &[EventKind::InventoryAvailable],
-                ProcessorConfig::Dedupe(_) => &EventKind::ALL,
-            };
-            expect_topic(t, &format!("{at}.output"), output, produces, problems);
-            if let (ProcessorConfig::Inventory(c), Some(out)) = (processor, t.topics.get(output)) {
-                for input in &c.inputs {
-                    if let Some(topic) = t.topics.get(input)
-                        && topic.partitions != out.partitions
-                    {
-                        problems.push(Problem::new(format!("{at}.output"), format!(
-                                "{output} must have as many partitions as {input} (both keyed by sku)")));
-                    }
-                }
+            let produces = processor.produces(&contracts_of(t, id, &mut BTreeSet::new()));
+            if !t.topics.contains_key(output) {
+                problems.push(Problem::new(
+                    format!("{at}.output"),
+                    format!("topic {output} is not declared in topics"),
+                ));
+            } else if let Some(kind) = t.contract(output)
+                && !produces.is_empty()
+                && !produces.contains(&kind)
+            {
+                problems.push(Problem::new(
+                    format!("{at}.output"),
+                    format!(
+                        "topic {output} carries {}; this processor writes {}",
+                        kind.topic(),
+                        produces
+                            .iter()
+                            .map(|k| k.topic())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                ));
             }
-        } else if !consumers_of.contains_key(id.as_str())
-            && !t.processors.values().any(|p| p.inputs().contains(id))
-        {
+        } else if !t.processors.values().any(|p| p.inputs().contains(id)) {
             problems.push(Problem::new(
                 format!("{at}.output"),
                 "is required when no processor reads this one",
             ));
         }
+        problems.extend(processor.check(&at, t));
     }
-    for (id, readers) in &consumers_of {
+    for (id, readers) in &readers {
         if readers.len() > 1 {
             problems.push(Problem::new(
                 format!("processors.{id}"),
@@ -559,67 +401,23 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
             current = next;
         }
     }
-
-    for (id, sink) in &t.sinks {
-        let accepts: &[EventKind] = match sink {
-            SinkConfig::StorefrontWebhook(_) => {
-                &[EventKind::InventoryAvailable, EventKind::CatalogUpdate]
-            }
-            SinkConfig::ErpRest(_) => &[EventKind::SalesOrder, EventKind::InventoryAdjustment],
-            SinkConfig::PlanningPg(_) => &[
-                EventKind::CatalogUpdate,
-                EventKind::InventoryChange,
-                EventKind::DemandActual,
-            ],
-        };
-        for (i, input) in sink.inputs().iter().enumerate() {
-            let path = format!("sinks.{id}.inputs[{i}]");
-            if t.processors.contains_key(input) {
-                problems.push(Problem::new(
-                    &path,
-                    "sinks read topics; name the processor's output topic",
-                ));
-            } else {
-                expect_topic(t, &path, input, accepts, problems);
-            }
-        }
-        if let SinkConfig::ErpRest(c) = sink {
-            for (i, source) in c.sources.iter().enumerate() {
-                if !t.sources.contains_key(source) {
-                    problems.push(Problem::new(
-                        format!("sinks.{id}.sources[{i}]"),
-                        format!("{source} is not a source of this topology"),
-                    ));
-                }
-            }
-            expect_topic(
-                t,
-                &format!("sinks.{id}.reservations_topic"),
-                &c.reservations_topic,
-                &[EventKind::Reservation],
-                problems,
-            );
-        }
-    }
 }
 
+/// The contracts processor (or topic) `id` carries: a topic's own, a processor's from what
+/// it reads.
 fn contracts_of(t: &Topology, id: &str, visiting: &mut BTreeSet<String>) -> Vec<EventKind> {
     if !visiting.insert(id.to_string()) {
         return vec![];
     }
     match t.processors.get(id) {
-        Some(ProcessorConfig::Inventory(_)) => vec![EventKind::InventoryAvailable],
-        Some(p @ ProcessorConfig::Dedupe(_)) => p
-            .inputs()
-            .iter()
-            .flat_map(|i| {
-                if t.topics.contains_key(i) {
-                    t.contract(i).into_iter().collect()
-                } else {
-                    contracts_of(t, i, visiting)
-                }
-            })
-            .collect(),
+        Some(processor) => {
+            let read: Vec<EventKind> = processor
+                .inputs()
+                .iter()
+                .flat_map(|i| contracts_of(t, i, visiting))
+                .collect();
+            processor.produces(&read)
+        }
         None => t.contract(id).into_iter().collect(),
     }
 }

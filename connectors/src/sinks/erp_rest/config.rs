@@ -112,7 +112,7 @@ fn default_request_timeout() -> Duration {
 
 impl ErpRestConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         problems.extend(crate::validation::http_url(format!("{at}.url"), &self.url));
         if self.inputs.is_empty() {

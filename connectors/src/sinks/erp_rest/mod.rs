@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 pub use config::{ErpNextSettings, ErpRestConfig, OrdersAs, Preset};
 
-use crate::component::Readiness;
+use crate::component::{Component, Context, Graph, Kind, Port, Readiness, Running};
 use crate::kafka::{
     self, DeadLetter, GroupConsumer, KafkaConfig, OffsetTracker, PublishError, Publisher,
     TrackingContext, sleep_or_shutdown,
@@ -43,9 +43,73 @@ use crate::kafka::{
 use crate::metrics as m;
 use crate::retry::{Outcome, backoff, classify, retry_after, send};
 use crate::secret::SecretError;
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_rest";
+
+impl Component for ErpRestConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Sink;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn inputs(&self) -> Vec<Port> {
+        Port::list(
+            "inputs",
+            &self.inputs,
+            &[EventKind::SalesOrder, EventKind::InventoryAdjustment],
+        )
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        vec![Port::new(
+            "reservations_topic",
+            &self.reservations_topic,
+            &[EventKind::Reservation],
+        )]
+    }
+
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| !graph.has_source(source))
+            .map(|(i, source)| {
+                Problem::new(
+                    format!("{at}.sources[{i}]"),
+                    format!("{source} is not a source of this topology"),
+                )
+            })
+            .collect()
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let inputs = self
+            .inputs
+            .iter()
+            .filter_map(|logical| context.resolve(logical))
+            .map(|resolved| Input {
+                kind: resolved.contract,
+                dlq_topic: resolved.dlq,
+                topic: resolved.topic,
+            })
+            .collect();
+        let sink = ErpRestSink::build(
+            &context.id,
+            self.clone(),
+            inputs,
+            &context.kafka,
+            &context.group(),
+            context.publisher.clone(),
+        )?;
+        Ok(Running::default()
+            .readiness(sink.readiness())
+            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+    }
+}
 
 /// One input topic of the sink.
 pub struct Input {

@@ -34,10 +34,11 @@ use tokio_postgres::Client;
 
 pub use config::PlanningPgConfig;
 
-use crate::component::Readiness;
+use crate::component::{Component, Context, Kind, Port, Readiness, Running, Shadow};
 use crate::kafka::{self, DeadLetter, GroupConsumer, KafkaConfig, Publisher, TrackingContext};
 use crate::metrics as m;
 use crate::planning;
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "planning_pg";
@@ -45,6 +46,55 @@ pub const TYPE: &str = "planning_pg";
 pub const ROWS: &str = "erpstream_planning_rows_written_total";
 /// Seconds one batch transaction took.
 pub const BATCH_SECONDS: &str = "erpstream_planning_batch_seconds";
+
+impl Component for PlanningPgConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Sink;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn inputs(&self) -> Vec<Port> {
+        Port::list(
+            "inputs",
+            &self.inputs,
+            &[
+                EventKind::CatalogUpdate,
+                EventKind::InventoryChange,
+                EventKind::DemandActual,
+            ],
+        )
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let inputs = self
+            .inputs
+            .iter()
+            .filter_map(|logical| context.resolve(logical))
+            .map(|resolved| Input {
+                kind: resolved.contract,
+                dlq_topic: resolved.dlq,
+                topic: resolved.topic,
+            })
+            .collect();
+        let sink = PlanningPgSink::build(
+            &context.id,
+            self.clone(),
+            inputs,
+            &context.kafka,
+            &context.group(),
+            context.publisher.clone(),
+        )?;
+        Ok(Running::default()
+            .readiness(sink.readiness())
+            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+    }
+
+    fn shadow(&self) -> Option<Shadow> {
+        Some(|codec, kind, payload| Box::pin(rows_for(codec, kind, payload)))
+    }
+}
 
 /// One input topic.
 pub struct Input {

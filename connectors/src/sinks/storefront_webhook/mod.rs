@@ -43,12 +43,14 @@ pub use service::DeliveryService;
 
 use crate::retry::{Outcome, backoff};
 
-use crate::component::Readiness;
+use crate::component::{Component, Context, Kind, Names, Port, Readiness, Running, Shadow};
+use crate::kafka::TopicSpec;
 use crate::kafka::{
     self, Changelog, DeadLetter, Failure, GroupConsumer, KafkaConfig, OffsetTracker, Publisher,
     TrackingContext,
 };
 use crate::metrics as m;
+use crate::validation::Problem;
 
 mod payload;
 
@@ -212,25 +214,18 @@ impl StorefrontWebhookSink {
     }
 }
 
-/// One request the sink would send, before its guard has its say.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// Delivery key: `stock|<sku>|<location>` or `catalog|<group>`.
-    pub key: String,
-    /// The `webhook-id` header.
-    pub webhook_id: String,
-    /// The signed JSON body.
-    pub body: bytes::Bytes,
-}
-
 /// The requests the sink would send for one record of contract `kind`, regardless of what
-/// it delivered already: one per location of a stock record, one per catalog record. Used
-/// by `erpstream replay` in shadow mode, which computes deliveries without sending them.
-pub async fn requests(
+/// it delivered already, as `{key, webhook_id, body}` objects: one per location of a stock
+/// record, one per catalog record. Its shadow mode (`erpstream replay --into <sink>`).
+async fn requests(
     codec: &Codec,
     kind: EventKind,
     payload: &[u8],
-) -> Result<Vec<Request>, String> {
+) -> Result<Vec<serde_json::Value>, String> {
+    let request = |key: String, webhook_id: String, body: bytes::Bytes| {
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        serde_json::json!({"key": key, "webhook_id": webhook_id, "body": body})
+    };
     match kind {
         EventKind::InventoryAvailable => {
             let record: erpstream_schemas::InventoryAvailable =
@@ -238,23 +233,96 @@ pub async fn requests(
             Ok(record
                 .locations
                 .iter()
-                .map(|location| Request {
-                    key: format!("stock|{}|{}", record.sku, location.location_code),
-                    webhook_id: stock_webhook_id(&record, location),
-                    body: payload::stock(&record, location),
+                .map(|location| {
+                    request(
+                        format!("stock|{}|{}", record.sku, location.location_code),
+                        stock_webhook_id(&record, location),
+                        payload::stock(&record, location),
+                    )
                 })
                 .collect())
         }
         EventKind::CatalogUpdate => {
             let record: erpstream_schemas::CatalogUpdate =
                 codec.decode(payload).await.map_err(|e| e.to_string())?;
-            Ok(vec![Request {
-                key: format!("catalog|{}", record.group_id),
-                webhook_id: catalog_webhook_id(&record),
-                body: payload::catalog(&record),
-            }])
+            Ok(vec![request(
+                format!("catalog|{}", record.group_id),
+                catalog_webhook_id(&record),
+                payload::catalog(&record),
+            )])
         }
         other => Err(format!("the storefront sink does not deliver {other:?}")),
+    }
+}
+
+/// What the sink accepts.
+const ACCEPTS: &[EventKind] = &[EventKind::InventoryAvailable, EventKind::CatalogUpdate];
+
+impl Component for StorefrontWebhookConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Sink;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn inputs(&self) -> Vec<Port> {
+        Port::list("inputs", &self.inputs, ACCEPTS)
+    }
+
+    /// Each input's dead-letter topic and the changelog of its delivery guard.
+    fn topics(&self, id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
+        let mut specs = Vec::new();
+        for input in &self.inputs {
+            let partitions = partitions(input);
+            specs.push(TopicSpec {
+                name: names.dlq(input),
+                partitions,
+                compacted: false,
+            });
+            specs.push(TopicSpec {
+                name: names.changelog(id, Some(input)),
+                partitions,
+                compacted: true,
+            });
+        }
+        specs
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|logical| {
+                let resolved = context
+                    .resolve(logical)
+                    .ok_or_else(|| crate::Error::Wiring {
+                        setting: format!("sinks.{}.inputs", context.id),
+                        reason: format!("{logical} carries no known contract"),
+                    })?;
+                Ok(Input {
+                    changelog: context.changelog(Some(logical)),
+                    kind: resolved.contract,
+                    dlq_topic: resolved.dlq,
+                    topic: resolved.topic,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::Error>>()?;
+        let sink = StorefrontWebhookSink::build(
+            &context.id,
+            self.clone(),
+            inputs,
+            &context.kafka,
+            &context.group(),
+            context.publisher.clone(),
+        )?;
+        Ok(Running::default()
+            .readiness(sink.readiness())
+            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+    }
+
+    fn shadow(&self) -> Option<Shadow> {
+        Some(|codec, kind, payload| Box::pin(requests(codec, kind, payload)))
     }
 }
 

@@ -70,7 +70,7 @@ fn default_inventory_topic() -> String {
 
 impl ErpWebhookConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if !self.path.starts_with('/') {
             problems.push(Problem::new(format!("{at}.path"), "must start with /"));

@@ -28,8 +28,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use erpstream_schemas::{
-    CatalogUpdate, InventoryChange, LineItem, OrderStatus, Reservation, ReservationAction,
-    SalesOrder, Traceparent, Variant, now_millis,
+    CatalogUpdate, EventKind, InventoryChange, LineItem, OrderStatus, Reservation,
+    ReservationAction, SalesOrder, Traceparent, Variant, now_millis,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,10 +39,12 @@ pub use config::ErpWebhookConfig;
 use payload::{ErpEvent, ErpWebhook as ParsedWebhook};
 use signature::Verifier;
 
+use crate::component::{Component, Context, Kind, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
 use crate::sources::http;
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_webhook";
@@ -62,6 +64,58 @@ pub struct Accepted {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+}
+
+impl Component for ErpWebhookConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Source;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        let mut ports = vec![
+            Port::new(
+                "catalog_topic",
+                &self.catalog_topic,
+                &[EventKind::CatalogUpdate],
+            ),
+            Port::new(
+                "inventory_topic",
+                &self.inventory_topic,
+                &[EventKind::InventoryChange],
+            ),
+        ];
+        if let Some(topic) = &self.orders_topic {
+            ports.push(Port::new("orders_topic", topic, &[EventKind::SalesOrder]));
+        }
+        if let Some(topic) = &self.reservations_topic {
+            ports.push(Port::new(
+                "reservations_topic",
+                topic,
+                &[EventKind::Reservation],
+            ));
+        }
+        ports
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        vec![Route {
+            field: Some("path"),
+            path: self.path.clone(),
+        }]
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let source = ErpWebhookSource::build(
+            &context.id,
+            self.clone(),
+            &context.kafka,
+            context.publisher.clone(),
+        )?;
+        Ok(Running::default().routes(Arc::new(source).router()))
+    }
 }
 
 /// A running `erp_webhook` source.

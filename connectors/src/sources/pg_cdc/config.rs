@@ -79,7 +79,7 @@ fn default_source_system() -> String {
 impl PgCdcConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
     /// Field paths are checked against the topics' contracts by the topology.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (field, url) in [
             ("database", &self.database),

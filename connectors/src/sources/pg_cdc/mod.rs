@@ -45,9 +45,11 @@ use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapp
 pub use config::{PgCdcConfig, SnapshotMode};
 use control::{SlotState, SourceRecord, StateStore, TableShape};
 
-use crate::component::Readiness;
+use crate::component::{Component, Context, Graph, Kind, Names, Port, Readiness, Running};
+use crate::kafka::TopicSpec;
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord};
 use crate::metrics as m;
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "pg_cdc";
@@ -103,6 +105,87 @@ impl CdcError {
             CdcError::Publish(e) => e.is_retriable(),
             _ => true,
         }
+    }
+}
+
+impl Component for PgCdcConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Source;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        self.tables
+            .iter()
+            .map(|(name, table)| {
+                Port::new(
+                    format!("tables.{name}.topic"),
+                    &table.topic,
+                    &mapping::MAPPABLE,
+                )
+            })
+            .collect()
+    }
+
+    /// Every table's mapping against the contract of its topic.
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (name, table) in &self.tables {
+            if let Some(kind) = graph.contract(&table.topic) {
+                for (field, reason) in mapping::check(table, kind) {
+                    problems.push(Problem::new(format!("{at}.tables.{name}.{field}"), reason));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The dead-letter topic of every mapped topic (rows that do not fit their contract).
+    fn topics(&self, _id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
+        crate::component::dead_letter_topics(&self.outputs(), names, partitions)
+    }
+
+    /// Builds the source and checks its database, waiting up to 30 s for one that is still
+    /// starting; a database that cannot work (wal_level, privileges, tables) stops the start.
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let tables = self
+            .tables
+            .iter()
+            .filter_map(|(name, mapping)| {
+                let resolved = context.resolve(&mapping.topic)?;
+                Some(Table {
+                    name: name.clone(),
+                    mapping: mapping.clone(),
+                    kind: resolved.contract,
+                    dlq_topic: resolved.dlq,
+                    topic: resolved.topic,
+                })
+            })
+            .collect();
+        let source = PgCdcSource::build(
+            &context.id,
+            &context.group(),
+            self.clone(),
+            tables,
+            context.publisher.clone(),
+        )?;
+        let mut attempt = 0;
+        loop {
+            match source.preflight().await {
+                Ok(()) => break,
+                Err(err) if err.is_retriable() && attempt < 30 => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, attempt, "source database not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(Running::default()
+            .readiness(source.readiness())
+            .task(move |shutdown| async move { Ok(source.run(shutdown).await?) }))
     }
 }
 

@@ -98,7 +98,7 @@ fn default_retry() -> RetryConfig {
 
 impl PlanningApiConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if !self.database.starts_with("postgres://") && !self.database.starts_with("postgresql://")
         {

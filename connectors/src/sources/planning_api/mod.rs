@@ -27,7 +27,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use erpstream_schemas::{
-    CatalogUpdate, DemandActual, Event, InventoryChange, Traceparent, Variant, now_millis,
+    CatalogUpdate, DemandActual, Event, EventKind, InventoryChange, Traceparent, Variant,
+    now_millis,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -38,10 +39,12 @@ use tokio_postgres::Client;
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item};
 
+use crate::component::{Component, Context, Kind, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::planning;
 use crate::sources::http::{invalid, read_limited, retry_later, too_large, trace_of};
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "planning_api";
@@ -77,6 +80,68 @@ pub struct Topics {
     pub inventory: String,
     /// Demand actuals.
     pub demand: String,
+}
+
+/// The sync endpoints' paths (the publish endpoints live below `PUBLISH_PATH`).
+pub const SYNC_PATH: &str = "/api/v1/integrations/erp/{endpoint}/sync";
+/// The plan publishing endpoint's path.
+pub const PUBLISH_PATH: &str = "/api/v1/integrations/erp/publish/{kind}/{plan_id}";
+
+impl Component for PlanningApiConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Source;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        vec![
+            Port::new(
+                "products_topic",
+                &self.products_topic,
+                &[EventKind::CatalogUpdate],
+            ),
+            Port::new(
+                "inventory_topic",
+                &self.inventory_topic,
+                &[EventKind::InventoryChange],
+            ),
+            Port::new(
+                "demand_topic",
+                &self.demand_topic,
+                &[EventKind::DemandActual],
+            ),
+        ]
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        [SYNC_PATH, PUBLISH_PATH]
+            .map(|path| Route {
+                field: None,
+                path: path.into(),
+            })
+            .into()
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let topics = Topics {
+            products: context.topic(&self.products_topic),
+            inventory: context.topic(&self.inventory_topic),
+            demand: context.topic(&self.demand_topic),
+        };
+        let api = Arc::new(PlanningApi::build(
+            &context.id,
+            self.clone(),
+            topics,
+            context.publisher.clone(),
+        )?);
+        let probe = api.clone();
+        Ok(Running::default().routes(api.router()).probe(move || {
+            let api = probe.clone();
+            async move { api.store_reachable().await }
+        }))
+    }
 }
 
 /// The running API.
@@ -127,7 +192,7 @@ impl PlanningApi {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route(
-                "/api/v1/integrations/erp/{endpoint}/sync",
+                SYNC_PATH,
                 post(
                     |State(api): State<Arc<Self>>,
                      Path(endpoint): Path<String>,
@@ -138,7 +203,7 @@ impl PlanningApi {
                 ),
             )
             .route(
-                "/api/v1/integrations/erp/publish/{kind}/{plan_id}",
+                PUBLISH_PATH,
                 post(
                     |State(api): State<Arc<Self>>,
                      Path((kind, plan_id)): Path<(String, String)>,

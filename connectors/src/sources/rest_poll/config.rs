@@ -217,7 +217,7 @@ fn default_source_system() -> String {
 impl RestPollConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
     /// Field paths are checked against the topics' contracts by the topology.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}

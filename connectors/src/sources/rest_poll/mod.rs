@@ -43,10 +43,12 @@ pub use api::{ApiError, REQUESTS};
 pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
 use state::{Hash, State};
 
-use crate::component::Readiness;
+use crate::component::{Component, Context, Graph, Kind, Names, Port, Readiness, Running};
+use crate::kafka::TopicSpec;
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped};
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "rest_poll";
@@ -95,6 +97,76 @@ pub struct Resource {
     pub topic: String,
     /// Broker-side dead-letter topic.
     pub dlq_topic: String,
+}
+
+impl Component for RestPollConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: Kind = Kind::Source;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        self.resources
+            .iter()
+            .map(|(name, resource)| {
+                Port::new(
+                    format!("resources.{name}.topic"),
+                    &resource.topic,
+                    &crate::sources::mapping::MAPPABLE,
+                )
+            })
+            .collect()
+    }
+
+    /// Every resource's mapping against the contract of its topic.
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (name, resource) in &self.resources {
+            if let Some(kind) = graph.contract(&resource.topic) {
+                for (field, reason) in crate::sources::mapping::check(&resource.mapping(), kind) {
+                    problems.push(Problem::new(
+                        format!("{at}.resources.{name}.{field}"),
+                        reason,
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The dead-letter topic of every mapped topic (records that do not fit their contract).
+    fn topics(&self, _id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
+        crate::component::dead_letter_topics(&self.outputs(), names, partitions)
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let resources = self
+            .resources
+            .iter()
+            .filter_map(|(name, resource)| {
+                let resolved = context.resolve(&resource.topic)?;
+                Some(Resource {
+                    name: name.clone(),
+                    config: resource.clone(),
+                    kind: resolved.contract,
+                    dlq_topic: resolved.dlq,
+                    topic: resolved.topic,
+                })
+            })
+            .collect();
+        let source = RestPollSource::build(
+            &context.id,
+            &context.group(),
+            self.clone(),
+            resources,
+            context.publisher.clone(),
+        )?;
+        Ok(Running::default()
+            .readiness(source.readiness())
+            .task(move |shutdown| async move { Ok(source.run(shutdown).await?) }))
+    }
 }
 
 /// A running `rest_poll` source.

@@ -55,7 +55,7 @@ fn default_reservations_topic() -> String {
 
 impl StorefrontApiConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.tokens.is_empty() {
             problems.push(Problem::new(

@@ -33,8 +33,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use erpstream_schemas::{
-    AdjustmentLine, InventoryAdjustment, LineItem, OrderStatus, Reservation, ReservationAction,
-    SalesOrder, Traceparent, now_millis,
+    AdjustmentLine, EventKind, InventoryAdjustment, LineItem, OrderStatus, Reservation,
+    ReservationAction, SalesOrder, Traceparent, now_millis,
 };
 use futures::future::try_join_all;
 use serde_json::{Value, json};
@@ -46,10 +46,12 @@ pub use config::StorefrontApiConfig;
 use payload::Invalid;
 use store::{Answer, RequestStore};
 
+use crate::component::{self, Component, Context, Graph, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
 use crate::sources::http;
+use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "storefront_api";
@@ -108,6 +110,94 @@ impl Document {
             Document::Order(o) => &o.request.transaction_id,
             Document::Adjustment(a) => &a.request.reference_id,
         }
+    }
+}
+
+impl Component for StorefrontApiConfig {
+    const TYPE: &'static str = TYPE;
+    const KIND: component::Kind = component::Kind::Source;
+
+    fn validate(&self, at: &str) -> Vec<Problem> {
+        self.validate_settings(at)
+    }
+
+    fn outputs(&self) -> Vec<Port> {
+        vec![
+            Port::new("orders_topic", &self.orders_topic, &[EventKind::SalesOrder]),
+            Port::new(
+                "adjustments_topic",
+                &self.adjustments_topic,
+                &[EventKind::InventoryAdjustment],
+            ),
+            Port::new(
+                "reservations_topic",
+                &self.reservations_topic,
+                &[EventKind::Reservation],
+            ),
+        ]
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        let snapshot = self.snapshot.as_ref().map(|_| SNAPSHOT_PATH);
+        [Some(ORDERS_PATH), Some(ADJUST_PATH), snapshot]
+            .into_iter()
+            .flatten()
+            .map(|path| Route {
+                field: None,
+                path: path.into(),
+            })
+            .collect()
+    }
+
+    /// Holds are keyed by sku and taken by the processor that reads `inventory.change`:
+    /// the two topics need equal partition counts; `snapshot` must name an inventory
+    /// processor.
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let stock = EventKind::InventoryChange.topic();
+        if let (Some(holds), Some(changes)) = (
+            graph.partitions(&self.reservations_topic),
+            graph.partitions(stock),
+        ) && holds != changes
+        {
+            problems.push(Problem::new(
+                format!("{at}.reservations_topic"),
+                format!(
+                    "{} must have as many partitions as {stock} (both keyed by sku)",
+                    self.reservations_topic
+                ),
+            ));
+        }
+        if let Some(snapshot) = &self.snapshot
+            && !graph.has_snapshot(snapshot)
+        {
+            problems.push(Problem::new(
+                format!("{at}.snapshot"),
+                format!("{snapshot} is not an inventory processor"),
+            ));
+        }
+        problems
+    }
+
+    async fn build(&self, context: Context) -> Result<Running, crate::Error> {
+        let source = Arc::new(StorefrontApiSource::build(
+            &context.id,
+            self.clone(),
+            &context.kafka,
+            context.publisher.clone(),
+        )?);
+        let mut routes = source.clone().router();
+        if let Some(id) = &self.snapshot {
+            let snapshot = context.snapshot(id).ok_or_else(|| crate::Error::Wiring {
+                setting: format!("sources.{}.snapshot", context.id),
+                reason: format!("{id} keeps no snapshot"),
+            })?;
+            routes = routes.merge(snapshot.router(source.auth()));
+        }
+        Ok(Running::default().routes(routes).probe(move || {
+            let source = source.clone();
+            async move { source.store_reachable().await }
+        }))
     }
 }
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 use erpstream_connectors::validation::Problem;
 use serde::Deserialize;
 
-use super::{Effects, Emit, Processor, Record};
+use erpstream_connectors::component::Names;
+use erpstream_schemas::EventKind;
+
+use super::{Built, Effects, Emit, Processor, ProcessorConfig, Record};
 use erpstream_connectors::metrics as m;
 
 /// Component type name in the topology.
@@ -38,14 +41,41 @@ fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 
-impl DedupeConfig {
+impl ProcessorConfig for DedupeConfig {
+    const TYPE: &'static str = TYPE;
+
     /// Checks the rules no type can express.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.retention.is_zero() {
             problems.push(Problem::new(format!("{at}.retention"), "must be > 0"));
         }
         problems
+    }
+
+    fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn output(&self) -> Option<&str> {
+        self.output.as_deref()
+    }
+
+    fn accepts(&self) -> &'static [EventKind] {
+        &EventKind::ALL
+    }
+
+    /// What it reads, less the repeats.
+    fn produces(&self, inputs: &[EventKind]) -> Vec<EventKind> {
+        inputs.to_vec()
+    }
+
+    fn build(&self, id: &str, names: &Names) -> Built {
+        let output = self.output.as_deref().map(|o| names.topic(o));
+        Built {
+            processor: Box::new(Dedupe::new(id, self, output)),
+            snapshot: None,
+        }
     }
 }
 

@@ -23,15 +23,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use erpstream_connectors::component::{Graph, Names, SnapshotService};
 use erpstream_connectors::metrics as m;
 use erpstream_connectors::validation::Problem;
-use erpstream_schemas::{InventoryAvailable, Traceparent};
+use erpstream_schemas::{EventKind, InventoryAvailable, Traceparent};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
 pub use state::{Hold, LocationState, Locations, SkuState};
 
-use super::{Decoded, Effects, Emit, Processor, Record};
+use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "inventory";
@@ -99,9 +100,11 @@ pub struct SafetyStock {
     pub skus: BTreeMap<String, Decimal>,
 }
 
-impl InventoryConfig {
+impl ProcessorConfig for InventoryConfig {
+    const TYPE: &'static str = TYPE;
+
     /// Checks the rules no type can express.
-    pub fn validate(&self, at: &str) -> Vec<Problem> {
+    fn validate(&self, at: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.reservations.expiry.is_zero() {
             problems.push(Problem::new(
@@ -130,6 +133,55 @@ impl InventoryConfig {
             }
         }
         problems
+    }
+
+    fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn output(&self) -> Option<&str> {
+        Some(&self.output)
+    }
+
+    fn accepts(&self) -> &'static [EventKind] {
+        &[EventKind::InventoryChange, EventKind::Reservation]
+    }
+
+    fn produces(&self, _inputs: &[EventKind]) -> Vec<EventKind> {
+        vec![EventKind::InventoryAvailable]
+    }
+
+    fn keeps_snapshot(&self) -> bool {
+        true
+    }
+
+    /// Its output is keyed by sku like its inputs: equal partition counts.
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        let Some(out) = graph.partitions(&self.output) else {
+            return Vec::new();
+        };
+        self.inputs
+            .iter()
+            .filter(|input| graph.partitions(input).is_some_and(|p| p != out))
+            .map(|input| {
+                Problem::new(
+                    format!("{at}.output"),
+                    format!(
+                        "{} must have as many partitions as {input} (both keyed by sku)",
+                        self.output
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn build(&self, id: &str, names: &Names) -> Built {
+        let processor = Inventory::new(id, self, names.topic(&self.output));
+        let snapshot: Arc<dyn SnapshotService> = Arc::new(processor.view());
+        Built {
+            processor: Box::new(processor),
+            snapshot: Some(snapshot),
+        }
     }
 }
 

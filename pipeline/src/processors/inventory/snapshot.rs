@@ -22,6 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use erpstream_connectors::component::SnapshotService;
 use erpstream_connectors::sources::storefront_api::{ApiAuth, SNAPSHOT_PATH};
 use serde::Deserialize;
 use serde_json::json;
@@ -46,11 +47,16 @@ struct Snapshot {
     auth: Arc<ApiAuth>,
 }
 
-/// The snapshot route over `view`, behind the storefront API's tokens.
-pub fn router(view: InventoryView, auth: Arc<ApiAuth>) -> Router {
-    Router::new()
-        .route(SNAPSHOT_PATH, get(handle))
-        .with_state(Arc::new(Snapshot { view, auth }))
+impl SnapshotService for InventoryView {
+    /// The snapshot route over this state, behind the storefront API's tokens.
+    fn router(&self, auth: Arc<ApiAuth>) -> Router {
+        Router::new()
+            .route(SNAPSHOT_PATH, get(handle))
+            .with_state(Arc::new(Snapshot {
+                view: self.clone(),
+                auth,
+            }))
+    }
 }
 
 async fn handle(

@@ -1,0 +1,147 @@
+//! What the runtime hands a component when it builds it: its names, the broker, the
+//! topology's topics and the services of other components.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use erpstream_schemas::{Codec, EventKind};
+
+use crate::kafka::{Changelog, KafkaConfig, Publisher};
+use crate::sources::storefront_api::ApiAuth;
+
+/// How erpstream names what belongs to a component: broker-side topics, dead-letter topics,
+/// changelogs, consumer groups and state keys. Validation (which topics to create) and the
+/// built components use the same rules.
+#[derive(Debug, Clone)]
+pub struct Names {
+    app_id: String,
+    kafka: KafkaConfig,
+}
+
+impl Names {
+    /// The names of deployment `app_id` on the broker `kafka` describes.
+    pub fn new(app_id: &str, kafka: &KafkaConfig) -> Self {
+        Self {
+            app_id: app_id.to_string(),
+            kafka: kafka.clone(),
+        }
+    }
+
+    /// The broker-side name of a logical topic (with the configured prefix).
+    pub fn topic(&self, logical: &str) -> String {
+        self.kafka.topic(logical)
+    }
+
+    /// The dead-letter topic of a logical topic: `<topic>.dlq`, broker-side.
+    pub fn dlq(&self, logical: &str) -> String {
+        format!("{}.dlq", self.topic(logical))
+    }
+
+    /// The changelog of `component`'s state (one per `qualifier`, e.g. per input topic).
+    pub fn changelog(&self, component: &str, qualifier: Option<&str>) -> String {
+        match qualifier {
+            Some(q) => self.topic(&format!("{}.{component}.{q}.changelog", self.app_id)),
+            None => self.topic(&format!("{}.{component}.changelog", self.app_id)),
+        }
+    }
+
+    /// The consumer group of `component`, which is also the key of its state in databases
+    /// (a replication slot's snapshot bookkeeping, a poll cursor): `<app_id>.<component>`.
+    pub fn group(&self, component: &str) -> String {
+        format!("{}.{component}", self.app_id)
+    }
+}
+
+/// A logical topic as a component uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The broker-side name.
+    pub topic: String,
+    /// Its broker-side dead-letter topic.
+    pub dlq: String,
+    /// The contract it carries (validation made sure there is one).
+    pub contract: EventKind,
+}
+
+/// A materialized stock state that a source serves behind its own authentication (the
+/// inventory processor's snapshot, served by `storefront_api`).
+pub trait SnapshotService: Send + Sync {
+    /// The snapshot routes, checking requests with `auth`.
+    fn router(&self, auth: Arc<ApiAuth>) -> axum::Router;
+}
+
+/// What a component is built with.
+#[derive(Clone)]
+pub struct Context {
+    /// The component's id in the topology.
+    pub id: String,
+    /// Naming rules.
+    pub names: Names,
+    /// The broker settings.
+    pub kafka: KafkaConfig,
+    /// The shared, acknowledged producer (its codec talks to the registry).
+    pub publisher: Publisher,
+    contracts: Arc<BTreeMap<String, EventKind>>,
+    snapshots: Arc<HashMap<String, Arc<dyn SnapshotService>>>,
+}
+
+impl Context {
+    /// The context of component `id`: `contracts` are the declared topics' contracts,
+    /// `snapshots` the snapshot services of processors by id.
+    pub fn new(
+        id: &str,
+        names: Names,
+        kafka: KafkaConfig,
+        publisher: Publisher,
+        contracts: Arc<BTreeMap<String, EventKind>>,
+        snapshots: Arc<HashMap<String, Arc<dyn SnapshotService>>>,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            names,
+            kafka,
+            publisher,
+            contracts,
+            snapshots,
+        }
+    }
+
+    /// A logical topic's broker-side name, dead-letter topic and contract. Validation made
+    /// sure every topic a component names is declared with a contract; `None` otherwise.
+    pub fn resolve(&self, logical: &str) -> Option<Resolved> {
+        Some(Resolved {
+            topic: self.names.topic(logical),
+            dlq: self.names.dlq(logical),
+            contract: *self.contracts.get(logical)?,
+        })
+    }
+
+    /// The broker-side name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        self.names.topic(logical)
+    }
+
+    /// This component's consumer group and state key.
+    pub fn group(&self) -> String {
+        self.names.group(&self.id)
+    }
+
+    /// This component's changelog for `qualifier`.
+    pub fn changelog(&self, qualifier: Option<&str>) -> Changelog {
+        Changelog::new(
+            self.names.changelog(&self.id, qualifier),
+            self.kafka.clone(),
+            self.publisher.clone(),
+        )
+    }
+
+    /// The codec of the shared producer.
+    pub fn codec(&self) -> &Codec {
+        self.publisher.codec()
+    }
+
+    /// The snapshot service of processor `id`.
+    pub fn snapshot(&self, id: &str) -> Option<Arc<dyn SnapshotService>> {
+        self.snapshots.get(id).cloned()
+    }
+}
