@@ -12,7 +12,7 @@ use std::time::Instant;
 use clap::Args as ClapArgs;
 use erpstream_connectors::kafka::{KafkaConfig, Publisher};
 use erpstream_connectors::planning;
-use erpstream_connectors::sinks::planning_pg::{BatchWriter, Input, Offsets};
+use erpstream_connectors::sinks::planning_pg::{BatchWriter, Input, Offsets, PlanningPgConfig};
 use erpstream_schemas::{CatalogUpdate, Codec, EventKind, InventoryChange, Variant, now_millis};
 use rdkafka::Timestamp;
 use rdkafka::message::OwnedMessage;
@@ -55,8 +55,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     // Refusals would be published; none are expected, so the producer never connects.
     let publisher = Publisher::new(&KafkaConfig::new("127.0.0.1:9"), "bench", codec.clone())?;
+    let config: PlanningPgConfig = serde_json::from_value(serde_json::json!({
+        "inputs": [catalog, inventory],
+        "database": args.database,
+        "batch_size": args.batch_size,
+    }))?;
     let writer = BatchWriter::new(
         "bench",
+        &config,
         vec![
             Input {
                 topic: catalog.into(),

@@ -12,6 +12,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::Client;
 
 fn body(database: &str, batch_size: usize) -> String {
+    body_waiting(database, batch_size, "7d")
+}
+
+/// A topology whose planning sink lets stock and demand wait `product_wait` for their product.
+fn body_waiting(database: &str, batch_size: usize, product_wait: &str) -> String {
     format!(
         r#"topics:
   catalog.update: {{ partitions: 2 }}
@@ -25,6 +30,7 @@ sinks:
     database: {database}
     batch_size: {batch_size}
     batch_wait: 50ms
+    product_wait: {product_wait}
 "#
     )
 }
@@ -152,7 +158,7 @@ async fn wait_consumed(db: &Client, pipeline: &Pipeline, records: i64, within: D
 }
 
 #[tokio::test]
-async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lettered() {
+async fn out_of_order_records_leave_the_newest_values_and_stock_waits_for_its_product() {
     let (_broker, options) = TopologyOptions::own_broker();
     let (url, db) = planning_database().await;
     let mut pipeline = Pipeline::custom(&options, &body(&url, 500));
@@ -260,18 +266,20 @@ async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lett
     ))
     .map(|r| r.headers["erpstream.error"].clone())
     .collect();
-    assert_eq!(refused.len(), 2, "{refused:?}");
+    // Only what can never apply is dead-lettered; stock of an unknown sku waits for it.
+    assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
-        refused
-            .iter()
-            .any(|e| e.contains("unknown sku NOT-A-PRODUCT")),
+        refused[0].contains("not the first day of a month"),
         "{refused:?}"
     );
-    assert!(
-        refused
-            .iter()
-            .any(|e| e.contains("not the first day of a month")),
-        "{refused:?}"
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM planning.waiting WHERE sku = 'NOT-A-PRODUCT'"
+        )
+        .await,
+        1,
+        "the stock of an unknown sku waits"
     );
 
     // Shadow replay into the sink: the rows it would write, none written.
@@ -307,7 +315,8 @@ async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lett
         1
     );
 
-    // The product arrives late; the refused stock is redriven and lands.
+    // The product arrives late (on another partition, perhaps another replica): the
+    // waiting stock lands by itself, once.
     produce(
         &options.brokers,
         &pipeline.topic("catalog.update"),
@@ -315,6 +324,91 @@ async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lett
     )
     .await;
     wait_consumed(&db, &pipeline, 12, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&db, "SELECT count(*) FROM planning.waiting").await > 0 {
+        assert!(
+            Instant::now() < until,
+            "the stock still waits; log:\n{}",
+            pipeline.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = db
+        .query_one(
+            "SELECT on_hand_qty::text, source_version FROM planning.inventory
+             WHERE sku = 'NOT-A-PRODUCT' AND location = 'MAIN-WH'",
+            &[],
+        )
+        .await
+        .expect("the waiting stock is written once its product is there");
+    assert_eq!(row.get::<_, String>(0), "1.000");
+    assert_eq!(row.get::<_, i64>(1), t);
+    pipeline.terminate();
+}
+
+#[tokio::test]
+async fn stock_whose_product_never_comes_is_dead_lettered_after_the_wait_and_redriven_later() {
+    let (_broker, options) = TopologyOptions::own_broker();
+    let (url, db) = planning_database().await;
+    let mut pipeline = Pipeline::custom(&options, &body_waiting(&url, 500, "2s"));
+    pipeline.start().await;
+    let t = now_millis() - 60_000;
+    produce(
+        &options.brokers,
+        &pipeline.topic("inventory.change"),
+        &[
+            stock("NEVER-1", "MAIN-WH", 3, t),
+            stock("NEVER-1", "MAIN-WH", 4, t + 1_000),
+        ],
+    )
+    .await;
+    produce(
+        &options.brokers,
+        &pipeline.topic("demand.actual"),
+        &[demand("NEVER-1", "2026-02-01", 12, t)],
+    )
+    .await;
+    wait_consumed(&db, &pipeline, 3, Duration::from_secs(60)).await;
+    // After product_wait (and the sink's idle check) the newest figure of each key is
+    // dead-lettered with a reason an operator can act on; the superseded one is not.
+    let dead_letters =
+        |topic: &str| read_topic(&options.brokers, &(pipeline.topic(topic) + ".dlq"));
+    let until = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters: Vec<_> = dead_letters("inventory.change")
+            .into_iter()
+            .chain(dead_letters("demand.actual"))
+            .collect();
+        if letters.len() >= 2 {
+            break letters;
+        }
+        assert!(
+            Instant::now() < until,
+            "nothing dead-lettered; log:\n{}",
+            pipeline.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        let error = &letter.headers["erpstream.error"];
+        assert!(
+            error.contains("unknown sku NEVER-1: no product arrived within 2s"),
+            "{error}"
+        );
+        assert_eq!(letter.headers["erpstream.error_type"], "refused");
+        assert_eq!(letter.headers["erpstream.source"], "planning");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM planning.waiting").await, 0);
+
+    // Once the product is synced, the redriven stock and demand land.
+    produce(
+        &options.brokers,
+        &pipeline.topic("catalog.update"),
+        &[product("NEVER-1", "Finally", t)],
+    )
+    .await;
+    wait_consumed(&db, &pipeline, 4, Duration::from_secs(60)).await;
     let run = pipeline.tool(&[
         "dlq",
         "redrive",
@@ -326,15 +420,23 @@ async fn out_of_order_records_leave_the_newest_values_and_refusals_are_dead_lett
     assert!(run.success, "redrive failed: {}", run.stderr);
     let summary: serde_json::Value = serde_json::from_str(&run.stdout).expect("summary");
     assert_eq!(summary["redriven"], 2, "{summary}");
-    wait_consumed(&db, &pipeline, 14, Duration::from_secs(60)).await;
+    wait_consumed(&db, &pipeline, 6, Duration::from_secs(60)).await;
+    let on_hand: String = db
+        .query_one(
+            "SELECT on_hand_qty::text FROM planning.inventory WHERE sku = 'NEVER-1'",
+            &[],
+        )
+        .await
+        .expect("redriven stock")
+        .get(0);
+    assert_eq!(on_hand, "4.000", "the newest figure, once");
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM planning.inventory WHERE sku = 'NOT-A-PRODUCT'"
+            "SELECT count(*) FROM planning.demand_actuals WHERE sku = 'NEVER-1'"
         )
         .await,
-        1,
-        "the redriven stock is written once its product is there"
+        1
     );
     pipeline.terminate();
 }
@@ -357,7 +459,7 @@ async fn a_sink_killed_mid_batch_ends_with_exactly_the_expected_rows() {
     )
     .await;
     // The products are in before their stock is sent: the sink reads the two topics in no
-    // particular order, and stock of a sku it does not know yet is dead-lettered.
+    // particular order, and stock of a sku it does not know yet would wait for it.
     wait_consumed(&db, &pipeline, skus, Duration::from_secs(60)).await;
     // Two locations per sku, each with a newer figure and an older one arriving after it.
     let mut changes = Vec::new();
@@ -534,11 +636,13 @@ async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "accepted");
     assert_eq!(answer["summary"]["accepted"], 1);
-    wait_row(&db, "SELECT count(*) FROM planning.products WHERE sku = 'FG-1001' AND name = 'Widget A' AND lead_time_days = 14", Duration::from_secs(20)).await;
 
+    // The guide's sequence: inventory right after the products were accepted, before the
+    // sink has written the product row. A product the API accepted is known.
     let (status, first, _) = post(&format!("{base}/inventory/sync"), admin, INVENTORY).await;
     assert_eq!(status, 200, "{first}");
-    assert_eq!(first["results"][0]["status"], "accepted");
+    assert_eq!(first["results"][0]["status"], "accepted", "{first}");
+    wait_row(&db, "SELECT count(*) FROM planning.products WHERE sku = 'FG-1001' AND name = 'Widget A' AND lead_time_days = 14", Duration::from_secs(20)).await;
     let coordinator = Some(PLANNING_TOKENS[1].1);
     let (status, answer, _) =
         post(&format!("{base}/demand-actuals/sync"), coordinator, DEMAND).await;

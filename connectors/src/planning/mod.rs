@@ -6,8 +6,10 @@ use tokio_postgres::{Client, NoTls};
 
 /// Migrations in order: (version, name, SQL). Applied ones are recorded in
 /// `planning.schema_migrations`; a shipped migration is never edited, only followed.
-pub const MIGRATIONS: [(i32, &str, &str); 1] =
-    [(1, "planning", include_str!("migrations/0001_planning.sql"))];
+pub const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (1, "planning", include_str!("migrations/0001_planning.sql")),
+    (2, "waiting", include_str!("migrations/0002_waiting.sql")),
+];
 
 /// Connects to the planning database (the connection task logs its end).
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {

@@ -18,6 +18,13 @@ pub struct PlanningPgConfig {
     /// How long a batch waits to fill once its first record arrived.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// How long stock or demand for a sku the products table does not know waits for its
+    /// product (parked in `planning.waiting`) before it is dead-lettered.
+    #[serde(default = "default_product_wait", with = "humantime_serde")]
+    pub product_wait: Duration,
+    /// How many rows may wait for their products at once; more are dead-lettered.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: i64,
 }
 
 fn default_batch_size() -> usize {
@@ -25,6 +32,12 @@ fn default_batch_size() -> usize {
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(100)
+}
+fn default_product_wait() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_waiting() -> i64 {
+    1_000_000
 }
 
 impl PlanningPgConfig {
@@ -40,6 +53,12 @@ impl PlanningPgConfig {
         }
         if self.batch_size == 0 {
             problems.push(Problem::new(format!("{at}.batch_size"), "must be > 0"));
+        }
+        if self.product_wait.is_zero() {
+            problems.push(Problem::new(format!("{at}.product_wait"), "must be > 0"));
+        }
+        if self.max_waiting < 0 {
+            problems.push(Problem::new(format!("{at}.max_waiting"), "must be >= 0"));
         }
         if self.inputs.is_empty() {
             problems.push(Problem::new(

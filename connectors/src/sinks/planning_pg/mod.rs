@@ -21,6 +21,7 @@
 //!   (acknowledged before the batch commits).
 
 mod config;
+mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -46,6 +47,12 @@ pub const TYPE: &str = "planning_pg";
 pub const ROWS: &str = "erpstream_planning_rows_written_total";
 /// Seconds one batch transaction took.
 pub const BATCH_SECONDS: &str = "erpstream_planning_batch_seconds";
+/// How long the sink waits for records before it looks at the rows waiting for products.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// Stock and demand rows waiting for their product.
+pub const WAITING: &str = "erpstream_planning_waiting_rows";
+/// Rows that waited for their product, by `outcome` (`parked`, `applied`).
+pub const WAITED: &str = "erpstream_planning_waited_rows_total";
 
 impl Component for PlanningPgConfig {
     const TYPE: &'static str = TYPE;
@@ -134,6 +141,8 @@ pub struct BatchWriter {
     inputs: std::sync::Arc<HashMap<String, (EventKind, String)>>,
     publisher: Publisher,
     codec: Codec,
+    product_wait: Duration,
+    max_waiting: i64,
 }
 
 /// A decoded batch, newest row per key, waiting to be written.
@@ -149,10 +158,18 @@ pub struct Prepared {
 pub type Offsets = HashMap<(String, i32), i64>;
 
 impl BatchWriter {
-    /// A writer for sink `id` reading `inputs`; refusals are published with `publisher`.
-    pub fn new(id: &str, inputs: Vec<Input>, publisher: Publisher) -> Self {
+    /// A writer for sink `id` reading `inputs` as `config` says; refusals are published
+    /// with `publisher`.
+    pub fn new(
+        id: &str,
+        config: &PlanningPgConfig,
+        inputs: Vec<Input>,
+        publisher: Publisher,
+    ) -> Self {
         Self {
             id: id.to_string(),
+            product_wait: config.product_wait,
+            max_waiting: config.max_waiting,
             inputs: std::sync::Arc::new(
                 inputs
                     .into_iter()
@@ -186,6 +203,7 @@ struct Product {
     version: i64,
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Stock {
     on_hand: String,
     allocated: String,
@@ -193,13 +211,17 @@ struct Stock {
     at: i64,
     system: String,
     version: i64,
+    /// Index of the record in its batch (not kept when the row waits).
+    #[serde(skip)]
     message: usize,
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Demand {
     quantity: String,
     system: String,
     version: i64,
+    #[serde(skip)]
     message: usize,
 }
 
@@ -218,7 +240,7 @@ impl PlanningPgSink {
         let context = TrackingContext::new(Readiness::not_yet("starting"), false);
         let consumer = kafka::group_consumer(kafka, group, id, context)?;
         Ok(Self {
-            writer: BatchWriter::new(id, inputs, publisher),
+            writer: BatchWriter::new(id, &config, inputs, publisher),
             config,
             consumer,
         })
@@ -327,12 +349,17 @@ impl PlanningPgSink {
     }
 
     /// Up to `batch_size` records: waits for the first, then at most `batch_wait` for more.
+    /// After `IDLE_CHECK` without records the batch is empty, so rows waiting for a product
+    /// another replica wrote, or for too long, are dealt with while nothing arrives.
     async fn next_batch(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<OwnedMessage>> {
         let mut batch = Vec::new();
+        let idle = tokio::time::sleep(IDLE_CHECK);
+        tokio::pin!(idle);
         let first = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return None,
+                _ = kafka::shutdown_requested(shutdown) => return None,
+                _ = &mut idle => return Some(batch),
                 message = self.consumer.recv() => match message {
                     Ok(message) => break message.detach(),
                     Err(err) => {
@@ -426,8 +453,11 @@ impl BatchWriter {
         })
     }
 
-    /// Refuses inventory and demand of unknown skus, publishes every refusal, and writes the
-    /// rows with the next offsets in one transaction; `stored` receives the new offsets.
+    /// Writes the rows with the next offsets in one transaction; `stored` receives the new
+    /// offsets. Inventory and demand of a sku the products table does not know (as of this
+    /// batch's products) wait in `planning.waiting`; rows that waited for a product that has
+    /// arrived since are written with the batch; refused records (and rows that waited too
+    /// long) are dead-lettered before the commit.
     pub async fn write(
         &self,
         db: &mut Client,
@@ -443,7 +473,11 @@ impl BatchWriter {
             skipped,
         } = prepared;
         let skipped = *skipped;
-        // Inventory and demand must name a known product (in the table or this batch).
+        self.dead_letter(batch, refused).await?;
+        // Published: a retry of this batch does not dead-letter them again.
+        refused.clear();
+        let tx = db.transaction().await?;
+        let products = upsert_products(&tx, &rows.products).await?;
         let wanted: Vec<String> = rows
             .inventory
             .keys()
@@ -456,7 +490,7 @@ impl BatchWriter {
         let known: HashSet<String> = if wanted.is_empty() {
             HashSet::new()
         } else {
-            db.query(
+            tx.query(
                 "SELECT sku FROM planning.products WHERE sku = ANY($1)",
                 &[&wanted],
             )
@@ -466,39 +500,50 @@ impl BatchWriter {
             .collect()
         };
         let is_known = |sku: &str| rows.products.contains_key(sku) || known.contains(sku);
-        let mut unknown_stock = Vec::new();
-        for (key, stock) in &rows.inventory {
-            if !is_known(&key.0) {
-                unknown_stock.push(key.clone());
-                refused.push((
-                    stock.message,
-                    format!("unknown sku {}: no such product", key.0),
-                ));
-            }
-        }
-        let mut unknown_demand = Vec::new();
-        for (key, demand) in &rows.demand {
-            if !is_known(&key.0) {
-                unknown_demand.push(key.clone());
-                refused.push((
-                    demand.message,
-                    format!("unknown sku {}: no such product", key.0),
-                ));
-            }
-        }
-        for key in unknown_stock {
-            rows.inventory.remove(&key);
-        }
-        for key in unknown_demand {
-            rows.demand.remove(&key);
-        }
-        self.dead_letter(batch, refused).await?;
-        // Published: a retry of this batch does not dead-letter them again.
-        refused.clear();
-        let tx = db.transaction().await?;
-        let products = upsert_products(&tx, &rows.products).await?;
-        let inventory = upsert_inventory(&tx, &rows.inventory).await?;
-        let demand = upsert_demand(&tx, &rows.demand).await?;
+        // Cloned, not taken: a failed transaction is retried with the same batch.
+        let (ready_stock, wait_stock): (Vec<_>, Vec<_>) = rows
+            .inventory
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(key, _)| is_known(&key.0));
+        let (ready_demand, wait_demand): (Vec<_>, Vec<_>) = rows
+            .demand
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(key, _)| is_known(&key.0));
+        let room = waiting::Waiting {
+            sink: &self.id,
+            wait: self.product_wait,
+            max: self.max_waiting,
+        };
+        let mut moves = waiting::Moves::default();
+        let overflow = room
+            .park(
+                &tx,
+                wait_stock
+                    .into_iter()
+                    .map(|(k, v)| (k, v.message, v))
+                    .collect(),
+                wait_demand
+                    .into_iter()
+                    .map(|(k, v)| (k, v.message, v))
+                    .collect(),
+                batch,
+                &mut moves,
+            )
+            .await?;
+        let (mut stock, mut demand) = room.ready(&tx, &mut moves).await?;
+        // This batch's own figures are newer than or as new as what waited.
+        stock.extend(ready_stock);
+        demand.extend(ready_demand);
+        let inventory = upsert_inventory(&tx, &stock).await?;
+        let demand = upsert_demand(&tx, &demand).await?;
+        let mut letters: Vec<(OwnedMessage, String)> = overflow
+            .into_iter()
+            .map(|(index, reason)| (batch[index].clone(), reason))
+            .collect();
+        letters.extend(room.expired(&tx, &mut moves).await?);
+        self.dead_letter_records(&letters).await?;
         let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
             next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).fold(
                 (vec![], vec![], vec![]),
@@ -541,18 +586,35 @@ impl BatchWriter {
                 m::COMPONENT_TYPE => TYPE, m::REASON => "not_planning_data")
             .increment(skipped);
         }
+        metrics::gauge!(WAITING, m::COMPONENT_ID => self.id.clone()).set(moves.waiting as f64);
+        metrics::counter!(WAITED, m::COMPONENT_ID => self.id.clone(), "outcome" => "parked")
+            .increment(moves.parked);
+        metrics::counter!(WAITED, m::COMPONENT_ID => self.id.clone(), "outcome" => "applied")
+            .increment(moves.applied);
         Ok(())
     }
 
-    /// Publishes the refused records to their dead-letter topics and awaits every ack.
+    /// Publishes the refused records of the batch to their dead-letter topics and awaits
+    /// every ack.
     async fn dead_letter(
         &self,
         batch: &[OwnedMessage],
         refused: &[(usize, String)],
     ) -> Result<(), PlanningWriteError> {
+        let letters: Vec<(OwnedMessage, String)> = refused
+            .iter()
+            .map(|(index, reason)| (batch[*index].clone(), reason.clone()))
+            .collect();
+        self.dead_letter_records(&letters).await
+    }
+
+    /// Publishes `letters` to their dead-letter topics and awaits every ack.
+    async fn dead_letter_records(
+        &self,
+        letters: &[(OwnedMessage, String)],
+    ) -> Result<(), PlanningWriteError> {
         let mut pending = Vec::new();
-        for (index, reason) in refused {
-            let message = &batch[*index];
+        for (message, reason) in letters {
             let Some((_, dlq)) = self.inputs.get(message.topic()) else {
                 continue;
             };

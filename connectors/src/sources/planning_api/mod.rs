@@ -372,9 +372,12 @@ impl PlanningApi {
         }
         if endpoint != Endpoint::Products {
             let skus: Vec<String> = valid.iter().map(|(_, i)| i.sku().to_string()).collect();
+            // A product this API accepted is known, even before the sink has written it (the
+            // sink holds the item's row until the product row is there).
             let known: std::collections::HashSet<String> = tx
                 .query(
-                    "SELECT sku FROM planning.products WHERE sku = ANY($1)",
+                    "SELECT sku FROM planning.products WHERE sku = ANY($1)
+                     UNION SELECT sku FROM planning.accepted_products WHERE sku = ANY($1)",
                     &[&skus],
                 )
                 .await?
@@ -390,7 +393,11 @@ impl PlanningApi {
                     Some(item.sku().to_string()),
                     vec![crate::sources::fields::FieldError::new(
                         format!("items[{index}].sku"),
-                        format!("unknown sku {}: sync it as a product first", item.sku()),
+                        format!(
+                            "unknown sku {}: sync it as a product first, then send this item \
+                             again under a new idempotency_key",
+                            item.sku()
+                        ),
                     )],
                 ));
                 false
@@ -421,6 +428,11 @@ impl PlanningApi {
                     .map(|(index, item)| (*index, item.sku().to_string(), String::new())),
             );
         }
+        let accepted_skus: Vec<String> = if meta.dry_run {
+            Vec::new()
+        } else {
+            accepted.iter().map(|(_, sku, _)| sku.clone()).collect()
+        };
         let mut items: Vec<(usize, Value)> = accepted
             .into_iter()
             .map(|(index, sku, event_id)| {
@@ -459,6 +471,14 @@ impl PlanningApi {
             "summary": {"received": total, "accepted": total - rejected, "rejected": rejected},
             "results": items.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
         });
+        if endpoint == Endpoint::Products && !accepted_skus.is_empty() {
+            tx.execute(
+                "INSERT INTO planning.accepted_products (sku) SELECT unnest($1::text[])
+                 ON CONFLICT (sku) DO NOTHING",
+                &[&accepted_skus],
+            )
+            .await?;
+        }
         if let (Some(key), false) = (&meta.idempotency_key, meta.dry_run) {
             tx.execute(
                 "INSERT INTO planning.sync_requests
