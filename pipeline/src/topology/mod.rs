@@ -4,6 +4,8 @@
 //! validates without any I/O and returns *every* problem at once, each with its path in the
 //! file; only a valid topology is handed to the runtime, which then connects to things.
 
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::collections::BTreeMap;

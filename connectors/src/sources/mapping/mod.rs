@@ -536,7 +536,11 @@ pub fn check(mapping: &Mapping, kind: EventKind) -> Vec<(String, String)> {
         ));
     }
     if let Ok(schema) = bundled_schema(kind) {
-        missing_required(schema, &[], &set, &mut problems);
+        let mut missing = Vec::new();
+        missing_required(schema, &[], &set, &mut missing);
+        // The record key is reported once, as the key.
+        missing.retain(|(path, _)| !problems.iter().any(|(p, _)| p == path));
+        problems.extend(missing);
     }
     if let OnDelete::Event { set } = &mapping.on_delete {
         for (path, value) in set {

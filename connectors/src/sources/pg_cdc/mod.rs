@@ -133,7 +133,10 @@ impl Component for PgCdcConfig {
     fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (name, table) in &self.tables {
-            if let Some(kind) = graph.contract(&table.topic) {
+            // A topic that carries no mappable contract is refused with the port.
+            if let Some(kind) = graph.contract(&table.topic)
+                && crate::sources::mapping::MAPPABLE.contains(&kind)
+            {
                 for (field, reason) in mapping::check(table, kind) {
                     problems.push(Problem::new(format!("{at}.tables.{name}.{field}"), reason));
                 }

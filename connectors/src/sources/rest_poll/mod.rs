@@ -124,7 +124,10 @@ impl Component for RestPollConfig {
     fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (name, resource) in &self.resources {
-            if let Some(kind) = graph.contract(&resource.topic) {
+            // A topic that carries no mappable contract is refused with the port.
+            if let Some(kind) = graph.contract(&resource.topic)
+                && crate::sources::mapping::MAPPABLE.contains(&kind)
+            {
                 for (field, reason) in crate::sources::mapping::check(&resource.mapping(), kind) {
                     problems.push(Problem::new(
                         format!("{at}.resources.{name}.{field}"),
