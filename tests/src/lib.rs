@@ -245,6 +245,103 @@ impl Drop for PgCluster {
     }
 }
 
+/// An `erpstream registry` of this test's own, on a database of its own, that the test can
+/// stop and start again on the same port (a registry outage).
+pub struct Registry {
+    child: Option<Child>,
+    port: u16,
+    database: String,
+    log: PathBuf,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Registry {
+    /// Creates its database on the stack's Postgres and starts it.
+    pub async fn start() -> Self {
+        let stack = Stack::from_env();
+        let name = unique("registry_").replace(['-', '.'], "_");
+        pg(&stack.database)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the registry's database");
+        let database = match stack.database.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("ERPSTREAM_DATABASE_URL has no database name"),
+        };
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let mut registry = Self {
+            child: None,
+            port,
+            database,
+            log,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        registry.start_again().await;
+        registry
+    }
+
+    /// Starts it (again) and waits until it answers.
+    pub async fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("registry log");
+        let child = Command::new(binary())
+            .args(["registry", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--database-url", &self.database])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the registry");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        let subjects = format!("{}/subjects", self.url);
+        while !reqwest::get(&subjects)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < until, "the registry did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills it: from now on its port refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Registers `schema` (Avro JSON) under `subject`; returns its id.
+    pub async fn register(&self, subject: &str, schema: &str) -> u32 {
+        let response = reqwest::Client::new()
+            .post(format!("{}/subjects/{subject}/versions", self.url))
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(serde_json::json!({ "schema": schema }).to_string())
+            .send()
+            .await
+            .expect("registry reachable");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "registering {subject}: {status} {body}"
+        );
+        body["id"].as_u64().expect("an id") as u32
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A fresh random suffix.
 pub fn unique(prefix: &str) -> String {
     format!(
