@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use erpstream_connectors::sources::erp_webhook::signature::sign_hex;
+use erpstream_connectors::signing::sign_hex;
 use erpstream_pipeline::demo::spawn_send;
 use serde_json::{Value, json};
 

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod planning;
 pub mod retry;
 pub mod secret;
+pub mod signing;
 pub mod sinks;
 pub mod sources;
 pub mod validation;

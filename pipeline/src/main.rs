@@ -368,32 +368,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 key,
             };
             let summary = replay::run(&tools, options).await?;
-            eprintln!(
-                "replayed {} records ({} keys) of {} from {} to {} in {:.2} s [{}]{}{}",
-                summary.records,
-                summary.keys,
-                summary.topic,
-                summary.from,
-                summary.to,
-                summary.seconds,
-                summary.mode,
-                match summary.mode.as_str() {
-                    "shadow" => format!(
-                        "; {} requests/rows computed, {} refused, none sent or written",
-                        summary.computed, summary.refused
-                    ),
-                    _ => String::new(),
-                },
-                match summary.mode.as_str() {
-                    "live" => format!(
-                        "; {} re-published, {} superseded; seen by {}",
-                        summary.republished,
-                        summary.superseded,
-                        summary.consumers.join(", ")
-                    ),
-                    _ => String::new(),
-                }
-            );
+            eprintln!("{summary}");
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
                     .with_context(|| format!("could not write {}", path.display()))?;
@@ -436,9 +411,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", serde_json::to_string(&result)?);
             }
-            let clean =
-                result.state.is_clean() && result.planning.as_ref().is_none_or(|p| p.is_clean());
-            Ok(if fail_on_diff && !clean {
+            Ok(if fail_on_diff && !result.is_clean() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -478,14 +451,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } => {
                 let tools = Tools::load(&topology.topology)?;
                 let summary = dlq::redrive(&tools, &filter.into_filter(false), dry_run).await?;
-                eprintln!(
-                    "{} pending matched: {} {}redriven, {} superseded by a newer record, {} source rows (fix the source data)",
-                    summary.matched,
-                    summary.redriven,
-                    if dry_run { "would be " } else { "" },
-                    summary.superseded,
-                    summary.source_rows
-                );
+                eprintln!("{summary}");
                 println!("{}", serde_json::to_string(&summary)?);
                 Ok(ExitCode::SUCCESS)
             }
@@ -550,17 +516,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
                     .with_context(|| format!("could not write {}", path.display()))?;
             }
-            let healthy = result.failed == 0
-                && result.bad_signatures == 0
-                && result.out_of_order == 0
-                && result.keys_consistent == result.keys_total
-                && result.orders.as_ref().is_none_or(|o| {
-                    o.accepted == o.placed
-                        && o.repeats_answered_first == o.placed
-                        && o.written_back == o.placed
-                        && o.erp_unauthorized == 0
-                });
-            Ok(if healthy {
+            Ok(if result.is_healthy() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -192,10 +192,7 @@ async fn a_registry_outage_while_a_new_schema_version_flows_skips_and_dead_lette
     let (_broker, mut options) = TopologyOptions::own_broker();
     options.registry = registry.url.clone();
     let (planning_url, planning) = planning_database().await;
-    let mut pipeline = Pipeline::custom(
-        &options,
-        &body(&storefront.url, &planning_url),
-    );
+    let mut pipeline = Pipeline::custom(&options, &body(&storefront.url, &planning_url));
     pipeline.start().await;
     let changes = pipeline.topic("inventory.change");
     let outputs = pipeline.topic("inventory.available");

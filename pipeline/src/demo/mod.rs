@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use erpstream_connectors::sources::erp_webhook::signature::sign_hex;
+use erpstream_connectors::signing::sign_hex;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
@@ -79,6 +79,23 @@ pub struct DemoReport {
     pub rate_achieved: f64,
     /// The orders half.
     pub orders: Option<orders::OrdersReport>,
+}
+
+impl DemoReport {
+    /// Nothing lost, reordered or badly signed, every key ends on the ERP's last figure,
+    /// and every order was accepted, answered the same when repeated and written back once.
+    pub fn is_healthy(&self) -> bool {
+        self.failed == 0
+            && self.bad_signatures == 0
+            && self.out_of_order == 0
+            && self.keys_consistent == self.keys_total
+            && self.orders.as_ref().is_none_or(|o| {
+                o.accepted == o.placed
+                    && o.repeats_answered_first == o.placed
+                    && o.written_back == o.placed
+                    && o.erp_unauthorized == 0
+            })
+    }
 }
 
 /// Latency percentiles in milliseconds.

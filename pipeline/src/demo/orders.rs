@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use erpstream_connectors::sources::erp_webhook::signature::sign_hex;
+use erpstream_connectors::signing::sign_hex;
 use serde_json::{Value, json};
 
 /// Settings of the orders half.

@@ -149,6 +149,23 @@ pub struct RedriveSummary {
     pub source_rows: u64,
     /// Where each redriven record went: DLQ id → `topic/partition/offset`.
     pub to: BTreeMap<String, String>,
+    /// Only reported what it would do.
+    pub dry_run: bool,
+}
+
+impl std::fmt::Display for RedriveSummary {
+    /// The one-line summary a terminal gets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pending matched: {} {}redriven, {} superseded by a newer record, {} source rows (fix the source data)",
+            self.matched,
+            self.redriven,
+            if self.dry_run { "would be " } else { "" },
+            self.superseded,
+            self.source_rows
+        )
+    }
 }
 
 /// Redrives the pending records matching `filter` (see the module docs); with `dry_run`
@@ -165,6 +182,7 @@ pub async fn redrive(
     let entries = list(tools, &filter).await?;
     let mut summary = RedriveSummary {
         matched: entries.len() as u64,
+        dry_run,
         ..Default::default()
     };
     // Superseded records, per compacted original topic.

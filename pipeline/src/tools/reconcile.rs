@@ -183,6 +183,15 @@ pub struct Report {
     pub seconds: f64,
 }
 
+impl Report {
+    /// Nothing differs on any side compared.
+    pub fn is_clean(&self) -> bool {
+        self.state.is_clean()
+            && self.planning.as_ref().is_none_or(Diff::is_clean)
+            && self.storefront.as_ref().is_none_or(Diff::is_clean)
+    }
+}
+
 /// The picture: quantity per key, and whether the key was seen on the compared side.
 struct Picture {
     rows: HashMap<Key, (Decimal, bool)>,

@@ -93,6 +93,32 @@ pub struct ReplaySummary {
     pub seconds: f64,
 }
 
+impl std::fmt::Display for ReplaySummary {
+    /// The one-line summary a terminal gets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replayed {} records ({} keys) of {} from {} to {} in {:.2} s [{}]",
+            self.records, self.keys, self.topic, self.from, self.to, self.seconds, self.mode
+        )?;
+        match self.mode.as_str() {
+            "shadow" => write!(
+                f,
+                "; {} requests/rows computed, {} refused, none sent or written",
+                self.computed, self.refused
+            ),
+            "live" => write!(
+                f,
+                "; {} re-published, {} superseded; seen by {}",
+                self.republished,
+                self.superseded,
+                self.consumers.join(", ")
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Runs a replay and returns its summary.
 pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<ReplaySummary> {
     if options.from >= options.to {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::retry::{Outcome, classify, retry_after, send};
-use crate::sources::erp_webhook::signature::sign_hex;
+use crate::signing::{self, sign_hex};
 
 /// Signs and sends deliveries to one URL.
 pub struct DeliveryService {
@@ -51,14 +51,14 @@ impl DeliveryService {
             .client
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("x-signature", signature)
-            .header("webhook-id", webhook_id)
+            .header(signing::X_SIGNATURE, signature)
+            .header(signing::WEBHOOK_ID, webhook_id)
             .header(
-                "webhook-timestamp",
+                signing::WEBHOOK_TIMESTAMP,
                 (erpstream_schemas::now_millis() / 1000).to_string(),
             );
         if let Some(trace) = traceparent {
-            request = request.header("traceparent", trace);
+            request = request.header(erpstream_schemas::trace::HEADER, trace);
         }
         match send(request.body(body), &self.component_id).await {
             Ok(response) => classify(

@@ -13,7 +13,6 @@
 
 mod config;
 pub mod payload;
-pub mod signature;
 #[cfg(test)]
 mod tests;
 
@@ -35,9 +34,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use crate::signing::{self, Verifier};
 pub use config::ErpWebhookConfig;
 use payload::{ErpEvent, ErpWebhook as ParsedWebhook};
-use signature::Verifier;
 
 use crate::component::{Component, Context, Kind, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
@@ -439,7 +438,7 @@ impl IntoResponse for Refusal {
 
 /// The key that is equal for every delivery of the same ERP change.
 fn idempotency_key(source: &str, headers: &HeaderMap, body: &[u8]) -> String {
-    let header_key = [signature::WEBHOOK_ID, "idempotency-key"]
+    let header_key = [signing::WEBHOOK_ID, "idempotency-key"]
         .iter()
         .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
         .map(str::trim)

@@ -4,7 +4,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use secrecy::SecretString;
 
 use super::payload::{ErpEvent, parse};
-use super::signature::{SignatureError, Verifier, sign_hex, sign_standard};
+use crate::signing::{SignatureError, Verifier, sign_hex, sign_standard};
 
 fn verifier(secrets: &[&str]) -> Verifier {
     Verifier::new(

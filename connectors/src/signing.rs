@@ -1,6 +1,9 @@
-//! Webhook signature verification: `X-Signature` (hex HMAC-SHA256 of the raw body, optional
-//! `sha256=` prefix), Standard Webhooks (`webhook-id`/`webhook-timestamp`/`webhook-signature`)
-//! and ERPNext's `X-Frappe-Webhook-Signature` (base64). Every comparison is constant-time
+//! Webhook signatures, both ways: the `erp_webhook` source verifies what the ERP sends and
+//! the `storefront_webhook` sink signs what it delivers, with the same headers and HMAC.
+//!
+//! `X-Signature` (hex HMAC-SHA256 of the raw body, optional `sha256=` prefix), Standard
+//! Webhooks (`webhook-id`/`webhook-timestamp`/`webhook-signature`) and ERPNext's
+//! `X-Frappe-Webhook-Signature` (base64). Every comparison is constant-time
 //! (`Mac::verify_slice`), and every configured secret is tried so secrets can be rotated.
 
 use std::time::Duration;
