@@ -38,6 +38,15 @@ pub enum Error {
     /// A `planning_api` source could not be set up.
     #[error(transparent)]
     PlanningApi(#[from] planning_api::PlanningApiError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A setting names something the topology does not run (validation prevents this).
     #[error("{setting}: {reason}")]
     Wiring {
