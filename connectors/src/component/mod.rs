@@ -66,6 +66,14 @@ impl Kind {
             Kind::Sink => "sinks",
         }
     }
+
+    /// The `component_kind` of its logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Source => "source",
+            Kind::Sink => "sink",
+        }
+    }
 }
 
 /// A topic a component reads or writes, named by the setting that names it.

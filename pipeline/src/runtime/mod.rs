@@ -148,7 +148,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         }
         probes.extend(running.probe);
         if let Some(task) = running.task {
-            let kind = component.kind().section();
+            let kind = component.kind().name();
             let span = tracing::info_span!("component", component_kind = kind,
                 component_id = %id, component_type = component.type_name());
             let (name, task) = (id.clone(), task(shutdown_rx.clone()));
