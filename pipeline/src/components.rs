@@ -40,6 +40,7 @@ pub static COMPONENTS: &[ComponentType] = &[
     component::<StorefrontWebhookConfig>(),
     component::<ErpRestConfig>(),
     component::<PlanningPgConfig>(),
+    component::<erpstream_connectors::sinks::jsonl_file::JsonlFileConfig>(),
 ];
 
 /// Processor types.

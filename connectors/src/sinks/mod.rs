@@ -7,5 +7,6 @@
 //! in input order and never move a key backwards.
 
 pub mod erp_rest;
+pub mod jsonl_file;
 pub mod planning_pg;
 pub mod storefront_webhook;

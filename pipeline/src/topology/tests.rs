@@ -76,6 +76,10 @@ sinks:
     inputs: [sales.order, inventory.adjustment]
     sources: [storefront_api]
     url: "https://erp.example.com"
+  audit:
+    type: jsonl_file
+    inputs: [inventory.available, sales.order]
+    path: /var/lib/erpstream/audit.jsonl
 "#;
 
 fn base() -> Value {
@@ -174,7 +178,7 @@ fn every_rule_names_its_path_and_reason() {
         // Component entries.
         (
             &[(&["sinks", "pigeon"], Some("{ type: carrier_pigeon }"))],
-            &["sinks.pigeon.type: must be one of storefront_webhook, erp_rest, planning_pg"],
+            &["sinks.pigeon.type: must be one of storefront_webhook, erp_rest, planning_pg, jsonl_file"],
         ),
         (
             &[(&["sources", "pigeon"], Some("{ type: carrier_pigeon }"))],
@@ -700,6 +704,23 @@ fn every_rule_names_its_path_and_reason() {
             &[
                 "sinks.writeback.inputs[0]: topic catalog.update carries catalog.update; expected sales.order or inventory.adjustment",
             ],
+        ),
+        // jsonl_file.
+        (
+            &[(&["sinks", "audit", "inputs"], Some("[]"))],
+            &["sinks.audit.inputs: must list at least one topic"],
+        ),
+        (
+            &[(&["sinks", "audit", "path"], Some("/tmp"))],
+            &["sinks.audit.path: must name a file"],
+        ),
+        (
+            &[(&["sinks", "audit", "batch_size"], Some("0"))],
+            &["sinks.audit.batch_size: must be > 0"],
+        ),
+        (
+            &[(&["sinks", "audit", "inputs"], Some("[inventory]"))],
+            &["sinks.audit.inputs[0]: sinks read topics; name the processor's output topic"],
         ),
         // planning_pg.
         (
