@@ -238,7 +238,11 @@ async fn rows_before_and_during_the_snapshot_and_later_changes_take_effect_once_
     let mut first: HashMap<&String, (&String, &String, &Option<String>)> = HashMap::new();
     for (sku, quantity, reason, key) in &records {
         let original = *first.entry(key).or_insert((sku, quantity, reason));
-        assert_eq!(original, (sku, quantity, reason), "{key} repeated with other content");
+        assert_eq!(
+            original,
+            (sku, quantity, reason),
+            "{key} repeated with other content"
+        );
     }
     let (_, repeats) = distinct_by_key(&records);
     let figures: Vec<_> = records
