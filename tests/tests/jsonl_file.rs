@@ -43,7 +43,8 @@ async fn every_record_becomes_one_decoded_line_and_a_sigkill_loses_none() {
     let path = dir.join("audit").join("inventory.jsonl");
     let mut pipeline = Pipeline::custom(&options, &body(&path));
     pipeline.start().await;
-    let send = |i: usize| inventory_body(&format!("AUDIT-{i:03}"), "WH-1", i as i64, &rfc3339_now(0));
+    let send =
+        |i: usize| inventory_body(&format!("AUDIT-{i:03}"), "WH-1", i as i64, &rfc3339_now(0));
     for i in 0..40 {
         let (status, _, reply) = pipeline.post_webhook(&send(i), Some(ERP_SECRET)).await;
         assert_eq!(status, 202, "{reply}");
@@ -65,12 +66,18 @@ async fn every_record_becomes_one_decoded_line_and_a_sigkill_loses_none() {
     // Killed while records keep coming: after the restart every record is in the file
     // (some perhaps twice, told apart by partition and offset).
     for i in 40..80 {
-        assert_eq!(pipeline.post_webhook(&send(i), Some(ERP_SECRET)).await.0, 202);
+        assert_eq!(
+            pipeline.post_webhook(&send(i), Some(ERP_SECRET)).await.0,
+            202
+        );
     }
     pipeline.kill();
     pipeline.start().await;
     for i in 80..100 {
-        assert_eq!(pipeline.post_webhook(&send(i), Some(ERP_SECRET)).await.0, 202);
+        assert_eq!(
+            pipeline.post_webhook(&send(i), Some(ERP_SECRET)).await.0,
+            202
+        );
     }
     let keys = wait_for("all 100 skus", Duration::from_secs(60), || {
         let keys: BTreeSet<String> = lines(&path)
@@ -91,7 +98,10 @@ async fn every_record_becomes_one_decoded_line_and_a_sigkill_loses_none() {
         })
         .collect();
     assert_eq!(positions.len(), 100, "one record per position");
-    let dead = read_topic(&options.brokers, &(pipeline.topic("inventory.change") + ".dlq"));
+    let dead = read_topic(
+        &options.brokers,
+        &(pipeline.topic("inventory.change") + ".dlq"),
+    );
     assert!(dead.is_empty(), "{dead:?}");
     pipeline.terminate();
     let _ = std::fs::remove_dir_all(&dir);

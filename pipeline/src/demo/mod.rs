@@ -25,6 +25,23 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
+/// Why the demo could not run (a pipeline that loses or reorders is reported, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The demo storefront or ERP could not listen.
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request to the pipeline failed.
+    #[error("the pipeline did not answer: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Settings of a demo run.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -147,7 +164,7 @@ struct ReceiverState {
 }
 
 /// Runs the demo and returns its report.
-pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
+pub async fn run(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let state = Arc::new(ReceiverState {
         secret: config.storefront_secret.clone(),
         inner: Mutex::new(Receiver::default()),
@@ -155,7 +172,12 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
     let app = Router::new()
         .route("/storefront", post(receive))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DemoError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("storefront receiver on http://{}/storefront", config.listen);
 

@@ -60,7 +60,7 @@ pub async fn run(
     target: &str,
     erp_secret: &str,
     settle: Duration,
-) -> anyhow::Result<OrdersReport> {
+) -> Result<OrdersReport, super::DemoError> {
     let erp = Arc::new(Erp {
         token: config.erp_token.clone(),
         ..Erp::default()
@@ -69,7 +69,12 @@ pub async fn run(
         .route("/api/sales/orders", post(receive))
         .route("/api/inventory/adjust", post(receive))
         .with_state(erp.clone());
-    let listener = tokio::net::TcpListener::bind(config.erp_listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.erp_listen)
+        .await
+        .map_err(|source| super::DemoError::Listen {
+            addr: config.erp_listen,
+            source,
+        })?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("demo ERP on http://{}", config.erp_listen);
     let client = reqwest::Client::new();

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::Context;
 use erpstream_connectors::kafka::{
     ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header, headers,
 };
@@ -26,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    From, NoSuchTopic, Progress, Tools, TopicReader, Until, json_record, newest_offsets, resend,
-    rfc3339,
+    Doing, From, Progress, ToolError, Tools, TopicReader, Until, json_record, newest_offsets,
+    resend, rfc3339,
 };
 
 /// Header naming the DLQ record a redriven record came from.
@@ -91,7 +90,7 @@ struct Mark {
 }
 
 /// Every dead-lettered record matching `filter`, oldest first per DLQ topic.
-pub async fn list(tools: &Tools, filter: &Filter) -> anyhow::Result<Vec<Entry>> {
+pub async fn list(tools: &Tools, filter: &Filter) -> Result<Vec<Entry>, ToolError> {
     let ledger = read_ledger(tools).await?;
     let now = erpstream_schemas::now_millis();
     let mut entries = Vec::new();
@@ -99,7 +98,7 @@ pub async fn list(tools: &Tools, filter: &Filter) -> anyhow::Result<Vec<Entry>> 
         let mut reader =
             match TopicReader::open(&tools.kafka, &dlq, From::Beginning, Until::End).await {
                 Ok(reader) => reader,
-                Err(err) if err.is::<NoSuchTopic>() => continue,
+                Err(ToolError::NoSuchTopic(_)) => continue,
                 Err(err) => return Err(err),
             };
         let mut skipped = 0;
@@ -114,7 +113,7 @@ pub async fn list(tools: &Tools, filter: &Filter) -> anyhow::Result<Vec<Entry>> 
 }
 
 /// One record by id, with its decoded value and every header.
-pub async fn show(tools: &Tools, id: &str) -> anyhow::Result<Value> {
+pub async fn show(tools: &Tools, id: &str) -> Result<Value, ToolError> {
     let (topic, partition, offset) = parse_id(id)?;
     let mut reader = TopicReader::open(
         &tools.kafka,
@@ -128,7 +127,7 @@ pub async fn show(tools: &Tools, id: &str) -> anyhow::Result<Value> {
         .next(&mut skipped)
         .await?
         .filter(|m| m.partition() == partition && m.offset() == offset)
-        .with_context(|| format!("{id}: no such record"))?;
+        .ok_or_else(|| ToolError::usage(format!("{id}: no such record")))?;
     let ledger = read_ledger(tools).await?;
     let entry = entry(message.clone(), &ledger, erpstream_schemas::now_millis());
     let mut shown = serde_json::to_value(&entry)?;
@@ -174,7 +173,7 @@ pub async fn redrive(
     tools: &Tools,
     filter: &Filter,
     dry_run: bool,
-) -> anyhow::Result<RedriveSummary> {
+) -> Result<RedriveSummary, ToolError> {
     let filter = Filter {
         all: false,
         ..filter.clone()
@@ -216,7 +215,8 @@ pub async fn redrive(
             }
         }
     }
-    let publisher = Publisher::new(&tools.kafka, "erpstream-dlq", tools.codec.clone())?;
+    let publisher = Publisher::new(&tools.kafka, "erpstream-dlq", tools.codec.clone())
+        .doing(|| "creating the producer".into())?;
     let progress = Progress::new(Some(entries.len() as u64), "redriving");
     let mut marks = Vec::new();
     let mut pending = Vec::new();
@@ -258,7 +258,8 @@ pub async fn redrive(
                 compacted: true,
             }],
         )
-        .await?;
+        .await
+        .doing(|| format!("creating {ledger}"))?;
         let mut acks = Vec::new();
         for (id, mark) in marks {
             acks.push(
@@ -294,7 +295,7 @@ fn ledger_topic(tools: &Tools) -> String {
         .topic(&format!("{}.dlq.redriven", tools.topology.app_id))
 }
 
-async fn read_ledger(tools: &Tools) -> anyhow::Result<HashMap<String, Mark>> {
+async fn read_ledger(tools: &Tools) -> Result<HashMap<String, Mark>, ToolError> {
     let mut ledger = HashMap::new();
     let mut reader = match TopicReader::open(
         &tools.kafka,
@@ -305,7 +306,7 @@ async fn read_ledger(tools: &Tools) -> anyhow::Result<HashMap<String, Mark>> {
     .await
     {
         Ok(reader) => reader,
-        Err(err) if err.is::<NoSuchTopic>() => return Ok(ledger),
+        Err(ToolError::NoSuchTopic(_)) => return Ok(ledger),
         Err(err) => return Err(err),
     };
     let mut skipped = 0;
@@ -388,20 +389,22 @@ fn matches(entry: &Entry, filter: &Filter) -> bool {
         && filter.source.as_ref().is_none_or(|s| &entry.source == s)
 }
 
-fn parse_id(id: &str) -> anyhow::Result<(String, i32, i64)> {
+fn parse_id(id: &str) -> Result<(String, i32, i64), ToolError> {
     let mut parts = id.rsplitn(3, '/');
     let (Some(offset), Some(partition), Some(topic)) = (parts.next(), parts.next(), parts.next())
     else {
-        anyhow::bail!("{id:?}: expected <dlq topic>/<partition>/<offset>, as `dlq list` shows");
+        return Err(ToolError::usage(format!(
+            "{id:?}: expected <dlq topic>/<partition>/<offset>, as `dlq list` shows"
+        )));
     };
     Ok((
         topic.to_string(),
-        partition
-            .parse()
-            .with_context(|| format!("{id:?}: partition {partition:?} is not a number"))?,
+        partition.parse().map_err(|_| {
+            ToolError::usage(format!("{id:?}: partition {partition:?} is not a number"))
+        })?,
         offset
             .parse()
-            .with_context(|| format!("{id:?}: offset {offset:?} is not a number"))?,
+            .map_err(|_| ToolError::usage(format!("{id:?}: offset {offset:?} is not a number")))?,
     ))
 }
 

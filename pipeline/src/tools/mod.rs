@@ -11,6 +11,7 @@
 //! lines), so every tool can be piped.
 
 pub mod dlq;
+mod error;
 mod read;
 pub mod reconcile;
 pub mod replay;
@@ -18,7 +19,8 @@ mod report;
 pub mod tail;
 mod time;
 
-pub use read::{From, NoSuchTopic, TopicReader, Until, newest_offsets};
+pub use error::{Doing, ToolError};
+pub use read::{From, TopicReader, Until, newest_offsets};
 pub use report::{Progress, Records, json_record};
 pub use time::{parse_time, rfc3339};
 
@@ -40,9 +42,11 @@ pub struct Tools {
 
 impl Tools {
     /// Loads `topology` (validated as `erpstream run` would).
-    pub fn load(topology: &std::path::Path) -> anyhow::Result<Self> {
-        let topology =
-            Topology::load(topology).map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Self, ToolError> {
+        let topology = Topology::load(path).map_err(|source| ToolError::Topology {
+            path: path.display().to_string(),
+            source,
+        })?;
         let codec = Codec::new(&topology.registry.url)?;
         Ok(Self {
             kafka: topology.kafka.clone(),

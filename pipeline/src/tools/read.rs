@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use erpstream_connectors::kafka::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Doing, ToolError};
 
 /// Broker calls made while planning a read.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -18,11 +19,6 @@ const STALL: Duration = Duration::from_secs(60);
 /// window's end; records between are skipped. Producers' clocks and latencies differ, so
 /// a partition's timestamps may step back a little.
 const LATE: i64 = 60_000;
-
-/// The topic to read is not on the broker.
-#[derive(Debug, thiserror::Error)]
-#[error("topic {0} does not exist on the broker")]
-pub struct NoSuchTopic(pub String);
 
 /// Where reading starts in every partition.
 #[derive(Debug, Clone)]
@@ -81,7 +77,7 @@ impl TopicReader {
         topic: &str,
         from: From,
         until: Until,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ToolError> {
         let consumer: StreamConsumer<EofIsNews> = kafka
             .client_config("erpstream-tools")
             .set(
@@ -96,7 +92,7 @@ impl TopicReader {
                 kafka.fetch_wait.as_millis().max(1).to_string(),
             )
             .create_with_context(EofIsNews)
-            .context("could not create a Kafka consumer")?;
+            .doing(|| "could not create a Kafka consumer".into())?;
         let topic = topic.to_string();
         let window_from = match from {
             From::Time(t) => Some(t),
@@ -106,13 +102,18 @@ impl TopicReader {
             let spans = plan(&consumer, &topic, from, until);
             (consumer, spans.map(|s| (topic, s)))
         })
-        .await?;
+        .await
+        .map_err(|e| ToolError::usage(format!("planning the read failed: {e}")))?;
         let (topic, spans) = spans?;
         let mut assignment = TopicPartitionList::new();
         for (partition, span) in &spans {
-            assignment.add_partition_offset(&topic, *partition, Offset::Offset(span.start))?;
+            assignment
+                .add_partition_offset(&topic, *partition, Offset::Offset(span.start))
+                .doing(|| format!("assigning {topic}/{partition}"))?;
         }
-        consumer.assign(&assignment)?;
+        consumer
+            .assign(&assignment)
+            .doing(|| format!("assigning the partitions of {topic}"))?;
         Ok(Self {
             consumer,
             topic,
@@ -150,7 +151,7 @@ impl TopicReader {
 
     /// The next record in the window, `None` once every partition reached its end. Records
     /// outside the time window are skipped; `skipped` counts them.
-    pub async fn next(&mut self, skipped: &mut u64) -> anyhow::Result<Option<OwnedMessage>> {
+    pub async fn next(&mut self, skipped: &mut u64) -> Result<Option<OwnedMessage>, ToolError> {
         loop {
             if !self.follow && self.spans.is_empty() {
                 return Ok(None);
@@ -160,13 +161,17 @@ impl TopicReader {
             } else {
                 match tokio::time::timeout(STALL, self.consumer.recv()).await {
                     Ok(received) => received,
-                    Err(_) => bail!(
-                        "no record from {} for {} s while partitions {:?} still had offsets to \
-                         read; is the broker reachable?",
-                        self.topic,
-                        STALL.as_secs(),
-                        self.spans()
-                    ),
+                    Err(_) => {
+                        return Err(ToolError::data(
+                            &self.topic,
+                            format!(
+                                "no record for {} s while partitions {:?} still had offsets to \
+                                 read; is the broker reachable?",
+                                STALL.as_secs(),
+                                self.spans()
+                            ),
+                        ));
+                    }
                 }
             };
             let message = match received {
@@ -177,7 +182,7 @@ impl TopicReader {
                     }
                     continue;
                 }
-                Err(err) => return Err(err).context(format!("reading {}", self.topic)),
+                Err(err) => return Err(err).doing(|| format!("reading {}", self.topic)),
             };
             let partition = message.partition();
             let Some(span) = self.spans.get(&partition).copied() else {
@@ -233,10 +238,10 @@ fn plan(
     topic: &str,
     from: From,
     until: Until,
-) -> anyhow::Result<HashMap<i32, Span>> {
+) -> Result<HashMap<i32, Span>, ToolError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("could not read the metadata of {topic}"))?;
+        .doing(|| format!("could not read the metadata of {topic}"))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -244,23 +249,25 @@ fn plan(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(NoSuchTopic(topic.to_string()).into());
+        return Err(ToolError::NoSuchTopic(topic.to_string()));
     }
     let mut watermarks = HashMap::new();
     for &partition in &partitions {
         let marks = consumer
             .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .with_context(|| format!("could not read the offsets of {topic}/{partition}"))?;
+            .doing(|| format!("could not read the offsets of {topic}/{partition}"))?;
         watermarks.insert(partition, marks);
     }
-    let at_time = |time: i64| -> anyhow::Result<HashMap<i32, i64>> {
+    let at_time = |time: i64| -> Result<HashMap<i32, i64>, ToolError> {
         let mut query = TopicPartitionList::new();
         for &partition in &partitions {
-            query.add_partition_offset(topic, partition, Offset::Offset(time))?;
+            query
+                .add_partition_offset(topic, partition, Offset::Offset(time))
+                .doing(|| format!("looking up offsets by time in {topic}"))?;
         }
         let found = consumer
             .offsets_for_times(query, METADATA_TIMEOUT)
-            .with_context(|| format!("could not look up offsets by time in {topic}"))?;
+            .doing(|| format!("could not look up offsets by time in {topic}"))?;
         Ok(found
             .elements()
             .iter()
@@ -322,7 +329,7 @@ pub async fn newest_offsets(
     topic: &str,
     after: HashMap<i32, i64>,
     keys: &std::collections::HashSet<Vec<u8>>,
-) -> anyhow::Result<HashMap<(i32, Vec<u8>), i64>> {
+) -> Result<HashMap<(i32, Vec<u8>), i64>, ToolError> {
     let mut newest = HashMap::new();
     if after.is_empty() || keys.is_empty() {
         return Ok(newest);

@@ -26,14 +26,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Context, bail};
 use erpstream_connectors::kafka::{Publisher, RawRecord, TRACEPARENT_HEADER};
 use erpstream_schemas::{EventKind, InventoryChange, Traceparent};
 use rust_decimal::Decimal;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::{Progress, Tools, rfc3339};
+use super::{Doing, Progress, ToolError, Tools, rfc3339};
 
 /// Column names read as the sku.
 pub const SKU: &[&str] = &["sku", "item_code", "part_num", "partnum", "item"];
@@ -199,7 +198,7 @@ struct Picture {
 }
 
 /// Runs a reconciliation.
-pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Report> {
+pub async fn run(tools: &Tools, options: ReconcileOptions) -> Result<Report, ToolError> {
     let progress = Progress::new(None, "reading the external picture");
     let (bytes, fetched_at) = load(&options.against, &options.headers).await?;
     let as_of = match options.as_of {
@@ -207,7 +206,7 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
         None => fetched_at,
     };
     let mut picture = parse_picture(&bytes, &options.against)
-        .with_context(|| format!("reading {}", options.against))?;
+        .map_err(|reason| ToolError::data(&options.against, reason))?;
     drop(bytes);
     let state_source = match &options.state {
         Some(state) => state.clone(),
@@ -224,22 +223,22 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
         headers.push(format!("Authorization: Bearer {token}"));
     }
     progress.phase("reading erpstream's state");
-    let (state_bytes, _) = load(&state_source, &headers)
-        .await
-        .with_context(|| format!("reading erpstream's state from {state_source}"))?;
+    let (state_bytes, _) = load(&state_source, &headers).await?;
+    let state_error =
+        |reason| ToolError::data(format!("erpstream's state from {state_source}"), reason);
     let events_topic = tools.topic(&options.events_topic);
     progress.phase("comparing");
     let state = compare_state(&mut picture, &state_bytes, &events_topic, Figure::OnHand)
-        .with_context(|| format!("reading erpstream's state from {state_source}"))?;
+        .map_err(state_error)?;
     let storefront = match &options.storefront {
         Some(view) => {
             progress.phase("comparing the storefront's view");
             let (bytes, _) = load(view, &options.headers).await?;
             let mut shown =
-                parse_picture(&bytes, view).with_context(|| format!("reading {view}"))?;
+                parse_picture(&bytes, view).map_err(|reason| ToolError::data(view, reason))?;
             Some(
                 compare_state(&mut shown, &state_bytes, &events_topic, Figure::Available)
-                    .with_context(|| format!("reading erpstream's state from {state_source}"))?,
+                    .map_err(state_error)?,
             )
         }
         None => None,
@@ -254,7 +253,9 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
     };
     let repaired = if options.repair {
         if picture.per_sku {
-            bail!("--repair needs a picture per sku and location; this one is per sku");
+            return Err(ToolError::usage(
+                "--repair needs a picture per sku and location; this one is per sku",
+            ));
         }
         Some(repair(tools, &state, as_of).await?)
     } else {
@@ -273,38 +274,39 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> anyhow::Result<Rep
 }
 
 /// A file's or URL's bytes and the time they stand for.
-async fn load(source: &str, headers: &[String]) -> anyhow::Result<(Vec<u8>, i64)> {
+async fn load(source: &str, headers: &[String]) -> Result<(Vec<u8>, i64), ToolError> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let fetched_at = erpstream_schemas::now_millis();
         let mut request = reqwest::Client::new().get(source);
         for header in headers {
-            let (name, value) = header
-                .split_once(':')
-                .with_context(|| format!("header {header:?} is not `Name: value`"))?;
+            let (name, value) = header.split_once(':').ok_or_else(|| {
+                ToolError::usage(format!("header {header:?} is not `Name: value`"))
+            })?;
             request = request.header(name.trim(), value.trim());
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("GET {source}"))?;
+        let response = request.send().await.doing(|| format!("GET {source}"))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            bail!(
-                "GET {source} answered {status}: {}",
-                body.chars().take(300).collect::<String>()
-            );
+            return Err(ToolError::data(
+                format!("GET {source}"),
+                format!(
+                    "answered {status}: {}",
+                    body.chars().take(300).collect::<String>()
+                ),
+            ));
         }
-        Ok((response.bytes().await?.to_vec(), fetched_at))
+        let body = response.bytes().await.doing(|| format!("GET {source}"))?;
+        Ok((body.to_vec(), fetched_at))
     } else {
         let path = Path::new(source);
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
-            .with_context(|| format!("could not read {source}"))?;
+            .doing(|| format!("could not read {source}"))?;
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .with_context(|| format!("could not read {source}"))?;
+            .doing(|| format!("could not read {source}"))?;
         let at = modified
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -313,21 +315,23 @@ async fn load(source: &str, headers: &[String]) -> anyhow::Result<(Vec<u8>, i64)
     }
 }
 
-/// Parses a CSV or JSON picture (by its first non-blank byte).
-fn parse_picture(bytes: &[u8], name: &str) -> anyhow::Result<Picture> {
+/// Parses a CSV or JSON picture (by its first non-blank byte); `Err` says what is wrong
+/// and where.
+fn parse_picture(bytes: &[u8], name: &str) -> Result<Picture, String> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let json = |e: serde_json::Error| e.to_string();
     let rows: Vec<Row> = match first {
-        None => bail!("it is empty"),
-        Some(b'[') => serde_json::from_slice(bytes)?,
-        Some(b'{') => serde_json::from_slice::<Wrapped>(bytes)?.data,
+        None => return Err("it is empty".into()),
+        Some(b'[') => serde_json::from_slice(bytes).map_err(json)?,
+        Some(b'{') => serde_json::from_slice::<Wrapped>(bytes).map_err(json)?.data,
         Some(_) => parse_csv(bytes)?,
     };
     let per_sku = rows.iter().all(|r| r.location.is_none());
     if !per_sku && let Some(row) = rows.iter().find(|r| r.location.is_none()) {
-        bail!(
+        return Err(format!(
             "{name}: sku {:?} has no location while other rows have one",
             row.sku
-        );
+        ));
     }
     let mut map = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -394,35 +398,36 @@ fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> 
         .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a quantity: {e}")))
 }
 
-fn parse_csv(bytes: &[u8]) -> anyhow::Result<Vec<Row>> {
+fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(bytes);
     let header: Vec<String> = reader
-        .headers()?
+        .headers()
+        .map_err(|e| e.to_string())?
         .iter()
         .map(|h| h.to_ascii_lowercase().replace([' ', '-'], "_"))
         .collect();
     let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
     let sku = column(SKU)
-        .with_context(|| format!("no sku column (one of {SKU:?}) in the header {header:?}"))?;
-    let quantity = column(QUANTITY).with_context(|| {
+        .ok_or_else(|| format!("no sku column (one of {SKU:?}) in the header {header:?}"))?;
+    let quantity = column(QUANTITY).ok_or_else(|| {
         format!("no quantity column (one of {QUANTITY:?}) in the header {header:?}")
     })?;
     let location = column(LOCATION);
     let mut rows = Vec::new();
     let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record)? {
+    while reader.read_record(&mut record).map_err(|e| e.to_string())? {
         let line = record.position().map_or(0, |p| p.line());
         let field = |index: usize, name: &str| {
             record
                 .get(index)
-                .with_context(|| format!("line {line}: no {name} value"))
+                .ok_or_else(|| format!("line {line}: no {name} value"))
         };
         let text = field(quantity, "quantity")?;
         let qty = Decimal::from_str(text)
             .or_else(|_| Decimal::from_scientific(text))
-            .with_context(|| format!("line {line}: quantity {text:?} is not a number"))?;
+            .map_err(|_| format!("line {line}: quantity {text:?} is not a number"))?;
         rows.push(Row {
             sku: field(sku, "sku")?.to_string(),
             location: location
@@ -471,7 +476,7 @@ fn compare_state(
     bytes: &[u8],
     events_topic: &str,
     figure: Figure,
-) -> anyhow::Result<Diff> {
+) -> Result<Diff, String> {
     let of = |l: &StateLocation| match figure {
         Figure::OnHand => l.on_hand,
         Figure::Available => l.available,
@@ -510,8 +515,13 @@ fn compare_state(
         }
     };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde::Deserializer::deserialize_seq(&mut deserializer, EachVisitor(&mut visit)).context(
-        "the snapshot is not a JSON array of skus with `locations` (ask with ?detail=true)",
+    serde::Deserializer::deserialize_seq(&mut deserializer, EachVisitor(&mut visit)).map_err(
+        |e| {
+            format!(
+                "the snapshot is not a JSON array of skus with `locations` (ask with \
+                 ?detail=true): {e}"
+            )
+        },
     )?;
     finish(picture, &mut diff);
     Ok(diff)
@@ -614,11 +624,11 @@ impl<'de> DeserializeSeed<'de> for ItemSeed {
 }
 
 /// Compares the picture with `planning.inventory`.
-async fn compare_planning(picture: &mut Picture, url: &str) -> anyhow::Result<Diff> {
+async fn compare_planning(picture: &mut Picture, url: &str) -> Result<Diff, ToolError> {
     use futures::TryStreamExt;
     let client = erpstream_connectors::planning::connect(url)
         .await
-        .with_context(|| format!("could not connect to the planning database {url}"))?;
+        .doing(|| format!("could not connect to the planning database {url}"))?;
     let mut diff = Diff::default();
     for (_, seen) in picture.rows.values_mut() {
         *seen = false;
@@ -630,13 +640,20 @@ async fn compare_planning(picture: &mut Picture, url: &str) -> anyhow::Result<Di
             std::iter::empty::<&str>(),
         )
         .await
-        .context("could not read planning.inventory")?;
+        .doing(|| "could not read planning.inventory".into())?;
     futures::pin_mut!(rows);
     let mut per_sku: HashMap<String, Decimal> = HashMap::new();
-    while let Some(row) = rows.try_next().await? {
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .doing(|| "could not read planning.inventory".into())?
+    {
         let sku: String = row.get(0);
         let location: String = row.get(1);
-        let on_hand = Decimal::from_str(row.get::<_, &str>(2))?;
+        let text = row.get::<_, &str>(2);
+        let on_hand = Decimal::from_str(text).map_err(|_| {
+            ToolError::data("planning.inventory", format!("{text:?} is not a number"))
+        })?;
         if picture.per_sku {
             *per_sku.entry(sku).or_default() += on_hand;
         } else {
@@ -651,13 +668,14 @@ async fn compare_planning(picture: &mut Picture, url: &str) -> anyhow::Result<Di
 }
 
 /// Publishes one correcting `inventory.change` per difference; returns how many.
-async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> anyhow::Result<u64> {
+async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> Result<u64, ToolError> {
     let topic = tools.kafka.topic("inventory.change");
     tools
         .codec
         .register(&topic, EventKind::InventoryChange)
         .await?;
-    let publisher = Publisher::new(&tools.kafka, "erpstream-reconcile", tools.codec.clone())?;
+    let publisher = Publisher::new(&tools.kafka, "erpstream-reconcile", tools.codec.clone())
+        .doing(|| "creating the producer".into())?;
     let run = uuid::Uuid::now_v7().to_string();
     let corrections = diff
         .missing
@@ -763,9 +781,9 @@ pub fn summary(report: &Report) -> String {
 }
 
 /// Writes the report as JSON.
-pub fn write_report(report: &Report, path: &PathBuf) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
+pub fn write_report(report: &Report, path: &PathBuf) -> Result<(), ToolError> {
+    let file =
+        std::fs::File::create(path).doing(|| format!("could not create {}", path.display()))?;
     serde_json::to_writer_pretty(std::io::BufWriter::new(file), report)?;
     Ok(())
 }

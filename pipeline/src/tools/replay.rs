@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use erpstream_connectors::component::Shadow;
 use erpstream_connectors::kafka::Publisher;
 use erpstream_schemas::EventKind;
@@ -21,8 +20,8 @@ use rdkafka::message::{Message, OwnedMessage};
 use serde::Serialize;
 
 use super::{
-    From, Progress, Records, Tools, TopicReader, Until, json_record, newest_offsets, resend,
-    rfc3339,
+    Doing, From, Progress, Records, ToolError, Tools, TopicReader, Until, json_record,
+    newest_offsets, resend, rfc3339,
 };
 
 /// Header marking a re-published record with the replay's id.
@@ -120,9 +119,9 @@ impl std::fmt::Display for ReplaySummary {
 }
 
 /// Runs a replay and returns its summary.
-pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<ReplaySummary> {
+pub async fn run(tools: &Tools, options: ReplayOptions) -> Result<ReplaySummary, ToolError> {
     if options.from >= options.to {
-        bail!("--from must be before --to");
+        return Err(ToolError::usage("--from must be before --to"));
     }
     let topic = tools.topic(&options.topic);
     let logical = tools.logical(&topic).to_string();
@@ -131,7 +130,9 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
         _ => None,
     };
     if options.live && sink.is_none() {
-        bail!("--live re-sends through a sink: give --into <sink id>");
+        return Err(ToolError::usage(
+            "--live re-sends through a sink: give --into <sink id>",
+        ));
     }
     let mut summary = ReplaySummary {
         topic: topic.clone(),
@@ -163,7 +164,7 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
         (Target::File(path), _) | (Target::Sink(_), Some(path)) => {
             Some(Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path)
-                    .with_context(|| format!("could not create {}", path.display()))?,
+                    .doing(|| format!("could not create {}", path.display()))?,
             )))
         }
         (Target::Sink(_), None) => None,
@@ -184,7 +185,7 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
                 if let Some(out) = out.as_mut() {
                     let line = json_record(&tools.codec, &message, true).await;
                     serde_json::to_writer(&mut *out, &line)?;
-                    out.write_all(b"\n")?;
+                    out.write_all(b"\n").doing(|| "writing the replay".into())?;
                 }
             }
             (Some(_), true) => live.push(message),
@@ -204,7 +205,8 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
                                     "offset": message.offset(),
                                 });
                                 serde_json::to_writer(&mut *out, &line)?;
-                                out.write_all(b"\n")?;
+                                out.write_all(b"\n")
+                                    .doing(|| "writing the requests".into())?;
                             }
                         }
                     }
@@ -217,7 +219,7 @@ pub async fn run(tools: &Tools, options: ReplayOptions) -> anyhow::Result<Replay
         }
     }
     if let Some(mut out) = out {
-        out.flush()?;
+        out.flush().doing(|| "writing the replay".into())?;
     }
     if !live.is_empty() {
         let (republished, superseded) =
@@ -242,26 +244,29 @@ struct SinkTarget {
 }
 
 /// Sink `id`, which must read `logical`; without `--live` it must have a shadow mode.
-fn sink_for(tools: &Tools, id: &str, logical: &str, live: bool) -> anyhow::Result<SinkTarget> {
+fn sink_for(tools: &Tools, id: &str, logical: &str, live: bool) -> Result<SinkTarget, ToolError> {
     let Some(sink) = tools.topology.sinks.get(id) else {
         let known: Vec<&str> = tools.topology.sinks.keys().map(String::as_str).collect();
-        bail!("--into {id}: not stdout, file or a sink of the topology ({known:?})");
+        return Err(ToolError::usage(format!(
+            "--into {id}: not stdout, file or a sink of the topology ({known:?})"
+        )));
     };
     let inputs: Vec<String> = sink.inputs().into_iter().map(|p| p.topic).collect();
     if !inputs.iter().any(|i| i == logical) {
-        bail!("sink {id} does not read {logical} (it reads {inputs:?})");
+        return Err(ToolError::usage(format!(
+            "sink {id} does not read {logical} (it reads {inputs:?})"
+        )));
     }
-    let kind = tools
-        .topology
-        .contract(logical)
-        .with_context(|| format!("topic {logical} has no contract in the topology"))?;
+    let kind = tools.topology.contract(logical).ok_or_else(|| {
+        ToolError::usage(format!("topic {logical} has no contract in the topology"))
+    })?;
     let shadow = sink.shadow();
     if shadow.is_none() && !live {
-        bail!(
+        return Err(ToolError::usage(format!(
             "sink {id} ({}) has no shadow mode; replay {logical} --into file or stdout to \
              inspect it, or --live to re-send it",
             sink.type_name()
-        );
+        )));
     }
     Ok(SinkTarget { kind, shadow })
 }
@@ -291,7 +296,7 @@ async fn republish(
     logical: &str,
     messages: Vec<OwnedMessage>,
     dry_run: bool,
-) -> anyhow::Result<(u64, u64)> {
+) -> Result<(u64, u64), ToolError> {
     let newest = if tools.compacted(logical) {
         let mut after: HashMap<i32, i64> = HashMap::new();
         let mut keys = HashSet::new();
@@ -305,7 +310,8 @@ async fn republish(
         HashMap::new()
     };
     let replay_id = uuid::Uuid::now_v7().to_string();
-    let publisher = Publisher::new(&tools.kafka, "erpstream-replay", tools.codec.clone())?;
+    let publisher = Publisher::new(&tools.kafka, "erpstream-replay", tools.codec.clone())
+        .doing(|| "creating the producer".into())?;
     let progress = Progress::new(Some(messages.len() as u64), "re-publishing");
     let mut pending = Vec::new();
     let mut superseded = 0;

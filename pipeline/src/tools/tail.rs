@@ -4,7 +4,7 @@ use std::io::Write;
 
 use rdkafka::message::Message;
 
-use super::{From, Tools, TopicReader, Until, json_record};
+use super::{Doing, From, ToolError, Tools, TopicReader, Until, json_record};
 
 /// What to print.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct TailOptions {
 
 /// Prints matching records until the end (with `no_follow`), the limit, or a closed stdout
 /// (a pipe whose reader went away ends the command quietly). Returns the records printed.
-pub async fn run(tools: &Tools, options: TailOptions) -> anyhow::Result<u64> {
+pub async fn run(tools: &Tools, options: TailOptions) -> Result<u64, ToolError> {
     let topic = tools.topic(&options.topic);
     let until = if options.no_follow {
         Until::End
@@ -60,11 +60,13 @@ pub async fn run(tools: &Tools, options: TailOptions) -> anyhow::Result<u64> {
         match written {
             Ok(()) => printed += 1,
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(printed),
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err).doing(|| "writing to stdout".into()),
         }
     }
     match out.flush() {
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).doing(|| "writing to stdout".into())
+        }
         _ => Ok(printed),
     }
 }

@@ -1,15 +1,15 @@
 //! Times on the command line.
 
-use anyhow::{Context, bail};
+use super::ToolError;
 
 /// Parses a point in time into epoch milliseconds: RFC 3339 (`2026-11-27T10:00:00Z`), a date
 /// (`2026-11-27`, midnight UTC), epoch milliseconds, `now`, or a duration meaning that long
 /// ago (`90m`, `1h`, `2days`).
-pub fn parse_time(text: &str) -> anyhow::Result<i64> {
+pub fn parse_time(text: &str) -> Result<i64, ToolError> {
     parse_at(text, erpstream_schemas::now_millis())
 }
 
-fn parse_at(text: &str, now: i64) -> anyhow::Result<i64> {
+fn parse_at(text: &str, now: i64) -> Result<i64, ToolError> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("now") {
         return Ok(now);
@@ -19,23 +19,24 @@ fn parse_at(text: &str, now: i64) -> anyhow::Result<i64> {
     }
     if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(date
-            .and_hms_opt(0, 0, 0)
-            .context("midnight")?
+            .and_time(chrono::NaiveTime::MIN)
             .and_utc()
             .timestamp_millis());
     }
     if let Ok(millis) = text.parse::<i64>() {
         if millis < 100_000_000_000 {
-            bail!("{text:?}: epoch times are read as milliseconds; this looks like seconds");
+            return Err(ToolError::usage(format!(
+                "{text:?}: epoch times are read as milliseconds; this looks like seconds"
+            )));
         }
         return Ok(millis);
     }
     match humantime::parse_duration(text) {
         Ok(ago) => Ok(now - ago.as_millis() as i64),
-        Err(_) => bail!(
+        Err(_) => Err(ToolError::usage(format!(
             "{text:?} is not a time: use RFC 3339 (2026-11-27T10:00:00Z), a date (2026-11-27), \
              epoch milliseconds, `now`, or a duration ago (90m, 2h)"
-        ),
+        ))),
     }
 }
 

@@ -178,7 +178,9 @@ fn every_rule_names_its_path_and_reason() {
         // Component entries.
         (
             &[(&["sinks", "pigeon"], Some("{ type: carrier_pigeon }"))],
-            &["sinks.pigeon.type: must be one of storefront_webhook, erp_rest, planning_pg, jsonl_file"],
+            &[
+                "sinks.pigeon.type: must be one of storefront_webhook, erp_rest, planning_pg, jsonl_file",
+            ],
         ),
         (
             &[(&["sources", "pigeon"], Some("{ type: carrier_pigeon }"))],
