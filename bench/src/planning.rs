@@ -10,9 +10,10 @@
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
+use erpstream_connectors::component::Resolved;
 use erpstream_connectors::kafka::{KafkaConfig, Publisher};
 use erpstream_connectors::planning;
-use erpstream_connectors::sinks::planning_pg::{BatchWriter, Input, Offsets, PlanningPgConfig};
+use erpstream_connectors::sinks::planning_pg::{BatchWriter, Offsets, PlanningPgConfig};
 use erpstream_schemas::{CatalogUpdate, Codec, EventKind, InventoryChange, Variant, now_millis};
 use rdkafka::Timestamp;
 use rdkafka::message::OwnedMessage;
@@ -64,15 +65,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "bench",
         &config,
         vec![
-            Input {
+            Resolved {
                 topic: catalog.into(),
-                kind: EventKind::CatalogUpdate,
-                dlq_topic: format!("{catalog}.dlq"),
+                contract: EventKind::CatalogUpdate,
+                dlq: format!("{catalog}.dlq"),
             },
-            Input {
+            Resolved {
                 topic: inventory.into(),
-                kind: EventKind::InventoryChange,
-                dlq_topic: format!("{inventory}.dlq"),
+                contract: EventKind::InventoryChange,
+                dlq: format!("{inventory}.dlq"),
             },
         ],
         publisher,

@@ -33,3 +33,72 @@ pub fn http_url(path: String, url: &str) -> Option<Problem> {
         _ => Some(Problem::new(path, "must be an http(s) URL")),
     }
 }
+
+/// The rules most settings share, phrased the same everywhere: collects the problems of
+/// one component's settings below its path.
+pub struct Checks {
+    at: String,
+    problems: Vec<Problem>,
+}
+
+impl Checks {
+    /// Checks of the settings at `at` (e.g. `sinks.storefront`).
+    pub fn new(at: &str) -> Self {
+        Self {
+            at: at.to_string(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// A problem with `field`, unless `ok`.
+    pub fn rule(&mut self, ok: bool, field: &str, rule: impl Into<String>) -> &mut Self {
+        if !ok {
+            self.problems
+                .push(Problem::new(format!("{}.{field}", self.at), rule));
+        }
+        self
+    }
+
+    /// `field` lists at least one `what`.
+    pub fn listed<T>(&mut self, field: &str, items: &[T], what: &str) -> &mut Self {
+        self.rule(
+            !items.is_empty(),
+            field,
+            format!("must list at least one {what}"),
+        )
+    }
+
+    /// `field` is above zero (a count, a duration, a size).
+    pub fn positive(&mut self, field: &str, positive: bool) -> &mut Self {
+        self.rule(positive, field, "must be > 0")
+    }
+
+    /// `field` has some text.
+    pub fn text(&mut self, field: &str, text: &str) -> &mut Self {
+        self.rule(!text.trim().is_empty(), field, "must not be empty")
+    }
+
+    /// `field` is a `postgres://` URL.
+    pub fn postgres_url(&mut self, field: &str, url: &str) -> &mut Self {
+        let ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        self.rule(ok, field, "must be a postgres:// URL")
+    }
+
+    /// `field` is an http(s) URL.
+    pub fn http_url(&mut self, field: &str, url: &str) -> &mut Self {
+        let problem = http_url(format!("{}.{field}", self.at), url);
+        self.problems.extend(problem);
+        self
+    }
+
+    /// Problems found elsewhere (a nested setting's own checks).
+    pub fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) -> &mut Self {
+        self.problems.extend(problems);
+        self
+    }
+
+    /// Every problem found.
+    pub fn done(&mut self) -> Vec<Problem> {
+        std::mem::take(&mut self.problems)
+    }
+}

@@ -3,7 +3,7 @@
 //! component" in the README).
 //!
 //! The topology, its validation, the runtime and the tools reach components only through
-//! the object-safe [`Configured`] and [`ConfiguredProcessor`] views of these types.
+//! [`Configured`] and [`ConfiguredProcessor`], which name no concrete type.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -12,14 +12,15 @@ use erpstream_connectors::component::{
     Component, Context, Graph, Kind, Names, Port, Route, Running, Shadow,
 };
 use erpstream_connectors::kafka::TopicSpec;
-use erpstream_connectors::sinks::erp_rest::ErpRestConfig;
-use erpstream_connectors::sinks::planning_pg::PlanningPgConfig;
-use erpstream_connectors::sinks::storefront_webhook::StorefrontWebhookConfig;
-use erpstream_connectors::sources::erp_webhook::ErpWebhookConfig;
-use erpstream_connectors::sources::pg_cdc::PgCdcConfig;
-use erpstream_connectors::sources::planning_api::PlanningApiConfig;
-use erpstream_connectors::sources::rest_poll::RestPollConfig;
-use erpstream_connectors::sources::storefront_api::StorefrontApiConfig;
+use erpstream_connectors::sinks::erp_rest::{self, ErpRestConfig};
+use erpstream_connectors::sinks::jsonl_file::{self, JsonlFileConfig};
+use erpstream_connectors::sinks::planning_pg::{self, PlanningPgConfig};
+use erpstream_connectors::sinks::storefront_webhook::{self, StorefrontWebhookConfig};
+use erpstream_connectors::sources::erp_webhook::{self, ErpWebhookConfig};
+use erpstream_connectors::sources::pg_cdc::{self, PgCdcConfig};
+use erpstream_connectors::sources::planning_api::{self, PlanningApiConfig};
+use erpstream_connectors::sources::rest_poll::{self, RestPollConfig};
+use erpstream_connectors::sources::storefront_api::{self, StorefrontApiConfig};
 use erpstream_connectors::validation::Problem;
 use erpstream_schemas::EventKind;
 use futures::future::BoxFuture;
@@ -30,17 +31,17 @@ use crate::processors::dedupe::DedupeConfig;
 use crate::processors::inventory::InventoryConfig;
 use crate::processors::{Built, ProcessorConfig};
 
-/// Source and sink types.
+/// Source and sink types, by `type:` name.
 pub static COMPONENTS: &[ComponentType] = &[
-    component::<ErpWebhookConfig>(),
-    component::<StorefrontApiConfig>(),
-    component::<PgCdcConfig>(),
-    component::<RestPollConfig>(),
-    component::<PlanningApiConfig>(),
-    component::<StorefrontWebhookConfig>(),
-    component::<ErpRestConfig>(),
-    component::<PlanningPgConfig>(),
-    component::<erpstream_connectors::sinks::jsonl_file::JsonlFileConfig>(),
+    source::<ErpWebhookConfig>(erp_webhook::TYPE),
+    source::<StorefrontApiConfig>(storefront_api::TYPE),
+    source::<PgCdcConfig>(pg_cdc::TYPE),
+    source::<RestPollConfig>(rest_poll::TYPE),
+    source::<PlanningApiConfig>(planning_api::TYPE),
+    sink::<StorefrontWebhookConfig>(storefront_webhook::TYPE),
+    sink::<ErpRestConfig>(erp_rest::TYPE),
+    sink::<PlanningPgConfig>(planning_pg::TYPE),
+    sink::<JsonlFileConfig>(jsonl_file::TYPE),
 ];
 
 /// Processor types.
@@ -57,8 +58,24 @@ pub struct ComponentType {
     pub name: &'static str,
     /// Its section.
     pub kind: Kind,
-    /// Reads an entry of this type.
-    pub parse: Parse<dyn Configured>,
+    parse: Parse<dyn DynComponent>,
+}
+
+impl ComponentType {
+    /// Reads an entry of this type at `at`, recording every problem.
+    pub fn parse(
+        &self,
+        value: &Value,
+        at: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Configured> {
+        let inner = (self.parse)(value, at, problems)?;
+        Some(Configured {
+            type_name: self.name,
+            kind: self.kind,
+            inner,
+        })
+    }
 }
 
 /// A registered processor type.
@@ -69,10 +86,18 @@ pub struct ProcessorType {
     pub parse: Parse<dyn ConfiguredProcessor>,
 }
 
-const fn component<C: Component>() -> ComponentType {
+const fn source<C: Component>(name: &'static str) -> ComponentType {
+    component::<C>(name, Kind::Source)
+}
+
+const fn sink<C: Component>(name: &'static str) -> ComponentType {
+    component::<C>(name, Kind::Sink)
+}
+
+const fn component<C: Component>(name: &'static str, kind: Kind) -> ComponentType {
     ComponentType {
-        name: C::TYPE,
-        kind: C::KIND,
+        name,
+        kind,
         parse: |value, at, problems| {
             let config: C = deserialize(value, at, problems)?;
             problems.extend(config.validate(at));
@@ -119,37 +144,75 @@ pub fn deserialize<T: DeserializeOwned>(
 }
 
 /// A configured source or sink, whatever its type (see [`Component`] for each method).
-pub trait Configured: Debug + Send + Sync {
+#[derive(Debug, Clone)]
+pub struct Configured {
+    type_name: &'static str,
+    kind: Kind,
+    inner: Arc<dyn DynComponent>,
+}
+
+impl Configured {
     /// The `type:` name.
-    fn type_name(&self) -> &'static str;
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
     /// Its section.
-    fn kind(&self) -> Kind;
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
     /// Topics it reads.
-    fn inputs(&self) -> Vec<Port>;
+    pub fn inputs(&self) -> Vec<Port> {
+        self.inner.inputs()
+    }
     /// Topics it writes.
-    fn outputs(&self) -> Vec<Port>;
+    pub fn outputs(&self) -> Vec<Port> {
+        self.inner.outputs()
+    }
     /// HTTP paths it serves.
-    fn routes(&self) -> Vec<Route>;
+    pub fn routes(&self) -> Vec<Route> {
+        self.inner.routes()
+    }
     /// Checks against the rest of the topology.
-    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem>;
-    /// Topics it needs besides the declared ones.
-    fn topics(&self, id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec>;
+    pub fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
+        self.inner.check(at, graph)
+    }
+    /// Topics component `id` needs besides the declared ones.
+    pub fn topics(
+        &self,
+        id: &str,
+        names: &Names,
+        partitions: &dyn Fn(&str) -> i32,
+    ) -> Vec<TopicSpec> {
+        self.inner.topics(id, names, partitions)
+    }
     /// Builds it.
+    pub fn build(
+        &self,
+        context: Context,
+    ) -> BoxFuture<'_, Result<Running, erpstream_connectors::Error>> {
+        self.inner.build(context)
+    }
+    /// Its shadow mode, if it has one.
+    pub fn shadow(&self) -> Option<Shadow> {
+        self.inner.shadow()
+    }
+}
+
+/// [`Component`] as an object.
+trait DynComponent: Debug + Send + Sync {
+    fn inputs(&self) -> Vec<Port>;
+    fn outputs(&self) -> Vec<Port>;
+    fn routes(&self) -> Vec<Route>;
+    fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem>;
+    fn topics(&self, id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec>;
     fn build(
         &self,
         context: Context,
     ) -> BoxFuture<'_, Result<Running, erpstream_connectors::Error>>;
-    /// Its shadow mode, if it has one.
     fn shadow(&self) -> Option<Shadow>;
 }
 
-impl<C: Component> Configured for C {
-    fn type_name(&self) -> &'static str {
-        C::TYPE
-    }
-    fn kind(&self) -> Kind {
-        C::KIND
-    }
+impl<C: Component> DynComponent for C {
     fn inputs(&self) -> Vec<Port> {
         Component::inputs(self)
     }

@@ -116,6 +116,11 @@ impl Context {
         })
     }
 
+    /// The logical topics a component reads, resolved (see [`resolve`](Self::resolve)).
+    pub fn inputs(&self, logical: &[String]) -> Vec<Resolved> {
+        logical.iter().filter_map(|t| self.resolve(t)).collect()
+    }
+
     /// The broker-side name of a logical topic.
     pub fn topic(&self, logical: &str) -> String {
         self.names.topic(logical)

@@ -85,6 +85,9 @@ pub struct Port {
     pub topic: String,
     /// The contracts it may carry.
     pub contracts: &'static [EventKind],
+    /// Whether the component writes `<topic>.dlq` for records of this port (what it reads;
+    /// source rows that do not fit their mapping).
+    pub dead_letters: bool,
 }
 
 impl Port {
@@ -98,6 +101,16 @@ impl Port {
             field: field.into(),
             topic: topic.into(),
             contracts,
+            dead_letters: false,
+        }
+    }
+
+    /// A topic whose rows that do not fit its contract a source dead-letters: a mapped
+    /// topic, carrying one of the contracts a mapping can make.
+    pub fn mapped(field: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            dead_letters: true,
+            ..Self::new(field, topic, &crate::sources::mapping::MAPPABLE)
         }
     }
 
@@ -106,7 +119,10 @@ impl Port {
         topics
             .iter()
             .enumerate()
-            .map(|(i, topic)| Self::new(format!("{field}[{i}]"), topic, contracts))
+            .map(|(i, topic)| Self {
+                dead_letters: true,
+                ..Self::new(format!("{field}[{i}]"), topic, contracts)
+            })
             .collect()
     }
 }
@@ -133,14 +149,9 @@ pub trait Graph {
 }
 
 /// A source or sink type, implemented on its configuration (deserialized from the entry's
-/// settings, `type:` removed). See the module documentation for the guarantees an
-/// implementation keeps.
+/// settings, `type:` removed); the registry line gives it its `type:` name and section.
+/// See the module documentation for the guarantees an implementation keeps.
 pub trait Component: DeserializeOwned + Debug + Clone + Send + Sync + 'static {
-    /// The `type:` name.
-    const TYPE: &'static str;
-    /// Where it goes in the topology.
-    const KIND: Kind;
-
     /// Checks the settings alone: no I/O, every problem with its path below `at` (the
     /// component's path, e.g. `sinks.storefront`).
     fn validate(&self, at: &str) -> Vec<Problem>;
@@ -169,9 +180,10 @@ pub trait Component: DeserializeOwned + Debug + Clone + Send + Sync + 'static {
 
     /// The topics component `id` needs besides the declared ones: dead-letter topics of
     /// what it reads or maps, changelogs of its state. `partitions` gives a declared topic's
-    /// count. By default: the dead-letter topic of every input.
+    /// count. By default: the dead-letter topic of every port that has one.
     fn topics(&self, _id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
-        dead_letter_topics(&self.inputs(), names, partitions)
+        let ports: Vec<Port> = self.inputs().into_iter().chain(self.outputs()).collect();
+        dead_letter_topics(&ports, names, partitions)
     }
 
     /// Builds the running component. It may check what it connects to (a database that can
@@ -188,7 +200,7 @@ pub trait Component: DeserializeOwned + Debug + Clone + Send + Sync + 'static {
     }
 }
 
-/// The dead-letter topic of each port's topic, partitioned like it.
+/// The dead-letter topic of each port's topic that has one, partitioned like it.
 pub fn dead_letter_topics(
     ports: &[Port],
     names: &Names,
@@ -196,6 +208,7 @@ pub fn dead_letter_topics(
 ) -> Vec<TopicSpec> {
     ports
         .iter()
+        .filter(|port| port.dead_letters)
         .map(|port| TopicSpec {
             name: names.dlq(&port.topic),
             partitions: partitions(&port.topic),
@@ -232,6 +245,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// A component that runs `task` until shutdown and reports `readiness`.
+    pub fn new<F, Fut>(readiness: Readiness, task: F) -> Self
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), crate::Error>> + Send + 'static,
+    {
+        Self::default().readiness(readiness).task(task)
+    }
+
     /// A component that serves `routes`.
     pub fn routes(mut self, routes: axum::Router) -> Self {
         self.routes = Some(routes);

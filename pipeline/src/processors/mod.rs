@@ -65,7 +65,39 @@ pub enum Decoded {
     DemandActual(DemandActual),
 }
 
+/// `Decoded::$kind(codec.decode(payload))` for the kind at hand: variants are named as
+/// their contracts.
+macro_rules! decode_as {
+    ($kind:expr, $codec:expr, $payload:expr, [$($variant:ident),*]) => {
+        match $kind {
+            $(EventKind::$variant => Decoded::$variant($codec.decode($payload).await?),)*
+        }
+    };
+}
+
 impl Decoded {
+    /// Decodes a value of contract `kind`.
+    pub async fn decode(
+        codec: &erpstream_schemas::Codec,
+        kind: EventKind,
+        payload: &[u8],
+    ) -> Result<Self, erpstream_schemas::CodecError> {
+        Ok(decode_as!(
+            kind,
+            codec,
+            payload,
+            [
+                InventoryChange,
+                CatalogUpdate,
+                SalesOrder,
+                InventoryAvailable,
+                InventoryAdjustment,
+                Reservation,
+                DemandActual
+            ]
+        ))
+    }
+
     /// The event's idempotency key.
     pub fn idempotency_key(&self) -> &str {
         use erpstream_schemas::Event;

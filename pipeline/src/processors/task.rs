@@ -287,30 +287,12 @@ impl StreamTask {
     ) -> Option<Result<Record, CodecError>> {
         let (kind, _) = self.inputs[message.topic()];
         let payload = message.payload().unwrap_or_default();
-        let codec = &self.codec;
-        let event = match kind {
-            EventKind::InventoryChange => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::InventoryChange),
-            EventKind::CatalogUpdate => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::CatalogUpdate),
-            EventKind::SalesOrder => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::SalesOrder),
-            EventKind::InventoryAvailable => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::InventoryAvailable),
-            EventKind::InventoryAdjustment => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::InventoryAdjustment),
-            EventKind::Reservation => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::Reservation),
-            EventKind::DemandActual => kafka::decode(codec, payload, shutdown)
-                .await?
-                .map(Decoded::DemandActual),
-        };
+        let event = kafka::retrying(
+            "decoding a record through the schema registry",
+            shutdown,
+            || Decoded::decode(&self.codec, kind, payload),
+        )
+        .await?;
         Some(event.map(|event| Record {
             topic: message.topic().to_string(),
             partition: message.partition(),

@@ -36,11 +36,11 @@ pub struct Topology {
     /// Declared topics by logical name.
     pub topics: BTreeMap<String, TopicConfig>,
     /// Sources by id.
-    pub sources: BTreeMap<String, Arc<dyn Configured>>,
+    pub sources: BTreeMap<String, Configured>,
     /// Processors by id.
     pub processors: BTreeMap<String, Arc<dyn ConfiguredProcessor>>,
     /// Sinks by id.
-    pub sinks: BTreeMap<String, Arc<dyn Configured>>,
+    pub sinks: BTreeMap<String, Configured>,
 }
 
 /// The `http:` section.
@@ -120,7 +120,7 @@ impl Topology {
     }
 
     /// The sources and sinks, with their ids.
-    pub fn components(&self) -> impl Iterator<Item = (&String, &Arc<dyn Configured>)> {
+    pub fn components(&self) -> impl Iterator<Item = (&String, &Configured)> {
         self.sources.iter().chain(&self.sinks)
     }
 }

@@ -653,7 +653,7 @@ fn every_rule_names_its_path_and_reason() {
         ),
         (
             &[(&["sources", "planning_api", "publish", "url"], Some("erp"))],
-            &["sources.planning_api.publish.url: must be an http:// or https:// URL"],
+            &["sources.planning_api.publish.url: must be an http(s) URL"],
         ),
         // storefront_webhook.
         (
@@ -694,7 +694,7 @@ fn every_rule_names_its_path_and_reason() {
         (
             &[(&["sinks", "writeback", "sources"], Some("[]"))],
             &[
-                "sinks.writeback.sources: must name at least one source whose documents are written back",
+                "sinks.writeback.sources: must list at least one source whose documents are written back",
             ],
         ),
         (

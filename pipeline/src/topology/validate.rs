@@ -7,8 +7,6 @@ use erpstream_schemas::EventKind;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
-use std::sync::Arc;
-
 use erpstream_connectors::component::Kind;
 
 use super::*;
@@ -167,25 +165,25 @@ fn components(
     root: &Mapping,
     kind: Kind,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<String, Arc<dyn Configured>> {
+) -> BTreeMap<String, Configured> {
     entries(
         root,
         kind.section(),
         problems,
         |name, value, at, problems| match components::types(kind).find(|t| t.name == name) {
-            Some(t) => (t.parse)(value, at, problems),
+            Some(t) => t.parse(value, at, problems),
             None => unknown_type(at, components::types(kind).map(|t| t.name), problems),
         },
     )
 }
 
 /// Deserializes a `sources`/`processors`/`sinks` map, dispatching on each entry's `type`.
-fn entries<T: ?Sized>(
+fn entries<T>(
     root: &Mapping,
     name: &str,
     problems: &mut Vec<Problem>,
-    build: impl Fn(&str, &Value, &str, &mut Vec<Problem>) -> Option<Arc<T>>,
-) -> BTreeMap<String, Arc<T>> {
+    build: impl Fn(&str, &Value, &str, &mut Vec<Problem>) -> Option<T>,
+) -> BTreeMap<String, T> {
     let mut out = BTreeMap::new();
     let Some(value) = root.get(name) else {
         return out;
@@ -356,11 +354,7 @@ fn check_graph(t: &Topology, problems: &mut Vec<Problem>) {
                     format!(
                         "topic {output} carries {}; this processor writes {}",
                         kind.topic(),
-                        produces
-                            .iter()
-                            .map(|k| k.topic())
-                            .collect::<Vec<_>>()
-                            .join(" or ")
+                        either(&produces)
                     ),
                 ));
             }
@@ -444,14 +438,16 @@ fn expect_topic(
             format!(
                 "topic {topic} carries {}; expected {}",
                 kind.topic(),
-                allowed
-                    .iter()
-                    .map(|k| k.topic())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                either(allowed)
             ),
         ));
     }
+}
+
+/// `a or b or c`, by contract name.
+fn either(kinds: &[EventKind]) -> String {
+    let names: Vec<&str> = kinds.iter().map(|k| k.topic()).collect();
+    names.join(" or ")
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values, so one file serves

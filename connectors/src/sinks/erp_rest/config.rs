@@ -4,7 +4,6 @@ use serde::Deserialize;
 
 use crate::retry::RetryConfig;
 use crate::secret::SecretRef;
-use crate::validation::Problem;
 
 /// Configuration of an `erp_rest` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -108,35 +107,4 @@ fn default_fetch_wait() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-impl ErpRestConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        problems.extend(crate::validation::http_url(format!("{at}.url"), &self.url));
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one topic",
-            ));
-        }
-        if self.sources.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.sources"),
-                "must name at least one source whose documents are written back",
-            ));
-        }
-        if self.preset == Preset::Erpnext && self.token.is_none() {
-            problems.push(Problem::new(
-                format!("{at}.token"),
-                "is required by the erpnext preset (api_key:api_secret)",
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            problems.push(Problem::new(format!("{at}.request_timeout"), "must be > 0"));
-        }
-        problems.extend(self.retry.validate(&format!("{at}.retry")));
-        problems
-    }
 }

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 pub use config::{ErpNextSettings, ErpRestConfig, OrdersAs, Preset};
 
-use crate::component::{Component, Context, Graph, Kind, Port, Readiness, Running};
+use crate::component::{Component, Context, Graph, Port, Readiness, Running};
 use crate::kafka::{
     self, DeadLetter, GroupConsumer, KafkaConfig, OffsetTracker, PublishError, Publisher,
     TrackingContext, sleep_or_shutdown,
@@ -43,17 +43,29 @@ use crate::kafka::{
 use crate::metrics as m;
 use crate::retry::{Outcome, backoff, classify, retry_after, send};
 use crate::secret::SecretError;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_rest";
 
 impl Component for ErpRestConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Sink;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        Checks::new(at)
+            .http_url("url", &self.url)
+            .listed("inputs", &self.inputs, "topic")
+            .listed(
+                "sources",
+                &self.sources,
+                "source whose documents are written back",
+            )
+            .rule(
+                self.preset != Preset::Erpnext || self.token.is_some(),
+                "token",
+                "is required by the erpnext preset (api_key:api_secret)",
+            )
+            .positive("request_timeout", !self.request_timeout.is_zero())
+            .extend(self.retry.validate(&format!("{at}.retry")))
+            .done()
     }
 
     fn inputs(&self) -> Vec<Port> {
@@ -87,38 +99,11 @@ impl Component for ErpRestConfig {
     }
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
-        let inputs = self
-            .inputs
-            .iter()
-            .filter_map(|logical| context.resolve(logical))
-            .map(|resolved| Input {
-                kind: resolved.contract,
-                dlq_topic: resolved.dlq,
-                topic: resolved.topic,
-            })
-            .collect();
-        let sink = ErpRestSink::build(
-            &context.id,
-            self.clone(),
-            inputs,
-            &context.kafka,
-            &context.group(),
-            context.publisher.clone(),
-        )?;
-        Ok(Running::default()
-            .readiness(sink.readiness())
-            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+        let sink = ErpRestSink::build(self.clone(), &context)?;
+        Ok(Running::new(sink.readiness(), move |shutdown| async move {
+            Ok(sink.run(shutdown).await?)
+        }))
     }
-}
-
-/// One input topic of the sink.
-pub struct Input {
-    /// Broker-side topic.
-    pub topic: String,
-    /// Its contract (`SalesOrder` or `InventoryAdjustment`).
-    pub kind: EventKind,
-    /// Its dead-letter topic.
-    pub dlq_topic: String,
 }
 
 /// Why the sink could not be built.
@@ -193,16 +178,10 @@ pub struct ErpRestSink {
 }
 
 impl ErpRestSink {
-    /// Builds the sink: resolves the token, creates the HTTP client and the consumer of
-    /// group `group` (no network I/O).
-    pub fn build(
-        id: &str,
-        config: ErpRestConfig,
-        inputs: Vec<Input>,
-        kafka: &KafkaConfig,
-        group: &str,
-        publisher: Publisher,
-    ) -> Result<Self, ErpRestError> {
+    /// Builds the sink: resolves the token, creates the HTTP client and the consumer of the
+    /// component's group (no network I/O).
+    pub fn build(config: ErpRestConfig, context: &Context) -> Result<Self, ErpRestError> {
+        let (id, publisher) = (&context.id, context.publisher.clone());
         let token = config.token.as_ref().map(|t| t.resolve()).transpose()?;
         let client = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -212,10 +191,10 @@ impl ErpRestSink {
         // broker hundreds of empty fetches a second.
         let kafka = KafkaConfig {
             fetch_wait: config.fetch_wait,
-            ..kafka.clone()
+            ..context.kafka.clone()
         };
-        let context = TrackingContext::new(Readiness::not_yet("starting"), false);
-        let consumer = kafka::group_consumer(&kafka, group, id, context)?;
+        let tracking = TrackingContext::new(Readiness::not_yet("starting"), false);
+        let consumer = kafka::group_consumer(&kafka, &context.group(), id, tracking)?;
         let base = reqwest::Url::parse(&config.url).expect("validated URL");
         Ok(Self {
             id: id.to_string(),
@@ -223,9 +202,10 @@ impl ErpRestSink {
             base,
             token,
             consumer,
-            inputs: inputs
+            inputs: context
+                .inputs(&config.inputs)
                 .into_iter()
-                .map(|i| (i.topic, (i.kind, i.dlq_topic)))
+                .map(|i| (i.topic, (i.contract, i.dlq)))
                 .collect(),
             sources: config.sources.iter().cloned().collect(),
             reservations_topic: kafka.topic(&config.reservations_topic),

@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::validation::Problem;
-
 /// Configuration of a `jsonl_file` sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,24 +24,4 @@ fn default_batch_size() -> usize {
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(100)
-}
-
-impl JsonlFileConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one topic",
-            ));
-        }
-        if self.path.as_os_str().is_empty() || self.path.is_dir() {
-            problems.push(Problem::new(format!("{at}.path"), "must name a file"));
-        }
-        if self.batch_size == 0 {
-            problems.push(Problem::new(format!("{at}.batch_size"), "must be > 0"));
-        }
-        problems
-    }
 }

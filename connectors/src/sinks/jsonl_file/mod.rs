@@ -25,20 +25,22 @@ use tokio::sync::watch;
 
 pub use config::JsonlFileConfig;
 
-use crate::component::{Component, Context, Kind, Port, Readiness, Running};
+use crate::component::{Component, Context, Port, Readiness, Running};
 use crate::kafka::{self, DeadLetter, Failure, GroupConsumer, OffsetTracker, TrackingContext};
 use crate::metrics as m;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "jsonl_file";
 
 impl Component for JsonlFileConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Sink;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        let file = !self.path.as_os_str().is_empty() && !self.path.is_dir();
+        Checks::new(at)
+            .listed("inputs", &self.inputs, "topic")
+            .rule(file, "path", "must name a file")
+            .positive("batch_size", self.batch_size > 0)
+            .done()
     }
 
     fn inputs(&self) -> Vec<Port> {

@@ -2,8 +2,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::validation::Problem;
-
 /// Configuration of a `planning_pg` sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,34 +36,4 @@ fn default_product_wait() -> Duration {
 }
 fn default_max_waiting() -> i64 {
     1_000_000
-}
-
-impl PlanningPgConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if !self.database.starts_with("postgres://") && !self.database.starts_with("postgresql://")
-        {
-            problems.push(Problem::new(
-                format!("{at}.database"),
-                "must be a postgres:// URL",
-            ));
-        }
-        if self.batch_size == 0 {
-            problems.push(Problem::new(format!("{at}.batch_size"), "must be > 0"));
-        }
-        if self.product_wait.is_zero() {
-            problems.push(Problem::new(format!("{at}.product_wait"), "must be > 0"));
-        }
-        if self.max_waiting < 0 {
-            problems.push(Problem::new(format!("{at}.max_waiting"), "must be >= 0"));
-        }
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one topic",
-            ));
-        }
-        problems
-    }
 }

@@ -35,11 +35,11 @@ use tokio_postgres::Client;
 
 pub use config::PlanningPgConfig;
 
-use crate::component::{Component, Context, Kind, Port, Readiness, Running, Shadow};
-use crate::kafka::{self, DeadLetter, GroupConsumer, KafkaConfig, Publisher, TrackingContext};
+use crate::component::{Component, Context, Port, Readiness, Resolved, Running, Shadow};
+use crate::kafka::{self, DeadLetter, GroupConsumer, Publisher, TrackingContext};
 use crate::metrics as m;
 use crate::planning;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "planning_pg";
@@ -55,11 +55,14 @@ pub const WAITING: &str = "erpstream_planning_waiting_rows";
 pub const WAITED: &str = "erpstream_planning_waited_rows_total";
 
 impl Component for PlanningPgConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Sink;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        Checks::new(at)
+            .listed("inputs", &self.inputs, "topic")
+            .postgres_url("database", &self.database)
+            .positive("batch_size", self.batch_size > 0)
+            .positive("product_wait", !self.product_wait.is_zero())
+            .rule(self.max_waiting >= 0, "max_waiting", "must be >= 0")
+            .done()
     }
 
     fn inputs(&self) -> Vec<Port> {
@@ -75,42 +78,15 @@ impl Component for PlanningPgConfig {
     }
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
-        let inputs = self
-            .inputs
-            .iter()
-            .filter_map(|logical| context.resolve(logical))
-            .map(|resolved| Input {
-                kind: resolved.contract,
-                dlq_topic: resolved.dlq,
-                topic: resolved.topic,
-            })
-            .collect();
-        let sink = PlanningPgSink::build(
-            &context.id,
-            self.clone(),
-            inputs,
-            &context.kafka,
-            &context.group(),
-            context.publisher.clone(),
-        )?;
-        Ok(Running::default()
-            .readiness(sink.readiness())
-            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+        let sink = PlanningPgSink::build(self.clone(), &context)?;
+        Ok(Running::new(sink.readiness(), move |shutdown| async move {
+            Ok(sink.run(shutdown).await?)
+        }))
     }
 
     fn shadow(&self) -> Option<Shadow> {
         Some(|codec, kind, payload| Box::pin(rows_for(codec, kind, payload)))
     }
-}
-
-/// One input topic.
-pub struct Input {
-    /// Broker-side topic.
-    pub topic: String,
-    /// Its contract.
-    pub kind: EventKind,
-    /// Its dead-letter topic.
-    pub dlq_topic: String,
 }
 
 /// Why the sink could not be built or stopped.
@@ -163,7 +139,7 @@ impl BatchWriter {
     pub fn new(
         id: &str,
         config: &PlanningPgConfig,
-        inputs: Vec<Input>,
+        inputs: Vec<Resolved>,
         publisher: Publisher,
     ) -> Self {
         Self {
@@ -173,7 +149,7 @@ impl BatchWriter {
             inputs: std::sync::Arc::new(
                 inputs
                     .into_iter()
-                    .map(|i| (i.topic, (i.kind, i.dlq_topic)))
+                    .map(|i| (i.topic, (i.contract, i.dlq)))
                     .collect(),
             ),
             codec: publisher.codec().clone(),
@@ -227,20 +203,15 @@ struct Demand {
 
 impl PlanningPgSink {
     /// Builds the sink and its consumer of group `group` (no network I/O).
-    pub fn build(
-        id: &str,
-        config: PlanningPgConfig,
-        inputs: Vec<Input>,
-        kafka: &KafkaConfig,
-        group: &str,
-        publisher: Publisher,
-    ) -> Result<Self, PlanningError> {
+    pub fn build(config: PlanningPgConfig, context: &Context) -> Result<Self, PlanningError> {
         // Its state, the offsets stored with the rows, is read again from the database
         // before the first batch after a rebalance: nothing to wait for before it is ready.
-        let context = TrackingContext::new(Readiness::not_yet("starting"), false);
-        let consumer = kafka::group_consumer(kafka, group, id, context)?;
+        let tracking = TrackingContext::new(Readiness::not_yet("starting"), false);
+        let consumer =
+            kafka::group_consumer(&context.kafka, &context.group(), &context.id, tracking)?;
+        let inputs = context.inputs(&config.inputs);
         Ok(Self {
-            writer: BatchWriter::new(id, &config, inputs, publisher),
+            writer: BatchWriter::new(&context.id, &config, inputs, context.publisher.clone()),
             config,
             consumer,
         })

@@ -4,7 +4,6 @@ use serde::Deserialize;
 
 use crate::retry::RetryConfig;
 use crate::secret::SecretRef;
-use crate::validation::Problem;
 
 /// Configuration of a `storefront_webhook` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,29 +43,4 @@ fn default_max_pending() -> usize {
 }
 fn default_dedupe_window() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
-}
-
-impl StorefrontWebhookConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        problems.extend(crate::validation::http_url(format!("{at}.url"), &self.url));
-        if self.inputs.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.inputs"),
-                "must list at least one topic",
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            problems.push(Problem::new(format!("{at}.request_timeout"), "must be > 0"));
-        }
-        if self.concurrency == 0 {
-            problems.push(Problem::new(format!("{at}.concurrency"), "must be > 0"));
-        }
-        if self.max_pending == 0 {
-            problems.push(Problem::new(format!("{at}.max_pending"), "must be > 0"));
-        }
-        problems.extend(self.retry.validate(&format!("{at}.retry")));
-        problems
-    }
 }

@@ -43,14 +43,13 @@ pub use service::DeliveryService;
 
 use crate::retry::{Outcome, backoff};
 
-use crate::component::{Component, Context, Kind, Names, Port, Readiness, Running, Shadow};
+use crate::component::{Component, Context, Names, Port, Readiness, Running, Shadow};
 use crate::kafka::TopicSpec;
 use crate::kafka::{
-    self, Changelog, DeadLetter, Failure, GroupConsumer, KafkaConfig, OffsetTracker, Publisher,
-    TrackingContext,
+    self, Changelog, DeadLetter, Failure, GroupConsumer, OffsetTracker, Publisher, TrackingContext,
 };
 use crate::metrics as m;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 mod payload;
 
@@ -83,15 +82,13 @@ pub enum SinkError {
 
 /// One input topic and where its state and failures go.
 #[derive(Clone)]
-pub struct Input {
-    /// Broker-side topic name.
-    pub topic: String,
+struct Input {
     /// Contract of its records.
-    pub kind: EventKind,
+    kind: EventKind,
     /// Changelog of the delivery guard for this topic.
-    pub changelog: Changelog,
+    changelog: Changelog,
     /// Broker-side dead-letter topic.
-    pub dlq_topic: String,
+    dlq_topic: String,
 }
 
 /// A running `storefront_webhook` sink.
@@ -108,33 +105,38 @@ pub struct StorefrontWebhookSink {
 impl StorefrontWebhookSink {
     /// Builds the sink: reads the secret, creates the consumer (group `group_id`) and the
     /// HTTP client. No delivery happens until [`run`](Self::run).
-    pub fn build(
-        id: &str,
-        config: StorefrontWebhookConfig,
-        inputs: Vec<Input>,
-        kafka: &KafkaConfig,
-        group_id: &str,
-        publisher: Publisher,
-    ) -> Result<Self, SinkError> {
-        for input in &inputs {
-            if !matches!(
-                input.kind,
-                EventKind::InventoryAvailable | EventKind::CatalogUpdate
-            ) {
-                return Err(SinkError::UnsupportedInput(input.topic.clone(), input.kind));
+    pub fn build(config: StorefrontWebhookConfig, context: &Context) -> Result<Self, SinkError> {
+        let mut inputs = HashMap::new();
+        for logical in &config.inputs {
+            let Some(resolved) = context.resolve(logical) else {
+                continue;
+            };
+            if !ACCEPTS.contains(&resolved.contract) {
+                return Err(SinkError::UnsupportedInput(
+                    resolved.topic,
+                    resolved.contract,
+                ));
             }
+            let input = Input {
+                changelog: context.changelog(Some(logical)),
+                kind: resolved.contract,
+                dlq_topic: resolved.dlq,
+            };
+            inputs.insert(resolved.topic, input);
         }
+        let id = &context.id;
         let secret = config.secret.resolve()?;
         let service = DeliveryService::new(config.url.clone(), secret, config.request_timeout, id)?;
-        let context = TrackingContext::new(Readiness::not_yet("starting"), true);
-        let consumer = crate::kafka::group_consumer(kafka, group_id, id, context)?;
+        let tracking = TrackingContext::new(Readiness::not_yet("starting"), true);
+        let consumer =
+            crate::kafka::group_consumer(&context.kafka, &context.group(), id, tracking)?;
         Ok(Self {
             id: id.to_string(),
             service: Arc::new(service),
             consumer: Arc::new(consumer),
-            inputs: inputs.into_iter().map(|i| (i.topic.clone(), i)).collect(),
-            codec: publisher.codec().clone(),
-            publisher,
+            inputs,
+            codec: context.codec().clone(),
+            publisher: context.publisher.clone(),
             config,
         })
     }
@@ -259,11 +261,15 @@ async fn requests(
 const ACCEPTS: &[EventKind] = &[EventKind::InventoryAvailable, EventKind::CatalogUpdate];
 
 impl Component for StorefrontWebhookConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Sink;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        Checks::new(at)
+            .http_url("url", &self.url)
+            .listed("inputs", &self.inputs, "topic")
+            .positive("request_timeout", !self.request_timeout.is_zero())
+            .positive("concurrency", self.concurrency > 0)
+            .positive("max_pending", self.max_pending > 0)
+            .extend(self.retry.validate(&format!("{at}.retry")))
+            .done()
     }
 
     fn inputs(&self) -> Vec<Port> {
@@ -290,35 +296,10 @@ impl Component for StorefrontWebhookConfig {
     }
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
-        let inputs = self
-            .inputs
-            .iter()
-            .map(|logical| {
-                let resolved = context
-                    .resolve(logical)
-                    .ok_or_else(|| crate::Error::Wiring {
-                        setting: format!("sinks.{}.inputs", context.id),
-                        reason: format!("{logical} carries no known contract"),
-                    })?;
-                Ok(Input {
-                    changelog: context.changelog(Some(logical)),
-                    kind: resolved.contract,
-                    dlq_topic: resolved.dlq,
-                    topic: resolved.topic,
-                })
-            })
-            .collect::<Result<Vec<_>, crate::Error>>()?;
-        let sink = StorefrontWebhookSink::build(
-            &context.id,
-            self.clone(),
-            inputs,
-            &context.kafka,
-            &context.group(),
-            context.publisher.clone(),
-        )?;
-        Ok(Running::default()
-            .readiness(sink.readiness())
-            .task(move |shutdown| async move { Ok(sink.run(shutdown).await?) }))
+        let sink = StorefrontWebhookSink::build(self.clone(), &context)?;
+        Ok(Running::new(sink.readiness(), move |shutdown| async move {
+            Ok(sink.run(shutdown).await?)
+        }))
     }
 
     fn shadow(&self) -> Option<Shadow> {

@@ -4,7 +4,6 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::secret::SecretRef;
-use crate::validation::Problem;
 
 /// Configuration of an `erp_webhook` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,42 +65,4 @@ fn default_catalog_topic() -> String {
 }
 fn default_inventory_topic() -> String {
     "inventory.change".into()
-}
-
-impl ErpWebhookConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if !self.path.starts_with('/') {
-            problems.push(Problem::new(format!("{at}.path"), "must start with /"));
-        }
-        if self.secrets.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.secrets"),
-                "must list at least one secret",
-            ));
-        }
-        if self.timestamp_tolerance.is_zero() {
-            problems.push(Problem::new(
-                format!("{at}.timestamp_tolerance"),
-                "must be > 0",
-            ));
-        }
-        if self.max_body.as_u64() == 0 {
-            problems.push(Problem::new(format!("{at}.max_body"), "must be > 0"));
-        }
-        if self.orders_topic.is_some() != self.reservations_topic.is_some() {
-            problems.push(Problem::new(
-                format!("{at}.reservations_topic"),
-                "orders_topic and reservations_topic are set together (a cancellation releases holds)",
-            ));
-        }
-        if self.source_system.trim().is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.source_system"),
-                "must not be empty",
-            ));
-        }
-        problems
-    }
 }

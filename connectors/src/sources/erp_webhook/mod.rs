@@ -38,12 +38,12 @@ use crate::signing::{self, Verifier};
 pub use config::ErpWebhookConfig;
 use payload::{ErpEvent, ErpWebhook as ParsedWebhook};
 
-use crate::component::{Component, Context, Kind, Port, Route, Running};
+use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
 use crate::sources::http;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "erp_webhook";
@@ -66,11 +66,19 @@ pub struct Accepted {
 }
 
 impl Component for ErpWebhookConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Source;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        Checks::new(at)
+            .rule(self.path.starts_with('/'), "path", "must start with /")
+            .listed("secrets", &self.secrets, "secret")
+            .positive("timestamp_tolerance", !self.timestamp_tolerance.is_zero())
+            .positive("max_body", self.max_body.as_u64() > 0)
+            .rule(
+                self.orders_topic.is_some() == self.reservations_topic.is_some(),
+                "reservations_topic",
+                "orders_topic and reservations_topic are set together (a cancellation releases holds)",
+            )
+            .text("source_system", &self.source_system)
+            .done()
     }
 
     fn outputs(&self) -> Vec<Port> {

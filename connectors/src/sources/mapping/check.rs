@@ -10,6 +10,27 @@ use apache_avro::Schema;
 
 use super::path::{Leaf, Segment, Target, render, target};
 use super::{ENVELOPE, MAPPABLE};
+use crate::component::Graph;
+use crate::validation::Problem;
+
+/// Every mapping (at its path in the file) against the contract of its topic; a topic that
+/// carries no mappable contract is refused with its port, not here.
+pub fn check_all<'a>(
+    graph: &dyn Graph,
+    mappings: impl IntoIterator<Item = (String, std::borrow::Cow<'a, Mapping>)>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (at, mapping) in mappings {
+        if let Some(kind) = graph.contract(&mapping.topic)
+            && MAPPABLE.contains(&kind)
+        {
+            for (field, reason) in check(&mapping, kind) {
+                problems.push(Problem::new(format!("{at}.{field}"), reason));
+            }
+        }
+    }
+    problems
+}
 
 /// Whether a transform can produce the target's type: scaling makes numbers, bucketing dates.
 pub(super) fn transform_fits(target: &Target, source: &FieldSource) -> Result<(), String> {

@@ -10,7 +10,7 @@ mod config;
 mod convert;
 mod path;
 
-pub use check::check;
+pub use check::{check, check_all};
 pub use config::{Bucket, Concat, Const, DeleteMode, FieldSource, Mapping, OnDelete, Transform};
 pub use convert::parse_time;
 

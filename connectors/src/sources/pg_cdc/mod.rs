@@ -31,6 +31,7 @@ mod control;
 mod snapshot;
 mod stream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,8 +48,7 @@ use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapp
 pub use config::{PgCdcConfig, SnapshotMode};
 use control::{SlotState, SourceRecord, StateStore, TableShape};
 
-use crate::component::{Component, Context, Graph, Kind, Names, Port, Readiness, Running};
-use crate::kafka::TopicSpec;
+use crate::component::{Component, Context, Graph, Port, Readiness, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord};
 use crate::metrics as m;
 use crate::validation::Problem;
@@ -111,45 +111,25 @@ impl CdcError {
 }
 
 impl Component for PgCdcConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Source;
-
+    /// The settings' rules live with the settings (`config.rs`).
     fn validate(&self, at: &str) -> Vec<Problem> {
         self.validate_settings(at)
     }
 
     fn outputs(&self) -> Vec<Port> {
-        self.tables
-            .iter()
-            .map(|(name, table)| {
-                Port::new(
-                    format!("tables.{name}.topic"),
-                    &table.topic,
-                    &mapping::MAPPABLE,
-                )
-            })
+        let tables = self.tables.iter();
+        tables
+            .map(|(name, table)| Port::mapped(format!("tables.{name}.topic"), &table.topic))
             .collect()
     }
 
-    /// Every table's mapping against the contract of its topic.
+    /// Every mapping against the contract of its topic.
     fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        for (name, table) in &self.tables {
-            // A topic that carries no mappable contract is refused with the port.
-            if let Some(kind) = graph.contract(&table.topic)
-                && crate::sources::mapping::MAPPABLE.contains(&kind)
-            {
-                for (field, reason) in mapping::check(table, kind) {
-                    problems.push(Problem::new(format!("{at}.tables.{name}.{field}"), reason));
-                }
-            }
-        }
-        problems
-    }
-
-    /// The dead-letter topic of every mapped topic (rows that do not fit their contract).
-    fn topics(&self, _id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
-        crate::component::dead_letter_topics(&self.outputs(), names, partitions)
+        let tables = self.tables.iter();
+        crate::sources::mapping::check_all(
+            graph,
+            tables.map(|(name, table)| (format!("{at}.tables.{name}"), Cow::Borrowed(table))),
+        )
     }
 
     /// Builds the source and checks its database, waiting up to 30 s for one that is still
@@ -188,9 +168,10 @@ impl Component for PgCdcConfig {
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(Running::default()
-            .readiness(source.readiness())
-            .task(move |shutdown| async move { Ok(source.run(shutdown).await?) }))
+        Ok(Running::new(
+            source.readiness(),
+            move |shutdown| async move { Ok(source.run(shutdown).await?) },
+        ))
     }
 }
 

@@ -5,7 +5,6 @@ use serde::Deserialize;
 
 use crate::retry::RetryConfig;
 use crate::secret::SecretRef;
-use crate::validation::Problem;
 
 /// Configuration of a `planning_api` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,45 +92,5 @@ fn default_retry() -> RetryConfig {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(2),
-    }
-}
-
-impl PlanningApiConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if !self.database.starts_with("postgres://") && !self.database.starts_with("postgresql://")
-        {
-            problems.push(Problem::new(
-                format!("{at}.database"),
-                "must be a postgres:// URL",
-            ));
-        }
-        if self.tokens.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.tokens"),
-                "must list at least one token",
-            ));
-        }
-        for (i, token) in self.tokens.iter().enumerate() {
-            if token.role.trim().is_empty() {
-                problems.push(Problem::new(
-                    format!("{at}.tokens[{i}].role"),
-                    "must name a role (admin, sop_coordinator, ...)",
-                ));
-            }
-        }
-        if self.max_items == 0 {
-            problems.push(Problem::new(format!("{at}.max_items"), "must be > 0"));
-        }
-        match reqwest::Url::parse(&self.publish.url) {
-            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
-            _ => problems.push(Problem::new(
-                format!("{at}.publish.url"),
-                "must be an http:// or https:// URL",
-            )),
-        }
-        problems.extend(self.publish.retry.validate(&format!("{at}.publish.retry")));
-        problems
     }
 }

@@ -39,12 +39,12 @@ use tokio_postgres::Client;
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item};
 
-use crate::component::{Component, Context, Kind, Port, Route, Running};
+use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::planning;
 use crate::sources::http::{invalid, read_limited, retry_later, too_large, trace_of};
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "planning_api";
@@ -88,11 +88,22 @@ pub const SYNC_PATH: &str = "/api/v1/integrations/erp/{endpoint}/sync";
 pub const PUBLISH_PATH: &str = "/api/v1/integrations/erp/publish/{kind}/{plan_id}";
 
 impl Component for PlanningApiConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Source;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        let mut checks = Checks::new(at);
+        checks
+            .postgres_url("database", &self.database)
+            .listed("tokens", &self.tokens, "token")
+            .positive("max_items", self.max_items > 0)
+            .http_url("publish.url", &self.publish.url)
+            .extend(self.publish.retry.validate(&format!("{at}.publish.retry")));
+        for (i, token) in self.tokens.iter().enumerate() {
+            checks.rule(
+                !token.role.trim().is_empty(),
+                &format!("tokens[{i}].role"),
+                "must name a role (admin, sop_coordinator, ...)",
+            );
+        }
+        checks.done()
     }
 
     fn outputs(&self) -> Vec<Port> {

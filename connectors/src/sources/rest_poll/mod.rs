@@ -43,8 +43,7 @@ pub use api::{ApiError, REQUESTS};
 pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
 use state::{Hash, State};
 
-use crate::component::{Component, Context, Graph, Kind, Names, Port, Readiness, Running};
-use crate::kafka::TopicSpec;
+use crate::component::{Component, Context, Graph, Port, Readiness, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped};
@@ -100,48 +99,25 @@ pub struct Resource {
 }
 
 impl Component for RestPollConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: Kind = Kind::Source;
-
+    /// The settings' rules live with the settings (`config.rs`).
     fn validate(&self, at: &str) -> Vec<Problem> {
         self.validate_settings(at)
     }
 
     fn outputs(&self) -> Vec<Port> {
-        self.resources
-            .iter()
-            .map(|(name, resource)| {
-                Port::new(
-                    format!("resources.{name}.topic"),
-                    &resource.topic,
-                    &crate::sources::mapping::MAPPABLE,
-                )
-            })
+        let resources = self.resources.iter();
+        resources
+            .map(|(name, r)| Port::mapped(format!("resources.{name}.topic"), &r.topic))
             .collect()
     }
 
-    /// Every resource's mapping against the contract of its topic.
+    /// Every mapping against the contract of its topic.
     fn check(&self, at: &str, graph: &dyn Graph) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        for (name, resource) in &self.resources {
-            // A topic that carries no mappable contract is refused with the port.
-            if let Some(kind) = graph.contract(&resource.topic)
-                && crate::sources::mapping::MAPPABLE.contains(&kind)
-            {
-                for (field, reason) in crate::sources::mapping::check(&resource.mapping(), kind) {
-                    problems.push(Problem::new(
-                        format!("{at}.resources.{name}.{field}"),
-                        reason,
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
-    /// The dead-letter topic of every mapped topic (records that do not fit their contract).
-    fn topics(&self, _id: &str, names: &Names, partitions: &dyn Fn(&str) -> i32) -> Vec<TopicSpec> {
-        crate::component::dead_letter_topics(&self.outputs(), names, partitions)
+        let resources = self.resources.iter();
+        crate::sources::mapping::check_all(
+            graph,
+            resources.map(|(name, r)| (format!("{at}.resources.{name}"), Cow::Owned(r.mapping()))),
+        )
     }
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
@@ -166,9 +142,10 @@ impl Component for RestPollConfig {
             resources,
             context.publisher.clone(),
         )?;
-        Ok(Running::default()
-            .readiness(source.readiness())
-            .task(move |shutdown| async move { Ok(source.run(shutdown).await?) }))
+        Ok(Running::new(
+            source.readiness(),
+            move |shutdown| async move { Ok(source.run(shutdown).await?) },
+        ))
     }
 }
 

@@ -2,7 +2,6 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::secret::SecretRef;
-use crate::validation::Problem;
 
 /// Configuration of a `storefront_api` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,44 +50,4 @@ fn default_adjustments_topic() -> String {
 }
 fn default_reservations_topic() -> String {
     "inventory.reservation".into()
-}
-
-impl StorefrontApiConfig {
-    /// Checks the rules no type can express; `at` is this component's path in the file.
-    pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if self.tokens.is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.tokens"),
-                "must list at least one token",
-            ));
-        }
-        if !self.database.starts_with("postgres://") && !self.database.starts_with("postgresql://")
-        {
-            problems.push(Problem::new(
-                format!("{at}.database"),
-                "must be a postgres:// URL",
-            ));
-        }
-        if self
-            .default_location
-            .as_ref()
-            .is_some_and(|l| l.trim().is_empty())
-        {
-            problems.push(Problem::new(
-                format!("{at}.default_location"),
-                "must not be empty",
-            ));
-        }
-        if self.max_body.as_u64() == 0 {
-            problems.push(Problem::new(format!("{at}.max_body"), "must be > 0"));
-        }
-        if self.source_system.trim().is_empty() {
-            problems.push(Problem::new(
-                format!("{at}.source_system"),
-                "must not be empty",
-            ));
-        }
-        problems
-    }
 }

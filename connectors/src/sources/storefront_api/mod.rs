@@ -46,12 +46,12 @@ pub use config::StorefrontApiConfig;
 use payload::Invalid;
 use store::{Answer, RequestStore};
 
-use crate::component::{self, Component, Context, Graph, Port, Route, Running};
+use crate::component::{Component, Context, Graph, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
 use crate::sources::http;
-use crate::validation::Problem;
+use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "storefront_api";
@@ -114,11 +114,19 @@ impl Document {
 }
 
 impl Component for StorefrontApiConfig {
-    const TYPE: &'static str = TYPE;
-    const KIND: component::Kind = component::Kind::Source;
-
     fn validate(&self, at: &str) -> Vec<Problem> {
-        self.validate_settings(at)
+        let location = self.default_location.as_deref();
+        Checks::new(at)
+            .listed("tokens", &self.tokens, "token")
+            .postgres_url("database", &self.database)
+            .rule(
+                location.is_none_or(|l| !l.trim().is_empty()),
+                "default_location",
+                "must not be empty",
+            )
+            .positive("max_body", self.max_body.as_u64() > 0)
+            .text("source_system", &self.source_system)
+            .done()
     }
 
     fn outputs(&self) -> Vec<Port> {
