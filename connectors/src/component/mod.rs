@@ -1,11 +1,11 @@
 //! The component model: what a source or sink type provides from its own folder, and what
 //! the runtime hands it.
 //!
-//! A type implements [`Component`] on its configuration struct: its `type:` name, its
-//! checks, the topics it reads and writes with the contracts it takes and makes, the topics
-//! it needs for itself, and how it is built into a [`Running`] component. The pipeline's
-//! registry maps `type:` names to these implementations; the topology, its validation, the
-//! runtime and the tools go through the registry and name no concrete type.
+//! A type implements [`Component`] on its configuration struct: its checks, the topics it
+//! reads and writes with the contracts it takes and makes, the topics it needs for itself,
+//! and how it is built into a [`Running`] component. The pipeline's registry gives each
+//! implementation its `type:` name and section; the topology, its validation, the runtime
+//! and the tools go through the registry and name no concrete type.
 //!
 //! # What an implementation must keep
 //!
