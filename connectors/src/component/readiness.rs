@@ -21,13 +21,6 @@ impl Readiness {
         }
     }
 
-    /// Ready from the start (components with nothing to wait for).
-    pub fn ready_now() -> Self {
-        Self {
-            state: Arc::new(Mutex::new(None)),
-        }
-    }
-
     /// The component can work.
     pub fn ready(&self) {
         *self.lock() = None;

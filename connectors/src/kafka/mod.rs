@@ -27,7 +27,7 @@ pub use changelog::Changelog;
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
-pub use headers::{header, headers_of, trace_of};
+pub use headers::{header, header_text, headers_of, trace_of};
 pub use offsets::OffsetTracker;
 pub use producer::{Ack, PendingAck, PublishError, Publisher, RawRecord};
 pub use retrying::{Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use erpstream_connectors::kafka::{
-    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header, headers,
+    ERROR_TYPE_HEADER, Publisher, RawRecord, TopicSpec, ensure_topics, header_text, headers,
 };
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
@@ -338,7 +338,7 @@ fn dlq_topics(tools: &Tools, only: Option<&str>) -> Vec<String> {
 }
 
 fn entry(message: OwnedMessage, ledger: &HashMap<String, Mark>, now: i64) -> Entry {
-    let text = |name: &str| header(&message, name).map(|v| String::from_utf8_lossy(v).into_owned());
+    let text = |name: &str| header_text(&message, name);
     let id = format!(
         "{}/{}/{}",
         message.topic(),
