@@ -470,22 +470,21 @@ async fn a_sink_killed_mid_batch_ends_with_exactly_the_expected_rows() {
             changes.push(stock(&sku, location, i, t + 1_000));
         }
     }
-    produce(
-        &options.brokers,
-        &pipeline.topic("inventory.change"),
-        &changes,
-    )
-    .await;
     let total = (products.len() + changes.len()) as i64;
-
-    // Kill as soon as part of it is written.
+    // The sink writes faster than the broker takes records: kill it while they are still
+    // being produced, as soon as part of them is written, so it stops mid-stream.
+    let producing = {
+        let (brokers, topic) = (options.brokers.clone(), pipeline.topic("inventory.change"));
+        tokio::spawn(async move { produce(&brokers, &topic, &changes).await })
+    };
     let until = Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM planning.inventory").await < 500 {
         assert!(Instant::now() < until, "{}", pipeline.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     pipeline.kill();
     let at_kill = count(&db, "SELECT count(*) FROM planning.inventory").await;
+    producing.await.expect("produced");
     assert!(at_kill < 2 * skus, "killed mid-way ({at_kill} rows)");
 
     pipeline.start().await;

@@ -29,14 +29,13 @@ use std::time::{Duration, Instant};
 use erpstream_schemas::{CatalogUpdate, Codec, DemandActual, EventKind, InventoryChange};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
 pub use config::PlanningPgConfig;
 
 use crate::component::{Component, Context, Port, Readiness, Resolved, Running, Shadow};
-use crate::kafka::{self, DeadLetter, GroupConsumer, Publisher, TrackingContext};
+use crate::kafka::{self, DeadLetter, GroupConsumer, OffsetTracker, Publisher, TrackingContext};
 use crate::metrics as m;
 use crate::planning;
 use crate::validation::{Checks, Problem};
@@ -232,9 +231,14 @@ impl PlanningPgSink {
         let mut stored = Offsets::new();
         self.writer.load_offsets(&db, &mut stored).await?;
         let mut current: Option<Prepared> = None;
+        let mut offsets = OffsetTracker::default();
         loop {
-            if !self.consumer.context().take_revoked().is_empty() {
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
                 // Partitions moved: start again from what the database holds.
+                for (topic, partition) in revoked {
+                    offsets.revoke(&topic, partition);
+                }
                 stored.clear();
                 self.writer.load_offsets(&db, &mut stored).await?;
             }
@@ -262,14 +266,12 @@ impl PlanningPgSink {
             if !written {
                 break;
             }
-            if current.take().is_some() {
-                let mut list = TopicPartitionList::new();
-                for ((topic, partition), next) in &stored {
-                    let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            if let Some(written) = current.take() {
+                // Committed with the rows; stored in Kafka too, so a restart reads less again.
+                for message in &written.batch {
+                    offsets.take(message.topic(), message.partition(), message.offset(), 0);
                 }
-                if let Err(err) = self.consumer.store_offsets(&list) {
-                    tracing::debug!(error = %err, "offset store refused (partition revoked?)");
-                }
+                offsets.store(&self.consumer);
             }
             match fetched {
                 Some(prepared) => current = Some(prepared),
