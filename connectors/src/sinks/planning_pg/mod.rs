@@ -118,6 +118,8 @@ pub struct BatchWriter {
     codec: Codec,
     product_wait: Duration,
     max_waiting: i64,
+    /// When the waiting room was last checked whole, and the rows it holds since.
+    room: std::sync::Arc<std::sync::Mutex<(Option<Instant>, i64)>>,
 }
 
 /// A decoded batch, newest row per key, waiting to be written.
@@ -145,6 +147,7 @@ impl BatchWriter {
             id: id.to_string(),
             product_wait: config.product_wait,
             max_waiting: config.max_waiting,
+            room: Default::default(),
             inputs: std::sync::Arc::new(
                 inputs
                     .into_iter()
@@ -484,10 +487,13 @@ impl BatchWriter {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .partition(|(key, _)| is_known(&key.0));
+        let (last_full, waiting_now) = *self.room.lock().unwrap_or_else(|p| p.into_inner());
+        let full = last_full.is_none_or(|at| at.elapsed() >= waiting::FULL_CHECK);
         let room = waiting::Waiting {
             sink: &self.id,
             wait: self.product_wait,
             max: self.max_waiting,
+            waiting: waiting_now,
         };
         let mut moves = waiting::Moves::default();
         let overflow = room
@@ -505,7 +511,9 @@ impl BatchWriter {
                 &mut moves,
             )
             .await?;
-        let (mut stock, mut demand) = room.ready(&tx, &mut moves).await?;
+        let arrived: Vec<&str> = rows.products.keys().map(String::as_str).collect();
+        let scope = (!full).then_some(arrived.as_slice());
+        let (mut stock, mut demand) = room.ready(&tx, scope, &mut moves).await?;
         // This batch's own figures are newer than or as new as what waited.
         stock.extend(ready_stock);
         demand.extend(ready_demand);
@@ -515,7 +523,11 @@ impl BatchWriter {
             .into_iter()
             .map(|(index, reason)| (batch[index].clone(), reason))
             .collect();
-        letters.extend(room.expired(&tx, &mut moves).await?);
+        if full {
+            letters.extend(room.expired(&tx, &mut moves).await?);
+        } else {
+            moves.waiting = waiting_now + moves.parked as i64 - moves.applied as i64;
+        }
         self.dead_letter_records(&letters).await?;
         let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) =
             next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).fold(
@@ -537,6 +549,14 @@ impl BatchWriter {
         )
         .await?;
         tx.commit().await?;
+        *self.room.lock().unwrap_or_else(|p| p.into_inner()) = (
+            if full {
+                Some(Instant::now())
+            } else {
+                last_full
+            },
+            moves.waiting.max(0),
+        );
         stored.extend(next.iter().map(|(k, v)| (k.clone(), *v)));
         metrics::histogram!(BATCH_SECONDS, m::COMPONENT_ID => self.id.clone())
             .record(started.elapsed().as_secs_f64());

@@ -1,8 +1,13 @@
 //! Stock and demand that arrive before their product: parked in `planning.waiting` (in the
-//! transaction that stores their offsets, so nothing is lost on a crash), applied in a
-//! later batch once the product is in `planning.products` (whichever replica wrote it), and
-//! dead-lettered only when the product has not come within `product_wait` or more than
+//! transaction that stores their offsets, so nothing is lost on a crash), applied with the
+//! batch that brings the product, or at the next full check once another replica wrote it,
+//! and dead-lettered only when the product has not come within `product_wait` or more than
 //! `max_waiting` rows already wait — then a person has to look.
+//!
+//! Each batch looks only at the waiting rows of the products it writes; a full check (every
+//! `FULL_CHECK`, and when the sink is idle) applies the rows whose product arrived through
+//! another replica, dead-letters expired ones and counts the room (between full checks the
+//! count is the last one plus what was parked since, so `max_waiting` is approximate).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,6 +25,9 @@ use super::{Demand, DemandKey, Stock};
 /// Rows to park: key, index of the record in its batch, values.
 pub(super) type Parked<K, V> = Vec<(K, usize, V)>;
 
+/// How often a batch also looks at every waiting row.
+pub(super) const FULL_CHECK: Duration = Duration::from_secs(5);
+
 /// The sink's waiting room.
 pub(super) struct Waiting<'a> {
     /// The sink id (rows of several sinks can share the table).
@@ -28,6 +36,8 @@ pub(super) struct Waiting<'a> {
     pub wait: Duration,
     /// How many rows may wait at once.
     pub max: i64,
+    /// Rows waiting as of the last full check, plus those parked since.
+    pub waiting: i64,
 }
 
 /// What one batch did in the waiting room.
@@ -62,14 +72,7 @@ impl Waiting<'_> {
         if stock.is_empty() && demand.is_empty() {
             return Ok(Vec::new());
         }
-        let waiting: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM planning.waiting WHERE sink = $1",
-                &[&self.sink],
-            )
-            .await?
-            .get(0);
-        let mut room = (self.max - waiting).max(0) as usize;
+        let mut room = (self.max - self.waiting).max(0) as usize;
         let mut refused = Vec::new();
         let mut columns = Columns::default();
         let rows = stock
@@ -135,22 +138,37 @@ impl Waiting<'_> {
     }
 
     /// Takes out the rows whose product is now known (as of this transaction), to be
-    /// written with the batch.
+    /// written with the batch: of `skus` (the products the batch writes), or of every
+    /// product (`None`, a full check).
     #[allow(clippy::type_complexity)]
     pub async fn ready(
         &self,
         tx: &Transaction<'_>,
+        skus: Option<&[&str]>,
         moves: &mut Moves,
     ) -> Result<(HashMap<(String, String), Stock>, HashMap<DemandKey, Demand>), tokio_postgres::Error>
     {
-        let rows = tx
-            .query(
-                "DELETE FROM planning.waiting w USING planning.products p
-                 WHERE w.sink = $1 AND w.sku = p.sku
-                 RETURNING w.row_kind, w.row",
-                &[&self.sink],
-            )
-            .await?;
+        let rows = match skus {
+            Some([]) => Vec::new(),
+            Some(skus) => {
+                tx.query(
+                    "DELETE FROM planning.waiting w
+                     WHERE w.sink = $1 AND w.sku = ANY($2)
+                     RETURNING w.row_kind, w.row",
+                    &[&self.sink, &skus],
+                )
+                .await?
+            }
+            None => {
+                tx.query(
+                    "DELETE FROM planning.waiting w USING planning.products p
+                     WHERE w.sink = $1 AND w.sku = p.sku
+                     RETURNING w.row_kind, w.row",
+                    &[&self.sink],
+                )
+                .await?
+            }
+        };
         let mut stock = HashMap::new();
         let mut demand = HashMap::new();
         for row in rows {
