@@ -166,3 +166,46 @@ pub fn commit_stored(consumer: &GroupConsumer) {
         Err(err) => tracing::warn!(error = %err, "final offset commit failed"),
     }
 }
+
+/// A batch of up to `size` records: waits for the first, then at most `wait` for more.
+/// `None` once shutdown is asked for; with `idle`, an empty batch after that long without a
+/// record (for components with time-driven work).
+pub async fn next_batch(
+    consumer: &GroupConsumer,
+    size: usize,
+    wait: std::time::Duration,
+    idle: Option<std::time::Duration>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Vec<rdkafka::message::OwnedMessage>> {
+    let idle = async {
+        match idle {
+            Some(idle) => tokio::time::sleep(idle).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle);
+    let first = loop {
+        tokio::select! {
+            biased;
+            _ = super::shutdown_requested(shutdown) => return None,
+            _ = &mut idle => return Some(Vec::new()),
+            message = consumer.recv() => match message {
+                Ok(message) => break message.detach(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "consume failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            },
+        }
+    };
+    let mut batch = vec![first];
+    let until = tokio::time::Instant::now() + wait;
+    while batch.len() < size {
+        match tokio::time::timeout_at(until, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(err)) => tracing::warn!(error = %err, "consume failed"),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

@@ -25,7 +25,7 @@ mod retrying;
 pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::Changelog;
 pub use config::KafkaConfig;
-pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer};
+pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer, next_batch};
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
 pub use headers::{header, header_text, headers_of, trace_of};
 pub use offsets::OffsetTracker;

@@ -15,7 +15,6 @@ mod config;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use erpstream_schemas::EventKind;
 use rdkafka::consumer::Consumer;
@@ -84,7 +83,15 @@ impl JsonlFileSink {
         self.consumer.subscribe(&topics)?;
         tracing::info!(?topics, path = %self.config.path.display(), "jsonl file sink started");
         let mut offsets = OffsetTracker::default();
-        while let Some(batch) = self.next_batch(&mut shutdown).await {
+        while let Some(batch) = kafka::next_batch(
+            &self.consumer,
+            self.config.batch_size,
+            self.config.batch_wait,
+            None,
+            &mut shutdown,
+        )
+        .await
+        {
             for (topic, partition) in self.consumer.context().take_revoked() {
                 offsets.revoke(&topic, partition);
             }
@@ -118,34 +125,6 @@ impl JsonlFileSink {
         }
         kafka::commit_stored(&self.consumer);
         Ok(())
-    }
-
-    /// Up to `batch_size` records: waits for the first, then at most `batch_wait` for more;
-    /// `None` on shutdown.
-    async fn next_batch(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<OwnedMessage>> {
-        let first = loop {
-            tokio::select! {
-                biased;
-                _ = kafka::shutdown_requested(shutdown) => return None,
-                message = self.consumer.recv() => match message {
-                    Ok(message) => break message.detach(),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "consume failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-            }
-        };
-        let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + self.config.batch_wait;
-        while batch.len() < self.config.batch_size {
-            match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(err)) => tracing::warn!(error = %err, "consume failed"),
-                Err(_) => break,
-            }
-        }
-        Some(batch)
     }
 
     /// The batch as JSON lines, dead-lettering what can never be decoded; `None` if shutdown

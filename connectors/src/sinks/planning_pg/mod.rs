@@ -248,7 +248,14 @@ impl PlanningPgSink {
             let snapshot = stored.clone();
             let mut stop = shutdown.clone();
             let fetch = async {
-                let batch = self.next_batch(&mut shutdown).await?;
+                let batch = kafka::next_batch(
+                    &self.consumer,
+                    self.config.batch_size,
+                    self.config.batch_wait,
+                    Some(IDLE_CHECK),
+                    &mut shutdown,
+                )
+                .await?;
                 let writer = self.writer.clone();
                 let mut shutdown = shutdown.clone();
                 tokio::spawn(async move { writer.prepare(batch, &snapshot, &mut shutdown).await })
@@ -322,39 +329,6 @@ impl PlanningPgSink {
         let mut db = planning::connect(&self.config.database).await?;
         planning::migrate(&mut db).await?;
         Ok(db)
-    }
-
-    /// Up to `batch_size` records: waits for the first, then at most `batch_wait` for more.
-    /// After `IDLE_CHECK` without records the batch is empty, so rows waiting for a product
-    /// another replica wrote, or for too long, are dealt with while nothing arrives.
-    async fn next_batch(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<OwnedMessage>> {
-        let mut batch = Vec::new();
-        let idle = tokio::time::sleep(IDLE_CHECK);
-        tokio::pin!(idle);
-        let first = loop {
-            tokio::select! {
-                biased;
-                _ = kafka::shutdown_requested(shutdown) => return None,
-                _ = &mut idle => return Some(batch),
-                message = self.consumer.recv() => match message {
-                    Ok(message) => break message.detach(),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "consume failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-            }
-        };
-        batch.push(first);
-        let until = tokio::time::Instant::now() + self.config.batch_wait;
-        while batch.len() < self.config.batch_size {
-            match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                Ok(Err(err)) => tracing::warn!(error = %err, "consume failed"),
-                Err(_) => break,
-            }
-        }
-        Some(batch)
     }
 }
 
