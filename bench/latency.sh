@@ -6,8 +6,10 @@
 #
 #   bench/latency.sh                       # rates 200 500 1000 2000 5000, 3 runs of 10 s
 #   RATES="500 2000" RUNS=5 DURATION=20 bench/latency.sh
+#   BROKER=mock RATES="2000 10000" bench/latency.sh   # on the bench broker (see stack.sh)
 #
-# Results: bench/results/latency-<rate>.json per rate and bench/results/latency.json.
+# Results: bench/results/latency-<broker>-<rate>.json per rate and
+# bench/results/latency.json (every broker's rates side by side).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 pid=""
@@ -25,7 +27,8 @@ for rate in ${RATES:-200 500 1000 2000 5000}; do
   done
   "$bench" latency --target "http://$ERPSTREAM_LISTEN" --listen 127.0.0.1:9190 --rate "$rate" \
     --runs "${RUNS:-3}" --duration "${DURATION:-10}" \
-    --conditions "tansu 0.6.0 (sqlite, fresh store), release build, default topology.yaml (fetch_wait 5ms, linger 1ms, idempotence off), generator, broker and pipeline on the same $(nproc)-core machine"
+    --broker "$BROKER" \
+    --conditions "$ERPSTREAM_BENCH_BROKER, release build, default topology.yaml (fetch_wait 5ms, linger 1ms, idempotence ${ERPSTREAM_KAFKA_IDEMPOTENCE:-false}), generator, broker and pipeline on the same $(nproc)-core machine"
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
 "$bench" latency-summary

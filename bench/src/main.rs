@@ -2,6 +2,7 @@
 //! figures, the median of the repeated runs, and the machine and settings they were taken
 //! on) and prints a readable summary. Benchmarks are never timed tests.
 
+mod broker;
 mod cdc;
 mod footprint;
 mod latency;
@@ -24,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Hosts librdkafka's mock cluster with a topology's topics pre-created: a broker that
+    /// is not the limit, for measuring erpstream itself (`BROKER=mock bench/latency.sh`).
+    Broker(broker::Args),
     /// Signed webhooks at a fixed open-loop rate through a running pipeline to a storefront
     /// receiver: p50/p99/p99.9 from each webhook's scheduled send time (see bench/latency.sh).
     Latency(latency::Args),
@@ -54,6 +58,7 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
+        Bench::Broker(args) => broker::run(args).await,
         Bench::Latency(args) => latency::run(args).await,
         Bench::LatencySummary => latency::summarize(),
         Bench::Cdc(args) => cdc::run(args).await,

@@ -19,6 +19,8 @@ stop() {
 stop pipeline
 stop registry
 stop tansu
+# The benchmarks' mock broker (bench/stack.sh with BROKER=mock).
+stop bench-broker
 if [ -f "$state/pg/PG_VERSION" ]; then
   as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
   if "${as_pg[@]}" "$ERPSTREAM_PG_BIN/pg_ctl" -D "$state/pg" status >/dev/null 2>&1; then

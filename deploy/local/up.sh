@@ -80,7 +80,8 @@ if [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'plannin
 fi
 
 # --- broker ---------------------------------------------------------------------------
-if ! alive "$state/run/tansu.pid"; then
+# ERPSTREAM_LOCAL_BROKER=none leaves the broker out (the benchmarks bring their own).
+if [ "${ERPSTREAM_LOCAL_BROKER:-tansu}" != none ] && ! alive "$state/run/tansu.pid"; then
   if port_open "$ERPSTREAM_KAFKA_PORT"; then log "port $ERPSTREAM_KAFKA_PORT is taken by another process"; exit 1; fi
   log "starting tansu on 127.0.0.1:$ERPSTREAM_KAFKA_PORT"
   # tansu resolves sqlite:// paths against its working directory.
@@ -117,4 +118,5 @@ for name in STOREFRONT_API_TOKEN ERP_API_TOKEN PLANNING_ADMIN_TOKEN PLANNING_COO
     echo "export $name=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> "$state/secrets.env"
   fi
 done
+[ "${ERPSTREAM_LOCAL_BROKER:-tansu}" = none ] && ERPSTREAM_BROKERS="(none started)"
 log "stack is up: broker $ERPSTREAM_BROKERS, registry $ERPSTREAM_REGISTRY_URL, postgres $ERPSTREAM_DATABASE_URL"

@@ -32,7 +32,10 @@ pub struct TrackingContext {
 #[derive(Default)]
 struct Tracking {
     revoked: HashSet<(String, i32)>,
-    /// Counts assignments; the restore a component reports is for one of them.
+    /// What the group assigned, as the rebalance callbacks reported it.
+    partitions: HashSet<(String, i32)>,
+    /// Counts rebalances (revokes and assignments); the restore a component reports is for
+    /// one of them, and a component that saw this number unchanged has nothing to sync.
     generation: u64,
     assigned: bool,
 }
@@ -59,7 +62,14 @@ impl TrackingContext {
         std::mem::take(&mut self.lock().revoked)
     }
 
-    /// The current assignment's number: read it before restoring, hand it to
+    /// The partitions assigned now, as the rebalance callbacks reported them — read without
+    /// a round trip through the client's main thread (`Consumer::assignment` is one, far
+    /// too dear to ask per record).
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.lock().partitions.iter().cloned().collect()
+    }
+
+    /// The current rebalance's number: read it before restoring, hand it to
     /// [`restored`](Self::restored) after.
     pub fn generation(&self) -> u64 {
         self.lock().generation
@@ -86,10 +96,11 @@ impl ConsumerContext for TrackingContext {
         if let Rebalance::Revoke(list) = rebalance {
             let mut tracking = self.lock();
             tracking.assigned = false;
+            tracking.generation += 1;
             for element in list.elements() {
-                tracking
-                    .revoked
-                    .insert((element.topic().to_string(), element.partition()));
+                let tp = (element.topic().to_string(), element.partition());
+                tracking.partitions.remove(&tp);
+                tracking.revoked.insert(tp);
             }
             self.readiness.not_ready(format!(
                 "rebalancing: {} partition(s) revoked, waiting for the new assignment",
@@ -105,6 +116,11 @@ impl ConsumerContext for TrackingContext {
                 let mut tracking = self.lock();
                 tracking.generation += 1;
                 tracking.assigned = true;
+                for element in list.elements() {
+                    tracking
+                        .partitions
+                        .insert((element.topic().to_string(), element.partition()));
+                }
                 if self.stateful && list.count() > 0 {
                     self.readiness.not_ready(format!(
                         "restoring state for {} assigned partition(s)",

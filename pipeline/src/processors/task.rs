@@ -206,15 +206,13 @@ impl StreamTask {
             }
         }
         let mut unrestored: BTreeSet<i32> = seen.filter(|p| !self.restored.contains(p)).collect();
-        if let Ok(assignment) = self.consumer.assignment() {
-            unrestored.extend(
-                assignment
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition())
-                    .filter(|p| !self.restored.contains(p)),
-            );
-        }
+        unrestored.extend(
+            self.context()
+                .assignment()
+                .into_iter()
+                .map(|(_, partition)| partition)
+                .filter(|p| !self.restored.contains(p)),
+        );
         if !unrestored.is_empty()
             && !self
                 .restore(&unrestored.into_iter().collect::<Vec<_>>(), shutdown)

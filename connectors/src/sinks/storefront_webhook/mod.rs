@@ -388,6 +388,8 @@ struct State {
     offsets: OffsetTracker,
     tasks: JoinSet<Done>,
     pending_count: usize,
+    /// The assignment generation the guard was last brought in line with.
+    synced: Option<u64>,
 }
 
 impl State {
@@ -400,6 +402,7 @@ impl State {
             offsets: OffsetTracker::default(),
             tasks: JoinSet::new(),
             pending_count: 0,
+            synced: None,
         }
     }
 
@@ -412,23 +415,24 @@ impl State {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let generation = sink.context().generation();
+        if self.synced == Some(generation) {
+            return true;
+        }
         for revoked in sink.context().take_revoked() {
             self.guard.remove(&revoked);
             self.offsets.revoke(&revoked.0, revoked.1);
         }
         let mut missing: HashMap<String, Vec<i32>> = HashMap::new();
-        if let Ok(assignment) = sink.consumer.assignment() {
-            for element in assignment.elements() {
-                let tp = (element.topic().to_string(), element.partition());
-                if !self.guard.contains_key(&tp) {
-                    missing.entry(tp.0).or_default().push(tp.1);
-                }
+        for tp in sink.context().assignment() {
+            if !self.guard.contains_key(&tp) {
+                missing.entry(tp.0).or_default().push(tp.1);
             }
         }
         if !missing.is_empty() && !self.restore(sink, missing, shutdown).await {
             return false;
         }
         sink.context().restored(generation);
+        self.synced = Some(generation);
         true
     }
 
