@@ -76,8 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         topics.len(),
         args.address_file.display()
     );
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

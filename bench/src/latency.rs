@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use erpstream_connectors::signing::sign_hex;
-use erpstream_pipeline::demo::spawn_send;
 use serde_json::{Value, json};
 
 use crate::report;
@@ -141,24 +140,36 @@ async fn one_run(
             "timestamp": chrono::Utc::now().to_rfc3339(),
             "data": {"sku": format!("LAT-{tag}-{i:07}"), "location_code": "WH-01",
                      "new_quantity": 7, "change_reason": "BENCH"}})
-        .to_string();
-        spawn_send(
-            &mut sends,
-            client,
-            &url,
-            &args.erp_secret,
-            body.into_bytes(),
-        );
+        .to_string()
+        .into_bytes();
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-signature", sign_hex(args.erp_secret.as_bytes(), &body))
+            .body(body);
+        sends.spawn(async move {
+            let status = request.send().await.map(|r| r.status());
+            (i, status.ok(), at.elapsed().as_secs_f64() * 1000.0)
+        });
     }
     let send_seconds = start.elapsed().as_secs_f64();
-    let (mut accepted, mut failed) = (0usize, 0usize);
+    let mut answers: Vec<Option<StatusCode>> = vec![None; events];
+    let mut answer_ms = Vec::with_capacity(events);
     while let Some(done) = sends.join_next().await {
-        if matches!(done, Ok(true)) {
-            accepted += 1;
-        } else {
-            failed += 1;
+        if let Ok((i, status, answered)) = done {
+            answers[i] = status;
+            answer_ms.push(answered);
         }
     }
+    let accepted = answers
+        .iter()
+        .filter(|s| **s == Some(StatusCode::ACCEPTED))
+        .count();
+    let shed = answers
+        .iter()
+        .filter(|s| **s == Some(StatusCode::SERVICE_UNAVAILABLE))
+        .count();
+    let failed = events - accepted;
     let prefix = format!("LAT-{tag}-");
     let delivered = |receiver: &Receiver| {
         receiver
@@ -173,26 +184,34 @@ async fn one_run(
     while delivered(receiver) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut latencies: Vec<f64> = {
+    let (mut latencies, accepted_not_delivered) = {
         let arrivals = receiver.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-        due.iter()
-            .enumerate()
-            .filter_map(|(i, at)| {
-                arrivals
-                    .get(&format!("{prefix}{i:07}"))
-                    .map(|arrived| arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-            })
-            .collect()
+        let mut latencies = Vec::with_capacity(accepted);
+        let mut lost = 0usize;
+        for (i, at) in due.iter().enumerate() {
+            match arrivals.get(&format!("{prefix}{i:07}")) {
+                Some(arrived) => {
+                    latencies.push(arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+                }
+                None if answers[i] == Some(StatusCode::ACCEPTED) => lost += 1,
+                None => {}
+            }
+        }
+        (latencies, lost)
     };
     let delivered = latencies.len();
     let balanced = events == delivered + failed;
     latencies.sort_by(f64::total_cmp);
     generator_lag.sort_by(f64::total_cmp);
+    answer_ms.sort_by(f64::total_cmp);
     let pct = |v: &[f64], q: f64| -> Option<f64> {
         (!v.is_empty()).then(|| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1])
     };
     Ok(json!({
         "sent": events, "accepted": accepted, "failed": failed, "delivered": delivered,
+        "refused_503": shed, "no_answer_or_other": failed - shed,
+        "accepted_not_delivered": accepted_not_delivered,
+        "answered_ms": {"p50": pct(&answer_ms, 0.5), "p99": pct(&answer_ms, 0.99), "max": pct(&answer_ms, 1.0)},
         "balanced": balanced, "discarded": !balanced,
         "bad_signatures": *receiver.bad_signatures.lock().unwrap_or_else(|p| p.into_inner()),
         "achieved_rate": events as f64 / send_seconds.max(1e-9),
@@ -278,6 +297,11 @@ pub fn summarize() -> anyhow::Result<()> {
         };
         let runs = value["runs"].as_array().cloned().unwrap_or_default();
         let sum = |field: &str| -> f64 { runs.iter().filter_map(|r| r[field].as_f64()).sum() };
+        let mut p99s: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r["answered_ms"]["p99"].as_f64())
+            .collect();
+        let answered_p99 = (!p99s.is_empty()).then(|| report::median(&mut p99s));
         rows.push(json!({
             "broker": broker,
             "rate_per_second": value["settings"]["rate_per_second"],
@@ -286,13 +310,16 @@ pub fn summarize() -> anyhow::Result<()> {
             "runs": value["settings"]["runs"],
             "achieved_rate": runs.first().map(|r| r["achieved_rate"].clone()),
             "failed_share": sum("failed") / sum("sent").max(1.0),
+            "accepted_not_delivered": sum("accepted_not_delivered"),
+            "answered_p99_ms": answered_p99,
         }));
     }
     let number = |v: &Value, field: &str| v[field].as_f64().unwrap_or(0.0);
     rows.sort_by(|a, b| {
-        a["broker"].as_str().cmp(&b["broker"].as_str()).then(
-            number(a, "rate_per_second").total_cmp(&number(b, "rate_per_second")),
-        )
+        a["broker"]
+            .as_str()
+            .cmp(&b["broker"].as_str())
+            .then(number(a, "rate_per_second").total_cmp(&number(b, "rate_per_second")))
     });
     let mut brokers: Vec<&str> = rows.iter().filter_map(|r| r["broker"].as_str()).collect();
     brokers.dedup();
@@ -308,26 +335,33 @@ pub fn summarize() -> anyhow::Result<()> {
             (broker.to_string(), best.unwrap_or(Value::Null))
         })
         .collect();
-    println!("| broker | rate/s | achieved | not accepted | p50 ms | p99 ms | p99.9 ms | runs balanced |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| broker | rate/s | achieved | not accepted (503) | answered p99 ms | p50 ms | p99 ms | p99.9 ms | 202 lost | runs balanced |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |v: &Value| v.as_f64().map_or("—".to_string(), |x| format!("{x:.0}"));
         let failed = r["failed_share"]
             .as_f64()
             .map_or("—".to_string(), |x| format!("{:.1}%", x * 100.0));
         println!(
-            "| {} | {} | {} | {failed} | {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {failed} | {} | {} | {} | {} | {} | {}/{} |",
             r["broker"].as_str().unwrap_or_default(),
             f(&r["rate_per_second"]),
             f(&r["achieved_rate"]),
+            f(&r["answered_p99_ms"]),
             f(&r["p50_ms"]),
             f(&r["p99_ms"]),
             f(&r["p999_ms"]),
+            f(&r["accepted_not_delivered"]),
             r["runs_kept"],
             r["runs"]
         );
     }
-    println!("highest measured rate with p99 <= 1 s: {}", Value::Object(within_1s.clone()));
+    println!(
+        "highest measured rate with p99 <= 1 s: {}",
+        Value::Object(within_1s.clone())
+    );
     report::write(
         "latency",
         &json!({"benchmark": "latency", "machine": report::machine(), "by_broker_and_rate": rows,

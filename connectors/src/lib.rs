@@ -5,6 +5,7 @@
 //! deliver topics to the outside. Every component here states its delivery contract in its
 //! module documentation: what it acknowledges, when, and what it tolerates.
 
+pub mod admission;
 pub mod component;
 mod error;
 pub mod kafka;

@@ -23,6 +23,10 @@ pub const INGEST_LATENCY: &str = "erpstream_ingest_latency_seconds";
 pub const REQUEST_DURATION: &str = "erpstream_http_request_duration_seconds";
 /// Deliveries waiting in a sink, by component.
 pub const PENDING: &str = "erpstream_component_pending_events";
+/// Ingest requests refused at the door (`503` + `Retry-After`), by `reason`.
+pub const SHED: &str = "erpstream_http_shed_total";
+/// The largest lag a stage on the way to the storefront reported within the last second.
+pub const ADMISSION_LAG: &str = "erpstream_admission_lag_seconds";
 
 /// Label: the component's id in the topology.
 pub const COMPONENT_ID: &str = "component_id";
@@ -65,4 +69,13 @@ pub fn describe() {
         "Outbound HTTP request duration."
     );
     describe_gauge!(PENDING, "Deliveries waiting in a sink.");
+    describe_counter!(
+        SHED,
+        "Ingest requests refused at the door (503), by reason."
+    );
+    describe_gauge!(
+        ADMISSION_LAG,
+        Unit::Seconds,
+        "Largest recent lag of a stage on the way to the storefront."
+    );
 }

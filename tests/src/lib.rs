@@ -526,6 +526,11 @@ pub struct TopologyOptions {
     pub reservation_expiry: &'static str,
     /// More sources, as YAML indented under `sources:`.
     pub extra_sources: String,
+    /// `http.admission`, as flow YAML (e.g. `{ max_lag: 1ms }`). The default opens the gate
+    /// wide: the suite's shared broker is far slower than a production one while every test
+    /// runs against it, and a test about something else must not see its webhooks shed
+    /// (`tests/tests/overload.rs` tests the gate, and the topology tests its defaults).
+    pub admission: Option<&'static str>,
 }
 
 impl TopologyOptions {
@@ -551,6 +556,7 @@ impl TopologyOptions {
             erp: None,
             reservation_expiry: "30m",
             extra_sources: String::new(),
+            admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
         }
     }
 }
@@ -648,7 +654,7 @@ sinks:{erp_sink}
         let text = format!(
             r#"app_id: {app}
 http:
-  listen: 127.0.0.1:{port}
+  listen: 127.0.0.1:{port}{admission}
 kafka:
   brokers: {brokers}
   topic_prefix: "{prefix}"
@@ -661,6 +667,10 @@ registry:
             brokers = options.brokers,
             registry = options.registry,
             delivery_timeout = options.delivery_timeout,
+            admission = options
+                .admission
+                .map(|a| format!("\n  admission: {a}"))
+                .unwrap_or_default(),
         );
         std::fs::write(&topology, text).expect("write topology");
         Self {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use erpstream_schemas::{Codec, EventKind};
 
+use crate::admission::Admission;
 use crate::kafka::{Changelog, KafkaConfig, Publisher};
 use crate::sources::storefront_api::ApiAuth;
 
@@ -81,6 +82,8 @@ pub struct Context {
     pub kafka: KafkaConfig,
     /// The shared, acknowledged producer (its codec talks to the registry).
     pub publisher: Publisher,
+    /// The gate of the routes that take data in (see [`crate::admission`]).
+    pub admission: Admission,
     contracts: Arc<BTreeMap<String, EventKind>>,
     snapshots: Arc<HashMap<String, Arc<dyn SnapshotService>>>,
 }
@@ -93,6 +96,7 @@ impl Context {
         names: Names,
         kafka: KafkaConfig,
         publisher: Publisher,
+        admission: Admission,
         contracts: Arc<BTreeMap<String, EventKind>>,
         snapshots: Arc<HashMap<String, Arc<dyn SnapshotService>>>,
     ) -> Self {
@@ -101,6 +105,7 @@ impl Context {
             names,
             kafka,
             publisher,
+            admission,
             contracts,
             snapshots,
         }

@@ -84,7 +84,9 @@ async fn partition_counts(
 ) -> Result<Vec<(String, i32)>, KafkaError> {
     let admin = Arc::clone(admin);
     tokio::task::spawn_blocking(move || {
-        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10))?;
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))?;
         Ok(metadata
             .topics()
             .iter()

@@ -319,7 +319,7 @@ fn consistent_keys(state: &ReceiverState, last_sent: &HashMap<(String, String), 
 }
 
 /// Spawns one signed ERP webhook POST; the task yields whether it was answered 202.
-pub fn spawn_send(
+fn spawn_send(
     sends: &mut tokio::task::JoinSet<bool>,
     client: &reqwest::Client,
     url: &str,

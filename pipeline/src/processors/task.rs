@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use erpstream_connectors::admission::LagReporter;
 use erpstream_connectors::component::Readiness;
 use erpstream_connectors::kafka::{
     self, Changelog, DeadLetter, Failure, GroupConsumer, OffsetTracker, PublishError, Publisher,
@@ -57,11 +58,15 @@ pub struct StreamTask {
     codec: Codec,
     restored: HashSet<i32>,
     offsets: OffsetTracker,
+    /// Tells the admission gate how old the records this chain reads are.
+    lag: LagReporter,
 }
 
 impl StreamTask {
     /// A task over `inputs` (broker topic, contract, dead-letter topic) running `chain`,
-    /// whose processor `i` persists to `changelogs[i]`; its consumer joins group `group`.
+    /// whose processor `i` persists to `changelogs[i]`; its consumer joins group `group`;
+    /// the age of what it reads goes to `lag`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         kafka_config: &kafka::KafkaConfig,
@@ -70,6 +75,7 @@ impl StreamTask {
         chain: Vec<Box<dyn Processor>>,
         changelogs: Vec<Changelog>,
         publisher: Publisher,
+        lag: LagReporter,
     ) -> Result<Self, TaskError> {
         let context = TrackingContext::new(Readiness::not_yet("starting"), true);
         let consumer = kafka::group_consumer(kafka_config, group, &name, context)?;
@@ -83,6 +89,7 @@ impl StreamTask {
             publisher,
             restored: HashSet::new(),
             offsets: OffsetTracker::default(),
+            lag,
         })
     }
 
@@ -130,6 +137,9 @@ impl StreamTask {
             if batch.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
+            }
+            if let Some(oldest) = batch.iter().filter_map(|m| m.timestamp().to_millis()).min() {
+                self.lag.observe(oldest);
             }
             self.process_batch(batch, &mut shutdown).await?;
         }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use erpstream_connectors::admission::Admission;
 use erpstream_connectors::component::{Context, Names, Probe, Readiness, SnapshotService};
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
 use erpstream_schemas::{Codec, CodecError};
@@ -100,10 +101,11 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         codec.clone(),
     )?;
 
+    let admission = Admission::new(topology.http.admission.clone());
     let mut tasks: Tasks = JoinSet::new();
     let mut readiness: Vec<(String, Readiness)> = Vec::new();
     let mut probes: Vec<Probe> = Vec::new();
-    let (chains, snapshots) = processor_tasks(&topology, &names, &publisher)?;
+    let (chains, snapshots) = processor_tasks(&topology, &names, &publisher, &admission)?;
     for (name, task) in chains {
         readiness.push((name.clone(), task.readiness()));
         let span =
@@ -130,6 +132,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             names.clone(),
             kafka.clone(),
             publisher.clone(),
+            admission.clone(),
             contracts.clone(),
             snapshots.clone(),
         );
@@ -348,6 +351,7 @@ fn processor_tasks(
     topology: &Topology,
     names: &Names,
     publisher: &Publisher,
+    admission: &Admission,
 ) -> Result<Chains, RuntimeError> {
     let kafka = &topology.kafka;
     let mut tasks = Vec::new();
@@ -384,6 +388,7 @@ fn processor_tasks(
             processors,
             changelogs,
             publisher.clone(),
+            admission.stage(&name),
         )?;
         tasks.push((name, task));
     }

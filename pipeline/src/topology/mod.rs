@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
+use erpstream_connectors::admission::AdmissionConfig;
 use erpstream_connectors::component::{Graph, Names};
 use erpstream_connectors::kafka::KafkaConfig;
 use erpstream_connectors::validation::Problem;
@@ -50,12 +51,17 @@ pub struct HttpConfig {
     /// Address of the one HTTP listener (webhooks, APIs, metrics, health).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// When the routes that take data in refuse requests (`503` + `Retry-After`) because
+    /// the broker or the pipeline is behind.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            admission: AdmissionConfig::default(),
         }
     }
 }

@@ -132,6 +132,16 @@ fn the_base_topology_is_valid() {
     assert_eq!(problems(&[]), Vec::<String>::new());
 }
 
+#[test]
+fn the_admission_gate_defaults_keep_accepted_records_within_the_budget() {
+    let topology = Topology::parse(BASE).expect("valid");
+    let admission = &topology.http.admission;
+    assert_eq!(admission.max_in_flight, 5_000);
+    assert_eq!(admission.max_ack_wait, std::time::Duration::from_secs(1));
+    // Refusing from 3 s of lag leaves 2 s of the 5 s budget to what was accepted.
+    assert_eq!(admission.max_lag, std::time::Duration::from_secs(3));
+}
+
 /// One broken rule per case: the change and every problem it must cause, exactly.
 #[test]
 fn every_rule_names_its_path_and_reason() {
@@ -151,6 +161,20 @@ fn every_rule_names_its_path_and_reason() {
         (
             &[(&["registry", "url"], Some("not a url"))],
             &["registry.url: must be a URL"],
+        ),
+        (
+            &[
+                (&["http", "admission", "max_in_flight"], Some("0")),
+                (&["http", "admission", "max_lag"], Some("0s")),
+            ],
+            &[
+                "http.admission.max_in_flight: must be > 0",
+                "http.admission.max_lag: must be > 0",
+            ],
+        ),
+        (
+            &[(&["http", "admission", "max_ack_wait"], Some("later"))],
+            &["http.admission.max_ack_wait: invalid value: string \"later\", expected a duration"],
         ),
         (
             &[(&["kafka", "fetch_wait"], Some("soon"))],

@@ -62,6 +62,9 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         ));
     }
     let http: Option<HttpConfig> = section(&root, "http", &mut problems, false);
+    if let Some(http) = &http {
+        problems.extend(http.admission.validate("http.admission"));
+    }
     let kafka: Option<KafkaConfig> = section(&root, "kafka", &mut problems, true);
     let registry: Option<RegistryConfig> = section(&root, "registry", &mut problems, true);
     if let Some(registry) = &registry

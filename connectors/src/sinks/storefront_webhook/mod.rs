@@ -43,6 +43,7 @@ pub use service::DeliveryService;
 
 use crate::retry::{Outcome, backoff};
 
+use crate::admission::LagReporter;
 use crate::component::{Component, Context, Names, Port, Readiness, Running, Shadow};
 use crate::kafka::TopicSpec;
 use crate::kafka::{
@@ -100,6 +101,8 @@ pub struct StorefrontWebhookSink {
     inputs: HashMap<String, Input>,
     codec: Codec,
     publisher: Publisher,
+    /// Tells the admission gate how old the records the sink reads are.
+    lag: LagReporter,
 }
 
 impl StorefrontWebhookSink {
@@ -137,6 +140,7 @@ impl StorefrontWebhookSink {
             inputs,
             codec: context.codec().clone(),
             publisher: context.publisher.clone(),
+            lag: context.admission.stage(id),
             config,
         })
     }
@@ -451,6 +455,9 @@ impl State {
             return true;
         };
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
+        if let Some(timestamp) = message.timestamp().to_millis() {
+            sink.lag.observe(timestamp);
+        }
         if !self.guard.contains_key(&tp)
             && !self
                 .restore(sink, HashMap::from([(tp.0.clone(), vec![tp.1])]), shutdown)
@@ -871,6 +878,12 @@ impl State {
         metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         metrics::histogram!(m::END_TO_END_LATENCY, m::COMPONENT_ID => sink.id.clone())
             .record(((now - delivery.ingested_at).max(0) as f64) / 1000.0);
+        if delivery.attempts <= 1 {
+            // Queueing behind other deliveries is lag the admission gate must see; time
+            // spent in retries of a failing storefront is not (refusing ingest would not
+            // help it).
+            sink.lag.observe(delivery.ingested_at);
+        }
         metrics::histogram!(m::ERP_TO_SINK_LATENCY, m::COMPONENT_ID => sink.id.clone())
             .record(((now - delivery.occurred_at).max(0) as f64) / 1000.0);
         let slot_key = (delivery.tp.clone(), delivery.key.clone());

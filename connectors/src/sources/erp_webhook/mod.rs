@@ -121,7 +121,10 @@ impl Component for ErpWebhookConfig {
             &context.kafka,
             context.publisher.clone(),
         )?;
-        Ok(Running::default().routes(Arc::new(source).router()))
+        let routes = context
+            .admission
+            .guard(&context.id, Arc::new(source).router());
+        Ok(Running::default().routes(routes))
     }
 }
 

@@ -39,6 +39,7 @@ use tokio_postgres::Client;
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item};
 
+use crate::admission::Admission;
 use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
@@ -148,10 +149,12 @@ impl Component for PlanningApiConfig {
             context.publisher.clone(),
         )?);
         let probe = api.clone();
-        Ok(Running::default().routes(api.router()).probe(move || {
-            let api = probe.clone();
-            async move { api.store_reachable().await }
-        }))
+        Ok(Running::default()
+            .routes(api.router(&context.admission, &context.id))
+            .probe(move || {
+                let api = probe.clone();
+                async move { api.store_reachable().await }
+            }))
     }
 }
 
@@ -199,20 +202,19 @@ impl PlanningApi {
         })
     }
 
-    /// The routes.
-    pub fn router(self: Arc<Self>) -> Router {
-        Router::new()
-            .route(
-                SYNC_PATH,
-                post(
-                    |State(api): State<Arc<Self>>,
-                     Path(endpoint): Path<String>,
-                     headers: HeaderMap,
-                     body: Body| async move {
-                        api.sync(&endpoint, &headers, body).await
-                    },
-                ),
-            )
+    /// The routes; the sync routes (data in) pass `admission`, component `id`'s gate.
+    pub fn router(self: Arc<Self>, admission: &Admission, id: &str) -> Router {
+        let sync = Router::new().route(
+            SYNC_PATH,
+            post(
+                |State(api): State<Arc<Self>>,
+                 Path(endpoint): Path<String>,
+                 headers: HeaderMap,
+                 body: Body| async move { api.sync(&endpoint, &headers, body).await },
+            ),
+        );
+        admission
+            .guard(id, sync)
             .route(
                 PUBLISH_PATH,
                 post(

@@ -194,7 +194,9 @@ impl Component for StorefrontApiConfig {
             &context.kafka,
             context.publisher.clone(),
         )?);
-        let mut routes = source.clone().router();
+        let mut routes = context
+            .admission
+            .guard(&context.id, source.clone().router());
         if let Some(id) = &self.snapshot {
             let snapshot = context.snapshot(id).ok_or_else(|| crate::Error::Wiring {
                 setting: format!("sources.{}.snapshot", context.id),
