@@ -10,18 +10,18 @@
 //! - **acknowledgements**: the oldest admitted request has waited longer than
 //!   `max_ack_wait` (the broker is acknowledging slowly *now*; the signal clears as soon as
 //!   the old requests are answered);
-//! - **pipeline lag**: a stage on the way to the storefront handled a record that entered
-//!   erpstream more than `max_lag` ago, within the last second — the processors as they read
-//!   a batch, the storefront sink as it reads a record and as it completes a first-attempt
-//!   delivery (records queue in the sink when the storefront is slower than the load). A stage
-//!   that stopped (its own downstream is down; deliveries in retry) stops counting after a
-//!   second: ingest then stays open and the records wait durably on the broker.
+//! - **pipeline lag**: the oldest record this process published to a topic that one of its
+//!   stages on the way to the storefront (the processors, the storefront sink) reads, on a
+//!   partition that stage is assigned, and that the stage has not read yet, is older than
+//!   `max_lag`. The gate follows the queues themselves — acknowledged offsets against read
+//!   offsets — so a stage that makes no progress at all (a slow broker fetch, a stalled
+//!   batch) keeps the gate shut instead of falling silent. A stage that is not assigned a
+//!   partition does not count it (another replica reads it).
 //!
 //! Every refusal is counted in `erpstream_http_shed_total{component_id, reason}`; the lag the
 //! gate sees is `erpstream_admission_lag_seconds`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
 
+use crate::kafka::{Ack, AckObserver};
 use crate::metrics as m;
 use crate::sources::http;
 use crate::validation::{Checks, Problem};
@@ -83,9 +84,6 @@ impl AdmissionConfig {
     }
 }
 
-/// A stage's lag report is counted for this long after it was made.
-const REPORT_FRESH: Duration = Duration::from_secs(1);
-
 /// The gate every ingest route passes; cheap to clone (one shared state).
 #[derive(Clone)]
 pub struct Admission {
@@ -96,21 +94,25 @@ struct Inner {
     config: AdmissionConfig,
     /// When each admitted, unanswered request came in, by ticket.
     in_flight: Mutex<InFlight>,
-    stages: Mutex<Vec<(String, Arc<StageLag>)>>,
-    epoch: Instant,
+    /// The watched partitions: what was published to them and not read yet.
+    queues: Mutex<HashMap<(String, i32), Queue>>,
 }
+
+/// Records published to one watched partition and not yet read by its stage.
+struct Queue {
+    stage: Arc<str>,
+    /// (offset, when it was queued), oldest first; at most [`QUEUE_CAP`] are kept (the
+    /// oldest is what the gate needs).
+    unread: VecDeque<(i64, Instant)>,
+}
+
+/// Most unread records remembered per partition.
+const QUEUE_CAP: usize = 100_000;
 
 #[derive(Default)]
 struct InFlight {
     next: u64,
     started: BTreeMap<u64, Instant>,
-}
-
-/// The last lag a stage reported, in milliseconds since the gate's epoch.
-#[derive(Default)]
-struct StageLag {
-    lag_ms: AtomicU64,
-    reported_at_ms: AtomicU64,
 }
 
 /// Why a request was refused.
@@ -177,32 +179,56 @@ impl Drop for Permit {
     }
 }
 
-/// Where a consuming stage reports how old the records it reads are.
+/// A stage's view of the queues it reads: which partitions it is assigned and how far it
+/// has read them.
 #[derive(Clone)]
-pub struct LagReporter {
-    stage: Arc<StageLag>,
-    epoch: Instant,
+pub struct QueueWatch {
+    inner: Arc<Inner>,
+    stage: Arc<str>,
+    topics: Arc<[String]>,
 }
 
-impl LagReporter {
-    /// The stage is handling a record that entered erpstream at `timestamp_ms` (Unix
-    /// milliseconds: the broker timestamp, or the time it was accepted). The gate sees the
-    /// largest age reported within the current half second, so reports from several points
-    /// of a stage (reading, delivering) do not hide each other.
-    pub fn observe(&self, timestamp_ms: i64) {
-        let lag = (erpstream_schemas::now_millis() - timestamp_ms).max(0) as u64;
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let previous = self.stage.reported_at_ms.swap(now, Ordering::Relaxed);
-        if previous / BUCKET_MS == now / BUCKET_MS {
-            self.stage.lag_ms.fetch_max(lag, Ordering::Relaxed);
-        } else {
-            self.stage.lag_ms.store(lag, Ordering::Relaxed);
+impl QueueWatch {
+    /// The stage is assigned exactly `partitions` (of its topics) now; queues of partitions it
+    /// lost are forgotten, new ones start empty (records published before are not counted).
+    pub fn assigned(&self, partitions: &[(String, i32)]) {
+        let mut queues = self.inner.lock_queues();
+        queues.retain(|tp, queue| queue.stage != self.stage || partitions.contains(tp));
+        for tp in partitions {
+            if self.topics.contains(&tp.0) {
+                queues.entry(tp.clone()).or_insert_with(|| Queue {
+                    stage: Arc::clone(&self.stage),
+                    unread: VecDeque::new(),
+                });
+            }
+        }
+    }
+
+    /// The stage has read `partition` of `topic` up to (not including) `next_offset`.
+    pub fn read_up_to(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut queues = self.inner.lock_queues();
+        if let Some(queue) = queues.get_mut(&(topic.to_string(), partition)) {
+            while queue
+                .unread
+                .front()
+                .is_some_and(|(offset, _)| *offset < next_offset)
+            {
+                queue.unread.pop_front();
+            }
         }
     }
 }
 
-/// Reports within one bucket of this many milliseconds keep their largest lag.
-const BUCKET_MS: u64 = 500;
+impl AckObserver for Admission {
+    fn acknowledged(&self, ack: &Ack, queued_at: Instant) {
+        let mut queues = self.inner.lock_queues();
+        if let Some(queue) = queues.get_mut(&(ack.topic.clone(), ack.partition))
+            && queue.unread.len() < QUEUE_CAP
+        {
+            queue.unread.push_back((ack.offset, queued_at));
+        }
+    }
+}
 
 impl Admission {
     /// A gate with these limits.
@@ -211,8 +237,7 @@ impl Admission {
             inner: Arc::new(Inner {
                 config,
                 in_flight: Mutex::default(),
-                stages: Mutex::default(),
-                epoch: Instant::now(),
+                queues: Mutex::default(),
             }),
         }
     }
@@ -244,32 +269,27 @@ impl Admission {
         })
     }
 
-    /// The reporter of consuming stage `id` (one per stage; its reports count for the gate).
-    pub fn stage(&self, id: &str) -> LagReporter {
-        let stage = Arc::new(StageLag::default());
-        self.inner
-            .stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id.to_string(), Arc::clone(&stage)));
-        LagReporter {
-            stage,
-            epoch: self.inner.epoch,
+    /// The queue watch of stage `id` over `topics` (broker-side names); its queues count once
+    /// it reports an assignment.
+    pub fn watch(&self, id: &str, topics: &[String]) -> QueueWatch {
+        QueueWatch {
+            inner: Arc::clone(&self.inner),
+            stage: Arc::from(id),
+            topics: topics.into(),
         }
     }
 
-    /// The largest fresh lag a stage reported, and which stage.
+    /// The oldest unread record of any watched partition: its age and its stage.
     fn lag(&self) -> Option<(String, Duration)> {
-        let now = self.inner.epoch.elapsed().as_millis() as u64;
-        let fresh = REPORT_FRESH.as_millis() as u64;
-        let stages = self.inner.stages.lock().unwrap_or_else(|p| p.into_inner());
-        let worst = stages
-            .iter()
-            .filter(|(_, s)| now.saturating_sub(s.reported_at_ms.load(Ordering::Relaxed)) <= fresh)
-            .map(|(id, s)| (id, s.lag_ms.load(Ordering::Relaxed)))
-            .max_by_key(|(_, lag)| *lag)?;
-        metrics::gauge!(m::ADMISSION_LAG).set(worst.1 as f64 / 1000.0);
-        Some((worst.0.clone(), Duration::from_millis(worst.1)))
+        let queues = self.inner.lock_queues();
+        let (stage, age) = queues
+            .values()
+            .filter_map(|q| Some((&q.stage, q.unread.front()?.1.elapsed())))
+            .max_by_key(|(_, age)| *age)
+            .map(|(stage, age)| (stage.to_string(), age))
+            .unwrap_or_default();
+        metrics::gauge!(m::ADMISSION_LAG).set(age.as_secs_f64());
+        (!stage.is_empty()).then_some((stage, age))
     }
 
     /// Middleware for the ingest routes of component `component_id`: admits the request
@@ -311,6 +331,10 @@ impl Inner {
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Queue>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -347,11 +371,29 @@ mod tests {
         assert!(admission.admit().is_ok());
     }
 
+    fn ack(topic: &str, partition: i32, offset: i64, admission: &Admission, ago_ms: u64) {
+        let queued_at = Instant::now() - Duration::from_millis(ago_ms);
+        admission.acknowledged(
+            &Ack {
+                topic: topic.into(),
+                partition,
+                offset,
+            },
+            queued_at,
+        );
+    }
+
     #[test]
-    fn a_stage_handling_old_records_closes_the_gate_until_it_reports_less_or_goes_quiet() {
+    fn an_unread_record_older_than_max_lag_closes_the_gate_until_its_stage_reads_it() {
         let admission = gate(100, 60_000, 1_000);
-        let reporter = admission.stage("inventory");
-        reporter.observe(erpstream_schemas::now_millis() - 3_000);
+        let watch = admission.watch("inventory", &["t.inventory.change".to_string()]);
+        // Not assigned yet: nothing counts.
+        ack("t.inventory.change", 0, 10, &admission, 3_000);
+        assert!(admission.admit().is_ok());
+        watch.assigned(&[("t.inventory.change".into(), 0), ("t.other".into(), 0)]);
+        ack("t.inventory.change", 0, 11, &admission, 3_000);
+        ack("t.inventory.change", 0, 12, &admission, 10);
+        ack("t.other", 0, 1, &admission, 9_000);
         match admission.admit().err() {
             Some(Shed::Lag { stage, lag }) => {
                 assert_eq!(stage, "inventory");
@@ -360,23 +402,19 @@ mod tests {
             }
             other => panic!("expected a lag refusal, got {other:?}"),
         }
-        // Within the same half second the larger lag stands; a later report replaces it.
-        reporter.observe(erpstream_schemas::now_millis());
-        assert!(
-            admission.admit().is_err(),
-            "the larger lag of the bucket stands"
-        );
-        std::thread::sleep(Duration::from_millis(BUCKET_MS + 50));
-        reporter.observe(erpstream_schemas::now_millis());
+        // Reading offset 11 leaves 12, which is young.
+        watch.read_up_to("t.inventory.change", 0, 12);
         assert!(admission.admit().is_ok());
-        std::thread::sleep(Duration::from_millis(BUCKET_MS + 50));
-        reporter.observe(erpstream_schemas::now_millis() - 3_000);
-        assert!(admission.admit().is_err());
-        std::thread::sleep(REPORT_FRESH + Duration::from_millis(100));
-        assert!(
-            admission.admit().is_ok(),
-            "a report older than a second no longer counts"
+        // A stage that makes no progress keeps the gate shut.
+        ack("t.inventory.change", 0, 13, &admission, 0);
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert_eq!(
+            admission.admit().err().map(|s| s.reason()),
+            Some("pipeline_lag")
         );
+        // Partitions the stage lost (another replica reads them) stop counting.
+        watch.assigned(&[("t.inventory.change".into(), 1)]);
+        assert!(admission.admit().is_ok());
     }
 
     #[test]

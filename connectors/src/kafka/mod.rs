@@ -29,7 +29,7 @@ pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
 pub use headers::{header, header_text, headers_of, trace_of};
 pub use offsets::OffsetTracker;
-pub use producer::{Ack, PendingAck, PublishError, Publisher, RawRecord};
+pub use producer::{Ack, AckObserver, PendingAck, PublishError, Publisher, RawRecord};
 pub use retrying::{Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
 
 /// Kafka header carrying the W3C trace context.

@@ -84,19 +84,24 @@ impl OffsetTracker {
     }
 
     /// Stores the [`advanced`](Self::advanced) offsets with `consumer` (committed by the
-    /// client's auto-commit and at shutdown).
-    pub fn store<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(&mut self, consumer: &C) {
+    /// client's auto-commit and at shutdown) and returns them (for the admission gate's queue
+    /// watch).
+    pub fn store<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: &C,
+    ) -> Vec<((String, i32), i64)> {
         let advanced = self.advanced();
         if advanced.is_empty() {
-            return;
+            return advanced;
         }
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in advanced {
-            let _ = list.add_partition_offset(&topic, partition, Offset::Offset(next));
+        for ((topic, partition), next) in &advanced {
+            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*next));
         }
         if let Err(err) = consumer.store_offsets(&list) {
             tracing::debug!(error = %err, "offset store refused (partition revoked?)");
         }
+        advanced
     }
 }
 

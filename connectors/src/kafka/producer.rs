@@ -73,11 +73,19 @@ impl PublishError {
     }
 }
 
+/// Told of every acknowledged record, with when it was queued (the admission gate follows
+/// the queues it watches this way).
+pub trait AckObserver: Send + Sync {
+    /// The broker stored `ack`'s record, which was queued at `queued_at`.
+    fn acknowledged(&self, ack: &Ack, queued_at: std::time::Instant);
+}
+
 /// An idempotent, `acks=all` producer whose sends complete on the broker's acknowledgement.
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
     codec: Codec,
+    observer: Option<std::sync::Arc<dyn AckObserver>>,
 }
 
 impl Publisher {
@@ -101,7 +109,17 @@ impl Publisher {
                 config.delivery_timeout.as_millis().max(1).to_string(),
             )
             .create()?;
-        Ok(Self { producer, codec })
+        Ok(Self {
+            producer,
+            codec,
+            observer: None,
+        })
+    }
+
+    /// The same producer, telling `observer` of every acknowledgement awaited through it.
+    pub fn observed(mut self, observer: std::sync::Arc<dyn AckObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The codec this publisher encodes with.
@@ -139,6 +157,7 @@ impl Publisher {
     /// returns the wait for the broker's acknowledgement. Records queued one after another
     /// keep that order within their partition, so a caller can have many in flight.
     pub async fn enqueue(&self, record: RawRecord) -> Result<PendingAck, PublishError> {
+        let queued_at = std::time::Instant::now();
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
             headers = headers.insert(Header {
@@ -167,13 +186,20 @@ impl Publisher {
             }
         };
         let topic = record.topic;
+        let observer = self.observer.clone();
         Ok(Box::pin(async move {
             match delivery.await {
-                Ok(Ok(delivery)) => Ok(Ack {
-                    topic,
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
+                Ok(Ok(delivery)) => {
+                    let ack = Ack {
+                        topic,
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    };
+                    if let Some(observer) = observer {
+                        observer.acknowledged(&ack, queued_at);
+                    }
+                    Ok(ack)
+                }
                 Ok(Err((err, _))) => Err(PublishError::Broker(err)),
                 Err(_) => Err(PublishError::Broker(KafkaError::Canceled)),
             }

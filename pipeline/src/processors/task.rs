@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use erpstream_connectors::admission::LagReporter;
+use erpstream_connectors::admission::QueueWatch;
 use erpstream_connectors::component::Readiness;
 use erpstream_connectors::kafka::{
     self, Changelog, DeadLetter, Failure, GroupConsumer, OffsetTracker, PublishError, Publisher,
@@ -58,14 +58,14 @@ pub struct StreamTask {
     codec: Codec,
     restored: HashSet<i32>,
     offsets: OffsetTracker,
-    /// Tells the admission gate how old the records this chain reads are.
-    lag: LagReporter,
+    /// Tells the admission gate how far this chain has processed its inputs.
+    queues: QueueWatch,
 }
 
 impl StreamTask {
     /// A task over `inputs` (broker topic, contract, dead-letter topic) running `chain`,
     /// whose processor `i` persists to `changelogs[i]`; its consumer joins group `group`;
-    /// the age of what it reads goes to `lag`.
+    /// how far it has processed its inputs goes to `queues`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
@@ -75,7 +75,7 @@ impl StreamTask {
         chain: Vec<Box<dyn Processor>>,
         changelogs: Vec<Changelog>,
         publisher: Publisher,
-        lag: LagReporter,
+        queues: QueueWatch,
     ) -> Result<Self, TaskError> {
         let context = TrackingContext::new(Readiness::not_yet("starting"), true);
         let consumer = kafka::group_consumer(kafka_config, group, &name, context)?;
@@ -89,7 +89,7 @@ impl StreamTask {
             publisher,
             restored: HashSet::new(),
             offsets: OffsetTracker::default(),
-            lag,
+            queues,
         })
     }
 
@@ -137,9 +137,6 @@ impl StreamTask {
             if batch.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
-            }
-            if let Some(oldest) = batch.iter().filter_map(|m| m.timestamp().to_millis()).min() {
-                self.lag.observe(oldest);
             }
             self.process_batch(batch, &mut shutdown).await?;
         }
@@ -192,7 +189,9 @@ impl StreamTask {
             self.offsets
                 .take(message.topic(), message.partition(), message.offset(), 0);
         }
-        self.offsets.store(&self.consumer);
+        for ((topic, partition), next) in self.offsets.store(&self.consumer) {
+            self.queues.read_up_to(&topic, partition, next);
+        }
         Ok(())
     }
 
@@ -216,9 +215,10 @@ impl StreamTask {
             }
         }
         let mut unrestored: BTreeSet<i32> = seen.filter(|p| !self.restored.contains(p)).collect();
+        let assignment = self.context().assignment();
+        self.queues.assigned(&assignment);
         unrestored.extend(
-            self.context()
-                .assignment()
+            assignment
                 .into_iter()
                 .map(|(_, partition)| partition)
                 .filter(|p| !self.restored.contains(p)),

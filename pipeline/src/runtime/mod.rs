@@ -95,13 +95,14 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let codec = Codec::new(&topology.registry.url)?;
     register_contracts(&topology, &codec).await?;
     create_topics(&kafka, &topology).await?;
+    let admission = Admission::new(topology.http.admission.clone());
     let publisher = Publisher::new(
         &kafka,
         &format!("{}-producer", topology.app_id),
         codec.clone(),
-    )?;
+    )?
+    .observed(Arc::new(admission.clone()));
 
-    let admission = Admission::new(topology.http.admission.clone());
     let mut tasks: Tasks = JoinSet::new();
     let mut readiness: Vec<(String, Readiness)> = Vec::new();
     let mut probes: Vec<Probe> = Vec::new();
@@ -371,7 +372,7 @@ fn processor_tasks(
                 publisher.clone(),
             ));
         }
-        let inputs = topology.processors[&chain[0]]
+        let inputs: Vec<_> = topology.processors[&chain[0]]
             .inputs()
             .iter()
             .filter_map(|logical| {
@@ -380,6 +381,13 @@ fn processor_tasks(
             })
             .collect();
         let name = chain.join("+");
+        let queues = admission.watch(
+            &name,
+            &inputs
+                .iter()
+                .map(|(topic, _, _)| topic.clone())
+                .collect::<Vec<_>>(),
+        );
         let task = StreamTask::new(
             name.clone(),
             kafka,
@@ -388,7 +396,7 @@ fn processor_tasks(
             processors,
             changelogs,
             publisher.clone(),
-            admission.stage(&name),
+            queues,
         )?;
         tasks.push((name, task));
     }

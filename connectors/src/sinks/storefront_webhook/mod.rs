@@ -43,7 +43,7 @@ pub use service::DeliveryService;
 
 use crate::retry::{Outcome, backoff};
 
-use crate::admission::LagReporter;
+use crate::admission::QueueWatch;
 use crate::component::{Component, Context, Names, Port, Readiness, Running, Shadow};
 use crate::kafka::TopicSpec;
 use crate::kafka::{
@@ -101,8 +101,8 @@ pub struct StorefrontWebhookSink {
     inputs: HashMap<String, Input>,
     codec: Codec,
     publisher: Publisher,
-    /// Tells the admission gate how old the records the sink reads are.
-    lag: LagReporter,
+    /// Tells the admission gate which of its inputs' records are delivered (or superseded).
+    queues: QueueWatch,
 }
 
 impl StorefrontWebhookSink {
@@ -128,6 +128,7 @@ impl StorefrontWebhookSink {
             inputs.insert(resolved.topic, input);
         }
         let id = &context.id;
+        let topics: Vec<String> = inputs.keys().cloned().collect();
         let secret = config.secret.resolve()?;
         let service = DeliveryService::new(config.url.clone(), secret, config.request_timeout, id)?;
         let tracking = TrackingContext::new(Readiness::not_yet("starting"), true);
@@ -140,7 +141,7 @@ impl StorefrontWebhookSink {
             inputs,
             codec: context.codec().clone(),
             publisher: context.publisher.clone(),
-            lag: context.admission.stage(id),
+            queues: context.admission.watch(id, &topics),
             config,
         })
     }
@@ -426,8 +427,10 @@ impl State {
             self.guard.remove(&revoked);
             self.offsets.revoke(&revoked.0, revoked.1);
         }
+        let assignment = sink.context().assignment();
+        sink.queues.assigned(&assignment);
         let mut missing: HashMap<String, Vec<i32>> = HashMap::new();
-        for tp in sink.context().assignment() {
+        for tp in assignment {
             if !self.guard.contains_key(&tp) {
                 missing.entry(tp.0).or_default().push(tp.1);
             }
@@ -455,9 +458,6 @@ impl State {
             return true;
         };
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
-        if let Some(timestamp) = message.timestamp().to_millis() {
-            sink.lag.observe(timestamp);
-        }
         if !self.guard.contains_key(&tp)
             && !self
                 .restore(sink, HashMap::from([(tp.0.clone(), vec![tp.1])]), shutdown)
@@ -878,12 +878,6 @@ impl State {
         metrics::counter!(m::SENT_EVENTS, m::COMPONENT_ID => sink.id.clone(), m::COMPONENT_TYPE => TYPE).increment(1);
         metrics::histogram!(m::END_TO_END_LATENCY, m::COMPONENT_ID => sink.id.clone())
             .record(((now - delivery.ingested_at).max(0) as f64) / 1000.0);
-        if delivery.attempts <= 1 {
-            // Queueing behind other deliveries is lag the admission gate must see; time
-            // spent in retries of a failing storefront is not (refusing ingest would not
-            // help it).
-            sink.lag.observe(delivery.ingested_at);
-        }
         metrics::histogram!(m::ERP_TO_SINK_LATENCY, m::COMPONENT_ID => sink.id.clone())
             .record(((now - delivery.occurred_at).max(0) as f64) / 1000.0);
         let slot_key = (delivery.tp.clone(), delivery.key.clone());
@@ -944,6 +938,8 @@ impl State {
 
     /// Stores, per partition, the offset below which every record is done.
     fn store_offsets(&mut self, sink: &StorefrontWebhookSink) {
-        self.offsets.store(sink.consumer.as_ref());
+        for ((topic, partition), next) in self.offsets.store(sink.consumer.as_ref()) {
+            sink.queues.read_up_to(&topic, partition, next);
+        }
     }
 }
