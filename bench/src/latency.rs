@@ -53,6 +53,10 @@ pub struct Args {
     /// Free text recorded with the results (broker, settings).
     #[arg(long, default_value = "")]
     conditions: String,
+    /// Add these runs to the ones already in the results file of this broker and rate (the
+    /// script measures each run on a fresh broker and pipeline) and report the medians of all.
+    #[arg(long)]
+    append: bool,
 }
 
 struct Receiver {
@@ -88,6 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         runs.push(result);
     }
     let profile = pipeline_profile(&client, &args.target).await;
+    let name = format!("latency-{}-{}", args.broker, args.rate);
+    if args.append
+        && let Ok(text) = std::fs::read(report::path(&name))
+        && let Ok(previous) = serde_json::from_slice::<Value>(&text)
+        && let Some(previous) = previous["runs"].as_array()
+    {
+        runs.splice(0..0, previous.iter().cloned());
+    }
     let kept: Vec<&Value> = runs.iter().filter(|r| r["discarded"] == false).collect();
     let median_of = |field: &str| -> Option<f64> {
         let mut values: Vec<f64> = kept
@@ -100,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "benchmark": "latency",
         "machine": report::machine(),
         "settings": {
-            "rate_per_second": args.rate, "duration_seconds": args.duration, "runs": args.runs,
+            "rate_per_second": args.rate, "duration_seconds": args.duration, "runs": runs.len(),
             "target": args.target, "broker": args.broker, "conditions": args.conditions,
             "measured": "scheduled send time of each signed webhook → storefront receiver's arrival",
         },
@@ -112,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "pipeline_means_ms": profile,
         "runs": runs,
     });
-    let path = report::write(&format!("latency-{}-{}", args.broker, args.rate), &result)?;
+    let path = report::write(&name, &result)?;
     println!("{}", serde_json::to_string_pretty(&result["median"])?);
     eprintln!("[latency] written to {}", path.display());
     Ok(())

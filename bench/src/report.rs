@@ -63,9 +63,17 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 /// Writes `bench/results/<name>.json` (relative to the workspace root) and returns its path.
 pub fn write(name: &str, value: &Value) -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}.json"));
+    let path = path(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")?;
     Ok(path)
+}
+
+/// Where result `name` is written: `bench/results/<name>.json`.
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("results")
+        .join(format!("{name}.json"))
 }

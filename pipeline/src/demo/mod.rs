@@ -318,7 +318,9 @@ fn consistent_keys(state: &ReceiverState, last_sent: &HashMap<(String, String), 
         .count()
 }
 
-/// Spawns one signed ERP webhook POST; the task yields whether it was answered 202.
+/// Spawns one signed ERP webhook POST; the task yields whether it was answered 202. Like an
+/// ERP, it sends again after `Retry-After` when the answer is 503 (the pipeline shedding load
+/// or the broker away), a few times.
 fn spawn_send(
     sends: &mut tokio::task::JoinSet<bool>,
     client: &reqwest::Client,
@@ -332,12 +334,30 @@ fn spawn_send(
         .header("x-signature", sign_hex(secret.as_bytes(), &body))
         .body(body);
     sends.spawn(async move {
-        request
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+        for _ in 0..SEND_ATTEMPTS {
+            let Some(attempt) = request.try_clone() else {
+                return false;
+            };
+            let Ok(response) = attempt.send().await else {
+                return false;
+            };
+            if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+                return response.status() == StatusCode::ACCEPTED;
+            }
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 10);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        false
     });
 }
+
+/// How many times the demo's ERP sends a webhook that keeps being answered 503.
+const SEND_ATTEMPTS: usize = 5;
 
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
