@@ -13,7 +13,10 @@
 //! - **pipeline lag**: the oldest record this process published to a topic that one of its
 //!   stages on the way to the storefront (the processors, the storefront sink) reads, on a
 //!   partition that stage is assigned, and that the stage has not read yet, is older than
-//!   `max_lag`. The gate follows the queues themselves — acknowledged offsets against read
+//!   `max_lag` — or, once that record is a quarter of `max_lag` old, the unread records would
+//!   take longer than `max_lag` to read at the pace the stage has been reading them, so the
+//!   gate closes before the wait has built up rather than after. The gate follows the queues
+//!   themselves — acknowledged offsets against read
 //!   offsets — so a stage that makes no progress at all (a slow broker fetch, a stalled
 //!   batch) keeps the gate shut instead of falling silent. A stage that is not assigned a
 //!   partition does not count it (another replica reads it).
@@ -104,10 +107,58 @@ struct Queue {
     /// (offset, when it was queued), oldest first; at most [`QUEUE_CAP`] are kept (the
     /// oldest is what the gate needs).
     unread: VecDeque<(i64, Instant)>,
+    /// Records read since `window_start`.
+    drained: usize,
+    window_start: Instant,
+    /// Records per second the stage read this queue at lately (`None` before a first window).
+    drain_rate: Option<f64>,
+}
+
+impl Queue {
+    fn new(stage: Arc<str>) -> Self {
+        Self {
+            stage,
+            unread: VecDeque::new(),
+            drained: 0,
+            window_start: Instant::now(),
+            drain_rate: None,
+        }
+    }
+
+    /// The stage read `count` more records.
+    fn note_read(&mut self, count: usize) {
+        self.drained += count;
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= DRAIN_WINDOW {
+            let rate = self.drained as f64 / elapsed.as_secs_f64();
+            self.drain_rate = Some(self.drain_rate.map_or(rate, |r| (r + rate) / 2.0));
+            self.drained = 0;
+            self.window_start = Instant::now();
+        }
+    }
+
+    /// How long a record queued now would wait: the oldest unread record's age — or, once
+    /// that passes `backing_up` (the queue is visibly not keeping up), the time the stage
+    /// needs to read what is unread and the `waiting` records still on their way to the
+    /// broker at its recent pace, if that is longer. The pace counts
+    /// only once the queue backs up because a stage that keeps up reads at the arrival rate,
+    /// not at what it could do, and a burst would look like a long wait.
+    fn wait(&self, backing_up: Duration, waiting: usize) -> Option<Duration> {
+        let oldest = self.unread.front()?.1.elapsed();
+        let ahead = match self.drain_rate {
+            Some(rate) if oldest >= backing_up && rate > 0.0 => {
+                Duration::from_secs_f64((self.unread.len() + waiting) as f64 / rate)
+            }
+            _ => Duration::ZERO,
+        };
+        Some(oldest.max(ahead))
+    }
 }
 
 /// Most unread records remembered per partition.
 const QUEUE_CAP: usize = 100_000;
+/// Over how long a stage's reading pace is measured.
+const DRAIN_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct InFlight {
@@ -196,10 +247,9 @@ impl QueueWatch {
         queues.retain(|tp, queue| queue.stage != self.stage || partitions.contains(tp));
         for tp in partitions {
             if self.topics.contains(&tp.0) {
-                queues.entry(tp.clone()).or_insert_with(|| Queue {
-                    stage: Arc::clone(&self.stage),
-                    unread: VecDeque::new(),
-                });
+                queues
+                    .entry(tp.clone())
+                    .or_insert_with(|| Queue::new(Arc::clone(&self.stage)));
             }
         }
     }
@@ -208,6 +258,7 @@ impl QueueWatch {
     pub fn read_up_to(&self, topic: &str, partition: i32, next_offset: i64) {
         let mut queues = self.inner.lock_queues();
         if let Some(queue) = queues.get_mut(&(topic.to_string(), partition)) {
+            let before = queue.unread.len();
             while queue
                 .unread
                 .front()
@@ -215,6 +266,7 @@ impl QueueWatch {
             {
                 queue.unread.pop_front();
             }
+            queue.note_read(before - queue.unread.len());
         }
     }
 }
@@ -245,7 +297,8 @@ impl Admission {
     /// Admits a request or says why not.
     pub fn admit(&self) -> Result<Permit, Shed> {
         let config = &self.inner.config;
-        if let Some((stage, lag)) = self.lag()
+        let waiting = self.inner.lock_in_flight().started.len();
+        if let Some((stage, lag)) = self.lag(waiting)
             && lag > config.max_lag
         {
             return Err(Shed::Lag { stage, lag });
@@ -279,12 +332,15 @@ impl Admission {
         }
     }
 
-    /// The oldest unread record of any watched partition: its age and its stage.
-    fn lag(&self) -> Option<(String, Duration)> {
+    /// The longest wait a record queued now would have on a watched partition (see
+    /// [`Queue::wait`]; `waiting` admitted requests not acknowledged yet are counted as ahead
+    /// of it too), and the stage it waits for.
+    fn lag(&self, waiting: usize) -> Option<(String, Duration)> {
+        let backing_up = self.inner.config.max_lag / 4;
         let queues = self.inner.lock_queues();
         let (stage, age) = queues
             .values()
-            .filter_map(|q| Some((&q.stage, q.unread.front()?.1.elapsed())))
+            .filter_map(|q| Some((&q.stage, q.wait(backing_up, waiting)?)))
             .max_by_key(|(_, age)| *age)
             .map(|(stage, age)| (stage.to_string(), age))
             .unwrap_or_default();
@@ -414,6 +470,44 @@ mod tests {
         );
         // Partitions the stage lost (another replica reads them) stop counting.
         watch.assigned(&[("t.inventory.change".into(), 1)]);
+        assert!(admission.admit().is_ok());
+    }
+
+    #[test]
+    fn a_queue_read_slower_than_it_fills_closes_the_gate_before_its_oldest_record_is_late() {
+        let admission = gate(100, 60_000, 1_000);
+        let watch = admission.watch("storefront", &["t.available".to_string()]);
+        watch.assigned(&[("t.available".into(), 0)]);
+        for offset in 0..1_000 {
+            ack("t.available", 0, offset, &admission, 300);
+        }
+        // 20 records read in the first 550 ms: about 36 a second, for 980 still unread.
+        std::thread::sleep(Duration::from_millis(550));
+        watch.read_up_to("t.available", 0, 20);
+        match admission.admit().err() {
+            Some(Shed::Lag { stage, lag }) => {
+                assert_eq!(stage, "storefront");
+                assert!(lag > Duration::from_secs(20), "{lag:?}");
+            }
+            other => panic!("expected a lag refusal, got {other:?}"),
+        }
+        watch.read_up_to("t.available", 0, 1_000);
+        assert!(admission.admit().is_ok(), "everything read");
+    }
+
+    #[test]
+    fn a_young_queue_is_judged_by_its_age_not_its_length() {
+        let admission = gate(100, 60_000, 1_000);
+        let watch = admission.watch("storefront", &["t.available".to_string()]);
+        watch.assigned(&[("t.available".into(), 0)]);
+        // A slow pace measured while the stage kept up with a trickle...
+        ack("t.available", 0, 0, &admission, 0);
+        std::thread::sleep(Duration::from_millis(550));
+        watch.read_up_to("t.available", 0, 1);
+        // ...then a burst: long, but young — the stage has not fallen behind yet.
+        for offset in 1..5_000 {
+            ack("t.available", 0, offset, &admission, 0);
+        }
         assert!(admission.admit().is_ok());
     }
 
