@@ -25,7 +25,8 @@ pub const REQUEST_DURATION: &str = "erpstream_http_request_duration_seconds";
 pub const PENDING: &str = "erpstream_component_pending_events";
 /// Ingest requests refused at the door (`503` + `Retry-After`), by `reason`.
 pub const SHED: &str = "erpstream_http_shed_total";
-/// The largest lag a stage on the way to the storefront reported within the last second.
+/// The longest wait the admission gate predicts for a record accepted now, at a stage on the
+/// way to the storefront.
 pub const ADMISSION_LAG: &str = "erpstream_admission_lag_seconds";
 
 /// Label: the component's id in the topology.
@@ -76,6 +77,6 @@ pub fn describe() {
     describe_gauge!(
         ADMISSION_LAG,
         Unit::Seconds,
-        "Largest recent lag of a stage on the way to the storefront."
+        "Longest wait the admission gate predicts for a record accepted now."
     );
 }
