@@ -16,9 +16,9 @@
 //!   `max_lag` — or, once that record is a quarter of `max_lag` old, the unread records would
 //!   take longer than `max_lag` to read at the pace the stage has been reading them, so the
 //!   gate closes before the wait has built up rather than after. The gate follows the queues
-//!   themselves — acknowledged offsets against read
-//!   offsets — so a stage that makes no progress at all (a slow broker fetch, a stalled
-//!   batch) keeps the gate shut instead of falling silent. A stage that is not assigned a
+//!   themselves — acknowledged offsets against read offsets — so a stage that makes no
+//!   progress at all (a slow broker fetch, a stalled batch) keeps the gate shut instead of
+//!   falling silent. A stage that is not assigned a
 //!   partition does not count it (another replica reads it).
 //!
 //! Every refusal is counted in `erpstream_http_shed_total{component_id, reason}`; the lag the
@@ -97,8 +97,9 @@ struct Inner {
     config: AdmissionConfig,
     /// When each admitted, unanswered request came in, by ticket.
     in_flight: Mutex<InFlight>,
-    /// The watched partitions: what was published to them and not read yet.
-    queues: Mutex<HashMap<(String, i32), Queue>>,
+    /// The watched partitions by topic: what was published to them and not read yet (looked
+    /// up per acknowledgement by `&str`, so an ack allocates nothing).
+    queues: Mutex<HashMap<String, HashMap<i32, Queue>>>,
 }
 
 /// Records published to one watched partition and not yet read by its stage.
@@ -140,9 +141,9 @@ impl Queue {
     /// How long a record queued now would wait: the oldest unread record's age — or, once
     /// that passes `backing_up` (the queue is visibly not keeping up), the time the stage
     /// needs to read what is unread and the `waiting` records still on their way to the
-    /// broker at its recent pace, if that is longer. The pace counts
-    /// only once the queue backs up because a stage that keeps up reads at the arrival rate,
-    /// not at what it could do, and a burst would look like a long wait.
+    /// broker at its recent pace, if that is longer. The pace counts only once the queue
+    /// backs up because a stage that keeps up reads at the arrival rate, not at what it could
+    /// do, and a burst would look like a long wait.
     fn wait(&self, backing_up: Duration, waiting: usize) -> Option<Duration> {
         let oldest = self.unread.front()?.1.elapsed();
         let ahead = match self.drain_rate {
@@ -173,11 +174,11 @@ pub enum Shed {
     InFlight(usize),
     /// The oldest admitted request has waited this long for the broker.
     SlowAcks(Duration),
-    /// Stage `stage` is reading records this old.
+    /// A record accepted now would wait this long for stage `stage`.
     Lag {
         /// The stage's id.
         stage: String,
-        /// How far behind it is.
+        /// The wait (how far behind the stage is).
         lag: Duration,
     },
 }
@@ -244,11 +245,18 @@ impl QueueWatch {
     /// lost are forgotten, new ones start empty (records published before are not counted).
     pub fn assigned(&self, partitions: &[(String, i32)]) {
         let mut queues = self.inner.lock_queues();
-        queues.retain(|tp, queue| queue.stage != self.stage || partitions.contains(tp));
-        for tp in partitions {
-            if self.topics.contains(&tp.0) {
+        for (topic, by_partition) in queues.iter_mut() {
+            by_partition.retain(|partition, queue| {
+                queue.stage != self.stage
+                    || partitions.iter().any(|(t, p)| t == topic && p == partition)
+            });
+        }
+        for (topic, partition) in partitions {
+            if self.topics.contains(topic) {
                 queues
-                    .entry(tp.clone())
+                    .entry(topic.clone())
+                    .or_default()
+                    .entry(*partition)
                     .or_insert_with(|| Queue::new(Arc::clone(&self.stage)));
             }
         }
@@ -257,7 +265,7 @@ impl QueueWatch {
     /// The stage has read `partition` of `topic` up to (not including) `next_offset`.
     pub fn read_up_to(&self, topic: &str, partition: i32, next_offset: i64) {
         let mut queues = self.inner.lock_queues();
-        if let Some(queue) = queues.get_mut(&(topic.to_string(), partition)) {
+        if let Some(queue) = queues.get_mut(topic).and_then(|q| q.get_mut(&partition)) {
             let before = queue.unread.len();
             while queue
                 .unread
@@ -274,7 +282,9 @@ impl QueueWatch {
 impl AckObserver for Admission {
     fn acknowledged(&self, ack: &Ack, queued_at: Instant) {
         let mut queues = self.inner.lock_queues();
-        if let Some(queue) = queues.get_mut(&(ack.topic.clone(), ack.partition))
+        if let Some(queue) = queues
+            .get_mut(ack.topic.as_str())
+            .and_then(|q| q.get_mut(&ack.partition))
             && queue.unread.len() < QUEUE_CAP
         {
             queue.unread.push_back((ack.offset, queued_at));
@@ -340,6 +350,7 @@ impl Admission {
         let queues = self.inner.lock_queues();
         let (stage, age) = queues
             .values()
+            .flat_map(HashMap::values)
             .filter_map(|q| Some((&q.stage, q.wait(backing_up, waiting)?)))
             .max_by_key(|(_, age)| *age)
             .map(|(stage, age)| (stage.to_string(), age))
@@ -388,7 +399,7 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Queue>> {
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Queue>>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
