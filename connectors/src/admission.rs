@@ -9,7 +9,7 @@
 //! - **in flight**: requests admitted and not yet answered (`max_in_flight`);
 //! - **acknowledgements**: the oldest admitted request has waited longer than
 //!   `max_ack_wait` (the broker is acknowledging slowly *now*; the signal clears as soon as
-//!   the old requests are answered);
+//!   the old requests are acknowledged);
 //! - **pipeline lag**: the oldest record this process published to a topic that one of its
 //!   stages on the way to the storefront (the processors, the storefront sink) reads, on a
 //!   partition that stage is assigned, and that the stage has not read yet, is older than
@@ -20,6 +20,13 @@
 //!   progress at all (a slow broker fetch, a stalled batch) keeps the gate shut instead of
 //!   falling silent. A stage that is not assigned a
 //!   partition does not count it (another replica reads it).
+//!
+//! An admitted request is answered within `max_ack_wait` of its body being read: if the
+//! broker has not acknowledged it by then, the answer is `503` + `Retry-After` (reason
+//! `unacknowledged`) while the handler finishes on its own task — the record may still be
+//! stored, and the sender's retry is deduplicated by its idempotency key downstream. So no
+//! sender waits on a slow broker longer than that, and nothing is answered `202` that the
+//! broker has not acknowledged.
 //!
 //! Every refusal is counted in `erpstream_http_shed_total{component_id, reason}`; the lag the
 //! gate sees is `erpstream_admission_lag_seconds`.
@@ -45,8 +52,10 @@ pub struct AdmissionConfig {
     /// Ingest requests admitted and not yet answered, over every ingest route.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Longest time the oldest admitted request may wait for the broker before new ones are
-    /// refused.
+    /// Longest time an admitted request waits for the broker once its body is read: it is
+    /// answered `503` then (whatever it started still completes, so it may be stored; its
+    /// retry is deduplicated by its idempotency key), and while the oldest admitted request
+    /// has waited this long new ones are refused.
     #[serde(default = "default_max_ack_wait", with = "humantime_serde")]
     pub max_ack_wait: Duration,
     /// Largest age of the records the pipeline's stages are handling before new requests are
@@ -60,7 +69,7 @@ fn default_max_in_flight() -> usize {
     5_000
 }
 fn default_max_ack_wait() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(800)
 }
 fn default_max_lag() -> Duration {
     Duration::from_secs(3)
@@ -174,6 +183,10 @@ pub enum Shed {
     InFlight(usize),
     /// The oldest admitted request has waited this long for the broker.
     SlowAcks(Duration),
+    /// The request was admitted, but the broker had not acknowledged it `max_ack_wait` after
+    /// its body was read; it may still be stored, and its retry is deduplicated by its
+    /// idempotency key.
+    Unacknowledged(Duration),
     /// A record accepted now would wait this long for stage `stage`.
     Lag {
         /// The stage's id.
@@ -189,6 +202,7 @@ impl Shed {
         match self {
             Shed::InFlight(_) => "in_flight",
             Shed::SlowAcks(_) => "slow_acks",
+            Shed::Unacknowledged(_) => "unacknowledged",
             Shed::Lag { .. } => "pipeline_lag",
         }
     }
@@ -197,7 +211,7 @@ impl Shed {
     pub fn retry_after_secs(&self) -> u64 {
         match self {
             Shed::InFlight(_) => 1,
-            Shed::SlowAcks(waited) => waited.as_secs().clamp(1, 30),
+            Shed::SlowAcks(waited) | Shed::Unacknowledged(waited) => waited.as_secs().clamp(1, 30),
             Shed::Lag { lag, .. } => lag.as_secs().clamp(1, 30),
         }
     }
@@ -210,6 +224,12 @@ impl std::fmt::Display for Shed {
             Shed::SlowAcks(waited) => write!(
                 f,
                 "overloaded: the broker has kept a request waiting {} ms",
+                waited.as_millis()
+            ),
+            Shed::Unacknowledged(waited) => write!(
+                f,
+                "overloaded: not acknowledged by the broker within {} ms; it may still be \
+                 stored, so send it again with the same idempotency key",
                 waited.as_millis()
             ),
             Shed::Lag { stage, lag } => {
@@ -367,19 +387,41 @@ impl Admission {
         request: Request,
         next: Next,
     ) -> Response {
-        match admission.admit() {
-            Ok(permit) => {
-                let response = next.run(request).await;
-                drop(permit);
-                response
-            }
-            Err(shed) => {
-                metrics::counter!(m::SHED, m::COMPONENT_ID => component_id.to_string(),
-                    m::REASON => shed.reason())
-                .increment(1);
-                http::retry_later(&shed.to_string(), shed.retry_after_secs())
-            }
+        let permit = match admission.admit() {
+            Ok(permit) => permit,
+            Err(shed) => return admission.refuse(&component_id, &shed),
+        };
+        // The handler runs to its end on its own task even when the answer goes out first,
+        // so what it started (a publish, a stored answer) completes; the permit is held
+        // until then, so the request still counts as waiting.
+        let (parts, body) = request.into_parts();
+        let (body, read) = signal_end(body);
+        let mut handler = tokio::spawn(async move {
+            let response = next.run(Request::from_parts(parts, body)).await;
+            drop(permit);
+            response
+        });
+        let max_ack_wait = admission.inner.config.max_ack_wait;
+        tokio::select! {
+            biased;
+            answered = &mut handler => answered.unwrap_or_else(|e| {
+                tracing::error!(component_id = %component_id, error = %e,
+                    "an ingest handler failed");
+                http::internal_error()
+            }),
+            () = async {
+                let _ = read.await;
+                tokio::time::sleep(max_ack_wait).await;
+            } => admission.refuse(&component_id, &Shed::Unacknowledged(max_ack_wait)),
         }
+    }
+
+    /// Counts and answers a refusal.
+    fn refuse(&self, component_id: &str, shed: &Shed) -> Response {
+        metrics::counter!(m::SHED, m::COMPONENT_ID => component_id.to_string(),
+            m::REASON => shed.reason())
+        .increment(1);
+        http::retry_later(&shed.to_string(), shed.retry_after_secs())
     }
 
     /// Wraps `router` (a component's ingest routes) in the gate.
@@ -392,6 +434,19 @@ impl Admission {
             Self::gate,
         ))
     }
+}
+
+/// `body`, and a signal that fires once the handler has read all of it (never, if the
+/// handler answers without reading it).
+fn signal_end(body: axum::body::Body) -> (axum::body::Body, tokio::sync::oneshot::Receiver<()>) {
+    use futures::StreamExt;
+    let (done, read) = tokio::sync::oneshot::channel();
+    let end = futures::stream::once(async move {
+        let _ = done.send(());
+    })
+    .filter_map(|()| async { None::<Result<bytes::Bytes, axum::Error>> });
+    let body = axum::body::Body::from_stream(body.into_data_stream().chain(end));
+    (body, read)
 }
 
 impl Inner {
@@ -520,6 +575,90 @@ mod tests {
             ack("t.available", 0, offset, &admission, 0);
         }
         assert!(admission.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_admitted_request_the_broker_keeps_waiting_is_answered_503_and_still_completes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let admission = gate(100, 100, 60_000);
+        let completed = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&completed);
+        let ingest = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(move |body: axum::body::Bytes| async move {
+                    // Stands in for a publish the broker acknowledges late.
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    done.store(body.len() == 5, Ordering::SeqCst);
+                    axum::http::StatusCode::ACCEPTED
+                }),
+            )
+            .route(
+                "/fast",
+                axum::routing::post(|| async { axum::http::StatusCode::ACCEPTED }),
+            );
+        let app = admission.guard("erp", ingest);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+
+        let fast = client
+            .post(format!("{url}/fast"))
+            .body("hello")
+            .send()
+            .await;
+        assert_eq!(fast.unwrap().status(), 202);
+        let started = Instant::now();
+        let slow = client
+            .post(format!("{url}/slow"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        let answered_after = started.elapsed();
+        assert_eq!(slow.status(), 503);
+        assert!(
+            answered_after >= Duration::from_millis(100)
+                && answered_after < Duration::from_millis(1_200),
+            "answered after {answered_after:?}"
+        );
+        assert_eq!(slow.headers()["retry-after"], "1");
+        let body: serde_json::Value = slow.json().await.unwrap();
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("may still be stored"),
+            "{body}"
+        );
+        // The request still counts as waiting for the broker: new ones are refused...
+        let refused = client.post(format!("{url}/fast")).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        // ...until the handler, which ran on, has finished.
+        let waiting = Instant::now();
+        while !completed.load(Ordering::SeqCst) {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "the handler never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // (its permit is dropped right after it returns, on its own task)
+        let mut status = 0;
+        while status != 202 && waiting.elapsed() < Duration::from_secs(10) {
+            status = client
+                .post(format!("{url}/fast"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+        }
+        assert_eq!(
+            status, 202,
+            "the gate opened once the slow request was done"
+        );
     }
 
     #[test]

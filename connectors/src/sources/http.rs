@@ -70,11 +70,20 @@ pub fn invalid(status: StatusCode, error: &FieldError) -> Response {
 pub fn retry_later(reason: &str, retry_after_secs: u64) -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"error": "not stored, retry later", "reason": reason})),
+        axum::Json(json!({"error": "not acknowledged, retry later", "reason": reason})),
     )
         .into_response();
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
+}
+
+/// `500`: the handler failed unexpectedly (logged); nothing is known to be stored.
+pub fn internal_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(json!({"error": "internal error", "reason": "see the pipeline's log"})),
+    )
+        .into_response()
 }
