@@ -9,9 +9,16 @@
 //!   topic (partition `p` of the changelog belongs to input partition `p`); it is restored
 //!   before the first record of a partition is processed and dropped when the partition is
 //!   revoked.
-//! - The task makes a batch's emitted records durable first, then its changelog writes, and
-//!   only then stores the input offsets. A crash between those steps re-runs the batch on the
-//!   restored state, which re-emits identical records instead of losing any.
+//! - The task makes a batch's emitted records and changelog writes durable together (one
+//!   flush), and only then stores the input offsets. A crash before every write is
+//!   acknowledged re-runs the batch on whatever part of the state became durable, so a
+//!   processor must (a) recognise an input record it already took in — by its offset, kept
+//!   in its state — and change nothing for it, and (b) on [`Processor::resume`], emit again
+//!   what its state took from records at or after the committed offsets, since those
+//!   records' outputs may be the part that was lost. Emitted records carry versions, so an
+//!   output that was durable after all is recognised downstream as a repeat.
+//! - Time-driven changes ([`Processor::tick`]) have no input offset: their emitted records
+//!   are made durable before their changelog writes.
 
 pub mod dedupe;
 pub mod inventory;
@@ -113,6 +120,17 @@ impl Decoded {
     }
 }
 
+/// The shared copy of input topic name `topic` in `topics`, added if new (state that names
+/// its input topics per key shares one allocation per topic).
+pub(crate) fn intern(topics: &mut Vec<Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(known) = topics.iter().find(|t| ***t == *topic) {
+        return Arc::clone(known);
+    }
+    let new: Arc<str> = Arc::from(topic);
+    topics.push(Arc::clone(&new));
+    new
+}
+
 /// A record a processor asks to publish.
 pub enum Emit {
     /// A new `inventory.available` state on the broker-side topic.
@@ -141,6 +159,19 @@ pub trait Processor: Send + Sync {
     /// Processes one record. `index` is this processor's place in the chain (for changelog
     /// writes). Returns whether the record goes on to the next processor.
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool;
+    /// Called after [`restore`](Processor::restore) with, per input topic of the chain, the
+    /// offset of `partition` the chain will read from (the group's committed offset; a topic
+    /// missing has none). A batch's emitted records and changelog writes become durable
+    /// together, so a crash can leave state taken from records at or after those offsets
+    /// whose emitted records were lost: the processor emits what that state says again.
+    fn resume(
+        &mut self,
+        _index: usize,
+        _partition: i32,
+        _from: &HashMap<String, i64>,
+        _effects: &mut Effects,
+    ) {
+    }
     /// Called about once a second between batches, for time-driven changes (expiry).
     /// `now` is epoch ms.
     fn tick(&mut self, _index: usize, _now: i64, _effects: &mut Effects) {}

@@ -1,6 +1,9 @@
 //! The consumer task that runs one processor chain: consume a batch, process it record by
-//! record, make its effects durable in order (emitted records, then changelogs from the last
-//! processor of the chain to the first), then store the batch's offsets.
+//! record, make its effects durable — emitted records, dead letters and every processor's
+//! changelog writes in one flush, a single wait for the broker — then store the batch's
+//! offsets. After a restore, each processor emits again what its state took from records at
+//! or after the group's committed offsets (see the contract in [`super`]), before the first
+//! batch of the partition.
 //!
 //! A record whose writer schema cannot be fetched (the registry is down) is waited for, not
 //! skipped: nothing after it in the batch is processed before it, and no offset of the
@@ -44,6 +47,17 @@ pub enum TaskError {
     /// An emitted record does not fit its contract (a defect).
     #[error("an emitted record cannot be encoded: {0}")]
     Encode(#[from] CodecError),
+}
+
+/// How a set of effects is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Everything at once: effects of input records, which the processors recognise when
+    /// they are read again.
+    Together,
+    /// Emitted records, then changelog writes: effects without an input record (time-driven
+    /// changes), which nothing would emit again.
+    OutputsFirst,
 }
 
 /// One processor chain and its consumer.
@@ -151,7 +165,7 @@ impl StreamTask {
     ) -> Result<(), TaskError> {
         if !self
             .sync_assignment(batch.iter().map(|m| m.partition()), shutdown)
-            .await
+            .await?
         {
             return Ok(());
         }
@@ -182,7 +196,10 @@ impl StreamTask {
                 Some(Err(err)) => dead_letters.push((message, err.to_string())),
             }
         }
-        if !self.make_durable(effects, dead_letters, shutdown).await? {
+        if !self
+            .make_durable(effects, dead_letters, Flush::Together, shutdown)
+            .await?
+        {
             return Ok(());
         }
         for message in &batch {
@@ -204,7 +221,7 @@ impl StreamTask {
         &mut self,
         seen: impl Iterator<Item = i32>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Result<bool, TaskError> {
         let generation = self.context().generation();
         for (topic, partition) in self.context().take_revoked() {
             self.offsets.revoke(&topic, partition);
@@ -226,17 +243,17 @@ impl StreamTask {
         if !unrestored.is_empty()
             && !self
                 .restore(&unrestored.into_iter().collect::<Vec<_>>(), shutdown)
-                .await
+                .await?
         {
-            return false;
+            return Ok(false);
         }
         self.context().restored(generation);
-        true
+        Ok(true)
     }
 
     /// Lets every processor make its time-driven changes and makes them durable.
     async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), TaskError> {
-        if !self.sync_assignment(std::iter::empty(), shutdown).await {
+        if !self.sync_assignment(std::iter::empty(), shutdown).await? {
             return Ok(());
         }
         let now = erpstream_schemas::now_millis();
@@ -245,14 +262,20 @@ impl StreamTask {
             processor.tick(index, now, &mut effects);
         }
         if !effects.emit.is_empty() || !effects.changelog.is_empty() {
-            self.make_durable(effects, Vec::new(), shutdown).await?;
+            self.make_durable(effects, Vec::new(), Flush::OutputsFirst, shutdown)
+                .await?;
         }
         Ok(())
     }
 
-    /// Restores `partitions` of every processor, the changelogs read side by side; `false`
-    /// if shutdown came first.
-    async fn restore(&mut self, partitions: &[i32], shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// Restores `partitions` of every processor, the changelogs read side by side, then
+    /// makes durable what the processors emit again on resuming; `false` if shutdown came
+    /// first.
+    async fn restore(
+        &mut self,
+        partitions: &[i32],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, TaskError> {
         let reads = self.changelogs.iter().map(|changelog| {
             let mut shutdown = shutdown.clone();
             async move {
@@ -267,9 +290,12 @@ impl StreamTask {
             match read {
                 Some(Ok(state)) => states.push(state),
                 // KafkaError is always retriable: only shutdown ends the wait.
-                Some(Err(_)) | None => return false,
+                Some(Err(_)) | None => return Ok(false),
             }
         }
+        let Some(committed) = self.committed(partitions, shutdown).await else {
+            return Ok(false);
+        };
         for (processor, mut restored) in self.chain.iter_mut().zip(states) {
             for &partition in partitions {
                 let entries = restored.remove(&partition).unwrap_or_default();
@@ -282,8 +308,55 @@ impl StreamTask {
                 processor.restore(partition, entries);
             }
         }
+        let mut effects = Effects::default();
+        for (index, processor) in self.chain.iter_mut().enumerate() {
+            for partition in partitions {
+                let from = committed.get(partition).cloned().unwrap_or_default();
+                processor.resume(index, *partition, &from, &mut effects);
+            }
+        }
+        if !self
+            .make_durable(effects, Vec::new(), Flush::Together, shutdown)
+            .await?
+        {
+            return Ok(false);
+        }
         self.restored.extend(partitions.iter().copied());
-        true
+        Ok(true)
+    }
+
+    /// Per partition, the group's committed offset of each input topic (topics without one
+    /// are left out), waiting out an unreachable coordinator; `None` on shutdown.
+    async fn committed(
+        &self,
+        partitions: &[i32],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<HashMap<i32, HashMap<String, i64>>> {
+        let mut wanted = rdkafka::TopicPartitionList::new();
+        for topic in self.inputs.keys() {
+            for &partition in partitions {
+                wanted.add_partition(topic, partition);
+            }
+        }
+        let list = kafka::retrying("reading the committed offsets", shutdown, || async {
+            // A short blocking call to the group coordinator, once per restore.
+            tokio::task::block_in_place(|| {
+                self.consumer
+                    .committed_offsets(wanted.clone(), Duration::from_secs(10))
+            })
+        })
+        .await?
+        .ok()?;
+        let mut committed: HashMap<i32, HashMap<String, i64>> = HashMap::new();
+        for element in list.elements() {
+            if let rdkafka::Offset::Offset(offset) = element.offset() {
+                committed
+                    .entry(element.partition())
+                    .or_default()
+                    .insert(element.topic().to_string(), offset);
+            }
+        }
+        Some(committed)
     }
 
     /// Decodes a record for the chain, waiting out a registry outage; `None` on shutdown,
@@ -317,14 +390,16 @@ impl StreamTask {
         }))
     }
 
-    /// Publishes emitted records and dead letters, then changelog writes from the last
-    /// processor back to the first, waiting out broker outages: skipping one would lose
-    /// data, and stopping halfway is safe because the offsets are not stored yet. `false` if
-    /// shutdown interrupted it; an error the broker will never accept stops the task.
+    /// Publishes emitted records, dead letters and changelog writes (in one flush, or the
+    /// changelog writes after the rest is acknowledged), waiting out broker outages:
+    /// skipping one would lose data, and stopping halfway is safe because the offsets are
+    /// not stored yet. `false` if shutdown interrupted it; an error the broker will never
+    /// accept stops the task.
     async fn make_durable(
         &self,
         effects: Effects,
         dead_letters: Vec<(&OwnedMessage, String)>,
+        flush: Flush,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, TaskError> {
         let mut records = Vec::with_capacity(effects.emit.len() + dead_letters.len());
@@ -358,27 +433,24 @@ impl StreamTask {
                 DeadLetter::new(Failure::Undecodable, &error, &self.name).of_record(message, dlq),
             );
         }
-        if !self.send_all(records, shutdown).await? {
-            return Ok(false);
-        }
-        for index in (0..self.chain.len()).rev() {
-            let writes: Vec<RawRecord> = effects
-                .changelog
-                .iter()
-                .filter(|(i, ..)| *i == index)
-                .map(|(_, partition, key, value)| RawRecord {
-                    topic: self.changelogs[index].topic().to_string(),
-                    key: Some(key.clone().into_bytes()),
-                    payload: value.clone(),
-                    headers: Vec::new(),
-                    partition: Some(*partition),
-                })
-                .collect();
-            if !self.send_all(writes, shutdown).await? {
-                return Ok(false);
+        let writes = effects
+            .changelog
+            .into_iter()
+            .map(|(index, partition, key, value)| RawRecord {
+                topic: self.changelogs[index].topic().to_string(),
+                key: Some(key.into_bytes()),
+                payload: value,
+                headers: Vec::new(),
+                partition: Some(partition),
+            });
+        match flush {
+            Flush::Together => {
+                records.extend(writes);
+                self.send_all(records, shutdown).await.map_err(Into::into)
             }
+            Flush::OutputsFirst => Ok(self.send_all(records, shutdown).await?
+                && self.send_all(writes.collect(), shutdown).await?),
         }
-        Ok(true)
     }
 
     /// Sends every record, re-sending the ones that failed until all are acknowledged;

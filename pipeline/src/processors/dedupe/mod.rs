@@ -1,12 +1,20 @@
 //! `dedupe`: drops records whose idempotency key was already seen within `retention`.
 //!
-//! State: per input partition, idempotency key → first-seen time (epoch ms), in the
-//! changelog as `key → "<ms>"`. Keys older than the retention are skipped at restore and
-//! purged (with tombstones) as processing goes on, so the compacted changelog stays bounded.
-//! Repeats of the same key always land in the same partition because the record key (sku,
-//! group id) is part of what the sender repeats.
+//! State: per input partition, idempotency key → when it was first seen (epoch ms) and the
+//! record that carried it (input topic and offset). Keys older than the retention are
+//! skipped at restore and purged (with tombstones) as processing goes on, so the compacted
+//! changelog stays bounded. Repeats of the same key always land in the same partition
+//! because the record key (sku, group id) is part of what the sender repeats.
+//!
+//! The record that first carried a key is let through again when it is read again (a batch
+//! re-run after a crash: its changelog write may have become durable while the next
+//! processor's did not); the next processor recognises what it already applied by offset.
+//!
+//! Changelog value: `0x01`, first-seen ms and offset (8 bytes each, big-endian), then the
+//! topic name. A value written before origins were kept is the ms as decimal text.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use erpstream_connectors::validation::Problem;
@@ -15,7 +23,7 @@ use serde::Deserialize;
 use erpstream_connectors::component::Names;
 use erpstream_schemas::EventKind;
 
-use super::{Built, Effects, Emit, Processor, ProcessorConfig, Record};
+use super::{Built, Effects, Emit, Processor, ProcessorConfig, Record, intern};
 use erpstream_connectors::metrics as m;
 
 /// Component type name in the topology.
@@ -84,9 +92,64 @@ pub struct Dedupe {
     id: String,
     retention_ms: i64,
     output: Option<String>,
-    seen: HashMap<i32, HashMap<String, i64>>,
+    seen: HashMap<i32, HashMap<String, Seen>>,
+    /// Input topic names, shared by every [`Seen`] that names one.
+    topics: Vec<Arc<str>>,
     processed: u64,
     duplicates: metrics::Counter,
+}
+
+/// When a key was first seen, and the record that carried it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    at: i64,
+    /// Input topic and offset (unknown for keys restored from values without it).
+    origin: Option<(Arc<str>, i64)>,
+}
+
+/// First byte of a changelog value that names its origin.
+const WITH_ORIGIN: u8 = 1;
+
+impl Seen {
+    fn encode(&self) -> Vec<u8> {
+        match &self.origin {
+            Some((topic, offset)) => {
+                let mut value = Vec::with_capacity(17 + topic.len());
+                value.push(WITH_ORIGIN);
+                value.extend_from_slice(&self.at.to_be_bytes());
+                value.extend_from_slice(&offset.to_be_bytes());
+                value.extend_from_slice(topic.as_bytes());
+                value
+            }
+            None => self.at.to_string().into_bytes(),
+        }
+    }
+
+    /// A changelog value; `intern` shares the topic name.
+    fn decode(value: &[u8], intern: impl FnOnce(&str) -> Arc<str>) -> Option<Self> {
+        match value {
+            [WITH_ORIGIN, rest @ ..] if rest.len() >= 16 => {
+                let at = i64::from_be_bytes(rest[..8].try_into().ok()?);
+                let offset = i64::from_be_bytes(rest[8..16].try_into().ok()?);
+                let topic = std::str::from_utf8(&rest[16..]).ok()?;
+                Some(Seen {
+                    at,
+                    origin: Some((intern(topic), offset)),
+                })
+            }
+            text => Some(Seen {
+                at: std::str::from_utf8(text).ok()?.parse().ok()?,
+                origin: None,
+            }),
+        }
+    }
+
+    /// Whether `record` is the very record that carried the key (read again).
+    fn is(&self, record: &Record) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|(topic, offset)| *offset == record.offset && **topic == *record.topic)
+    }
 }
 
 impl Dedupe {
@@ -97,6 +160,7 @@ impl Dedupe {
             retention_ms: config.retention.as_millis() as i64,
             output,
             seen: HashMap::new(),
+            topics: Vec::new(),
             processed: 0,
             duplicates: metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => id.to_string(),
                 m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate"),
@@ -106,8 +170,8 @@ impl Dedupe {
     fn purge(&mut self, index: usize, now: i64, effects: &mut Effects) {
         let horizon = now - self.retention_ms;
         for (partition, keys) in &mut self.seen {
-            keys.retain(|key, at| {
-                let keep = *at >= horizon;
+            keys.retain(|key, seen| {
+                let keep = seen.at >= horizon;
                 if !keep {
                     effects
                         .changelog
@@ -126,11 +190,12 @@ impl Processor for Dedupe {
 
     fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
         let horizon = erpstream_schemas::now_millis() - self.retention_ms;
+        let topics = &mut self.topics;
         let keys = entries
             .into_iter()
             .filter_map(|(key, value)| {
-                let at: i64 = std::str::from_utf8(&value).ok()?.parse().ok()?;
-                (at >= horizon).then_some((key, at))
+                let seen = Seen::decode(&value, |topic| intern(topics, topic))?;
+                (seen.at >= horizon).then_some((key, seen))
             })
             .collect();
         self.seen.insert(partition, keys);
@@ -148,20 +213,28 @@ impl Processor for Dedupe {
         }
         let key = record.event.idempotency_key();
         let keys = self.seen.entry(record.partition).or_default();
-        if keys
-            .get(key)
-            .is_some_and(|at| *at >= now - self.retention_ms)
-        {
-            self.duplicates.increment(1);
-            return false;
+        match keys.get(key) {
+            Some(seen) if seen.at >= now - self.retention_ms => {
+                if !seen.is(record) {
+                    self.duplicates.increment(1);
+                    return false;
+                }
+                // The record that carried the key, read again: on it goes.
+            }
+            _ => {
+                let seen = Seen {
+                    at: now,
+                    origin: Some((intern(&mut self.topics, &record.topic), record.offset)),
+                };
+                effects.changelog.push((
+                    index,
+                    record.partition,
+                    key.to_string(),
+                    Some(seen.encode()),
+                ));
+                keys.insert(key.to_string(), seen);
+            }
         }
-        keys.insert(key.to_string(), now);
-        effects.changelog.push((
-            index,
-            record.partition,
-            key.to_string(),
-            Some(now.to_string().into_bytes()),
-        ));
         if let Some(output) = &self.output {
             let mut raw = record.raw.clone();
             raw.topic = output.clone();

@@ -41,6 +41,18 @@ fn config() -> DedupeConfig {
     }
 }
 
+/// A new instance restored from `effects`' changelog writes of partition 0.
+fn restored(effects: Effects) -> Dedupe {
+    let entries: HashMap<String, Vec<u8>> = effects
+        .changelog
+        .into_iter()
+        .map(|(_, _, k, v)| (k, v.unwrap()))
+        .collect();
+    let mut restored = Dedupe::new("dedupe", &config(), None);
+    restored.restore(0, entries);
+    restored
+}
+
 #[test]
 fn drops_repeats_and_survives_restore() {
     let mut dedupe = Dedupe::new("dedupe", &config(), None);
@@ -51,13 +63,7 @@ fn drops_repeats_and_survives_restore() {
     assert_eq!(effects.changelog.len(), 2);
 
     // A new instance restored from the changelog writes still drops the repeat.
-    let entries: HashMap<String, Vec<u8>> = effects
-        .changelog
-        .into_iter()
-        .map(|(_, _, k, v)| (k, v.unwrap()))
-        .collect();
-    let mut restored = Dedupe::new("dedupe", &config(), None);
-    restored.restore(0, entries);
+    let mut restored = restored(effects);
     assert!(!restored.process(0, &record(0, 4, "k1"), &mut Effects::default()));
     assert!(restored.process(0, &record(0, 5, "k3"), &mut Effects::default()));
 }
@@ -70,4 +76,37 @@ fn forgets_keys_past_retention() {
         .into_bytes();
     dedupe.restore(0, HashMap::from([("k1".to_string(), old)]));
     assert!(dedupe.process(0, &record(0, 1, "k1"), &mut Effects::default()));
+}
+
+#[test]
+fn the_record_that_carried_a_key_passes_again_when_it_is_read_again() {
+    let mut dedupe = Dedupe::new("dedupe", &config(), None);
+    let mut effects = Effects::default();
+    assert!(dedupe.process(0, &record(0, 7, "k1"), &mut effects));
+    // After a crash the batch is read again on the restored state.
+    let mut restored = restored(effects);
+    let mut again = Effects::default();
+    assert!(
+        restored.process(0, &record(0, 7, "k1"), &mut again),
+        "the same record"
+    );
+    assert!(again.changelog.is_empty(), "nothing new to remember");
+    assert!(
+        !restored.process(0, &record(0, 8, "k1"), &mut again),
+        "a repeat"
+    );
+    let mut other_topic = record(0, 7, "k1");
+    other_topic.topic = "inventory.reservation".into();
+    assert!(
+        !restored.process(0, &other_topic, &mut again),
+        "same offset, other topic"
+    );
+}
+
+#[test]
+fn values_written_before_origins_were_kept_still_drop_repeats() {
+    let mut dedupe = Dedupe::new("dedupe", &config(), None);
+    let at = erpstream_schemas::now_millis().to_string().into_bytes();
+    dedupe.restore(0, HashMap::from([("k1".to_string(), at)]));
+    assert!(!dedupe.process(0, &record(0, 1, "k1"), &mut Effects::default()));
 }

@@ -32,7 +32,7 @@ use serde::Deserialize;
 
 pub use state::{Hold, LocationState, Locations, SkuState};
 
-use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record};
+use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record, intern};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "inventory";
@@ -213,6 +213,8 @@ pub struct Inventory {
     state: InventoryView,
     /// Per partition, skus with open or remembered holds (visited by `tick`).
     tracked: HashMap<i32, HashSet<String>>,
+    /// Input topic names, shared by every sku's [`state::ReadUpTo`].
+    topics: Vec<Arc<str>>,
     last_forget: i64,
     counters: Counters,
 }
@@ -223,6 +225,8 @@ struct Counters {
     sent: metrics::Counter,
     stale: metrics::Counter,
     unchanged: metrics::Counter,
+    /// Records read again after a crash that the state had already taken in.
+    replayed: metrics::Counter,
 }
 
 impl Counters {
@@ -238,6 +242,7 @@ impl Counters {
                 m::COMPONENT_TYPE => TYPE),
             stale: dropped("stale"),
             unchanged: dropped("unchanged"),
+            replayed: dropped("replayed"),
         }
     }
 }
@@ -248,6 +253,30 @@ struct Cause<'a> {
     occurred_at: i64,
     ingested_at: i64,
     trace: Option<Traceparent>,
+    /// The input record (topic, offset), unless time drove the change.
+    input: Option<(&'a str, i64)>,
+}
+
+impl Cause<'_> {
+    /// erpstream's own change at `now` (epoch ms): time-driven, or a restored state.
+    fn time(now: i64) -> Self {
+        Cause {
+            source_system: "erpstream",
+            occurred_at: now,
+            ingested_at: now,
+            trace: None,
+            input: None,
+        }
+    }
+}
+
+/// What a change did, as far as the processor is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The state's rules decided (see [`state::Applied`]).
+    Applied(state::Applied),
+    /// The input record was taken in before (read again after a crash).
+    Replayed,
 }
 
 impl Inventory {
@@ -260,6 +289,7 @@ impl Inventory {
             reservations: config.reservations.clone(),
             state: InventoryView::default(),
             tracked: HashMap::new(),
+            topics: Vec::new(),
             last_forget: 0,
             counters: Counters::new(id),
         }
@@ -296,38 +326,40 @@ impl Inventory {
         cause: Cause<'_>,
         effects: &mut Effects,
         change: impl FnOnce(&mut SkuState, Decimal) -> state::Applied,
-    ) -> state::Applied {
+    ) -> Outcome {
         let safety = self.safety_for(sku);
+        let input = cause
+            .input
+            .map(|(topic, offset)| (intern(&mut self.topics, topic), offset));
         let mut partitions = self.state.write();
         let state = partitions
             .entry(partition)
             .or_default()
             .entry(sku.to_string())
             .or_default();
+        if let Some((topic, offset)) = &input
+            && state.read.covers(topic, *offset)
+        {
+            return Outcome::Replayed;
+        }
         let outcome = change(state, safety);
+        if outcome == state::Applied::Stale {
+            return Outcome::Applied(outcome);
+        }
+        if let Some((topic, offset)) = &input {
+            state.read.advance(topic, *offset);
+        }
         if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty()) {
             self.tracked
                 .entry(partition)
                 .or_default()
                 .insert(sku.to_string());
         }
-        let value = serde_json::to_vec(&*state).ok();
-        let available = (outcome == state::Applied::Changed).then(|| InventoryAvailable {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            idempotency_key: format!("{sku}@{}", state.version),
-            source_system: cause.source_system.to_string(),
-            source: self.id.clone(),
-            occurred_at: cause.occurred_at,
-            ingested_at: cause.ingested_at,
-            sku: sku.to_string(),
-            locations: state.to_locations(),
-            version: state.version,
-        });
-        drop(partitions);
-        if outcome == state::Applied::Stale {
-            return outcome;
-        }
         // Even when nothing is published, what was accepted must survive a restart.
+        let value = serde_json::to_vec(&*state).ok();
+        let available =
+            (outcome == state::Applied::Changed).then(|| self.available(sku, state, &cause));
+        drop(partitions);
         effects
             .changelog
             .push((index, partition, sku.to_string(), value));
@@ -343,7 +375,22 @@ impl Inventory {
             ));
             self.counters.sent.increment(1);
         }
-        outcome
+        Outcome::Applied(outcome)
+    }
+
+    /// The `inventory.available` record of `sku`'s state.
+    fn available(&self, sku: &str, state: &SkuState, cause: &Cause<'_>) -> InventoryAvailable {
+        InventoryAvailable {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: format!("{sku}@{}", state.version),
+            source_system: cause.source_system.to_string(),
+            source: self.id.clone(),
+            occurred_at: cause.occurred_at,
+            ingested_at: cause.ingested_at,
+            sku: sku.to_string(),
+            locations: state.to_locations(),
+            version: state.version,
+        }
     }
 
     fn open_holds(&self) -> usize {
@@ -364,10 +411,12 @@ impl Processor for Inventory {
 
     fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
         let mut tracked = HashSet::new();
+        let topics = &mut self.topics;
         let skus = entries
             .into_iter()
             .filter_map(|(sku, value)| match serde_json::from_slice::<SkuState>(&value) {
-                Ok(state) => {
+                Ok(mut state) => {
+                    state.read.share(|topic| intern(topics, topic));
                     if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty())
                     {
                         tracked.insert(sku.clone());
@@ -389,6 +438,42 @@ impl Processor for Inventory {
         self.tracked.remove(&partition);
     }
 
+    fn resume(
+        &mut self,
+        _index: usize,
+        partition: i32,
+        from: &HashMap<String, i64>,
+        effects: &mut Effects,
+    ) {
+        let now = erpstream_schemas::now_millis();
+        let cause = Cause::time(now);
+        let partitions = self.state.read();
+        let Some(skus) = partitions.get(&partition) else {
+            return;
+        };
+        let unconfirmed = skus.iter().filter(|(_, state)| {
+            state.version > 0
+                && state
+                    .read
+                    .iter()
+                    .any(|(topic, offset)| offset >= from.get(topic).copied().unwrap_or(-1))
+        });
+        let mut again = 0;
+        for (sku, state) in unconfirmed {
+            let available = self.available(sku, state, &cause);
+            effects.emit.push(Emit::Available(
+                self.output.clone(),
+                Box::new(available),
+                Traceparent::new_root(),
+            ));
+            again += 1;
+        }
+        if again > 0 {
+            tracing::info!(processor = %self.id, partition, skus = again,
+                "emitting again the state taken from records after the committed offsets");
+        }
+    }
+
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
         self.counters.received.increment(1);
         let now = erpstream_schemas::now_millis();
@@ -399,6 +484,7 @@ impl Processor for Inventory {
                     occurred_at: change.occurred_at,
                     ingested_at: change.ingested_at,
                     trace: record.trace,
+                    input: Some((&record.topic, record.offset)),
                 };
                 self.update(
                     index,
@@ -415,6 +501,7 @@ impl Processor for Inventory {
                     occurred_at: step.occurred_at,
                     ingested_at: step.ingested_at,
                     trace: record.trace,
+                    input: Some((&record.topic, record.offset)),
                 };
                 self.update(
                     index,
@@ -428,9 +515,10 @@ impl Processor for Inventory {
             _ => return false,
         };
         match outcome {
-            state::Applied::Stale => self.counters.stale.increment(1),
-            state::Applied::Unchanged => self.counters.unchanged.increment(1),
-            state::Applied::Changed => {}
+            Outcome::Applied(state::Applied::Stale) => self.counters.stale.increment(1),
+            Outcome::Applied(state::Applied::Unchanged) => self.counters.unchanged.increment(1),
+            Outcome::Applied(state::Applied::Changed) => {}
+            Outcome::Replayed => self.counters.replayed.increment(1),
         }
         false
     }
@@ -461,12 +549,7 @@ impl Processor for Inventory {
             if !due {
                 continue;
             }
-            let cause = Cause {
-                source_system: "erpstream",
-                occurred_at: now,
-                ingested_at: now,
-                trace: None,
-            };
+            let cause = Cause::time(now);
             let mut expired = 0;
             self.update(index, partition, &sku, cause, effects, |state, safety| {
                 let (count, outcome) = state.expire(deadline, safety, now);

@@ -11,6 +11,7 @@
 //! reference never takes the stock a second time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use erpstream_schemas::{InventoryChange, LocationStock, Reservation, ReservationAction};
 use rust_decimal::Decimal;
@@ -23,6 +24,64 @@ pub struct SkuState {
     pub version: i64,
     /// Per location.
     pub locations: Locations,
+    /// Per input topic, the offset of the last record this state took in.
+    #[serde(default, skip_serializing_if = "ReadUpTo::is_empty")]
+    pub read: ReadUpTo,
+}
+
+/// Per input topic, the offset of the last record a sku's state took in: a record at or
+/// before it was applied already (read again after a crash) and changes nothing. In the
+/// changelog a JSON object `{topic: offset}`; in memory the topic names are shared.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadUpTo(Vec<(Arc<str>, i64)>);
+
+impl ReadUpTo {
+    /// Whether no record was taken in yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the record at `offset` of `topic` was taken in already.
+    pub fn covers(&self, topic: &str, offset: i64) -> bool {
+        self.0
+            .iter()
+            .any(|(t, read)| **t == *topic && *read >= offset)
+    }
+
+    /// Records that the record at `offset` of `topic` was taken in.
+    pub fn advance(&mut self, topic: &Arc<str>, offset: i64) {
+        match self.0.iter_mut().find(|(t, _)| **t == **topic) {
+            Some((_, read)) => *read = (*read).max(offset),
+            None => self.0.push((Arc::clone(topic), offset)),
+        }
+    }
+
+    /// Topics and offsets.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.0.iter().map(|(t, o)| (&**t, *o))
+    }
+
+    /// Replaces each topic name by the shared copy `intern` gives.
+    pub fn share(&mut self, mut intern: impl FnMut(&str) -> Arc<str>) {
+        for (topic, _) in &mut self.0 {
+            *topic = intern(topic);
+        }
+    }
+}
+
+impl Serialize for ReadUpTo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReadUpTo {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, i64>::deserialize(deserializer)?;
+        Ok(ReadUpTo(
+            map.into_iter().map(|(t, o)| (Arc::from(t), o)).collect(),
+        ))
+    }
 }
 
 /// The locations of one sku, sorted by code. A sorted vector, not a map: most skus are held

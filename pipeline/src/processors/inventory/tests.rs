@@ -248,3 +248,138 @@ fn a_cancellation_without_location_releases_the_order_everywhere() {
     assert_eq!(figures(&sku), (d(5), d(0), d(5)));
     assert_eq!(sku.reserve(&cancel, Decimal::ZERO, 3_100), Applied::Stale);
 }
+
+mod commit_path {
+    //! What makes one flush of a batch's outputs and changelog writes safe (see the
+    //! processors' contract): records read again are recognised, and resuming emits again
+    //! what may have been lost.
+    use std::collections::HashMap;
+
+    use erpstream_connectors::kafka::RawRecord;
+    use erpstream_schemas::InventoryChange;
+    use rust_decimal::Decimal;
+
+    use super::super::{Inventory, InventoryConfig};
+    use crate::processors::{Decoded, Effects, Emit, Processor, Record};
+
+    const TOPIC: &str = "t.inventory.change";
+
+    fn relative(sku: &str, offset: i64, delta: i64) -> Record {
+        Record {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset,
+            raw: RawRecord::default(),
+            trace: None,
+            event: Decoded::InventoryChange(InventoryChange {
+                event_id: format!("e{offset}"),
+                idempotency_key: format!("k{offset}"),
+                source_system: "ERP".into(),
+                source: "erp".into(),
+                occurred_at: 1_000 + offset,
+                ingested_at: 1_000 + offset,
+                sku: sku.into(),
+                location_code: "WH".into(),
+                new_quantity: None,
+                allocated_qty: None,
+                in_transit_qty: None,
+                quantity_change: Some(Decimal::from(delta)),
+                change_reason: None,
+                reference_id: None,
+            }),
+        }
+    }
+
+    fn inventory() -> Inventory {
+        let config: InventoryConfig =
+            serde_yaml_ng::from_str("{ inputs: [dedupe], output: available }").unwrap();
+        Inventory::new("inventory", &config, "t.available".into())
+    }
+
+    /// A new processor restored from `effects`' changelog writes of partition 0.
+    fn restored(effects: Effects) -> Inventory {
+        let entries: HashMap<String, Vec<u8>> = effects
+            .changelog
+            .into_iter()
+            .map(|(_, _, key, value)| (key, value.unwrap()))
+            .collect();
+        let mut inventory = inventory();
+        inventory.restore(0, entries);
+        inventory
+    }
+
+    fn on_hand(inventory: &Inventory, sku: &str) -> Decimal {
+        inventory.sku(sku).unwrap().locations["WH"].on_hand
+    }
+
+    fn emitted_skus(effects: &Effects) -> Vec<String> {
+        let mut skus: Vec<String> = effects
+            .emit
+            .iter()
+            .filter_map(|e| match e {
+                Emit::Available(_, available, _) => Some(available.sku.clone()),
+                Emit::Raw(_) => None,
+            })
+            .collect();
+        skus.sort();
+        skus
+    }
+
+    #[test]
+    fn a_relative_change_read_again_after_a_crash_is_not_applied_twice() {
+        let mut first = inventory();
+        let mut effects = Effects::default();
+        first.process(1, &relative("A", 5, 3), &mut effects);
+        assert_eq!(effects.emit.len(), 1);
+        let mut inventory = restored(effects);
+        let mut again = Effects::default();
+        inventory.process(1, &relative("A", 5, 3), &mut again);
+        assert!(
+            again.emit.is_empty() && again.changelog.is_empty(),
+            "nothing again"
+        );
+        assert_eq!(on_hand(&inventory, "A"), Decimal::from(3));
+        inventory.process(1, &relative("A", 6, 2), &mut again);
+        assert_eq!(
+            on_hand(&inventory, "A"),
+            Decimal::from(5),
+            "the next one counts"
+        );
+    }
+
+    #[test]
+    fn resuming_emits_again_what_came_from_records_after_the_committed_offset() {
+        let mut first = inventory();
+        let mut effects = Effects::default();
+        first.process(1, &relative("A", 5, 3), &mut effects);
+        first.process(1, &relative("B", 9, 4), &mut effects);
+        let mut inventory = restored(effects);
+        let resumed = |inventory: &mut Inventory, from: &[(&str, i64)]| {
+            let from = from.iter().map(|(t, o)| (t.to_string(), *o)).collect();
+            let mut effects = Effects::default();
+            inventory.resume(1, 0, &from, &mut effects);
+            emitted_skus(&effects)
+        };
+        assert_eq!(resumed(&mut inventory, &[(TOPIC, 7)]), ["B"]);
+        assert_eq!(
+            resumed(&mut inventory, &[(TOPIC, 10)]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            resumed(&mut inventory, &[]),
+            ["A", "B"],
+            "no committed offset"
+        );
+        // What is emitted again is the restored state, with its version.
+        let mut effects = Effects::default();
+        inventory.resume(1, 0, &HashMap::from([(TOPIC.to_string(), 9)]), &mut effects);
+        match &effects.emit[..] {
+            [Emit::Available(_, available, _)] => {
+                assert_eq!(available.version, 1);
+                assert_eq!(available.idempotency_key, "B@1");
+                assert_eq!(available.locations[0].available, Decimal::from(4));
+            }
+            _ => panic!("expected one inventory.available"),
+        }
+    }
+}
