@@ -20,7 +20,8 @@ started_stack=0
 if [ ! -f "$ERPSTREAM_STATE_DIR/run/tansu.pid" ] || ! kill -0 "$(cat "$ERPSTREAM_STATE_DIR/run/tansu.pid")" 2>/dev/null; then
   started_stack=1
 fi
-deploy/local/up.sh
+# A stack this script starts gets an empty broker store: every test makes its own topics.
+ERPSTREAM_FRESH_BROKER="$started_stack" deploy/local/up.sh
 if [ "$started_stack" = 1 ] && [ "${ERPSTREAM_KEEP_STACK:-0}" != 1 ]; then
   trap 'deploy/local/down.sh' EXIT
 fi

@@ -81,17 +81,47 @@ fi
 
 # --- broker ---------------------------------------------------------------------------
 # ERPSTREAM_LOCAL_BROKER=none leaves the broker out (the benchmarks bring their own).
+# ERPSTREAM_FRESH_BROKER=1 starts it on an empty store (the test suite: its topics are its
+# own, and a store that has taken every earlier run's records only makes it slower).
+# ERPSTREAM_TANSU_STORAGE picks tansu's storage engine (default: sqlite in the state
+# directory; memory://tansu/ keeps nothing across a restart — for the engine comparison).
+tansu_storage="${ERPSTREAM_TANSU_STORAGE:-sqlite://tansu.db}"
 if [ "${ERPSTREAM_LOCAL_BROKER:-tansu}" != none ] && ! alive "$state/run/tansu.pid"; then
   if port_open "$ERPSTREAM_KAFKA_PORT"; then log "port $ERPSTREAM_KAFKA_PORT is taken by another process"; exit 1; fi
+  if [ "${ERPSTREAM_FRESH_BROKER:-0}" = 1 ]; then
+    log "starting the broker on an empty store"
+    rm -f "$state"/tansu.db "$state"/tansu.db-*
+  fi
   log "starting tansu on 127.0.0.1:$ERPSTREAM_KAFKA_PORT"
   # tansu resolves sqlite:// paths against its working directory.
   (cd "$state" && exec nohup tansu broker \
     --listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$ERPSTREAM_KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db" \
+    --storage-engine "$tansu_storage" \
     >>"$state/log/tansu.log" 2>&1) &
   echo $! > "$state/run/tansu.pid"
   wait_for tansu 30 port_open "$ERPSTREAM_KAFKA_PORT"
+fi
+# tansu 0.6.0's sqlite schema has no index to find a record's headers (every fetched record
+# scanned every header ever stored — and erpstream's records all carry a traceparent — and
+# so did each cascade delete of its compaction) or a partition's watermark. That is what made
+# the local broker slower with every record taken. The indexes are added once its schema
+# exists; idempotent, and the store stays readable by tansu. (ERPSTREAM_BROKER_INDEXES=0
+# leaves them out, for the benchmark that shows the difference.)
+if [ "${ERPSTREAM_LOCAL_BROKER:-tansu}" != none ] && [ "${ERPSTREAM_BROKER_INDEXES:-1}" != 0 ] \
+  && [ "$tansu_storage" = sqlite://tansu.db ]; then
+  if ! command -v sqlite3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing sqlite3 (to index the broker's store)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq sqlite3 >/dev/null
+  fi
+  if command -v sqlite3 >/dev/null 2>&1; then
+    wait_for "tansu's store" 30 sqlite3 "$state/tansu.db" "select 1 from header limit 1; select 1 from watermark limit 1"
+    sqlite3 -cmd ".timeout 10000" "$state/tansu.db" \
+      "create index if not exists erpstream_header_by_record on header (topition, offset_id);
+       create index if not exists erpstream_watermark_by_topition on watermark (topition);"
+  else
+    log "sqlite3 not found: the broker's store is left without its indexes (it slows as it grows)"
+  fi
 fi
 
 # --- registry -------------------------------------------------------------------------
