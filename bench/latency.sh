@@ -10,8 +10,11 @@
 #   bench/latency.sh                       # rates 200 500 1000 2000 5000, 3 runs of 10 s
 #   RATES="500 2000" RUNS=5 DURATION=20 bench/latency.sh
 #   BROKER=mock RATES="2000 10000" bench/latency.sh   # on the bench broker (see stack.sh)
+#   PREFILL=1000000 RATES=500 bench/latency.sh         # on a store that has taken 1M records
+#   ERPSTREAM_BROKER_INDEXES=0 ...                      # tansu without erpstream's indexes
+#   ERPSTREAM_TANSU_STORAGE=memory://tansu/ ...         # tansu's in-memory engine
 #
-# Results: bench/results/latency-<broker>-<rate>.json per rate and
+# Results: bench/results/latency-<broker>[-<engine>][-after-N][-unindexed]-<rate>.json per rate and
 # bench/results/latency.json (every broker's rates side by side).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
@@ -21,11 +24,17 @@ trap cleanup EXIT
 runs="${RUNS:-3}"
 fresh="${FRESH:-run}"
 case "$fresh" in run) per_start=1 ;; rate) per_start="$runs" ;; *) echo "[bench] FRESH=$fresh: expected run or rate" >&2; exit 2 ;; esac
+# What the results are filed under: the broker, and how its store was prepared.
+label="$BROKER"
+case "${ERPSTREAM_TANSU_STORAGE:-sqlite://tansu.db}" in sqlite://tansu.db) ;; *) label="$label-${ERPSTREAM_TANSU_STORAGE%%:*}" ;; esac
+[ "${PREFILL:-0}" -gt 0 ] && label="$label-after-$PREFILL"
+[ "${ERPSTREAM_BROKER_INDEXES:-1}" = 0 ] && label="$label-unindexed"
 for rate in ${RATES:-200 500 1000 2000 5000}; do
-  rm -f "bench/results/latency-$BROKER-$rate.json"
+  rm -f "bench/results/latency-$label-$rate.json"
   for start in $(seq 1 $((runs / per_start))); do
     echo "[bench] rate $rate/s: fresh broker and pipeline ($start)" >&2
     fresh_stack
+    if [ "${PREFILL:-0}" -gt 0 ]; then "$bench" fill --records "$PREFILL" --brokers "$ERPSTREAM_BROKERS"; fi
     "$ERPSTREAM_BIN" run --topology topology.yaml >"$ERPSTREAM_STATE_DIR/log/pipeline-$rate.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do
@@ -34,8 +43,8 @@ for rate in ${RATES:-200 500 1000 2000 5000}; do
       sleep 0.1
     done
     "$bench" latency --target "http://$ERPSTREAM_LISTEN" --listen 127.0.0.1:9190 --rate "$rate" \
-      --runs "$per_start" --duration "${DURATION:-10}" --broker "$BROKER" --append \
-      --conditions "$ERPSTREAM_BENCH_BROKER, fresh per $fresh, release build, default topology.yaml (fetch_wait ${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}, linger 1ms, idempotence ${ERPSTREAM_KAFKA_IDEMPOTENCE:-false}), generator, broker and pipeline on the same $(nproc)-core machine"
+      --runs "$per_start" --duration "${DURATION:-10}" --broker "$label" --append \
+      --conditions "$ERPSTREAM_BENCH_BROKER, fresh per $fresh$([ "${PREFILL:-0}" -gt 0 ] && echo ", store prefilled with $PREFILL records"), release build, default topology.yaml (fetch_wait ${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}, linger 1ms, idempotence ${ERPSTREAM_KAFKA_IDEMPOTENCE:-false}), generator, broker and pipeline on the same $(nproc)-core machine"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   done
 done

@@ -4,8 +4,12 @@
 //! Every webhook `i` has a scheduled send time `start + i / rate` and its own sku, so each
 //! is delivered exactly once (no collapsing of updates to one key) and its latency is
 //! measured from the schedule, never from when a lagging generator got round to sending.
-//! A run balances when sent = delivered + failed (failed: not answered 202); a run that does
-//! not balance within the settle time is kept in the file but marked discarded.
+//! A webhook answered `503` was either refused at the door (nothing stored) or admitted and
+//! not acknowledged within the gate's `max_ack_wait` (it may still be stored and delivered;
+//! an ERP would send it again and the repeat would be dropped): both are counted, and the
+//! latency is that of the webhooks answered `202`. A run balances when every webhook
+//! answered 202 is delivered; a run that does not balance within the settle time is kept in
+//! the file but marked discarded.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -160,17 +164,28 @@ async fn one_run(
             .header("x-signature", sign_hex(args.erp_secret.as_bytes(), &body))
             .body(body);
         sends.spawn(async move {
-            let status = request.send().await.map(|r| r.status());
-            (i, status.ok(), at.elapsed().as_secs_f64() * 1000.0)
+            let Ok(response) = request.send().await else {
+                return (i, None, false, at.elapsed().as_secs_f64() * 1000.0);
+            };
+            let status = response.status();
+            let answered = at.elapsed().as_secs_f64() * 1000.0;
+            let unacknowledged = status == StatusCode::SERVICE_UNAVAILABLE
+                && response
+                    .text()
+                    .await
+                    .is_ok_and(|b| b.contains("may still be stored"));
+            (i, Some(status), unacknowledged, answered)
         });
     }
     let send_seconds = start.elapsed().as_secs_f64();
     let mut answers: Vec<Option<StatusCode>> = vec![None; events];
     let mut answer_ms = Vec::with_capacity(events);
+    let mut unacknowledged = 0usize;
     while let Some(done) = sends.join_next().await {
-        if let Ok((i, status, answered)) = done {
+        if let Ok((i, status, late, answered)) = done {
             answers[i] = status;
             answer_ms.push(answered);
+            unacknowledged += usize::from(late);
         }
     }
     let accepted = answers
@@ -183,36 +198,43 @@ async fn one_run(
         .count();
     let failed = events - accepted;
     let prefix = format!("LAT-{tag}-");
-    let delivered = |receiver: &Receiver| {
-        receiver
-            .arrivals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
+    // Each webhook's arrival (latency from its schedule), if it arrived, and whether it was
+    // answered 202.
+    let arrivals = |receiver: &Receiver| -> Vec<(Option<f64>, bool)> {
+        let arrivals = receiver.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        due.iter()
+            .enumerate()
+            .map(|(i, at)| {
+                let latency = arrivals
+                    .get(&format!("{prefix}{i:07}"))
+                    .map(|arrived| arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+                (latency, answers[i] == Some(StatusCode::ACCEPTED))
+            })
+            .collect()
+    };
+    let lost = |arrivals: &[(Option<f64>, bool)]| {
+        arrivals
+            .iter()
+            .filter(|(latency, accepted)| *accepted && latency.is_none())
             .count()
     };
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
-    while delivered(receiver) < accepted && Instant::now() < deadline {
+    while lost(&arrivals(receiver)) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (mut latencies, accepted_not_delivered) = {
-        let arrivals = receiver.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut latencies = Vec::with_capacity(accepted);
-        let mut lost = 0usize;
-        for (i, at) in due.iter().enumerate() {
-            match arrivals.get(&format!("{prefix}{i:07}")) {
-                Some(arrived) => {
-                    latencies.push(arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-                }
-                None if answers[i] == Some(StatusCode::ACCEPTED) => lost += 1,
-                None => {}
-            }
-        }
-        (latencies, lost)
-    };
+    let arrived = arrivals(receiver);
+    let accepted_not_delivered = lost(&arrived);
+    let mut latencies: Vec<f64> = arrived
+        .iter()
+        .filter(|(_, accepted)| *accepted)
+        .filter_map(|(latency, _)| *latency)
+        .collect();
+    let delivered_after_503 = arrived
+        .iter()
+        .filter(|(latency, accepted)| !*accepted && latency.is_some())
+        .count();
     let delivered = latencies.len();
-    let balanced = events == delivered + failed;
+    let balanced = accepted_not_delivered == 0;
     latencies.sort_by(f64::total_cmp);
     generator_lag.sort_by(f64::total_cmp);
     answer_ms.sort_by(f64::total_cmp);
@@ -221,7 +243,8 @@ async fn one_run(
     };
     Ok(json!({
         "sent": events, "accepted": accepted, "failed": failed, "delivered": delivered,
-        "refused_503": shed, "no_answer_or_other": failed - shed,
+        "refused_503": shed, "unacknowledged_503": unacknowledged,
+        "delivered_after_503": delivered_after_503, "no_answer_or_other": failed - shed,
         "accepted_not_delivered": accepted_not_delivered,
         "answered_ms": {"p50": pct(&answer_ms, 0.5), "p99": pct(&answer_ms, 0.99), "max": pct(&answer_ms, 1.0)},
         "balanced": balanced, "discarded": !balanced,

@@ -4,6 +4,7 @@
 
 mod broker;
 mod cdc;
+mod fill;
 mod footprint;
 mod latency;
 mod planning;
@@ -48,6 +49,9 @@ enum Bench {
     Reconcile(reconcile::Args),
     /// N keys of inventory state through a real changelog topic: restore time and RSS.
     Footprint(footprint::Args),
+    /// Writes N records to a topic of their own, so a benchmark runs on a store that has
+    /// already taken them (`PREFILL=N bench/latency.sh`).
+    Fill(fill::Args),
     /// The dedupe → inventory chain in process with Avro decode/encode: events/s per core.
     Processors(processors::Args),
     /// `GET /api/inventory/snapshot` over a materialized state of N skus: time to first byte,
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Planning(args) => planning::run(args).await,
         Bench::Reconcile(args) => reconcile::run(args).await,
         Bench::Footprint(args) => footprint::run(args).await,
+        Bench::Fill(args) => fill::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,
     }

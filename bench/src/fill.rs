@@ -1,0 +1,72 @@
+//! Fills the running broker with N records on a topic of their own — keyed, about the size
+//! of an `inventory.change`, each with a `traceparent` header like every record erpstream
+//! writes — so a benchmark can measure the pipeline on a store that has already taken them
+//! (`PREFILL=1000000 bench/latency.sh`). Progress on stderr; nothing is written to results.
+
+use std::time::Instant;
+
+use erpstream_connectors::kafka::{KafkaConfig, Publisher, RawRecord, TopicSpec, headers};
+use erpstream_schemas::{Codec, Traceparent};
+use futures::future::join_all;
+
+/// Arguments of `erpstream-bench fill`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bootstrap servers of the running broker.
+    #[arg(long, env = "ERPSTREAM_BROKERS")]
+    brokers: String,
+    /// Records to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Partitions of the topic written.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+}
+
+/// Records sent before waiting for their acknowledgements.
+const WAVE: usize = 20_000;
+
+/// Writes the records and reports the rate.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut kafka = KafkaConfig::new(args.brokers.clone());
+    kafka.linger = std::time::Duration::from_millis(20);
+    kafka.idempotence = false;
+    let topic = format!("bench.fill.{}", chrono::Utc::now().timestamp_millis());
+    erpstream_connectors::kafka::ensure_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: args.partitions,
+            compacted: false,
+        }],
+    )
+    .await?;
+    // The codec is never asked for a schema: the values are raw bytes.
+    let publisher = Publisher::new(&kafka, "bench-fill", Codec::new("http://127.0.0.1:1")?)?;
+    let started = Instant::now();
+    let mut written = 0;
+    while written < args.records {
+        let wave = WAVE.min(args.records - written);
+        let sends = (written..written + wave).map(|i| {
+            publisher.send(RawRecord {
+                topic: topic.clone(),
+                key: Some(format!("FILL-{i:08}").into_bytes()),
+                payload: Some(vec![b'x'; 160]),
+                headers: vec![headers::trace_header(&Traceparent::new_root())],
+                partition: None,
+            })
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+        written += wave;
+        if written % 100_000 == 0 || written == args.records {
+            eprintln!(
+                "[fill] {written} of {} records on {topic} ({:.0}/s)",
+                args.records,
+                written as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
