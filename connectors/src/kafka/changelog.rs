@@ -1,6 +1,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -61,35 +63,88 @@ impl Changelog {
         &self,
         partitions: &[i32],
     ) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
+        let mut state: HashMap<i32, HashMap<String, Vec<u8>>> =
+            partitions.iter().map(|p| (*p, HashMap::new())).collect();
+        let mut entries = self.read(partitions);
+        while let Some(chunk) = entries.next().await {
+            for entry in chunk? {
+                let keys = state.entry(entry.partition).or_default();
+                match entry.value {
+                    Some(value) => keys.insert(entry.key, value),
+                    None => keys.remove(&entry.key),
+                };
+            }
+        }
+        Ok(state)
+    }
+
+    /// Reads each of `partitions` from its beginning to its high watermark at the time of
+    /// the call, with one consumer on a blocking thread, and yields every record in chunks,
+    /// in changelog order per partition (a later entry for a key replaces an earlier one; a
+    /// tombstone deletes it). A failure is the last item. Memory stays bounded: the reader
+    /// waits while a few chunks are not taken yet, so a caller that applies entries as they
+    /// come never holds the whole changelog.
+    pub fn read(
+        &self,
+        partitions: &[i32],
+    ) -> impl futures::Stream<Item = Result<Vec<Entry>, KafkaError>> + Send + Unpin + 'static {
+        let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
         let topic = self.topic.clone();
         let config = self.config.clone();
         let partitions = partitions.to_vec();
-        tokio::task::spawn_blocking(move || restore_blocking(&config, &topic, &partitions))
-            .await
-            .map_err(|_| KafkaError::Canceled)?
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = read_blocking(&config, &topic, &partitions, &sender) {
+                let _ = sender.blocking_send(Err(err));
+            }
+        });
+        Box::pin(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        ))
     }
 }
 
-fn restore_blocking(
+/// One changelog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Partition (of the changelog and of the component's input).
+    pub partition: i32,
+    /// The state's key.
+    pub key: String,
+    /// The value; `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Entries per chunk handed over by [`Changelog::read`].
+const CHUNK: usize = 10_000;
+/// Chunks read ahead of the caller.
+const READ_AHEAD: usize = 4;
+/// Largest fetch per partition of a restore: a restore reads whole partitions, and brokers
+/// that scan from the fetch offset (tansu's sqlite store) answer fewer, larger fetches far
+/// faster.
+const RESTORE_FETCH_BYTES: usize = 16 << 20;
+
+fn read_blocking(
     config: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
-) -> Result<HashMap<i32, HashMap<String, Vec<u8>>>, KafkaError> {
+    sender: &tokio::sync::mpsc::Sender<Result<Vec<Entry>, KafkaError>>,
+) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = config
         .client_config("erpstream-restore")
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        .set("max.partition.fetch.bytes", RESTORE_FETCH_BYTES.to_string())
+        .set("fetch.max.bytes", (4 * RESTORE_FETCH_BYTES).to_string())
         .set(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().max(1).to_string(),
         )
         .create()?;
-    let mut state: HashMap<i32, HashMap<String, Vec<u8>>> = HashMap::new();
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &partition in partitions {
-        state.insert(partition, HashMap::new());
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
         if high > low {
             ends.insert(partition, high);
@@ -97,10 +152,11 @@ fn restore_blocking(
         }
     }
     if ends.is_empty() {
-        return Ok(state);
+        return Ok(());
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut chunk = Vec::with_capacity(CHUNK);
     while !ends.is_empty() {
         if std::time::Instant::now() > deadline {
             return Err(KafkaError::Canceled);
@@ -110,16 +166,12 @@ fn restore_blocking(
         };
         let message = message?;
         let partition = message.partition();
-        if let (Some(key), Some(keys)) = (message.key(), state.get_mut(&partition)) {
-            let key = String::from_utf8_lossy(key).into_owned();
-            match message.payload() {
-                Some(value) => {
-                    keys.insert(key, value.to_vec());
-                }
-                None => {
-                    keys.remove(&key);
-                }
-            }
+        if let Some(key) = message.key() {
+            chunk.push(Entry {
+                partition,
+                key: String::from_utf8_lossy(key).into_owned(),
+                value: message.payload().map(<[u8]>::to_vec),
+            });
         }
         if ends
             .get(&partition)
@@ -127,6 +179,12 @@ fn restore_blocking(
         {
             ends.remove(&partition);
         }
+        if chunk.len() >= CHUNK || ends.is_empty() {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if sender.blocking_send(Ok(full)).is_err() {
+                return Ok(()); // the caller stopped reading
+            }
+        }
     }
-    Ok(state)
+    Ok(())
 }

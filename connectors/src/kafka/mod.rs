@@ -23,7 +23,7 @@ mod producer;
 mod retrying;
 
 pub use admin::{TopicSpec, ensure_topics};
-pub use changelog::Changelog;
+pub use changelog::{Changelog, Entry};
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer, next_batch};
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};

@@ -152,8 +152,21 @@ pub struct Effects {
 pub trait Processor: Send + Sync {
     /// The processor's id in the topology.
     fn id(&self) -> &str;
+    /// Starts restoring `partition`: its state is emptied, and [`restore_entry`] gives it the
+    /// changelog's records.
+    ///
+    /// [`restore_entry`]: Processor::restore_entry
+    fn restore_begin(&mut self, partition: i32);
+    /// One changelog record of `partition`, in changelog order: it replaces what an earlier
+    /// one for `key` set; `None` deletes the key.
+    fn restore_entry(&mut self, partition: i32, key: String, value: Option<&[u8]>);
     /// Replaces the state of `partition` with the changelog's latest values.
-    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>);
+    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
+        self.restore_begin(partition);
+        for (key, value) in entries {
+            self.restore_entry(partition, key, Some(&value));
+        }
+    }
     /// Forgets the state of a revoked partition.
     fn revoke(&mut self, partition: i32);
     /// Processes one record. `index` is this processor's place in the chain (for changelog

@@ -24,6 +24,7 @@ use erpstream_schemas::{Codec, CodecError, EventKind};
 use futures::StreamExt;
 use futures::future::join_all;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::watch;
 
@@ -276,38 +277,18 @@ impl StreamTask {
         partitions: &[i32],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, TaskError> {
-        let reads = self.changelogs.iter().map(|changelog| {
-            let mut shutdown = shutdown.clone();
-            async move {
-                kafka::retrying("restoring processor state", &mut shutdown, || {
-                    changelog.restore(partitions)
-                })
-                .await
+        // A broker error is always an outage here: only shutdown ends the wait.
+        let mut wait = Duration::from_millis(100);
+        while let Err(err) = self.read_changelogs(partitions).await {
+            tracing::warn!(error = %err, "restoring processor state failed; retrying");
+            if kafka::sleep_or_shutdown(wait, shutdown).await {
+                return Ok(false);
             }
-        });
-        let mut states = Vec::with_capacity(self.chain.len());
-        for read in join_all(reads).await {
-            match read {
-                Some(Ok(state)) => states.push(state),
-                // KafkaError is always retriable: only shutdown ends the wait.
-                Some(Err(_)) | None => return Ok(false),
-            }
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
         let Some(committed) = self.committed(partitions, shutdown).await else {
             return Ok(false);
         };
-        for (processor, mut restored) in self.chain.iter_mut().zip(states) {
-            for &partition in partitions {
-                let entries = restored.remove(&partition).unwrap_or_default();
-                tracing::info!(
-                    processor = processor.id(),
-                    partition,
-                    keys = entries.len(),
-                    "state restored"
-                );
-                processor.restore(partition, entries);
-            }
-        }
         let mut effects = Effects::default();
         for (index, processor) in self.chain.iter_mut().enumerate() {
             for partition in partitions {
@@ -323,6 +304,40 @@ impl StreamTask {
         }
         self.restored.extend(partitions.iter().copied());
         Ok(true)
+    }
+
+    /// Reads every processor's changelog of `partitions` into its state, side by side,
+    /// applying the entries as they come (the whole changelog is never held at once).
+    async fn read_changelogs(&mut self, partitions: &[i32]) -> Result<(), KafkaError> {
+        for processor in &mut self.chain {
+            for &partition in partitions {
+                processor.restore_begin(partition);
+            }
+        }
+        let reads = self
+            .changelogs
+            .iter()
+            .enumerate()
+            .map(|(index, changelog)| changelog.read(partitions).map(move |chunk| (index, chunk)));
+        let mut reads = futures::stream::select_all(reads);
+        let mut entries = vec![0usize; self.chain.len()];
+        while let Some((index, chunk)) = reads.next().await {
+            let processor = &mut self.chain[index];
+            let chunk = chunk?;
+            entries[index] += chunk.len();
+            for entry in chunk {
+                processor.restore_entry(entry.partition, entry.key, entry.value.as_deref());
+            }
+        }
+        for (processor, entries) in self.chain.iter().zip(entries) {
+            tracing::info!(
+                processor = processor.id(),
+                ?partitions,
+                entries,
+                "state restored"
+            );
+        }
+        Ok(())
     }
 
     /// Per partition, the group's committed offset of each input topic (topics without one

@@ -188,17 +188,22 @@ impl Processor for Dedupe {
         &self.id
     }
 
-    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
+    fn restore_begin(&mut self, partition: i32) {
+        self.seen.insert(partition, HashMap::new());
+    }
+
+    fn restore_entry(&mut self, partition: i32, key: String, value: Option<&[u8]>) {
         let horizon = erpstream_schemas::now_millis() - self.retention_ms;
         let topics = &mut self.topics;
-        let keys = entries
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let seen = Seen::decode(&value, |topic| intern(topics, topic))?;
-                (seen.at >= horizon).then_some((key, seen))
-            })
-            .collect();
-        self.seen.insert(partition, keys);
+        let keys = self.seen.entry(partition).or_default();
+        match value.and_then(|value| Seen::decode(value, |topic| intern(topics, topic))) {
+            Some(seen) if seen.at >= horizon => {
+                keys.insert(key, seen);
+            }
+            _ => {
+                keys.remove(&key);
+            }
+        }
     }
 
     fn revoke(&mut self, partition: i32) {

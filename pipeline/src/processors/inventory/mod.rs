@@ -409,28 +409,40 @@ impl Processor for Inventory {
         &self.id
     }
 
-    fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
-        let mut tracked = HashSet::new();
-        let topics = &mut self.topics;
-        let skus = entries
-            .into_iter()
-            .filter_map(|(sku, value)| match serde_json::from_slice::<SkuState>(&value) {
-                Ok(mut state) => {
-                    state.read.share(|topic| intern(topics, topic));
-                    if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty())
-                    {
-                        tracked.insert(sku.clone());
-                    }
-                    Some((sku, state))
+    fn restore_begin(&mut self, partition: i32) {
+        self.state.write().insert(partition, Default::default());
+        self.tracked.insert(partition, HashSet::new());
+    }
+
+    fn restore_entry(&mut self, partition: i32, sku: String, value: Option<&[u8]>) {
+        let state = match value.map(serde_json::from_slice::<SkuState>) {
+            Some(Ok(mut state)) => {
+                state.read.share(|topic| intern(&mut self.topics, topic));
+                Some(state)
+            }
+            Some(Err(err)) => {
+                tracing::error!(error = %err, sku, "unreadable inventory state in changelog; skipping key");
+                None
+            }
+            None => None,
+        };
+        let tracked = self.tracked.entry(partition).or_default();
+        let mut partitions = self.state.write();
+        let skus = partitions.entry(partition).or_default();
+        match state {
+            Some(state) => {
+                if state.has_holds() || state.locations.values().any(|l| !l.ended.is_empty()) {
+                    tracked.insert(sku.clone());
+                } else {
+                    tracked.remove(&sku);
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "unreadable inventory state in changelog; skipping key");
-                    None
-                }
-            })
-            .collect();
-        self.state.write().insert(partition, skus);
-        self.tracked.insert(partition, tracked);
+                skus.insert(sku, state);
+            }
+            None => {
+                tracked.remove(&sku);
+                skus.remove(&sku);
+            }
+        }
     }
 
     fn revoke(&mut self, partition: i32) {
