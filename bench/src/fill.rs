@@ -31,6 +31,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut kafka = KafkaConfig::new(args.brokers.clone());
     kafka.linger = std::time::Duration::from_millis(20);
     kafka.idempotence = false;
+    // A slow store must not fail the fill: waves wait as long as it takes.
+    kafka.delivery_timeout = std::time::Duration::from_secs(300);
     let topic = format!("bench.fill.{}", chrono::Utc::now().timestamp_millis());
     erpstream_connectors::kafka::ensure_topics(
         &kafka,

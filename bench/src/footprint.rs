@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     for wave in (0..args.skus).collect::<Vec<_>>().chunks(20_000) {
         let sends = wave.iter().map(|&i| {
-            let value = serde_json::to_vec(&sku_state(i, args.locations)).expect("serialize");
+            let value = sku_state(i, args.locations).to_bytes();
             publisher.send(RawRecord {
                 topic: topic.clone(),
                 key: Some(format!("SKU-{i:08}").into_bytes()),

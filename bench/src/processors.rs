@@ -2,7 +2,7 @@
 //! core, with the Avro work a running chain does — decoding each Confluent wire-format input
 //! and encoding each emitted `inventory.available` — through apache-avro, the library the
 //! codec uses. Reported separately: the whole path, decode only, processing only (which
-//! includes the JSON changelog values the inventory processor writes) and encode only, so the
+//! includes the changelog values the inventory processor writes) and encode only, so the
 //! profile says where the time goes.
 //!
 //! Two Avro paths are measured: `value` — what the codec does today (serde → `Value` tree →

@@ -96,10 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .filter(|i| (*i as i32) % args.partitions == partition)
             .map(|i| {
                 let state = sku_state(i, args.locations);
-                (
-                    format!("SKU-{i:08}"),
-                    serde_json::to_vec(&state).expect("serialize"),
-                )
+                (format!("SKU-{i:08}"), state.to_bytes())
             })
             .collect();
         let started = Instant::now();

@@ -119,9 +119,9 @@ pub struct Entry {
 const CHUNK: usize = 10_000;
 /// Chunks read ahead of the caller.
 const READ_AHEAD: usize = 4;
-/// Largest fetch per partition of a restore: a restore reads whole partitions, and brokers
-/// that scan from the fetch offset (tansu's sqlite store) answer fewer, larger fetches far
-/// faster.
+/// Largest fetch response of a restore: a restore reads whole partitions, and brokers that
+/// scan from the fetch offset (tansu's sqlite store) answer fewer, larger fetches far faster;
+/// the client's read-ahead is held to the same size, so a restore's buffers stay bounded.
 const RESTORE_FETCH_BYTES: usize = 16 << 20;
 
 fn read_blocking(
@@ -135,8 +135,15 @@ fn read_blocking(
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("max.partition.fetch.bytes", RESTORE_FETCH_BYTES.to_string())
-        .set("fetch.max.bytes", (4 * RESTORE_FETCH_BYTES).to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            (RESTORE_FETCH_BYTES / 2).to_string(),
+        )
+        .set("fetch.max.bytes", RESTORE_FETCH_BYTES.to_string())
+        .set(
+            "queued.max.messages.kbytes",
+            (RESTORE_FETCH_BYTES >> 10).to_string(),
+        )
         .set(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().max(1).to_string(),

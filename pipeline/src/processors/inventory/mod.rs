@@ -30,7 +30,7 @@ use erpstream_schemas::{EventKind, InventoryAvailable, Traceparent};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-pub use state::{Hold, LocationState, Locations, SkuState};
+pub use state::{Hold, LocationState, Locations, SkuState, StoredError};
 
 use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record, intern};
 
@@ -356,7 +356,7 @@ impl Inventory {
                 .insert(sku.to_string());
         }
         // Even when nothing is published, what was accepted must survive a restart.
-        let value = serde_json::to_vec(&*state).ok();
+        let value = Some(state.to_bytes());
         let available =
             (outcome == state::Applied::Changed).then(|| self.available(sku, state, &cause));
         drop(partitions);
@@ -415,7 +415,7 @@ impl Processor for Inventory {
     }
 
     fn restore_entry(&mut self, partition: i32, sku: String, value: Option<&[u8]>) {
-        let state = match value.map(serde_json::from_slice::<SkuState>) {
+        let state = match value.map(SkuState::from_bytes) {
             Some(Ok(mut state)) => {
                 state.read.share(|topic| intern(&mut self.topics, topic));
                 Some(state)

@@ -10,6 +10,8 @@
 //! Ended holds are remembered for a while (`ended`) so a repeated or late HOLD for the same
 //! reference never takes the stock a second time.
 
+mod stored;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,7 +19,9 @@ use erpstream_schemas::{InventoryChange, LocationStock, Reservation, Reservation
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// The state of one sku, as written to the changelog.
+pub use stored::StoredError;
+
+/// The state of one sku, as written to the changelog ([`SkuState::to_bytes`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkuState {
     /// Bumped on every change of any location.
@@ -31,7 +35,7 @@ pub struct SkuState {
 
 /// Per input topic, the offset of the last record a sku's state took in: a record at or
 /// before it was applied already (read again after a crash) and changes nothing. In the
-/// changelog a JSON object `{topic: offset}`; in memory the topic names are shared.
+/// JSON form an object `{topic: offset}`; in memory the topic names are shared.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadUpTo(Vec<(Arc<str>, i64)>);
 
@@ -85,8 +89,8 @@ impl<'de> Deserialize<'de> for ReadUpTo {
 }
 
 /// The locations of one sku, sorted by code. A sorted vector, not a map: most skus are held
-/// at one or a few locations, and a B-tree node would cost ~2 KB per sku. In the changelog
-/// it is a JSON object `{code: state}`.
+/// at one or a few locations, and a B-tree node would cost ~2 KB per sku. In the JSON form
+/// (snapshots, changelog values of earlier versions) it is an object `{code: state}`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Locations(Vec<(String, LocationState)>);
 
