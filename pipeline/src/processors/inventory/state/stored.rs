@@ -156,13 +156,17 @@ impl Reader<'_> {
 
     fn sku(mut self) -> Result<SkuState, StoredError> {
         let version = self.i64()?;
-        let mut read = Vec::new();
-        for _ in 0..self.count(12)? {
+        // Exact capacities: a million restored states must not each carry a grown vector's
+        // spare room.
+        let count = self.count(12)?;
+        let mut read = Vec::with_capacity(count);
+        for _ in 0..count {
             let topic: Arc<str> = Arc::from(self.string()?);
             read.push((topic, self.i64()?));
         }
-        let mut locations = Vec::new();
-        for _ in 0..self.count(108)? {
+        let count = self.count(108)?;
+        let mut locations = Vec::with_capacity(count);
+        for _ in 0..count {
             let code = self.string()?;
             let mut l = LocationState {
                 on_hand: self.decimal()?,
