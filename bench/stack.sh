@@ -22,7 +22,7 @@ export ERPSTREAM_BIN="$target/release/erpstream"
 bench="$target/release/erpstream-bench"
 BROKER="${BROKER:-tansu}"
 case "$BROKER" in
-  tansu) export ERPSTREAM_BENCH_BROKER="tansu 0.6.0 (sqlite, fresh store)" ;;
+  tansu) export ERPSTREAM_BENCH_BROKER="tansu 0.6.0 (${ERPSTREAM_TANSU_STORAGE:-sqlite://tansu.db}$([ "${ERPSTREAM_BROKER_INDEXES:-1}" = 0 ] && echo ", without erpstream's indexes"), fresh store)" ;;
   mock)
     export ERPSTREAM_BENCH_BROKER="librdkafka 2.12.1 mock cluster (1 broker, in memory)"
     # The mock implements the idempotent producer; production brokers run with it on.
