@@ -30,7 +30,7 @@ pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
 pub use headers::{header, header_text, headers_of, trace_of};
 pub use offsets::OffsetTracker;
 pub use producer::{Ack, AckObserver, PendingAck, PublishError, Publisher, RawRecord};
-pub use retrying::{Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
+pub use retrying::{Backoff, Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
 
 /// Kafka header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = headers::TRACEPARENT;

@@ -69,7 +69,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Retriable + Display,
 {
-    let mut wait = FIRST_WAIT;
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
         match attempt().await {
@@ -82,13 +82,34 @@ where
             Err(err) if err.is_retriable() => {
                 failures += 1;
                 tracing::warn!(error = %err, attempt = failures, "{what} failed; retrying");
-                if sleep_or_shutdown(wait, shutdown).await {
+                if backoff.sleep(shutdown).await {
                     return None;
                 }
-                wait = (wait * 2).min(MAX_WAIT);
             }
             Err(err) => return Some(Err(err)),
         }
+    }
+}
+
+/// The waits between attempts of [`retrying`]: 100 ms, doubling to 5 s — for a retry loop
+/// whose attempt `retrying` cannot take (one that borrows its caller mutably).
+#[derive(Debug)]
+pub struct Backoff {
+    wait: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { wait: FIRST_WAIT }
+    }
+}
+
+impl Backoff {
+    /// Sleeps the next wait; `true` if shutdown was asked for first.
+    pub async fn sleep(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let stop = sleep_or_shutdown(self.wait, shutdown).await;
+        self.wait = (self.wait * 2).min(MAX_WAIT);
+        stop
     }
 }
 

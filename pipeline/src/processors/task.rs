@@ -278,13 +278,12 @@ impl StreamTask {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, TaskError> {
         // A broker error is always an outage here: only shutdown ends the wait.
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = kafka::Backoff::default();
         while let Err(err) = self.read_changelogs(partitions).await {
             tracing::warn!(error = %err, "restoring processor state failed; retrying");
-            if kafka::sleep_or_shutdown(wait, shutdown).await {
+            if backoff.sleep(shutdown).await {
                 return Ok(false);
             }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
         let Some(committed) = self.committed(partitions, shutdown).await else {
             return Ok(false);
