@@ -26,42 +26,67 @@ pub struct Args {
 /// Records sent before waiting for their acknowledgements.
 const WAVE: usize = 20_000;
 
-/// Writes the records and reports the rate.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut kafka = KafkaConfig::new(args.brokers.clone());
+/// A producer for bulk bench writes (20 ms linger, no idempotence, acknowledgements waited
+/// for as long as a slow store takes) and a new topic `<prefix>.<ms>` created for it.
+pub async fn new_topic(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    compacted: bool,
+) -> anyhow::Result<(KafkaConfig, Publisher, String)> {
+    let mut kafka = KafkaConfig::new(brokers.to_string());
     kafka.linger = std::time::Duration::from_millis(20);
     kafka.idempotence = false;
-    // A slow store must not fail the fill: waves wait as long as it takes.
     kafka.delivery_timeout = std::time::Duration::from_secs(300);
-    let topic = format!("bench.fill.{}", chrono::Utc::now().timestamp_millis());
+    let topic = format!("{prefix}.{}", chrono::Utc::now().timestamp_millis());
     erpstream_connectors::kafka::ensure_topics(
         &kafka,
         &[TopicSpec {
             name: topic.clone(),
-            partitions: args.partitions,
-            compacted: false,
+            partitions,
+            compacted,
         }],
     )
     .await?;
-    // The codec is never asked for a schema: the values are raw bytes.
-    let publisher = Publisher::new(&kafka, "bench-fill", Codec::new("http://127.0.0.1:1")?)?;
-    let started = Instant::now();
+    // The codec is never asked for a schema: bench values are raw bytes.
+    let publisher = Publisher::new(&kafka, prefix, Codec::new("http://127.0.0.1:1")?)?;
+    Ok((kafka, publisher, topic))
+}
+
+/// Sends `count` records, `record(i)` each, in waves acknowledged before the next;
+/// `progress(written)` after every wave.
+pub async fn write_waves(
+    publisher: &Publisher,
+    count: usize,
+    record: impl Fn(usize) -> RawRecord,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<()> {
     let mut written = 0;
-    while written < args.records {
-        let wave = WAVE.min(args.records - written);
-        let sends = (written..written + wave).map(|i| {
-            publisher.send(RawRecord {
-                topic: topic.clone(),
-                key: Some(format!("FILL-{i:08}").into_bytes()),
-                payload: Some(vec![b'x'; 160]),
-                headers: vec![headers::trace_header(&Traceparent::new_root())],
-                partition: None,
-            })
-        });
+    while written < count {
+        let wave = WAVE.min(count - written);
+        let sends = (written..written + wave).map(|i| publisher.send(record(i)));
         for result in join_all(sends).await {
             result?;
         }
         written += wave;
+        progress(written);
+    }
+    Ok(())
+}
+
+/// Writes the records and reports the rate.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (_, publisher, topic) =
+        new_topic(&args.brokers, "bench.fill", args.partitions, false).await?;
+    let started = Instant::now();
+    let record = |i: usize| RawRecord {
+        topic: topic.clone(),
+        key: Some(format!("FILL-{i:08}").into_bytes()),
+        payload: Some(vec![b'x'; 160]),
+        headers: vec![headers::trace_header(&Traceparent::new_root())],
+        partition: None,
+    };
+    write_waves(&publisher, args.records, record, |written| {
         if written % 100_000 == 0 || written == args.records {
             eprintln!(
                 "[fill] {written} of {} records on {topic} ({:.0}/s)",
@@ -69,6 +94,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 written as f64 / started.elapsed().as_secs_f64()
             );
         }
-    }
-    Ok(())
+    })
+    .await
 }

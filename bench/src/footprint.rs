@@ -5,15 +5,13 @@
 
 use std::time::Instant;
 
-use erpstream_connectors::kafka::{Changelog, KafkaConfig, Publisher, RawRecord, TopicSpec};
+use erpstream_connectors::kafka::{Changelog, RawRecord};
 use erpstream_pipeline::processors::Processor;
 use erpstream_pipeline::processors::inventory::{Inventory, InventoryConfig};
-use erpstream_schemas::Codec;
 use futures::StreamExt;
-use futures::future::join_all;
 use serde_json::json;
 
-use crate::{report, snapshot::sku_state};
+use crate::{fill, report, snapshot::sku_state};
 
 /// Arguments of `erpstream-bench footprint`.
 #[derive(clap::Args)]
@@ -34,42 +32,26 @@ pub struct Args {
 
 /// Runs the benchmark and writes `bench/results/footprint.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut kafka = KafkaConfig::new(args.brokers.clone());
-    kafka.linger = std::time::Duration::from_millis(20);
-    kafka.idempotence = false;
-    let topic = format!(
-        "bench.footprint.{}.changelog",
-        chrono::Utc::now().timestamp_millis()
-    );
-    erpstream_connectors::kafka::ensure_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: args.partitions,
-            compacted: true,
-        }],
+    let (kafka, publisher, topic) = fill::new_topic(
+        &args.brokers,
+        "bench.footprint.changelog",
+        args.partitions,
+        true,
     )
     .await?;
-    // The codec is never asked for a schema: changelog values are raw bytes.
-    let publisher = Publisher::new(&kafka, "bench-footprint", Codec::new("http://127.0.0.1:1")?)?;
     eprintln!("[footprint] writing {} keys to {topic}", args.skus);
     let started = Instant::now();
-    for wave in (0..args.skus).collect::<Vec<_>>().chunks(20_000) {
-        let sends = wave.iter().map(|&i| {
-            let value = sku_state(i, args.locations).to_bytes();
-            publisher.send(RawRecord {
-                topic: topic.clone(),
-                key: Some(format!("SKU-{i:08}").into_bytes()),
-                payload: Some(value),
-                headers: Vec::new(),
-                partition: Some((i % args.partitions as usize) as i32),
-            })
-        });
-        for result in join_all(sends).await {
-            result?;
-        }
-        eprintln!("  {} written", wave.last().map_or(0, |l| l + 1));
-    }
+    let record = |i: usize| RawRecord {
+        topic: topic.clone(),
+        key: Some(format!("SKU-{i:08}").into_bytes()),
+        payload: Some(sku_state(i, args.locations).to_bytes()),
+        headers: Vec::new(),
+        partition: Some((i % args.partitions as usize) as i32),
+    };
+    fill::write_waves(&publisher, args.skus, record, |written| {
+        eprintln!("  {written} written")
+    })
+    .await?;
     let write_seconds = started.elapsed().as_secs_f64();
 
     let baseline_rss = report::proc_status_bytes("VmRSS:");
