@@ -53,48 +53,61 @@ enum Path {
 
 const PARTITIONS: i32 = 3;
 
-fn schema(kind: EventKind) -> anyhow::Result<Schema> {
-    Ok(Schema::parse_str(kind.schema_text())?)
+/// A contract's schema with its writer and reader, built once (as the codec builds them).
+struct Contract {
+    schema: &'static Schema,
+    writer: GenericDatumWriter<'static>,
+    reader: GenericDatumReader<'static>,
 }
 
-fn encode<T: serde::Serialize>(path: Path, schema: &Schema, event: &T) -> anyhow::Result<Vec<u8>> {
-    let writer = GenericDatumWriter::builder(schema).build()?;
-    let mut out = vec![0u8, 0, 0, 0, 1];
-    match path {
-        Path::Value => {
-            let value = apache_avro::to_value(event)?.resolve(schema)?;
-            writer.write_value(&mut out, value)?;
-        }
-        Path::Direct => {
-            writer.write_ser(&mut out, event)?;
-        }
+impl Contract {
+    fn new(kind: EventKind) -> anyhow::Result<Self> {
+        let schema = erpstream_schemas::codec::bundled_schema(kind)?;
+        Ok(Self {
+            schema,
+            writer: GenericDatumWriter::builder(schema).build()?,
+            reader: GenericDatumReader::builder(schema).build()?,
+        })
     }
-    Ok(out)
-}
 
-fn decode(path: Path, schema: &Schema, payload: &[u8]) -> anyhow::Result<InventoryChange> {
-    let reader = GenericDatumReader::builder(schema).build()?;
-    Ok(match path {
-        Path::Value => apache_avro::from_value(&reader.read_value(&mut &payload[5..])?)?,
-        Path::Direct => reader.read_deser(&mut &payload[5..])?,
-    })
+    fn encode<T: serde::Serialize>(&self, path: Path, event: &T) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&[0u8, 0, 0, 0, 1]);
+        match path {
+            Path::Value => {
+                let value = apache_avro::to_value(event)?.resolve(self.schema)?;
+                self.writer.write_value(&mut out, value)?;
+            }
+            Path::Direct => {
+                self.writer.write_ser(&mut out, event)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(&self, path: Path, payload: &[u8]) -> anyhow::Result<InventoryChange> {
+        Ok(match path {
+            Path::Value => apache_avro::from_value(&self.reader.read_value(&mut &payload[5..])?)?,
+            Path::Direct => self.reader.read_deser(&mut &payload[5..])?,
+        })
+    }
 }
 
 /// The direct path must give the value path's bytes and events.
-fn check_paths_agree(inputs: &[(i32, Vec<u8>)], input: &Schema) -> anyhow::Result<()> {
+fn check_paths_agree(inputs: &[(i32, Vec<u8>)], input: &Contract) -> anyhow::Result<()> {
     for (_, payload) in inputs.iter().take(1_000) {
-        let by_value = decode(Path::Value, input, payload)?;
-        let direct = decode(Path::Direct, input, payload)?;
+        let by_value = input.decode(Path::Value, payload)?;
+        let direct = input.decode(Path::Direct, payload)?;
         anyhow::ensure!(by_value == direct, "direct decode differs: {direct:?}");
         anyhow::ensure!(
-            encode(Path::Direct, input, &direct)? == *payload,
+            input.encode(Path::Direct, &direct)? == *payload,
             "direct encode differs for {direct:?}"
         );
     }
     Ok(())
 }
 
-fn inputs(args: &Args, schema: &Schema) -> anyhow::Result<Vec<(i32, Vec<u8>)>> {
+fn inputs(args: &Args, input: &Contract) -> anyhow::Result<Vec<(i32, Vec<u8>)>> {
     let path = Path::Value;
     let mut out = Vec::with_capacity(args.events);
     let every = if args.duplicates > 0.0 {
@@ -122,7 +135,7 @@ fn inputs(args: &Args, schema: &Schema) -> anyhow::Result<Vec<(i32, Vec<u8>)>> {
             sku: sku.clone(),
         };
         let partition = (sku.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
-        out.push((partition, encode(path, schema, &event)?));
+        out.push((partition, input.encode(path, &event)?));
     }
     Ok(out)
 }
@@ -138,8 +151,8 @@ struct Timings {
 fn one_run(
     path: Path,
     inputs: &[(i32, Vec<u8>)],
-    input: &Schema,
-    output: &Schema,
+    input: &Contract,
+    output: &Contract,
 ) -> anyhow::Result<Timings> {
     let dedupe_config: DedupeConfig =
         serde_json::from_value(json!({"inputs": ["inventory.change"]}))?;
@@ -165,7 +178,7 @@ fn one_run(
         let mut effects = Effects::default();
         for (i, (partition, payload)) in batch.iter().enumerate() {
             let t0 = Instant::now();
-            let event = decode(path, input, payload)?;
+            let event = input.decode(path, payload)?;
             let t1 = Instant::now();
             let record = Record {
                 topic: "inventory.change".into(),
@@ -192,7 +205,7 @@ fn one_run(
         let t2 = Instant::now();
         for emit in effects.emit {
             if let Emit::Available(_, available, _) = emit {
-                let bytes = encode::<InventoryAvailable>(path, output, &available)?;
+                let bytes = output.encode::<InventoryAvailable>(path, &available)?;
                 std::hint::black_box(bytes);
                 emitted += 1;
             }
@@ -210,8 +223,8 @@ fn one_run(
 
 /// Runs the benchmark and writes `bench/results/processors.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let input = schema(EventKind::InventoryChange)?;
-    let output = schema(EventKind::InventoryAvailable)?;
+    let input = Contract::new(EventKind::InventoryChange)?;
+    let output = Contract::new(EventKind::InventoryAvailable)?;
     eprintln!("[processors] encoding {} inputs", args.events);
     let inputs = inputs(&args, &input)?;
     check_paths_agree(&inputs, &input)?;

@@ -23,6 +23,9 @@ pub const INGEST_LATENCY: &str = "erpstream_ingest_latency_seconds";
 pub const REQUEST_DURATION: &str = "erpstream_http_request_duration_seconds";
 /// Deliveries waiting in a sink, by component.
 pub const PENDING: &str = "erpstream_component_pending_events";
+/// Counter: processor transactions (`kafka.transactions`), by `outcome`: `committed` or
+/// `aborted` (the batch is processed again from the committed offsets).
+pub const TRANSACTIONS: &str = "erpstream_processor_transactions_total";
 /// Ingest requests refused at the door (`503` + `Retry-After`), by `reason`.
 pub const SHED: &str = "erpstream_http_shed_total";
 /// The longest wait the admission gate predicts for a record accepted now, at a stage on the
@@ -39,6 +42,8 @@ pub const ERROR_TYPE: &str = "error_type";
 pub const STAGE: &str = "stage";
 /// Label: why an event was dropped.
 pub const REASON: &str = "reason";
+/// Label: how a transaction ended.
+pub const OUTCOME: &str = "outcome";
 
 /// Registers descriptions for every metric above (call once at start-up).
 pub fn describe() {
@@ -49,6 +54,10 @@ pub fn describe() {
     describe_counter!(DROPPED_EVENTS, "Events dropped on purpose, by reason.");
     describe_counter!(DEAD_LETTERED, "Records sent to a dead-letter topic.");
     describe_counter!(RETRIES, "Delivery attempts that were retried.");
+    describe_counter!(
+        TRANSACTIONS,
+        "Processor batch transactions, by outcome (committed, aborted)."
+    );
     describe_histogram!(
         END_TO_END_LATENCY,
         Unit::Seconds,

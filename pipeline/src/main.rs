@@ -31,6 +31,13 @@ enum Command {
         /// The topology file.
         file: PathBuf,
     },
+    /// List the topics the topology needs (declared ones, dead-letter topics, changelogs),
+    /// one JSON object per line: name, partitions, cleanup policy. erpstream creates missing
+    /// topics at start; where it may not (managed Kafka), create these first.
+    Topics {
+        #[command(flatten)]
+        topology: TopologyArg,
+    },
     /// Print a topic's records as JSON lines (values decoded through the registry).
     Tail {
         /// Topic, e.g. inventory.change.
@@ -299,6 +306,20 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Topics { topology } => {
+            let file = topology.topology;
+            let topology =
+                Topology::load(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            for spec in erpstream_pipeline::runtime::topic_specs(&topology) {
+                let policy = if spec.compacted { "compact" } else { "delete" };
+                println!(
+                    "{}",
+                    serde_json::json!({"name": spec.name, "partitions": spec.partitions,
+                        "cleanup_policy": policy})
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { topology } => {
             let topology = Topology::load(&topology)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", topology.display()))?;

@@ -129,6 +129,55 @@ impl Drop for Broker {
     }
 }
 
+/// librdkafka's mock cluster, hosted by the test process on a real TCP port of 127.0.0.1
+/// for as long as it lives: a broker with transactions, which the local broker (tansu 0.6.0)
+/// lacks. It has no CreateTopics, so [`MockBroker::create_topics`] creates a pipeline's
+/// topics (as `erpstream topics` lists them) before the pipeline starts.
+pub struct MockBroker {
+    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    /// Bootstrap servers.
+    pub brokers: String,
+}
+
+impl MockBroker {
+    /// Starts a one-broker mock cluster.
+    pub fn start() -> Self {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+        let brokers = cluster.bootstrap_servers();
+        Self { cluster, brokers }
+    }
+
+    /// The cluster, for injecting errors into the requests it answers.
+    pub fn cluster(
+        &self,
+    ) -> &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        &self.cluster
+    }
+
+    /// Creates every topic `pipeline`'s topology needs.
+    pub fn create_topics(&self, pipeline: &Pipeline) {
+        let output = Command::new(binary())
+            .arg("topics")
+            .arg("--topology")
+            .arg(&pipeline.topology)
+            .output()
+            .expect("run erpstream topics");
+        assert!(
+            output.status.success(),
+            "erpstream topics: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let topic: Value = serde_json::from_str(line).expect("a JSON line per topic");
+            let name = topic["name"].as_str().expect("name");
+            let partitions = topic["partitions"].as_i64().expect("partitions") as i32;
+            self.cluster
+                .create_topic(name, partitions, 1)
+                .expect("create topic in the mock cluster");
+        }
+    }
+}
+
 /// A throw-away Postgres 15 cluster of this test's own (so it can be restarted or run with
 /// other settings without disturbing the stack's).
 pub struct PgCluster {
@@ -531,6 +580,9 @@ pub struct TopologyOptions {
     /// runs against it, and a test about something else must not see its webhooks shed
     /// (`tests/tests/overload.rs` tests the gate, and the topology tests its defaults).
     pub admission: Option<&'static str>,
+    /// `kafka.transactions` (with the idempotent producer it needs): only on a broker that
+    /// has them ([`MockBroker`]).
+    pub transactions: bool,
 }
 
 impl TopologyOptions {
@@ -557,6 +609,7 @@ impl TopologyOptions {
             reservation_expiry: "30m",
             extra_sources: String::new(),
             admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
+            transactions: false,
         }
     }
 }
@@ -659,7 +712,8 @@ kafka:
   brokers: {brokers}
   topic_prefix: "{prefix}"
   delivery_timeout: {delivery_timeout}
-  idempotence: false
+  idempotence: {transactions}
+  transactions: {transactions}
   instance_id: test
 registry:
   url: {registry}
@@ -667,6 +721,7 @@ registry:
             brokers = options.brokers,
             registry = options.registry,
             delivery_timeout = options.delivery_timeout,
+            transactions = options.transactions,
             admission = options
                 .admission
                 .map(|a| format!("\n  admission: {a}"))
@@ -1015,6 +1070,7 @@ pub struct TopicRecord {
 }
 
 /// How many records `topic` holds (the sum of its partitions' high watermarks).
+/// Records in `topic` (all partitions, high minus low watermark).
 pub fn topic_size(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -79,7 +80,8 @@ impl Changelog {
     }
 
     /// Reads each of `partitions` from its beginning to its high watermark at the time of
-    /// the call, with one consumer on a blocking thread, and yields every record in chunks,
+    /// the call (or to its end, where the last offsets are transaction markers; records of
+    /// aborted transactions are never read), with one consumer on a blocking thread, and yields every record in chunks,
     /// in changelog order per partition (a later entry for a key replaces an earlier one; a
     /// tombstone deletes it). A failure is the last item. Memory stays bounded: the reader
     /// waits while a few chunks are not taken yet, so a caller that applies entries as they
@@ -124,17 +126,39 @@ const READ_AHEAD: usize = 4;
 /// the client's read-ahead is held to the same size, so a restore's buffers stay bounded.
 const RESTORE_FETCH_BYTES: usize = 16 << 20;
 
+/// The restore consumer's context: the end of a partition is how a restore knows it is done,
+/// not an error to log.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::error!(error = %error, reason, "restore consumer");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 fn read_blocking(
     config: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
     sender: &tokio::sync::mpsc::Sender<Result<Vec<Entry>, KafkaError>>,
 ) -> Result<(), KafkaError> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<RestoreContext> = config
         .client_config("erpstream-restore")
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // The last offsets of a partition written in transactions are commit markers, which
+        // are never delivered: the end of such a partition shows as its end-of-partition.
+        .set("enable.partition.eof", "true")
         .set(
             "max.partition.fetch.bytes",
             (RESTORE_FETCH_BYTES / 2).to_string(),
@@ -148,7 +172,7 @@ fn read_blocking(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().max(1).to_string(),
         )
-        .create()?;
+        .create_with_context(RestoreContext)?;
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &partition in partitions {
@@ -171,20 +195,27 @@ fn read_blocking(
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let message = message?;
-        let partition = message.partition();
-        if let Some(key) = message.key() {
-            chunk.push(Entry {
-                partition,
-                key: String::from_utf8_lossy(key).into_owned(),
-                value: message.payload().map(<[u8]>::to_vec),
-            });
-        }
-        if ends
-            .get(&partition)
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            ends.remove(&partition);
+        match message {
+            Err(KafkaError::PartitionEOF(partition)) => {
+                ends.remove(&partition);
+            }
+            message => {
+                let message = message?;
+                let partition = message.partition();
+                if let Some(key) = message.key() {
+                    chunk.push(Entry {
+                        partition,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        value: message.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                if ends
+                    .get(&partition)
+                    .is_some_and(|high| message.offset() + 1 >= *high)
+                {
+                    ends.remove(&partition);
+                }
+            }
         }
         if chunk.len() >= CHUNK || ends.is_empty() {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));

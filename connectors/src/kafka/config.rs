@@ -4,6 +4,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
+use crate::validation::Problem;
+
 /// The `kafka:` section of the topology.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,8 +34,19 @@ pub struct KafkaConfig {
     /// version guards absorb that) and one request is in flight per connection to keep order.
     #[serde(default = "default_idempotence")]
     pub idempotence: bool,
+    /// Consume–transform–produce in Kafka transactions: each processor batch's emitted
+    /// records, changelog writes and input offsets commit together or not at all, and a
+    /// replica that lost its partitions to another is fenced. Needs a broker with
+    /// transactions (Apache Kafka, Confluent Cloud, MSK, Redpanda; tansu 0.6.0 has none), the
+    /// idempotent producer and an `instance_id`. Off, a batch's effects are made durable in
+    /// one flush before its offsets are stored, and the processors recognise a batch read
+    /// again (see `erpstream_pipeline::processors`).
+    #[serde(default)]
+    pub transactions: bool,
     /// Stable id of this deployment instance (one per replica, e.g. the pod name). When set,
-    /// consumers are static group members and a restart does not wait for a rebalance.
+    /// consumers are static group members and a restart does not wait for a rebalance; with
+    /// `transactions`, it names the replica's transactional producers, so a restarted replica
+    /// aborts what its previous run left open at once.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// Extra librdkafka properties (security settings, for example).
@@ -68,9 +81,28 @@ impl KafkaConfig {
             fetch_wait: default_fetch_wait(),
             delivery_timeout: default_delivery_timeout(),
             idempotence: default_idempotence(),
+            transactions: false,
             instance_id: None,
             properties: BTreeMap::new(),
         }
+    }
+
+    /// Checks the rules serde cannot express; every problem with its path below `at`.
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.transactions && !self.idempotence {
+            problems.push(Problem::new(
+                format!("{at}.idempotence"),
+                "must be true with transactions (a transactional producer is idempotent)",
+            ));
+        }
+        if self.transactions && self.instance_id.as_deref().is_none_or(str::is_empty) {
+            problems.push(Problem::new(
+                format!("{at}.instance_id"),
+                "is required with transactions: it names this replica's transactional producers",
+            ));
+        }
+        problems
     }
 
     /// The broker-side name of a logical topic.

@@ -21,6 +21,7 @@ pub mod headers;
 mod offsets;
 mod producer;
 mod retrying;
+mod transactions;
 
 pub use admin::{TopicSpec, ensure_topics};
 pub use changelog::{Changelog, Entry};
@@ -31,6 +32,7 @@ pub use headers::{header, header_text, headers_of, trace_of};
 pub use offsets::OffsetTracker;
 pub use producer::{Ack, AckObserver, PendingAck, PublishError, Publisher, RawRecord};
 pub use retrying::{Backoff, Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
+pub use transactions::{TransactionError, Transactions};
 
 /// Kafka header carrying the W3C trace context.
 pub const TRACEPARENT_HEADER: &str = headers::TRACEPARENT;

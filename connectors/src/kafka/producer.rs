@@ -91,6 +91,16 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer (no I/O until the first send).
     pub fn new(config: &KafkaConfig, client_id: &str, codec: Codec) -> Result<Self, KafkaError> {
+        Self::with(config, client_id, codec, |_| {})
+    }
+
+    /// The same, with more client settings applied last (a transactional id).
+    pub(super) fn with(
+        config: &KafkaConfig,
+        client_id: &str,
+        codec: Codec,
+        more: impl FnOnce(&mut rdkafka::ClientConfig),
+    ) -> Result<Self, KafkaError> {
         let mut client = config.client_config(client_id);
         client
             .set("acks", "all")
@@ -98,7 +108,7 @@ impl Publisher {
         if !config.idempotence {
             client.set("max.in.flight.requests.per.connection", "1");
         }
-        let producer = client
+        client
             .set("linger.ms", config.linger.as_millis().to_string())
             .set(
                 "message.timeout.ms",
@@ -107,8 +117,9 @@ impl Publisher {
             .set(
                 "request.timeout.ms",
                 config.delivery_timeout.as_millis().max(1).to_string(),
-            )
-            .create()?;
+            );
+        more(&mut client);
+        let producer = client.create()?;
         Ok(Self {
             producer,
             codec,
@@ -120,6 +131,11 @@ impl Publisher {
     pub fn observed(mut self, observer: std::sync::Arc<dyn AckObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// The underlying producer (for [`super::Transactions`]).
+    pub(super) fn producer(&self) -> &FutureProducer {
+        &self.producer
     }
 
     /// The codec this publisher encodes with.

@@ -17,7 +17,7 @@ use erpstream_connectors::admission::QueueWatch;
 use erpstream_connectors::component::Readiness;
 use erpstream_connectors::kafka::{
     self, Changelog, DeadLetter, Failure, GroupConsumer, OffsetTracker, PublishError, Publisher,
-    RawRecord, TrackingContext,
+    RawRecord, TrackingContext, TransactionError, Transactions,
 };
 use erpstream_connectors::metrics as m;
 use erpstream_schemas::{Codec, CodecError, EventKind};
@@ -26,6 +26,7 @@ use futures::future::join_all;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::{Decoded, Effects, Emit, Processor, Record};
@@ -48,6 +49,18 @@ pub enum TaskError {
     /// An emitted record does not fit its contract (a defect).
     #[error("an emitted record cannot be encoded: {0}")]
     Encode(#[from] CodecError),
+    /// The transactional producer cannot go on: another replica with the same
+    /// `instance_id` fenced it, or the broker has no transactions (`kafka.transactions`).
+    #[error(
+        "{0} (with kafka.transactions the broker must support transactions and every replica needs its own instance_id)"
+    )]
+    Transaction(TransactionError),
+}
+
+impl From<TransactionError> for TaskError {
+    fn from(err: TransactionError) -> Self {
+        TaskError::Transaction(err)
+    }
 }
 
 /// How a set of effects is made durable.
@@ -70,6 +83,9 @@ pub struct StreamTask {
     chain: Vec<Box<dyn Processor>>,
     changelogs: Vec<Changelog>,
     publisher: Publisher,
+    /// With `kafka.transactions`: the transaction calls of `publisher`, this chain's own
+    /// transactional producer. Each batch's effects and input offsets then commit together.
+    transactions: Option<Transactions>,
     codec: Codec,
     restored: HashSet<i32>,
     offsets: OffsetTracker,
@@ -94,14 +110,25 @@ impl StreamTask {
     ) -> Result<Self, TaskError> {
         let context = TrackingContext::new(Readiness::not_yet("starting"), true);
         let consumer = kafka::group_consumer(kafka_config, group, &name, context)?;
+        let codec = publisher.codec().clone();
+        let (transactions, publisher) = match &kafka_config.instance_id {
+            Some(instance) if kafka_config.transactions => {
+                let id = format!("{group}.{instance}");
+                let (transactions, own) =
+                    Transactions::new(kafka_config, &name, &id, codec.clone())?;
+                (Some(transactions), own)
+            }
+            _ => (None, publisher),
+        };
         Ok(Self {
             name,
             consumer,
             inputs: inputs.into_iter().map(|(t, k, d)| (t, (k, d))).collect(),
             chain,
             changelogs,
-            codec: publisher.codec().clone(),
+            codec,
             publisher,
+            transactions,
             restored: HashSet::new(),
             offsets: OffsetTracker::default(),
             queues,
@@ -122,8 +149,12 @@ impl StreamTask {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), TaskError> {
         let topics: Vec<String> = self.inputs.keys().cloned().collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if !self.init_transactions(&mut shutdown).await? {
+            return Ok(());
+        }
         self.consumer.subscribe(&topics)?;
-        tracing::info!(task = %self.name, ?topics, "processor chain started");
+        tracing::info!(task = %self.name, ?topics, transactions = self.transactions.is_some(),
+            "processor chain started");
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -197,10 +228,32 @@ impl StreamTask {
                 Some(Err(err)) => dead_letters.push((message, err.to_string())),
             }
         }
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in &batch {
+            let at = next
+                .entry((message.topic(), message.partition()))
+                .or_default();
+            *at = (*at).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &next {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let dead_letters = dead_letters
+            .into_iter()
+            .map(|(message, error)| self.dead_letter(message, &error))
+            .collect();
         if !self
-            .make_durable(effects, dead_letters, Flush::Together, shutdown)
+            .make_durable(effects, dead_letters, Flush::Together, &offsets, shutdown)
             .await?
         {
+            return Ok(());
+        }
+        if self.transactions.is_some() {
+            // The offsets were committed with the transaction.
+            for ((topic, partition), next) in next {
+                self.queues.read_up_to(topic, partition, next);
+            }
             return Ok(());
         }
         for message in &batch {
@@ -211,6 +264,30 @@ impl StreamTask {
             self.queues.read_up_to(&topic, partition, next);
         }
         Ok(())
+    }
+
+    /// Registers the transactional producer (aborting what this replica's previous run
+    /// left open), waiting out an unreachable coordinator; `false` on shutdown.
+    async fn init_transactions(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, TaskError> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(true);
+        };
+        let mut backoff = kafka::Backoff::default();
+        loop {
+            match transactions.init() {
+                Ok(()) => return Ok(true),
+                Err(err @ TransactionError::Retriable(_)) => {
+                    tracing::warn!(task = %self.name, error = %err, "registering the transactional producer failed; retrying");
+                    if backoff.sleep(shutdown).await {
+                        return Ok(false);
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// Forgets revoked partitions and restores every assigned (or `seen`) partition not
@@ -263,7 +340,8 @@ impl StreamTask {
             processor.tick(index, now, &mut effects);
         }
         if !effects.emit.is_empty() || !effects.changelog.is_empty() {
-            self.make_durable(effects, Vec::new(), Flush::OutputsFirst, shutdown)
+            let none = TopicPartitionList::new();
+            self.make_durable(effects, Vec::new(), Flush::OutputsFirst, &none, shutdown)
                 .await?;
         }
         Ok(())
@@ -295,13 +373,17 @@ impl StreamTask {
                 processor.resume(index, *partition, &from, &mut effects);
             }
         }
-        if !self
-            .make_durable(effects, Vec::new(), Flush::Together, shutdown)
-            .await?
+        // Marked restored first: an aborted transaction below forgets them again.
+        self.restored.extend(partitions.iter().copied());
+        let none = TopicPartitionList::new();
+        let nothing = effects.emit.is_empty() && effects.changelog.is_empty();
+        if !nothing
+            && !self
+                .make_durable(effects, Vec::new(), Flush::Together, &none, shutdown)
+                .await?
         {
             return Ok(false);
         }
-        self.restored.extend(partitions.iter().copied());
         Ok(true)
     }
 
@@ -404,16 +486,30 @@ impl StreamTask {
         }))
     }
 
-    /// Publishes emitted records, dead letters and changelog writes (in one flush, or the
-    /// changelog writes after the rest is acknowledged), waiting out broker outages:
-    /// skipping one would lose data, and stopping halfway is safe because the offsets are
-    /// not stored yet. `false` if shutdown interrupted it; an error the broker will never
+    /// The dead letter of a record that can never be decoded.
+    fn dead_letter(&self, message: &OwnedMessage, error: &str) -> RawRecord {
+        let dlq = &self.inputs[message.topic()].1;
+        metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
+        tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
+        DeadLetter::new(Failure::Undecodable, error, &self.name).of_record(message, dlq)
+    }
+
+    /// Publishes emitted records, dead letters and changelog writes, waiting out broker
+    /// outages: skipping one would lose data. `false` if shutdown interrupted it, or — with
+    /// transactions — if the transaction was aborted (the state is then restored again and
+    /// the input read again from the committed offsets); an error the broker will never
     /// accept stops the task.
+    ///
+    /// Without transactions the records go in one flush, or the changelog writes after the
+    /// rest is acknowledged (`flush`), and the caller stores the input offsets afterwards;
+    /// stopping halfway is safe because they are not stored yet. With transactions,
+    /// everything and `offsets` commit together.
     async fn make_durable(
-        &self,
+        &mut self,
         effects: Effects,
-        dead_letters: Vec<(&OwnedMessage, String)>,
+        dead_letters: Vec<RawRecord>,
         flush: Flush,
+        offsets: &TopicPartitionList,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, TaskError> {
         let mut records = Vec::with_capacity(effects.emit.len() + dead_letters.len());
@@ -439,14 +535,7 @@ impl StreamTask {
                 }
             }
         }
-        for (message, error) in dead_letters {
-            let dlq = &self.inputs[message.topic()].1;
-            metrics::counter!(m::DEAD_LETTERED, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor").increment(1);
-            tracing::warn!(topic = message.topic(), offset = message.offset(), error = %error, "dead-lettering undecodable record");
-            records.push(
-                DeadLetter::new(Failure::Undecodable, &error, &self.name).of_record(message, dlq),
-            );
-        }
+        records.extend(dead_letters);
         let writes = effects
             .changelog
             .into_iter()
@@ -457,6 +546,10 @@ impl StreamTask {
                 headers: Vec::new(),
                 partition: Some(partition),
             });
+        if self.transactions.is_some() {
+            records.extend(writes);
+            return self.transact(records, offsets, shutdown).await;
+        }
         match flush {
             Flush::Together => {
                 records.extend(writes);
@@ -464,6 +557,134 @@ impl StreamTask {
             }
             Flush::OutputsFirst => Ok(self.send_all(records, shutdown).await?
                 && self.send_all(writes.collect(), shutdown).await?),
+        }
+    }
+
+    /// Sends `records` and commits them with `offsets` in one transaction. A transaction
+    /// that cannot commit is aborted and the task rewound ([`StreamTask::rewind`]): `false`,
+    /// as on shutdown.
+    async fn transact(
+        &mut self,
+        records: Vec<RawRecord>,
+        offsets: &TopicPartitionList,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, TaskError> {
+        let Some(transactions) = &self.transactions else {
+            return Ok(false);
+        };
+        transactions.begin()?;
+        let mut pending = Vec::with_capacity(records.len());
+        let mut failed: Option<PublishError> = None;
+        for record in records {
+            match self.publisher.enqueue(record).await {
+                Ok(ack) => pending.push(ack),
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        for result in join_all(pending).await {
+            if let Err(err) = result {
+                failed.get_or_insert(err);
+            }
+        }
+        let mut backoff = kafka::Backoff::default();
+        let committed = loop {
+            if failed.is_some() {
+                break Ok(false);
+            }
+            match transactions.commit(offsets, self.consumer.group_metadata().as_ref()) {
+                Ok(()) => break Ok(true),
+                Err(err @ TransactionError::Retriable(_)) => {
+                    tracing::warn!(task = %self.name, error = %err, "committing the transaction failed; retrying");
+                    if backoff.sleep(shutdown).await {
+                        // Left open: the coordinator aborts it, or this replica's next run.
+                        return Ok(false);
+                    }
+                }
+                Err(err @ (TransactionError::Abortable(_) | TransactionError::NotMember)) => {
+                    tracing::warn!(task = %self.name, error = %err, "transaction cannot commit");
+                    break Ok(false);
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        let outcome = |outcome: &'static str| {
+            metrics::counter!(m::TRANSACTIONS, m::COMPONENT_ID => self.name.clone(),
+                m::OUTCOME => outcome)
+            .increment(1);
+        };
+        match committed {
+            Ok(true) => {
+                outcome("committed");
+                return Ok(true);
+            }
+            Ok(false) => {}
+            Err(err) => return Err(err.into()),
+        }
+        if let Some(err) = &failed {
+            metrics::counter!(m::ERRORS, m::COMPONENT_ID => self.name.clone(), m::COMPONENT_TYPE => "processor",
+                m::ERROR_TYPE => "publish", m::STAGE => "emit").increment(1);
+            if !err.is_retriable() {
+                transactions.abort().ok();
+                return Err(TaskError::Publish(failed.expect("checked")));
+            }
+            tracing::warn!(task = %self.name, error = %err, "a record of the transaction was not acknowledged");
+        }
+        let mut backoff = kafka::Backoff::default();
+        loop {
+            match transactions.abort() {
+                Ok(()) => break,
+                Err(err @ TransactionError::Retriable(_)) => {
+                    tracing::warn!(task = %self.name, error = %err, "aborting the transaction failed; retrying");
+                    if backoff.sleep(shutdown).await {
+                        return Ok(false);
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        outcome("aborted");
+        tracing::info!(task = %self.name, "transaction aborted; restoring the state and reading again from the committed offsets");
+        self.rewind(shutdown).await;
+        Ok(false)
+    }
+
+    /// After an aborted transaction the state holds changes nothing made durable, and the
+    /// consumer is past records whose offsets were not committed: every partition's state is
+    /// forgotten (restored again before the next batch) and the consumer goes back to the
+    /// committed offsets.
+    async fn rewind(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let partitions: Vec<i32> = self.restored.drain().collect();
+        for &partition in &partitions {
+            for processor in &mut self.chain {
+                processor.revoke(partition);
+            }
+        }
+        let assigned: Vec<(String, i32)> = self.context().assignment();
+        let mine: Vec<i32> = assigned
+            .iter()
+            .map(|(_, p)| *p)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let Some(committed) = self.committed(&mine, shutdown).await else {
+            return;
+        };
+        for (topic, partition) in assigned {
+            let offset = committed
+                .get(&partition)
+                .and_then(|topics| topics.get(&topic))
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            let sought = tokio::task::block_in_place(|| {
+                self.consumer
+                    .seek(&topic, partition, offset, Duration::from_secs(10))
+            });
+            if let Err(err) = sought {
+                // Revoked meanwhile, most likely: its next owner reads from the commit.
+                tracing::warn!(task = %self.name, topic, partition, error = %err, "seeking back after an aborted transaction failed");
+            }
         }
     }
 

@@ -9,12 +9,15 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `ERPSTREAM_LOG_FORMAT=json` for JSON.
+/// Colours only on a terminal: a log file or collector gets plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("ERPSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

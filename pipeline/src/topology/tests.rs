@@ -184,6 +184,16 @@ fn every_rule_names_its_path_and_reason() {
             &["kafka.fetch_wait: invalid value: string \"soon\", expected a duration"],
         ),
         (
+            &[
+                (&["kafka", "transactions"], Some("true")),
+                (&["kafka", "idempotence"], Some("false")),
+            ],
+            &[
+                "kafka.idempotence: must be true with transactions (a transactional producer is idempotent)",
+                "kafka.instance_id: is required with transactions: it names this replica's transactional producers",
+            ],
+        ),
+        (
             &[(&["topics", "demand.actual", "partitions"], Some("0"))],
             &["topics.demand.actual.partitions: must be >= 1"],
         ),

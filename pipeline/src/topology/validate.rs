@@ -66,6 +66,9 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         problems.extend(http.admission.validate("http.admission"));
     }
     let kafka: Option<KafkaConfig> = section(&root, "kafka", &mut problems, true);
+    if let Some(kafka) = &kafka {
+        problems.extend(kafka.validate("kafka"));
+    }
     let registry: Option<RegistryConfig> = section(&root, "registry", &mut problems, true);
     if let Some(registry) = &registry
         && reqwest::Url::parse(&registry.url).is_err()

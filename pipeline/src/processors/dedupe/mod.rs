@@ -93,6 +93,9 @@ pub struct Dedupe {
     retention_ms: i64,
     output: Option<String>,
     seen: HashMap<i32, HashMap<String, Seen>>,
+    /// No key was first seen before this (epoch ms; it may be older than the oldest key
+    /// still held): a purge that could find nothing is skipped.
+    oldest: i64,
     /// Input topic names, shared by every [`Seen`] that names one.
     topics: Vec<Arc<str>>,
     processed: u64,
@@ -160,6 +163,7 @@ impl Dedupe {
             retention_ms: config.retention.as_millis() as i64,
             output,
             seen: HashMap::new(),
+            oldest: i64::MAX,
             topics: Vec::new(),
             processed: 0,
             duplicates: metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => id.to_string(),
@@ -169,10 +173,16 @@ impl Dedupe {
 
     fn purge(&mut self, index: usize, now: i64, effects: &mut Effects) {
         let horizon = now - self.retention_ms;
+        if self.oldest >= horizon {
+            return;
+        }
+        let mut oldest = i64::MAX;
         for (partition, keys) in &mut self.seen {
             keys.retain(|key, seen| {
                 let keep = seen.at >= horizon;
-                if !keep {
+                if keep {
+                    oldest = oldest.min(seen.at);
+                } else {
                     effects
                         .changelog
                         .push((index, *partition, key.clone(), None));
@@ -180,6 +190,7 @@ impl Dedupe {
                 keep
             });
         }
+        self.oldest = oldest;
     }
 }
 
@@ -198,6 +209,7 @@ impl Processor for Dedupe {
         let keys = self.seen.entry(partition).or_default();
         match value.and_then(|value| Seen::decode(value, |topic| intern(topics, topic))) {
             Some(seen) if seen.at >= horizon => {
+                self.oldest = self.oldest.min(seen.at);
                 keys.insert(key, seen);
             }
             _ => {
@@ -237,6 +249,7 @@ impl Processor for Dedupe {
                     key.to_string(),
                     Some(seen.encode()),
                 ));
+                self.oldest = self.oldest.min(seen.at);
                 keys.insert(key.to_string(), seen);
             }
         }

@@ -110,3 +110,33 @@ fn values_written_before_origins_were_kept_still_drop_repeats() {
     dedupe.restore(0, HashMap::from([("k1".to_string(), at)]));
     assert!(!dedupe.process(0, &record(0, 1, "k1"), &mut Effects::default()));
 }
+
+#[test]
+fn a_purge_tombstones_expired_keys_and_keeps_the_rest() {
+    let mut dedupe = Dedupe::new("dedupe", &config(), None);
+    // Within the hour's retention when restored, past it a second later.
+    let old = (erpstream_schemas::now_millis() - 3_600_000 + 1_000)
+        .to_string()
+        .into_bytes();
+    dedupe.restore(0, HashMap::from([("old".to_string(), old)]));
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let mut effects = Effects::default();
+    for i in 0..super::PURGE_EVERY {
+        dedupe.process(0, &record(0, i as i64, &format!("k{i}")), &mut effects);
+    }
+    let tombstones: Vec<&str> = effects
+        .changelog
+        .iter()
+        .filter(|(_, _, _, value)| value.is_none())
+        .map(|(_, _, key, _)| key.as_str())
+        .collect();
+    assert_eq!(tombstones, ["old"]);
+    // Nothing is old enough at the next purge: only the new keys are written.
+    let mut next = Effects::default();
+    for i in 0..super::PURGE_EVERY {
+        let offset = (super::PURGE_EVERY + i) as i64;
+        dedupe.process(0, &record(0, offset, &format!("n{i}")), &mut next);
+    }
+    assert_eq!(next.changelog.len(), super::PURGE_EVERY as usize);
+    assert!(next.changelog.iter().all(|(_, _, _, v)| v.is_some()));
+}

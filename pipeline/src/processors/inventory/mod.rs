@@ -332,11 +332,11 @@ impl Inventory {
             .input
             .map(|(topic, offset)| (intern(&mut self.topics, topic), offset));
         let mut partitions = self.state.write();
-        let state = partitions
-            .entry(partition)
-            .or_default()
-            .entry(sku.to_string())
-            .or_default();
+        let skus = partitions.entry(partition).or_default();
+        if !skus.contains_key(sku) {
+            skus.insert(sku.to_string(), SkuState::default());
+        }
+        let state = skus.get_mut(sku).expect("inserted above");
         if let Some((topic, offset)) = &input
             && state.read.covers(topic, *offset)
         {
