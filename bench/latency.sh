@@ -13,8 +13,9 @@
 #   PREFILL=1000000 RATES=500 bench/latency.sh         # on a store that has taken 1M records
 #   ERPSTREAM_BROKER_INDEXES=0 ...                      # tansu without erpstream's indexes
 #   ERPSTREAM_TANSU_STORAGE=memory://tansu/ ...         # tansu's in-memory engine
+#   BROKER=mock ERPSTREAM_KAFKA_TRANSACTIONS=true ...   # processor batches as transactions
 #
-# Results: bench/results/latency-<broker>[-<engine>][-after-N][-unindexed]-<rate>.json per rate and
+# Results: bench/results/latency-<broker>[-<engine>][-after-N][-unindexed][-transactions]-<rate>.json per rate and
 # bench/results/latency.json (every broker's rates side by side).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
@@ -29,6 +30,7 @@ label="$BROKER"
 case "${ERPSTREAM_TANSU_STORAGE:-sqlite://tansu.db}" in sqlite://tansu.db) ;; *) label="$label-${ERPSTREAM_TANSU_STORAGE%%:*}" ;; esac
 [ "${PREFILL:-0}" -gt 0 ] && label="$label-after-$PREFILL"
 [ "${ERPSTREAM_BROKER_INDEXES:-1}" = 0 ] && label="$label-unindexed"
+[ "${ERPSTREAM_KAFKA_TRANSACTIONS:-false}" = true ] && label="$label-transactions"
 for rate in ${RATES:-200 500 1000 2000 5000}; do
   rm -f "bench/results/latency-$label-$rate.json"
   for start in $(seq 1 $((runs / per_start))); do
@@ -44,7 +46,7 @@ for rate in ${RATES:-200 500 1000 2000 5000}; do
     done
     "$bench" latency --target "http://$ERPSTREAM_LISTEN" --listen 127.0.0.1:9190 --rate "$rate" \
       --runs "$per_start" --duration "${DURATION:-10}" --broker "$label" --append \
-      --conditions "$ERPSTREAM_BENCH_BROKER, fresh per $fresh$([ "${PREFILL:-0}" -gt 0 ] && echo ", store prefilled with $PREFILL records"), release build, default topology.yaml (fetch_wait ${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}, linger 1ms, idempotence ${ERPSTREAM_KAFKA_IDEMPOTENCE:-false}), generator, broker and pipeline on the same $(nproc)-core machine"
+      --conditions "$ERPSTREAM_BENCH_BROKER, fresh per $fresh$([ "${PREFILL:-0}" -gt 0 ] && echo ", store prefilled with $PREFILL records"), release build, default topology.yaml (fetch_wait ${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}, linger 1ms, idempotence ${ERPSTREAM_KAFKA_IDEMPOTENCE:-false}, transactions ${ERPSTREAM_KAFKA_TRANSACTIONS:-false}), generator, broker and pipeline on the same $(nproc)-core machine"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   done
 done

@@ -14,7 +14,7 @@ use clap::Args as ClapArgs;
 use serde_json::json;
 
 use crate::process::{
-    Pipeline, Running, broker_pid, cpu_seconds, free_port, wait_ready, wait_sent,
+    Broker, BrokerKind, Pipeline, Running, cpu_seconds, free_port, wait_ready, wait_sent,
 };
 use crate::report;
 
@@ -39,9 +39,12 @@ pub struct Args {
     /// Postgres URL of the bench stack (any database; each run creates its own).
     #[arg(long, env = "ERPSTREAM_DATABASE_URL")]
     database: String,
-    /// Broker.
+    /// The stack's broker.
     #[arg(long, env = "ERPSTREAM_BROKERS")]
     brokers: String,
+    /// Run against the stack's broker, or librdkafka's mock cluster hosted in this process.
+    #[arg(long, value_enum, default_value = "stack")]
+    broker: BrokerKind,
     /// Registry.
     #[arg(long, env = "ERPSTREAM_REGISTRY_URL")]
     registry: String,
@@ -75,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut latency: Vec<[f64; 3]> = Vec::new();
     let mut cpu_per_row: Vec<[f64; 2]> = Vec::new();
     for run in 0..args.runs {
+        let broker = Broker::new(args.broker, &args.brokers)?;
         let name = format!("bench_cdc_{}_{run}", std::process::id());
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -94,7 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
         let port = free_port()?;
         let started = Instant::now();
-        let process = start(&args, &name, &url, port)?;
+        let process = start(&args, &broker, &name, &url, port)?;
         let metrics_url = format!("http://127.0.0.1:{port}/metrics");
         let client = reqwest::Client::new();
         wait_sent(
@@ -112,7 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
         eprintln!("run {run}: snapshot {} rows in {seconds:.2} s", args.rows);
 
-        let cpu_before = [cpu_seconds(process.0.id()), cpu_seconds(broker_pid())];
+        let cpu_before = [cpu_seconds(process.0.id()), cpu_seconds(broker.pid())];
         let first = Instant::now();
         let mut n = 0;
         while n < args.rows {
@@ -136,7 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let seconds = first.elapsed().as_secs_f64();
         let cpu = [
             cpu_seconds(process.0.id()) - cpu_before[0],
-            cpu_seconds(broker_pid()) - cpu_before[1],
+            cpu_seconds(broker.pid()) - cpu_before[1],
         ];
         stream.push(Phase {
             rows_per_second: args.rows as f64 / seconds,
@@ -159,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // difference the paced phase makes only when it dominates; restart the process to
         // keep the histogram to this phase.
         drop(process);
-        let process = start(&args, &name, &url, port)?;
+        let process = start(&args, &broker, &name, &url, port)?;
         wait_ready(&client, port).await?;
         let per_tick = 10;
         let ticks = args.paced_rate * args.paced_seconds as i64 / per_tick;
@@ -213,7 +217,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "settings": {
             "rows": args.rows, "per_transaction": args.per_transaction, "runs": args.runs,
             "paced_rate": args.paced_rate, "paced_seconds": args.paced_seconds,
-            "topic_partitions": 3, "broker": "tansu 0.6.0 (sqlite), fresh store",
+            "topic_partitions": 3,
+            "broker": args.broker.describe(),
         },
         "snapshot_rows_per_second": med(snapshot.iter().map(|p| p.rows_per_second).collect()),
         "snapshot_seconds": med(snapshot.iter().map(|p| p.seconds).collect()),
@@ -234,7 +239,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "paced_commit_to_ack_ms_p50_p99_p999": latency,
         },
     });
-    let path = report::write("cdc", &result)?;
+    let path = report::write(&args.broker.file_name("cdc"), &result)?;
     println!(
         "pg_cdc: snapshot {:.0} rows/s, stream {:.0} rows/s, paced commit->ack p50 {:.1} ms / p99 {:.1} ms  ({})",
         result["snapshot_rows_per_second"]
@@ -294,12 +299,18 @@ fn bucket_quantile(text: &str, name: &str, quantile: f64) -> f64 {
     f64::NAN
 }
 
-fn start(args: &Args, name: &str, url: &str, port: u16) -> anyhow::Result<Running> {
+fn start(
+    args: &Args,
+    broker: &Broker,
+    name: &str,
+    url: &str,
+    port: u16,
+) -> anyhow::Result<Running> {
     let pipeline = Pipeline {
         bin: &args.bin,
         name,
         port,
-        brokers: &args.brokers,
+        broker,
         registry: &args.registry,
     };
     pipeline.start(

@@ -1,8 +1,13 @@
-//! What the process-level benchmarks share: a pipeline process stopped on drop, a free port,
-//! and waiting on a source's acknowledged-records counter.
+//! What the process-level benchmarks share: a pipeline process stopped on drop, the broker
+//! it runs against, a free port, and waiting on a source's acknowledged-records counter.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 
 /// A pipeline process that is killed when dropped.
 pub struct Running(pub Child);
@@ -96,6 +101,99 @@ pub async fn wait_ready(client: &reqwest::Client, port: u16) -> anyhow::Result<(
     anyhow::bail!("the pipeline did not get ready")
 }
 
+/// Which broker a process-level benchmark runs its pipeline against.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// The bench stack's broker (`--brokers`; tansu on a fresh store).
+    Stack,
+    /// librdkafka's mock cluster, hosted in this benchmark process: a broker that is not
+    /// the limit. Hosted here rather than by `erpstream-bench broker` because these
+    /// benchmarks name their topics per run, and the mock cannot create topics on request.
+    Mock,
+}
+
+impl BrokerKind {
+    /// The results file of `benchmark` on this broker (`cdc`, `cdc-mock`).
+    pub fn file_name(self, benchmark: &str) -> String {
+        match self {
+            BrokerKind::Stack => benchmark.to_string(),
+            BrokerKind::Mock => format!("{benchmark}-mock"),
+        }
+    }
+
+    /// What the results name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            BrokerKind::Stack => "tansu 0.6.0 (sqlite), fresh store",
+            BrokerKind::Mock => {
+                "librdkafka 2.12.1 mock cluster (1 broker, in memory), hosted in the benchmark process (its CPU includes the load)"
+            }
+        }
+    }
+}
+
+/// The broker of a process-level benchmark.
+pub enum Broker {
+    /// The stack's, at these bootstrap servers.
+    Stack(String),
+    /// A mock cluster living as long as this value.
+    Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+impl Broker {
+    /// The broker of `kind`; `stack` is the stack's bootstrap servers.
+    pub fn new(kind: BrokerKind, stack: &str) -> anyhow::Result<Self> {
+        Ok(match kind {
+            BrokerKind::Stack => Broker::Stack(stack.to_string()),
+            BrokerKind::Mock => {
+                Broker::Mock(MockCluster::new(1).context("starting librdkafka's mock cluster")?)
+            }
+        })
+    }
+
+    /// Bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::Stack(brokers) => brokers.clone(),
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+        }
+    }
+
+    /// The process whose CPU is the broker's: the stack's broker, or this one (the mock's
+    /// threads, plus the benchmark's own load generation).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Broker::Stack(_) => broker_pid(),
+            Broker::Mock(_) => std::process::id(),
+        }
+    }
+
+    /// Creates the topics `topology` needs, as `erpstream topics` lists them (the mock has
+    /// no CreateTopics; the stack's broker creates them when the pipeline asks).
+    fn create_topics(&self, bin: &str, topology: &Path) -> anyhow::Result<()> {
+        let Broker::Mock(cluster) = self else {
+            return Ok(());
+        };
+        let output = Command::new(bin)
+            .arg("topics")
+            .arg("--topology")
+            .arg(topology)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "erpstream topics: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let topic: serde_json::Value = serde_json::from_str(line)?;
+            let name = topic["name"].as_str().context("topic name")?;
+            let partitions = topic["partitions"].as_i64().context("partitions")? as i32;
+            cluster.create_topic(name, partitions, 1)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where and how a benchmark pipeline runs.
 pub struct Pipeline<'a> {
     /// The erpstream binary.
@@ -105,15 +203,16 @@ pub struct Pipeline<'a> {
     /// HTTP port.
     pub port: u16,
     /// Broker.
-    pub brokers: &'a str,
+    pub broker: &'a Broker,
     /// Registry.
     pub registry: &'a str,
 }
 
 impl Pipeline<'_> {
-    /// Writes a topology (app id, listener, broker with `linger: 5ms` and idempotence off,
-    /// registry, then `body` from `topics:` on) and starts `erpstream run` on it with `env`;
-    /// its log goes to `<temp>/<name>/pipeline.log`.
+    /// Writes a topology (app id, listener, broker with `linger: 5ms` — the idempotent
+    /// producer on the mock, off on tansu as the local stack has it —, registry, then `body`
+    /// from `topics:` on), creates its topics on a mock broker, and starts `erpstream run` on
+    /// it with `env`; its log goes to `<temp>/<name>/pipeline.log`.
     pub fn start(&self, body: &str, env: &[(&str, &str)]) -> anyhow::Result<Running> {
         let dir = std::env::temp_dir().join(self.name);
         std::fs::create_dir_all(&dir)?;
@@ -121,13 +220,15 @@ impl Pipeline<'_> {
         std::fs::write(
             &topology,
             format!(
-                "app_id: {name}\nhttp:\n  listen: 127.0.0.1:{port}\nkafka:\n  brokers: {brokers}\n  topic_prefix: \"{name}.\"\n  linger: 5ms\n  idempotence: false\nregistry:\n  url: {registry}\n{body}",
+                "app_id: {name}\nhttp:\n  listen: 127.0.0.1:{port}\nkafka:\n  brokers: {brokers}\n  topic_prefix: \"{name}.\"\n  linger: 5ms\n  idempotence: {idempotence}\nregistry:\n  url: {registry}\n{body}",
                 name = self.name,
                 port = self.port,
-                brokers = self.brokers,
+                brokers = self.broker.bootstrap(),
+                idempotence = matches!(self.broker, Broker::Mock(_)),
                 registry = self.registry,
             ),
         )?;
+        self.broker.create_topics(self.bin, &topology)?;
         let log = std::fs::File::create(dir.join("pipeline.log"))?;
         let child = Command::new(self.bin)
             .arg("run")

@@ -13,7 +13,7 @@ use clap::Args as ClapArgs;
 use erpstream_e2e::erpnext::{self, FakeErp};
 use serde_json::json;
 
-use crate::process::{Pipeline, Running, broker_pid, cpu_seconds, free_port, wait_sent};
+use crate::process::{Broker, BrokerKind, Pipeline, Running, cpu_seconds, free_port, wait_sent};
 use crate::report;
 
 /// Options of `erpstream-bench rest-poll`.
@@ -31,9 +31,12 @@ pub struct Args {
     /// Postgres URL of erpstream's own database (cursor and hashes).
     #[arg(long, env = "ERPSTREAM_DATABASE_URL")]
     database: String,
-    /// Broker.
+    /// The stack's broker.
     #[arg(long, env = "ERPSTREAM_BROKERS")]
     brokers: String,
+    /// Run against the stack's broker, or librdkafka's mock cluster hosted in this process.
+    #[arg(long, value_enum, default_value = "stack")]
+    broker: BrokerKind,
     /// Registry.
     #[arg(long, env = "ERPSTREAM_REGISTRY_URL")]
     registry: String,
@@ -60,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let yesterday = chrono::Utc::now().timestamp_micros() - 86_400_000_000;
     let stamp = |n: usize| erpnext::format_time(yesterday + n as i64 * 1_000_000);
     for run in 0..args.runs {
+        let broker = Broker::new(args.broker, &args.brokers)?;
         let erp = FakeErp::start().await;
         erp.put(
             "Item",
@@ -86,8 +90,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let name = format!("bench_rest_{}_{run}", std::process::id());
         let port = free_port()?;
         let started = Instant::now();
-        let broker_cpu = cpu_seconds(broker_pid());
-        let process = start(&args, &name, &erp.url, port)?;
+        let broker_cpu = cpu_seconds(broker.pid());
+        let process = start(&args, &broker, &name, &erp.url, port)?;
         let client = reqwest::Client::new();
         let metrics_url = format!("http://127.0.0.1:{port}/metrics");
         wait_sent(
@@ -105,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (calls, data_calls) = erp.calls();
         let cpu = [
             cpu_seconds(process.0.id()),
-            cpu_seconds(broker_pid()) - broker_cpu,
+            cpu_seconds(broker.pid()) - broker_cpu,
         ];
         eprintln!(
             "run {run}: {records} records in {calls} calls ({data_calls} document reads), {seconds_from_first_call:.2} s from the first call, {seconds_from_start:.2} s from process start; CPU erpstream {:.2} s, broker {:.2} s",
@@ -154,7 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "page_size": 5000, "max_requests_per_second": 10, "interval": "1s",
             "look_back": "60s", "topic_partitions": 3,
             "erp": "ERPNext-shaped test server in the bench process (no network latency)",
-            "broker": "tansu 0.6.0 (sqlite), fresh store",
+            "broker": args.broker.describe(),
         },
         "full_load": {
             "http_calls": med(&|m| m.calls as f64),
@@ -181,7 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "incremental_calls": m.incremental_calls, "incremental_seconds": m.incremental_seconds,
         })).collect::<Vec<_>>(),
     });
-    let path = report::write("rest_poll", &result)?;
+    let path = report::write(&args.broker.file_name("rest_poll"), &result)?;
     println!(
         "rest_poll: {} items x 3 warehouses = {records} records in {:.0} HTTP calls, {:.2} s from the first call ({:.2} s from process start); {} changes in {:.2} s, {:.0} calls  ({})",
         args.items,
@@ -206,12 +210,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(args: &Args, name: &str, erp: &str, port: u16) -> anyhow::Result<Running> {
+fn start(
+    args: &Args,
+    broker: &Broker,
+    name: &str,
+    erp: &str,
+    port: u16,
+) -> anyhow::Result<Running> {
     let pipeline = Pipeline {
         bin: &args.bin,
         name,
         port,
-        brokers: &args.brokers,
+        broker,
         registry: &args.registry,
     };
     pipeline.start(
