@@ -188,7 +188,14 @@ impl Broker {
             let topic: serde_json::Value = serde_json::from_str(line)?;
             let name = topic["name"].as_str().context("topic name")?;
             let partitions = topic["partitions"].as_i64().context("partitions")? as i32;
-            cluster.create_topic(name, partitions, 1)?;
+            match cluster.create_topic(name, partitions, 1) {
+                // The same pipeline started again.
+                Ok(())
+                | Err(rdkafka::error::KafkaError::MockCluster(
+                    rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                )) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
         Ok(())
     }
