@@ -775,6 +775,10 @@ fn every_rule_names_its_path_and_reason() {
             &["sinks.planning.product_wait: must be > 0"],
         ),
         (
+            &[(&["sinks", "planning", "fetch_wait"], Some("0s"))],
+            &["sinks.planning.fetch_wait: must be > 0"],
+        ),
+        (
             &[(&["sinks", "planning", "max_waiting"], Some("-1"))],
             &["sinks.planning.max_waiting: must be >= 0"],
         ),

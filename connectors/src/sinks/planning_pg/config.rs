@@ -23,6 +23,11 @@ pub struct PlanningPgConfig {
     /// How many rows may wait for their products at once; more are dead-lettered.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: i64,
+    /// How long a fetch may wait for new records (overrides `kafka.fetch_wait`: the planning
+    /// database is not on the storefront's latency budget, and on a broker that holds every
+    /// fetch for the full wait — tansu — a short one keeps it busy while nothing arrives).
+    #[serde(default = "default_fetch_wait", with = "humantime_serde")]
+    pub fetch_wait: Duration,
 }
 
 fn default_batch_size() -> usize {
@@ -33,6 +38,9 @@ fn default_batch_wait() -> Duration {
 }
 fn default_product_wait() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(250)
 }
 fn default_max_waiting() -> i64 {
     1_000_000

@@ -35,7 +35,9 @@ use tokio_postgres::Client;
 pub use config::PlanningPgConfig;
 
 use crate::component::{Component, Context, Port, Readiness, Resolved, Running, Shadow};
-use crate::kafka::{self, DeadLetter, GroupConsumer, OffsetTracker, Publisher, TrackingContext};
+use crate::kafka::{
+    self, DeadLetter, GroupConsumer, KafkaConfig, OffsetTracker, Publisher, TrackingContext,
+};
 use crate::metrics as m;
 use crate::planning;
 use crate::validation::{Checks, Problem};
@@ -60,6 +62,7 @@ impl Component for PlanningPgConfig {
             .postgres_url("database", &self.database)
             .positive("batch_size", self.batch_size > 0)
             .positive("product_wait", !self.product_wait.is_zero())
+            .positive("fetch_wait", !self.fetch_wait.is_zero())
             .rule(self.max_waiting >= 0, "max_waiting", "must be >= 0")
             .done()
     }
@@ -209,8 +212,11 @@ impl PlanningPgSink {
         // Its state, the offsets stored with the rows, is read again from the database
         // before the first batch after a rebalance: nothing to wait for before it is ready.
         let tracking = TrackingContext::new(Readiness::not_yet("starting"), false);
-        let consumer =
-            kafka::group_consumer(&context.kafka, &context.group(), &context.id, tracking)?;
+        let kafka = KafkaConfig {
+            fetch_wait: config.fetch_wait,
+            ..context.kafka.clone()
+        };
+        let consumer = kafka::group_consumer(&kafka, &context.group(), &context.id, tracking)?;
         let inputs = context.inputs(&config.inputs);
         Ok(Self {
             writer: BatchWriter::new(&context.id, &config, inputs, context.publisher.clone()),
