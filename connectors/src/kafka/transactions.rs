@@ -112,19 +112,26 @@ impl Transactions {
     }
 
     /// Adds the consumer's `offsets` (the next offset to read, per partition) to the
-    /// transaction, if any, and commits it; every record sent since [`begin`] must have
-    /// been acknowledged or failed.
-    ///
-    /// [`begin`]: Transactions::begin
-    pub fn commit(
+    /// transaction; nothing to do for an empty list.
+    pub fn send_offsets(
         &self,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
     ) -> Result<(), TransactionError> {
-        if offsets.count() > 0 {
-            let group = group.ok_or(TransactionError::NotMember)?;
-            self.call(|p, timeout| p.send_offsets_to_transaction(offsets, group, timeout))?;
+        if offsets.count() == 0 {
+            return Ok(());
         }
+        let group = group.ok_or(TransactionError::NotMember)?;
+        self.call(|p, timeout| p.send_offsets_to_transaction(offsets, group, timeout))
+    }
+
+    /// Commits the transaction; every record sent since [`begin`] must have been
+    /// acknowledged or failed. After a [`TransactionError::Retriable`] the commit is still
+    /// under way: call this again (not [`send_offsets`]).
+    ///
+    /// [`begin`]: Transactions::begin
+    /// [`send_offsets`]: Transactions::send_offsets
+    pub fn commit(&self) -> Result<(), TransactionError> {
         self.call(|p, timeout| p.commit_transaction(timeout))
     }
 

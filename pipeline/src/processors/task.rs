@@ -590,13 +590,23 @@ impl StreamTask {
             }
         }
         let mut backoff = kafka::Backoff::default();
+        let mut offsets_sent = false;
         let committed = loop {
             if failed.is_some() {
                 break Ok(false);
             }
-            match transactions.commit(offsets, self.consumer.group_metadata().as_ref()) {
+            let step = if offsets_sent {
+                transactions.commit()
+            } else {
+                transactions
+                    .send_offsets(offsets, self.consumer.group_metadata().as_ref())
+                    .inspect(|()| offsets_sent = true)
+                    .and_then(|()| transactions.commit())
+            };
+            match step {
                 Ok(()) => break Ok(true),
                 Err(err @ TransactionError::Retriable(_)) => {
+                    // A retried offset send sends them again; a retried commit resumes.
                     tracing::warn!(task = %self.name, error = %err, "committing the transaction failed; retrying");
                     if backoff.sleep(shutdown).await {
                         // Left open: the coordinator aborts it, or this replica's next run.

@@ -57,13 +57,12 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     /// A component stopped with an error.
-    #[error("component {id} failed: {source}")]
+    #[error("component {id} failed: {failure}")]
     Component {
         /// The component's id.
         id: String,
-        /// Why.
-        #[source]
-        source: ComponentFailure,
+        /// Why (in the message, not chained as a source: a report shows it once).
+        failure: ComponentFailure,
     },
     /// A component's task ended although no shutdown was asked for.
     #[error("component {0} stopped unexpectedly")]
@@ -194,7 +193,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             });
             failure = Some(match result {
                 Ok(()) => RuntimeError::Stopped(id),
-                Err(source) => RuntimeError::Component { id, source },
+                Err(failure) => RuntimeError::Component { id, failure },
             });
             if let Some(err) = &failure {
                 tracing::error!(error = %err, "component stopped; shutting down");
