@@ -10,7 +10,7 @@
 //! The bootstrap address is printed on stdout and written to `--address-file`, which the
 //! bench scripts read (`BROKER=mock bench/latency.sh`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use erpstream_pipeline::runtime::topic_specs;
@@ -33,17 +33,21 @@ pub struct Args {
     address_file: PathBuf,
 }
 
+/// Every topic the topology at `path` needs (declared, dead-letter, changelog), with its
+/// partition count, as `erpstream run` would create them.
+pub fn topics_of(path: &Path) -> anyhow::Result<Vec<(String, i32)>> {
+    let topology = Topology::load(path).with_context(|| format!("loading {}", path.display()))?;
+    Ok(topic_specs(&topology)
+        .into_iter()
+        .map(|spec| (spec.name, spec.partitions))
+        .collect())
+}
+
 /// Hosts the mock cluster until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut topics: Vec<(String, i32)> = Vec::new();
     for path in &args.topologies {
-        let topology =
-            Topology::load(path).with_context(|| format!("loading {}", path.display()))?;
-        topics.extend(
-            topic_specs(&topology)
-                .into_iter()
-                .map(|spec| (spec.name, spec.partitions)),
-        );
+        topics.extend(topics_of(path)?);
     }
     for topic in &args.topics {
         let (name, partitions) = topic

@@ -168,27 +168,14 @@ impl Broker {
         }
     }
 
-    /// Creates the topics `topology` needs, as `erpstream topics` lists them (the mock has
-    /// no CreateTopics; the stack's broker creates them when the pipeline asks).
-    fn create_topics(&self, bin: &str, topology: &Path) -> anyhow::Result<()> {
+    /// Creates the topics `topology` needs (the mock has no CreateTopics; the stack's
+    /// broker creates them when the pipeline asks).
+    fn create_topics(&self, topology: &Path) -> anyhow::Result<()> {
         let Broker::Mock(cluster) = self else {
             return Ok(());
         };
-        let output = Command::new(bin)
-            .arg("topics")
-            .arg("--topology")
-            .arg(topology)
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "erpstream topics: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let topic: serde_json::Value = serde_json::from_str(line)?;
-            let name = topic["name"].as_str().context("topic name")?;
-            let partitions = topic["partitions"].as_i64().context("partitions")? as i32;
-            match cluster.create_topic(name, partitions, 1) {
+        for (name, partitions) in crate::broker::topics_of(topology)? {
+            match cluster.create_topic(&name, partitions, 1) {
                 // The same pipeline started again.
                 Ok(())
                 | Err(rdkafka::error::KafkaError::MockCluster(
@@ -235,7 +222,7 @@ impl Pipeline<'_> {
                 registry = self.registry,
             ),
         )?;
-        self.broker.create_topics(self.bin, &topology)?;
+        self.broker.create_topics(&topology)?;
         let log = std::fs::File::create(dir.join("pipeline.log"))?;
         let child = Command::new(self.bin)
             .arg("run")

@@ -1070,6 +1070,15 @@ pub struct TopicRecord {
 }
 
 /// How many records `topic` holds (the sum of its partitions' high watermarks).
+/// The sum of metric `name`'s samples in a `/metrics` text whose lines carry every one of
+/// `labels` (e.g. `outcome="committed"`).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Records in `topic` (all partitions, high minus low watermark).
 pub fn topic_size(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()

@@ -180,18 +180,11 @@ fn transactional(storefront: &Storefront) -> (MockBroker, Pipeline) {
 
 /// The pipeline's count of processor transactions that ended with `outcome`.
 async fn transactions(pipeline: &Pipeline, outcome: &str) -> f64 {
-    let metrics = reqwest::get(format!("{}/metrics", pipeline.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let label = format!("outcome=\"{outcome}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("erpstream_processor_transactions_total") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric(
+        &pipeline.metrics().await,
+        "erpstream_processor_transactions_total",
+        &[&format!("outcome=\"{outcome}\"")],
+    )
 }
 
 /// Streams relative changes (some sent twice) into `pipeline` while killing it `kills`

@@ -126,13 +126,6 @@ async fn wait_size(
     }
 }
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn items_and_stock_arrive_in_pages_and_only_real_changes_are_published() {
     let erp = FakeErp::start().await;
