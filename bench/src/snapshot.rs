@@ -6,7 +6,6 @@
 //! first byte, the total time, skus/s and the peak RSS above the loaded state (how much the
 //! response costs in memory; the whole body would be tens of MB). The median of `--runs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,29 +51,19 @@ pub fn sku_state(i: usize, locations: usize) -> SkuState {
     };
     for l in 0..locations {
         let on_hand = Decimal::from((i * 7 + l * 13) % 500);
-        let mut location = LocationState {
-            on_hand,
-            available: on_hand,
-            version: 3,
-            as_of: 1_764_000_000_000,
-            erp_time: 1_764_000_000_000,
-            erp_offset: i as i64,
-            ..LocationState::default()
-        };
+        let mut location =
+            LocationState::applied(on_hand, 3, 1_764_000_000_000, 1_764_000_000_000, i as i64);
         if i.is_multiple_of(10) {
-            let quantity = Decimal::from(1);
-            location.holds.insert(
+            location.hold(
                 format!("ORD-{i}"),
                 Hold {
-                    quantity,
+                    quantity: Decimal::from(1),
                     held_at: 1_764_000_000_000,
                     written_back_at: None,
                 },
             );
-            location.reserved = quantity;
-            location.available = (on_hand - quantity).max(Decimal::ZERO);
         }
-        state.locations.insert(format!("WH-{l:02}"), location);
+        state.locations.insert(&format!("WH-{l:02}"), location);
     }
     state
 }
@@ -90,19 +79,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "[snapshot] building {} skus × {} locations",
         args.skus, args.locations
     );
-    let mut restore_seconds = 0.0;
+    // As a pipeline restores: entries applied one by one in changelog order, never all
+    // held at once.
+    let started = Instant::now();
     for partition in 0..args.partitions {
-        let entries: HashMap<String, Vec<u8>> = (0..args.skus)
-            .filter(|i| (*i as i32) % args.partitions == partition)
-            .map(|i| {
-                let state = sku_state(i, args.locations);
-                (format!("SKU-{i:08}"), state.to_bytes())
-            })
-            .collect();
-        let started = Instant::now();
-        inventory.restore(partition, entries);
-        restore_seconds += started.elapsed().as_secs_f64();
+        inventory.restore_begin(partition);
+        for i in (0..args.skus).filter(|i| (*i as i32) % args.partitions == partition) {
+            let value = sku_state(i, args.locations).to_bytes();
+            inventory.restore_entry(partition, format!("SKU-{i:08}"), Some(&value));
+        }
+        inventory.restore_end(partition);
     }
+    let restore_seconds = started.elapsed().as_secs_f64();
     let state_rss = report::proc_status_bytes("VmRSS:");
     eprintln!(
         "[snapshot] restored in {restore_seconds:.2}s; RSS {} MiB",

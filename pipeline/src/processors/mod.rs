@@ -160,12 +160,16 @@ pub trait Processor: Send + Sync {
     /// One changelog record of `partition`, in changelog order: it replaces what an earlier
     /// one for `key` set; `None` deletes the key.
     fn restore_entry(&mut self, partition: i32, key: String, value: Option<&[u8]>);
+    /// Every changelog record of `partition` was given: the state may settle (e.g. pack
+    /// what it built entry by entry).
+    fn restore_end(&mut self, _partition: i32) {}
     /// Replaces the state of `partition` with the changelog's latest values.
     fn restore(&mut self, partition: i32, entries: HashMap<String, Vec<u8>>) {
         self.restore_begin(partition);
         for (key, value) in entries {
             self.restore_entry(partition, key, Some(&value));
         }
+        self.restore_end(partition);
     }
     /// Forgets the state of a revoked partition.
     fn revoke(&mut self, partition: i32);

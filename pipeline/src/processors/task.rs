@@ -410,6 +410,11 @@ impl StreamTask {
                 processor.restore_entry(entry.partition, entry.key, entry.value.as_deref());
             }
         }
+        for processor in &mut self.chain {
+            for &partition in partitions {
+                processor.restore_end(partition);
+            }
+        }
         for (processor, entries) in self.chain.iter().zip(entries) {
             tracing::info!(
                 processor = processor.id(),

@@ -144,7 +144,7 @@ impl Cursor {
                     break;
                 }
                 taken += 1;
-                self.after = Some(sku.clone());
+                self.after = Some(sku.to_string());
                 let before = out.len();
                 if self.written > 0 {
                     out.push(b',');
@@ -190,7 +190,7 @@ impl Cursor {
             for (code, l) in state
                 .locations
                 .iter()
-                .filter(|(code, _)| location.is_none_or(|c| c == code.as_str()))
+                .filter(|(code, _)| location.is_none_or(|c| c == *code))
             {
                 if !first {
                     out.push(b',');
@@ -200,9 +200,9 @@ impl Cursor {
                 let _ = serde_json::to_writer(&mut *out, code);
                 for (name, value) in [
                     ("on_hand", l.on_hand),
-                    ("reserved", l.reserved),
+                    ("reserved", l.reserved()),
                     ("safety_stock", l.safety_stock),
-                    ("available", l.available),
+                    ("available", l.available()),
                 ] {
                     out.extend_from_slice(
                         format!(",\"{name}\":{}", decimal_text(value)).as_bytes(),

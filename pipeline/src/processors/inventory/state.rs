@@ -15,13 +15,19 @@ mod stored;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use erpstream_schemas::{InventoryChange, LocationStock, Reservation, ReservationAction};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 pub use stored::StoredError;
 
 /// The state of one sku, as written to the changelog ([`SkuState::to_bytes`]).
+///
+/// Kept small: a restored pipeline holds one per sku (a million skus must fit in a few
+/// hundred MB), so the common case — one or two input topics, one location, no holds —
+/// lives in this one allocation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkuState {
     /// Bumped on every change of any location.
@@ -37,7 +43,7 @@ pub struct SkuState {
 /// before it was applied already (read again after a crash) and changes nothing. In the
 /// JSON form an object `{topic: offset}`; in memory the topic names are shared.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReadUpTo(Vec<(Arc<str>, i64)>);
+pub struct ReadUpTo(SmallVec<[(Arc<str>, i64); 2]>);
 
 impl ReadUpTo {
     /// Whether no record was taken in yet.
@@ -88,11 +94,12 @@ impl<'de> Deserialize<'de> for ReadUpTo {
     }
 }
 
-/// The locations of one sku, sorted by code. A sorted vector, not a map: most skus are held
-/// at one or a few locations, and a B-tree node would cost ~2 KB per sku. In the JSON form
-/// (snapshots, changelog values of earlier versions) it is an object `{code: state}`.
+/// The locations of one sku, sorted by code. A sorted vector holding the first location
+/// in place, not a map: most skus are held at one or a few locations, and a B-tree node
+/// would cost ~2 KB per sku. In the JSON form (snapshots, changelog values of earlier
+/// versions) it is an object `{code: state}`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Locations(Vec<(String, LocationState)>);
+pub struct Locations(SmallVec<[(CompactString, LocationState); 1]>);
 
 impl Locations {
     fn find(&self, code: &str) -> Result<usize, usize> {
@@ -104,8 +111,7 @@ impl Locations {
         let index = match self.find(code) {
             Ok(i) => i,
             Err(i) => {
-                self.0
-                    .insert(i, (code.to_string(), LocationState::default()));
+                self.0.insert(i, (code.into(), LocationState::default()));
                 i
             }
         };
@@ -113,8 +119,8 @@ impl Locations {
     }
 
     /// Sets the state at `code`.
-    pub fn insert(&mut self, code: String, state: LocationState) {
-        *self.entry_or_default(&code) = state;
+    pub fn insert(&mut self, code: &str, state: LocationState) {
+        *self.entry_or_default(code) = state;
     }
 
     /// The state at `code`.
@@ -128,8 +134,8 @@ impl Locations {
     }
 
     /// Codes and states, by code.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &LocationState)> {
-        self.0.iter().map(|(c, l)| (c, l))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &LocationState)> {
+        self.0.iter().map(|(c, l)| (c.as_str(), l))
     }
 
     /// States, by code.
@@ -140,6 +146,11 @@ impl Locations {
     /// Mutable states, by code.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut LocationState> {
         self.0.iter_mut().map(|(_, l)| l)
+    }
+
+    /// The codes, by code.
+    fn codes(&self) -> Vec<CompactString> {
+        self.0.iter().map(|(c, _)| c.clone()).collect()
     }
 }
 
@@ -159,21 +170,22 @@ impl Serialize for Locations {
 impl<'de> Deserialize<'de> for Locations {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, LocationState>::deserialize(deserializer)?;
-        Ok(Locations(map.into_iter().collect()))
+        Ok(Locations(
+            map.into_iter().map(|(c, l)| (c.into(), l)).collect(),
+        ))
     }
 }
 
-/// The state of one sku at one location.
+/// The state of one sku at one location. `reserved` and `available` are derived from the
+/// holds and the figures ([`LocationState::reserved`], [`LocationState::available`]), not
+/// stored twice.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "LocationJson", into = "LocationJson")]
 pub struct LocationState {
     /// Absolute ERP quantity (plus later relative ERP adjustments).
     pub on_hand: Decimal,
-    /// Sum of the open holds.
-    pub reserved: Decimal,
     /// Safety stock applied at the last change.
     pub safety_stock: Decimal,
-    /// What may be sold: max(0, on_hand − reserved − safety_stock).
-    pub available: Decimal,
     /// Bumped on every change of this location.
     pub version: i64,
     /// When this location last changed (epoch ms).
@@ -182,12 +194,152 @@ pub struct LocationState {
     pub erp_time: i64,
     /// Input offset of that figure (orders equal ERP times).
     pub erp_offset: i64,
+    /// Open and ended holds; `None` (one word) for the many locations that have neither.
+    holds: Option<Box<Holds>>,
+}
+
+/// The holds of one location.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Holds {
     /// Open holds by reference (order transaction id or adjustment reference id).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub holds: BTreeMap<String, Hold>,
+    open: ByReference<Hold>,
     /// References whose hold ended, with the time it ended (epoch ms).
+    ended: ByReference<i64>,
+}
+
+/// No holds, for locations without any.
+static NO_HOLDS: ByReference<Hold> = ByReference(Vec::new());
+/// No ended holds, for locations without any.
+static NOTHING_ENDED: ByReference<i64> = ByReference(Vec::new());
+
+/// Values by document reference, sorted by reference. A vector, not a map: a location holds
+/// a few references at a time, and a B-tree leaf costs ~700 bytes even for one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ByReference<V>(Vec<(String, V)>);
+
+impl<V> Default for ByReference<V> {
+    fn default() -> Self {
+        ByReference(Vec::new())
+    }
+}
+
+impl<V> ByReference<V> {
+    fn find(&self, reference: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(r, _)| r.as_str().cmp(reference))
+    }
+
+    /// Whether `reference` has a value.
+    pub fn contains_key(&self, reference: &str) -> bool {
+        self.find(reference).is_ok()
+    }
+
+    /// How many references.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// References and values, by reference.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.0.iter().map(|(r, v)| (r.as_str(), v))
+    }
+
+    /// Values, by reference.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, reference: String, value: V) {
+        match self.find(&reference) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (reference, value)),
+        }
+    }
+
+    fn remove(&mut self, reference: &str) {
+        if let Ok(i) = self.find(reference) {
+            self.0.remove(i);
+        }
+    }
+
+    /// The value of `reference`, `value()` inserted if missing.
+    fn get_or_insert(&mut self, reference: &str, value: impl FnOnce() -> V) -> &mut V {
+        let i = match self.find(reference) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (reference.to_string(), value()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.0.retain(|(_, v)| keep(v));
+        self.0.shrink_to_fit();
+    }
+}
+
+/// The JSON form of a location (snapshots, changelog values of earlier versions).
+#[derive(Clone, Serialize, Deserialize)]
+struct LocationJson {
+    on_hand: Decimal,
+    reserved: Decimal,
+    safety_stock: Decimal,
+    available: Decimal,
+    version: i64,
+    as_of: i64,
+    erp_time: i64,
+    erp_offset: i64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub ended: BTreeMap<String, i64>,
+    holds: BTreeMap<String, Hold>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    ended: BTreeMap<String, i64>,
+}
+
+impl From<LocationJson> for LocationState {
+    /// `reserved` and `available` are derived again, from the holds and the figures.
+    fn from(json: LocationJson) -> Self {
+        let mut state = LocationState {
+            on_hand: json.on_hand,
+            safety_stock: json.safety_stock,
+            version: json.version,
+            as_of: json.as_of,
+            erp_time: json.erp_time,
+            erp_offset: json.erp_offset,
+            holds: None,
+        };
+        for (reference, hold) in json.holds {
+            state.hold(reference, hold);
+        }
+        for (reference, at) in json.ended {
+            state.ended_at(reference, at);
+        }
+        state
+    }
+}
+
+impl From<LocationState> for LocationJson {
+    fn from(state: LocationState) -> Self {
+        let (reserved, available) = (state.reserved(), state.available());
+        let holds = state.holds.map(|h| *h).unwrap_or_default();
+        LocationJson {
+            on_hand: state.on_hand,
+            reserved,
+            safety_stock: state.safety_stock,
+            available,
+            version: state.version,
+            as_of: state.as_of,
+            erp_time: state.erp_time,
+            erp_offset: state.erp_offset,
+            holds: holds.open.0.into_iter().collect(),
+            ended: holds.ended.0.into_iter().collect(),
+        }
+    }
 }
 
 /// Stock held for one document at one location.
@@ -213,11 +365,81 @@ pub enum Applied {
 }
 
 impl LocationState {
+    /// A location whose ERP figure `on_hand` (ERP time `erp_time`, read at input offset
+    /// `erp_offset`) was applied as `version` at `as_of`; no safety stock, no holds.
+    pub fn applied(
+        on_hand: Decimal,
+        version: i64,
+        as_of: i64,
+        erp_time: i64,
+        erp_offset: i64,
+    ) -> Self {
+        LocationState {
+            on_hand,
+            version,
+            as_of,
+            erp_time,
+            erp_offset,
+            ..LocationState::default()
+        }
+    }
+
+    /// Sum of the open holds.
+    pub fn reserved(&self) -> Decimal {
+        self.holds().values().map(|h| h.quantity).sum()
+    }
+
+    /// What may be sold: max(0, on_hand − reserved − safety_stock).
+    pub fn available(&self) -> Decimal {
+        (self.on_hand - self.reserved() - self.safety_stock).max(Decimal::ZERO)
+    }
+
+    /// Open holds by reference (order transaction id or adjustment reference id).
+    pub fn holds(&self) -> &ByReference<Hold> {
+        self.holds.as_ref().map_or(&NO_HOLDS, |h| &h.open)
+    }
+
+    /// References whose hold ended, with the time it ended (epoch ms).
+    pub fn ended(&self) -> &ByReference<i64> {
+        self.holds.as_ref().map_or(&NOTHING_ENDED, |h| &h.ended)
+    }
+
+    /// Whether the location has open or remembered holds.
+    pub fn has_any_holds(&self) -> bool {
+        !self.holds().is_empty() || !self.ended().is_empty()
+    }
+
+    /// Sets the open hold of `reference` (for building a state; the rules take holds
+    /// through [`SkuState::reserve`]).
+    pub fn hold(&mut self, reference: String, hold: Hold) {
+        self.holds_mut().open.insert(reference, hold);
+    }
+
+    /// Remembers that the hold of `reference` ended at `at` (epoch ms).
+    pub fn ended_at(&mut self, reference: String, at: i64) {
+        self.holds_mut().ended.insert(reference, at);
+    }
+
+    fn holds_mut(&mut self) -> &mut Holds {
+        self.holds.get_or_insert_with(Default::default)
+    }
+
+    /// Drops the holds' storage once nothing is open or remembered.
+    fn tidy(&mut self) {
+        if self
+            .holds
+            .as_ref()
+            .is_some_and(|h| h.open.is_empty() && h.ended.is_empty())
+        {
+            self.holds = None;
+        }
+    }
+
     fn figures(&self) -> (Decimal, Decimal, Decimal, Decimal) {
         (
             self.on_hand,
-            self.reserved,
-            self.available,
+            self.reserved(),
+            self.available(),
             self.safety_stock,
         )
     }
@@ -226,10 +448,10 @@ impl LocationState {
     fn confirm_written_back(&mut self, now: i64) -> usize {
         let erp_time = self.erp_time;
         let confirmed: Vec<String> = self
-            .holds
+            .holds()
             .iter()
             .filter(|(_, h)| h.written_back_at.is_some_and(|t| t < erp_time))
-            .map(|(r, _)| r.clone())
+            .map(|(r, _)| r.to_string())
             .collect();
         for reference in &confirmed {
             self.end_hold(reference, now);
@@ -238,8 +460,9 @@ impl LocationState {
     }
 
     fn end_hold(&mut self, reference: &str, now: i64) {
-        self.holds.remove(reference);
-        self.ended.insert(reference.to_string(), now);
+        let holds = self.holds_mut();
+        holds.open.remove(reference);
+        holds.ended.insert(reference.to_string(), now);
     }
 }
 
@@ -275,10 +498,11 @@ impl SkuState {
     /// location releases the reference at every location of the sku.
     pub fn reserve(&mut self, step: &Reservation, safety: Decimal, now: i64) -> Applied {
         if step.action == ReservationAction::Release && step.location_code.is_empty() {
-            let codes: Vec<String> = self
+            let codes: Vec<CompactString> = self
                 .locations
+                .0
                 .iter()
-                .filter(|(_, l)| l.holds.contains_key(&step.reference_id))
+                .filter(|(_, l)| l.holds().contains_key(&step.reference_id))
                 .map(|(c, _)| c.clone())
                 .collect();
             let mut outcome = Applied::Stale;
@@ -293,15 +517,15 @@ impl SkuState {
         let location = self.locations.entry_or_default(&step.location_code);
         let before = location.figures();
         let reference = &step.reference_id;
-        if location.ended.contains_key(reference) {
+        if location.ended().contains_key(reference) {
             return Applied::Stale;
         }
         match step.action {
             ReservationAction::Hold => {
-                if location.holds.contains_key(reference) {
+                if location.holds().contains_key(reference) {
                     return Applied::Stale;
                 }
-                location.holds.insert(
+                location.hold(
                     reference.clone(),
                     Hold {
                         quantity: step.quantity,
@@ -313,7 +537,7 @@ impl SkuState {
             ReservationAction::WrittenBack => {
                 // The write-back may overtake the hold (they come from different
                 // components); then it takes the hold itself.
-                let hold = location.holds.entry(reference.clone()).or_insert(Hold {
+                let hold = location.holds_mut().open.get_or_insert(reference, || Hold {
                     quantity: step.quantity,
                     held_at: now,
                     written_back_at: None,
@@ -333,15 +557,14 @@ impl SkuState {
     pub fn expire(&mut self, deadline: i64, safety: Decimal, now: i64) -> (usize, Applied) {
         let mut expired = 0;
         let mut outcome = Applied::Unchanged;
-        let codes: Vec<String> = self.locations.iter().map(|(c, _)| c.clone()).collect();
-        for code in codes {
+        for code in self.locations.codes() {
             let location = self.locations.entry_or_default(&code);
             let before = location.figures();
             let old: Vec<String> = location
-                .holds
+                .holds()
                 .iter()
                 .filter(|(_, h)| h.held_at < deadline)
-                .map(|(r, _)| r.clone())
+                .map(|(r, _)| r.to_string())
                 .collect();
             if old.is_empty() {
                 continue;
@@ -361,19 +584,28 @@ impl SkuState {
     pub fn forget_ended(&mut self, horizon: i64) -> bool {
         let mut forgot = false;
         for location in self.locations.values_mut() {
-            let before = location.ended.len();
-            location.ended.retain(|_, at| *at >= horizon);
-            forgot |= location.ended.len() != before;
+            if let Some(holds) = &mut location.holds {
+                let before = holds.ended.len();
+                holds.ended.retain(|at| *at >= horizon);
+                forgot |= holds.ended.len() != before;
+            }
+            location.tidy();
         }
         forgot
     }
 
     /// Whether any location has an open hold.
     pub fn has_holds(&self) -> bool {
-        self.locations.values().any(|l| !l.holds.is_empty())
+        self.locations.values().any(|l| !l.holds().is_empty())
     }
 
-    /// Recomputes a location's derived figures and bumps versions if any figure moved.
+    /// Whether any location has an open or a remembered hold (one that time may end or
+    /// forget).
+    pub fn has_any_holds(&self) -> bool {
+        self.locations.values().any(LocationState::has_any_holds)
+    }
+
+    /// Records the safety stock applied and bumps versions if any figure moved.
     fn settle(
         &mut self,
         code: &str,
@@ -382,9 +614,8 @@ impl SkuState {
         now: i64,
     ) -> Applied {
         let location = self.locations.entry_or_default(code);
-        location.reserved = location.holds.values().map(|h| h.quantity).sum();
         location.safety_stock = safety;
-        location.available = (location.on_hand - location.reserved - safety).max(Decimal::ZERO);
+        location.tidy();
         if location.figures() == before && location.version > 0 {
             return Applied::Unchanged;
         }
@@ -398,8 +629,8 @@ impl SkuState {
     pub fn available(&self, location: Option<&str>) -> Decimal {
         self.locations
             .iter()
-            .filter(|(code, _)| location.is_none_or(|l| l == code.as_str()))
-            .map(|(_, l)| l.available)
+            .filter(|(code, _)| location.is_none_or(|l| l == *code))
+            .map(|(_, l)| l.available())
             .sum()
     }
 
@@ -408,11 +639,11 @@ impl SkuState {
         self.locations
             .iter()
             .map(|(code, l)| LocationStock {
-                location_code: code.clone(),
+                location_code: code.to_string(),
                 on_hand: l.on_hand,
-                reserved: l.reserved,
+                reserved: l.reserved(),
                 safety_stock: l.safety_stock,
-                available: l.available,
+                available: l.available(),
                 version: l.version,
                 as_of: l.as_of,
             })

@@ -64,11 +64,11 @@ fn equal_erp_times_follow_topic_order() {
 fn available_subtracts_safety_stock_and_never_goes_negative() {
     let mut sku = SkuState::default();
     sku.apply(&change(1, 5), 1, Decimal::from(2), 0);
-    assert_eq!(sku.locations["WH"].available, Decimal::from(3));
+    assert_eq!(sku.locations["WH"].available(), Decimal::from(3));
     sku.apply(&change(2, 1), 2, Decimal::from(2), 0);
-    assert_eq!(sku.locations["WH"].available, Decimal::ZERO);
+    assert_eq!(sku.locations["WH"].available(), Decimal::ZERO);
     sku.apply(&change(3, -4), 3, Decimal::from(2), 0);
-    assert_eq!(sku.locations["WH"].available, Decimal::ZERO);
+    assert_eq!(sku.locations["WH"].available(), Decimal::ZERO);
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn step(action: ReservationAction, reference: &str, qty: i64, at: i64) -> Reserv
 
 fn figures(sku: &SkuState) -> (Decimal, Decimal, Decimal) {
     let l = &sku.locations["WH"];
-    (l.on_hand, l.reserved, l.available)
+    (l.on_hand, l.reserved(), l.available())
 }
 
 fn d(n: i64) -> Decimal {

@@ -15,10 +15,11 @@
 //! A value that does not start with `0x02` is the JSON form of earlier versions (read, never
 //! written).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use super::{Hold, LocationState, Locations, ReadUpTo, SkuState};
 
@@ -50,14 +51,14 @@ impl SkuState {
         out.len(self.locations.0.len());
         for (code, l) in self.locations.iter() {
             out.str(code);
-            for figure in [l.on_hand, l.reserved, l.safety_stock, l.available] {
+            for figure in [l.on_hand, l.reserved(), l.safety_stock, l.available()] {
                 out.0.extend_from_slice(&figure.serialize());
             }
             for number in [l.version, l.as_of, l.erp_time, l.erp_offset] {
                 out.i64(number);
             }
-            out.len(l.holds.len());
-            for (reference, hold) in &l.holds {
+            out.len(l.holds().len());
+            for (reference, hold) in l.holds().iter() {
                 out.str(reference);
                 out.0.extend_from_slice(&hold.quantity.serialize());
                 out.i64(hold.held_at);
@@ -69,8 +70,8 @@ impl SkuState {
                     }
                 }
             }
-            out.len(l.ended.len());
-            for (reference, at) in &l.ended {
+            out.len(l.ended().len());
+            for (reference, at) in l.ended().iter() {
                 out.str(reference);
                 out.i64(*at);
             }
@@ -159,26 +160,28 @@ impl Reader<'_> {
         // Exact capacities: a million restored states must not each carry a grown vector's
         // spare room.
         let count = self.count(12)?;
-        let mut read = Vec::with_capacity(count);
+        let mut read = SmallVec::with_capacity(count);
         for _ in 0..count {
             let topic: Arc<str> = Arc::from(self.string()?);
             read.push((topic, self.i64()?));
         }
         let count = self.count(108)?;
-        let mut locations = Vec::with_capacity(count);
+        let mut locations = SmallVec::with_capacity(count);
         for _ in 0..count {
-            let code = self.string()?;
+            let code = CompactString::from(self.string()?);
+            let on_hand = self.decimal()?;
+            // `reserved` and `available` are derived from the rest: read past them.
+            self.decimal()?;
+            let safety_stock = self.decimal()?;
+            self.decimal()?;
             let mut l = LocationState {
-                on_hand: self.decimal()?,
-                reserved: self.decimal()?,
-                safety_stock: self.decimal()?,
-                available: self.decimal()?,
+                on_hand,
+                safety_stock,
                 version: self.i64()?,
                 as_of: self.i64()?,
                 erp_time: self.i64()?,
                 erp_offset: self.i64()?,
-                holds: BTreeMap::new(),
-                ended: BTreeMap::new(),
+                ..LocationState::default()
             };
             for _ in 0..self.count(29)? {
                 let reference = self.string()?;
@@ -190,7 +193,7 @@ impl Reader<'_> {
                     1 => Some(self.i64()?),
                     _ => return Err(StoredError::Binary("not a flag", at)),
                 };
-                l.holds.insert(
+                l.hold(
                     reference,
                     Hold {
                         quantity,
@@ -201,7 +204,8 @@ impl Reader<'_> {
             }
             for _ in 0..self.count(12)? {
                 let reference = self.string()?;
-                l.ended.insert(reference, self.i64()?);
+                let at = self.i64()?;
+                l.ended_at(reference, at);
             }
             if locations.last().is_some_and(|(last, _)| *last >= code) {
                 return Err(StoredError::Binary("locations out of order", self.at));
@@ -221,6 +225,8 @@ impl Reader<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn state() -> SkuState {
@@ -247,26 +253,24 @@ mod tests {
                 written_back_at: None,
             },
         );
+        let mut a = LocationState {
+            on_hand: Decimal::new(-12345, 3),
+            safety_stock: Decimal::ONE,
+            version: 5,
+            as_of: 1_764_000_000_002,
+            erp_time: 1_764_000_000_003,
+            erp_offset: 40,
+            ..LocationState::default()
+        };
+        for (reference, hold) in holds {
+            a.hold(reference, hold);
+        }
+        a.ended_at("ORD-0".to_string(), 1_763_000_000_000);
+        state.locations.insert("WH-A", a);
         state.locations.insert(
-            "WH-A".into(),
-            LocationState {
-                on_hand: Decimal::new(-12345, 3),
-                reserved: Decimal::new(35, 1),
-                safety_stock: Decimal::ONE,
-                available: Decimal::ZERO,
-                version: 5,
-                as_of: 1_764_000_000_002,
-                erp_time: 1_764_000_000_003,
-                erp_offset: 40,
-                holds,
-                ended: BTreeMap::from([("ORD-0".to_string(), 1_763_000_000_000)]),
-            },
-        );
-        state.locations.insert(
-            "WH-B".into(),
+            "WH-B",
             LocationState {
                 on_hand: Decimal::from(3),
-                available: Decimal::from(3),
                 version: 2,
                 ..LocationState::default()
             },
