@@ -11,7 +11,8 @@ use erpstream_pipeline::processors::inventory::{Inventory, InventoryConfig};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::{fill, report, snapshot::sku_state};
+use crate::snapshot::{self, sku_state};
+use crate::{fill, report};
 
 /// Arguments of `erpstream-bench footprint`.
 #[derive(clap::Args)]
@@ -41,10 +42,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     eprintln!("[footprint] writing {} keys to {topic}", args.skus);
     let started = Instant::now();
+    let topics = snapshot::topics();
     let record = |i: usize| RawRecord {
         topic: topic.clone(),
         key: Some(format!("SKU-{i:08}").into_bytes()),
-        payload: Some(sku_state(i, args.locations).to_bytes()),
+        payload: Some(sku_state(i, args.locations).to_bytes(&topics)),
         headers: Vec::new(),
         partition: Some((i % args.partitions as usize) as i32),
     };

@@ -13,7 +13,7 @@ use erpstream_connectors::component::SnapshotService;
 use erpstream_connectors::sources::storefront_api::ApiAuth;
 use erpstream_pipeline::processors::Processor;
 use erpstream_pipeline::processors::inventory::{
-    Hold, Inventory, InventoryConfig, LocationState, SkuState,
+    Hold, Inventory, InventoryConfig, LocationState, SkuState, Topics,
 };
 use futures::StreamExt;
 use rust_decimal::Decimal;
@@ -43,12 +43,25 @@ pub struct Args {
 
 const TOKEN: &str = "bench-token";
 
-/// A plausible sku state: `locations` locations, every tenth sku with an open hold.
+/// The input topics [`sku_state`]'s read offsets name.
+pub fn topics() -> Topics {
+    let mut topics = Topics::default();
+    topics.index("inventory.change");
+    topics.index("inventory.reservation");
+    topics
+}
+
+/// A plausible sku state: `locations` locations, every tenth sku with an open hold; read
+/// offsets on the change topic, and on the reservation topic for skus with a hold.
 pub fn sku_state(i: usize, locations: usize) -> SkuState {
     let mut state = SkuState {
         version: 3,
         ..SkuState::default()
     };
+    state.read.advance(0, i as i64);
+    if i.is_multiple_of(10) {
+        state.read.advance(1, i as i64 / 10);
+    }
     for l in 0..locations {
         let on_hand = Decimal::from((i * 7 + l * 13) % 500);
         let mut location =
@@ -81,11 +94,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     // As a pipeline restores: entries applied one by one in changelog order, never all
     // held at once.
+    let topics = topics();
     let started = Instant::now();
     for partition in 0..args.partitions {
         inventory.restore_begin(partition);
         for i in (0..args.skus).filter(|i| (*i as i32) % args.partitions == partition) {
-            let value = sku_state(i, args.locations).to_bytes();
+            let value = sku_state(i, args.locations).to_bytes(&topics);
             inventory.restore_entry(partition, format!("SKU-{i:08}"), Some(&value));
         }
         inventory.restore_end(partition);

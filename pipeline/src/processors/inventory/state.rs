@@ -28,69 +28,75 @@ pub use stored::StoredError;
 /// Kept small: a restored pipeline holds one per sku (a million skus must fit in a few
 /// hundred MB), so the common case — one or two input topics, one location, no holds —
 /// lives in this one allocation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SkuState {
     /// Bumped on every change of any location.
     pub version: i64,
     /// Per location.
     pub locations: Locations,
     /// Per input topic, the offset of the last record this state took in.
-    #[serde(default, skip_serializing_if = "ReadUpTo::is_empty")]
     pub read: ReadUpTo,
 }
 
-/// Per input topic, the offset of the last record a sku's state took in: a record at or
-/// before it was applied already (read again after a crash) and changes nothing. In the
-/// JSON form an object `{topic: offset}`; in memory the topic names are shared.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReadUpTo(SmallVec<[(Arc<str>, i64); 2]>);
+/// The input topics the states of one processor name, each once: a state refers to a topic
+/// by its place here (4 bytes, not a name per sku).
+#[derive(Debug, Clone, Default)]
+pub struct Topics(Vec<Arc<str>>);
 
-impl ReadUpTo {
-    /// Whether no record was taken in yet.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+impl Topics {
+    /// The place of `name`, added if new.
+    pub fn index(&mut self, name: &str) -> u32 {
+        match self.0.iter().position(|t| **t == *name) {
+            Some(i) => i as u32,
+            None => {
+                self.0.push(Arc::from(name));
+                (self.0.len() - 1) as u32
+            }
+        }
     }
 
+    /// The name at `index` (a place [`Topics::index`] gave).
+    pub fn name(&self, index: u32) -> &str {
+        &self.0[index as usize]
+    }
+}
+
+/// Per input topic, by its place in the processor's [`Topics`], the offset of the last
+/// record a sku's state took in (`-1`: none from that topic): a record at or before it was
+/// applied already (read again after a crash) and changes nothing. A processor reads a few
+/// topics, so the offsets are a short vector indexed by place, the first two in place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadUpTo(SmallVec<[i64; 2]>);
+
+impl ReadUpTo {
     /// Whether the record at `offset` of `topic` was taken in already.
-    pub fn covers(&self, topic: &str, offset: i64) -> bool {
+    pub fn covers(&self, topic: u32, offset: i64) -> bool {
         self.0
-            .iter()
-            .any(|(t, read)| **t == *topic && *read >= offset)
+            .get(topic as usize)
+            .is_some_and(|read| *read >= 0 && *read >= offset)
     }
 
     /// Records that the record at `offset` of `topic` was taken in.
-    pub fn advance(&mut self, topic: &Arc<str>, offset: i64) {
-        match self.0.iter_mut().find(|(t, _)| **t == **topic) {
-            Some((_, read)) => *read = (*read).max(offset),
-            None => self.0.push((Arc::clone(topic), offset)),
+    pub fn advance(&mut self, topic: u32, offset: i64) {
+        let place = topic as usize;
+        if self.0.len() <= place {
+            self.0.resize(place + 1, -1);
         }
+        self.0[place] = self.0[place].max(offset);
     }
 
-    /// Topics and offsets.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.0.iter().map(|(t, o)| (&**t, *o))
+    /// Topics and offsets, for the topics a record was taken in from.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, read)| **read >= 0)
+            .map(|(place, read)| (place as u32, *read))
     }
 
-    /// Replaces each topic name by the shared copy `intern` gives.
-    pub fn share(&mut self, mut intern: impl FnMut(&str) -> Arc<str>) {
-        for (topic, _) in &mut self.0 {
-            *topic = intern(topic);
-        }
-    }
-}
-
-impl Serialize for ReadUpTo {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for ReadUpTo {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, i64>::deserialize(deserializer)?;
-        Ok(ReadUpTo(
-            map.into_iter().map(|(t, o)| (Arc::from(t), o)).collect(),
-        ))
+    /// How many topics a record was taken in from.
+    fn len(&self) -> usize {
+        self.iter().count()
     }
 }
 

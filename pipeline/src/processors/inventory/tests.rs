@@ -216,6 +216,17 @@ fn cancellation_and_expiry_give_the_stock_back() {
 }
 
 #[test]
+fn read_offsets_are_kept_per_topic_place_and_only_where_a_record_was_taken_in() {
+    let mut read = super::state::ReadUpTo::default();
+    read.advance(2, 5);
+    read.advance(2, 3);
+    assert!(!read.covers(0, 0), "nothing read from topic 0");
+    assert!(read.covers(2, 5) && read.covers(2, 4) && !read.covers(2, 6));
+    assert!(!read.covers(3, 0));
+    assert_eq!(read.iter().collect::<Vec<_>>(), [(2, 5)]);
+}
+
+#[test]
 fn state_with_holds_survives_the_changelog() {
     let mut sku = SkuState::default();
     sku.apply(&change(1_000, 5), 1, Decimal::ZERO, 0);
@@ -229,8 +240,15 @@ fn state_with_holds_survives_the_changelog() {
         Decimal::ZERO,
         3_000,
     );
-    let bytes = serde_json::to_vec(&sku).unwrap();
-    assert_eq!(serde_json::from_slice::<SkuState>(&bytes).unwrap(), sku);
+    let mut topics = super::Topics::default();
+    for json in [false, true] {
+        let bytes = if json {
+            sku.to_json(&topics)
+        } else {
+            sku.to_bytes(&topics)
+        };
+        assert_eq!(SkuState::from_bytes(&bytes, &mut topics).unwrap(), sku);
+    }
 }
 
 #[test]
@@ -381,5 +399,33 @@ mod commit_path {
             }
             _ => panic!("expected one inventory.available"),
         }
+    }
+
+    #[test]
+    fn a_restore_in_changelog_order_keeps_the_last_value_of_every_key() {
+        let mut source = inventory();
+        let mut effects = Effects::default();
+        for round in 0..3 {
+            for i in 0..500 {
+                let sku = format!("S{:04}", (i * 7919) % 500);
+                source.process(1, &relative(&sku, round * 500 + i, 1), &mut effects);
+            }
+        }
+        let mut inventory = inventory();
+        inventory.restore_begin(0);
+        for (_, _, sku, value) in &effects.changelog {
+            inventory.restore_entry(0, sku.clone(), value.as_deref());
+        }
+        inventory.restore_entry(0, "S0007".into(), None);
+        inventory.restore_end(0);
+        let view = inventory.view();
+        let partitions = view.read();
+        let skus = &partitions[&0];
+        assert_eq!(skus.len(), 499, "every key once, the deleted one gone");
+        for (sku, state) in skus {
+            assert_eq!(**state, source.sku(sku).unwrap(), "{sku}");
+            assert_eq!(state.locations["WH"].on_hand, Decimal::from(3));
+        }
+        assert!(!skus.contains_key("S0007"));
     }
 }

@@ -15,13 +15,14 @@
 //! A value that does not start with `0x02` is the JSON form of earlier versions (read, never
 //! written).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use compact_str::CompactString;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::{Hold, LocationState, Locations, ReadUpTo, SkuState};
+use super::{Hold, LocationState, Locations, ReadUpTo, SkuState, Topics};
 
 /// First byte of the binary form.
 const BINARY: u8 = 2;
@@ -37,15 +38,24 @@ pub enum StoredError {
     Json(#[from] serde_json::Error),
 }
 
+/// The JSON form of earlier versions: read offsets by topic name.
+#[derive(Serialize, Deserialize)]
+struct SkuJson {
+    version: i64,
+    locations: Locations,
+    #[serde(default)]
+    read: BTreeMap<String, i64>,
+}
+
 impl SkuState {
-    /// The changelog value.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The changelog value; `topics` names the read offsets' topics.
+    pub fn to_bytes(&self, topics: &Topics) -> Vec<u8> {
         let mut out = Writer(Vec::with_capacity(24 + 160 * self.locations.0.len()));
         out.0.push(BINARY);
         out.i64(self.version);
-        out.len(self.read.0.len());
+        out.len(self.read.len());
         for (topic, offset) in self.read.iter() {
-            out.str(topic);
+            out.str(topics.name(topic));
             out.i64(offset);
         }
         out.len(self.locations.0.len());
@@ -79,12 +89,39 @@ impl SkuState {
         out.0
     }
 
-    /// A changelog value, binary or (from earlier versions) JSON.
-    pub fn from_bytes(value: &[u8]) -> Result<Self, StoredError> {
+    /// A changelog value, binary or (from earlier versions) JSON; its topics are added to
+    /// `topics`.
+    pub fn from_bytes(value: &[u8], topics: &mut Topics) -> Result<Self, StoredError> {
         match value.split_first() {
-            Some((&BINARY, _)) => Reader { value, at: 1 }.sku(),
-            _ => Ok(serde_json::from_slice(value)?),
+            Some((&BINARY, _)) => Reader { value, at: 1 }.sku(topics),
+            _ => {
+                let json: SkuJson = serde_json::from_slice(value)?;
+                let mut read = ReadUpTo::default();
+                for (topic, offset) in json.read {
+                    read.advance(topics.index(&topic), offset);
+                }
+                Ok(SkuState {
+                    version: json.version,
+                    locations: json.locations,
+                    read,
+                })
+            }
         }
+    }
+
+    /// The JSON form of earlier versions (for tests of reading it).
+    #[cfg(test)]
+    pub fn to_json(&self, topics: &Topics) -> Vec<u8> {
+        let json = SkuJson {
+            version: self.version,
+            locations: self.locations.clone(),
+            read: self
+                .read
+                .iter()
+                .map(|(topic, offset)| (topics.name(topic).to_string(), offset))
+                .collect(),
+        };
+        serde_json::to_vec(&json).expect("a state serializes")
     }
 }
 
@@ -109,8 +146,8 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], StoredError> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoredError> {
         let end = self
             .at
             .checked_add(n)
@@ -138,11 +175,14 @@ impl Reader<'_> {
         }
         Ok(n)
     }
-    fn string(&mut self) -> Result<String, StoredError> {
+    fn str(&mut self) -> Result<&'a str, StoredError> {
         let n = self.len()?;
         let at = self.at;
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| StoredError::Binary("not UTF-8", at))
+        std::str::from_utf8(bytes).map_err(|_| StoredError::Binary("not UTF-8", at))
+    }
+    fn string(&mut self) -> Result<String, StoredError> {
+        self.str().map(str::to_string)
     }
     fn decimal(&mut self) -> Result<Decimal, StoredError> {
         let at = self.at;
@@ -155,20 +195,25 @@ impl Reader<'_> {
         Ok(Decimal::deserialize(bytes))
     }
 
-    fn sku(mut self) -> Result<SkuState, StoredError> {
+    fn sku(mut self, topics: &mut Topics) -> Result<SkuState, StoredError> {
         let version = self.i64()?;
         // Exact capacities: a million restored states must not each carry a grown vector's
         // spare room.
         let count = self.count(12)?;
-        let mut read = SmallVec::with_capacity(count);
+        let mut read = ReadUpTo::default();
         for _ in 0..count {
-            let topic: Arc<str> = Arc::from(self.string()?);
-            read.push((topic, self.i64()?));
+            let topic = topics.index(self.str()?);
+            let at = self.at;
+            let offset = self.i64()?;
+            if offset < 0 {
+                return Err(StoredError::Binary("negative offset", at));
+            }
+            read.advance(topic, offset);
         }
         let count = self.count(108)?;
         let mut locations = SmallVec::with_capacity(count);
         for _ in 0..count {
-            let code = CompactString::from(self.string()?);
+            let code = CompactString::from(self.str()?);
             let on_hand = self.decimal()?;
             // `reserved` and `available` are derived from the rest: read past them.
             self.decimal()?;
@@ -218,24 +263,30 @@ impl Reader<'_> {
         Ok(SkuState {
             version,
             locations: Locations(locations),
-            read: ReadUpTo(read),
+            read,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
+
+    /// The topics [`state`] names.
+    fn topics() -> Topics {
+        let mut topics = Topics::default();
+        topics.index("t.inventory.change");
+        topics.index("t.inventory.reservation");
+        topics
+    }
 
     fn state() -> SkuState {
         let mut state = SkuState {
             version: 7,
             ..SkuState::default()
         };
-        state.read.advance(&Arc::from("t.inventory.change"), 41);
-        state.read.advance(&Arc::from("t.inventory.reservation"), 9);
+        state.read.advance(0, 41);
+        state.read.advance(1, 9);
         let mut holds = BTreeMap::new();
         holds.insert(
             "ORD-1".to_string(),
@@ -281,40 +332,45 @@ mod tests {
     #[test]
     fn the_binary_form_reads_back_as_the_same_state() {
         let state = state();
-        let bytes = state.to_bytes();
+        let bytes = state.to_bytes(&topics());
         assert_eq!(bytes[0], BINARY);
-        assert_eq!(SkuState::from_bytes(&bytes).unwrap(), state);
-        assert!(bytes.len() < serde_json::to_vec(&state).unwrap().len());
+        assert_eq!(SkuState::from_bytes(&bytes, &mut topics()).unwrap(), state);
+        assert!(bytes.len() < state.to_json(&topics()).len());
     }
 
     #[test]
     fn the_json_of_earlier_versions_still_reads() {
         let state = state();
-        let json = serde_json::to_vec(&state).unwrap();
-        assert_eq!(SkuState::from_bytes(&json).unwrap(), state);
+        let json = state.to_json(&topics());
+        assert_eq!(
+            SkuState::from_bytes(&json, &mut Topics::default()).unwrap(),
+            state
+        );
     }
 
     #[test]
     fn a_damaged_value_is_an_error_never_a_panic_or_a_huge_allocation() {
-        let bytes = state().to_bytes();
+        let bytes = state().to_bytes(&topics());
         for end in 1..bytes.len() {
             assert!(
-                SkuState::from_bytes(&bytes[..end]).is_err(),
+                SkuState::from_bytes(&bytes[..end], &mut topics()).is_err(),
                 "cut at {end} read as a state"
             );
         }
         let mut huge = vec![BINARY];
         huge.extend_from_slice(&0i64.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        let error = SkuState::from_bytes(&huge).unwrap_err().to_string();
+        let error = SkuState::from_bytes(&huge, &mut topics())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("count larger than the value"), "{error}");
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(SkuState::from_bytes(&trailing).is_err());
+        assert!(SkuState::from_bytes(&trailing, &mut topics()).is_err());
         let mut flipped = bytes;
         // The first location's on_hand flags (after version, read and the code).
         let flags = 1 + 8 + 4 + (4 + 18 + 8) + (4 + 23 + 8) + 4 + (4 + 4);
         flipped[flags + 2] = 99; // scale 99
-        assert!(SkuState::from_bytes(&flipped).is_err());
+        assert!(SkuState::from_bytes(&flipped, &mut topics()).is_err());
     }
 }
