@@ -121,10 +121,11 @@ pub struct Entry {
 const CHUNK: usize = 10_000;
 /// Chunks read ahead of the caller.
 const READ_AHEAD: usize = 4;
-/// Largest fetch response of a restore: a restore reads whole partitions, and brokers that
+/// Largest fetch response of a restore (Apache Kafka brokers cap it at their own
+/// `fetch.max.bytes`, 55 MiB by default): a restore reads whole partitions, and brokers that
 /// scan from the fetch offset (tansu's sqlite store) answer fewer, larger fetches far faster;
 /// the client's read-ahead is held to the same size, so a restore's buffers stay bounded.
-const RESTORE_FETCH_BYTES: usize = 16 << 20;
+const RESTORE_FETCH_BYTES: usize = 64 << 20;
 
 /// The restore consumer's context: the end of a partition is how a restore knows it is done,
 /// not an error to log.
