@@ -9,6 +9,8 @@ use erpstream_connectors::kafka::{KafkaConfig, Publisher, RawRecord, TopicSpec, 
 use erpstream_schemas::{Codec, Traceparent};
 use futures::future::join_all;
 
+use crate::process::Broker;
+
 /// Arguments of `erpstream-bench fill`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,16 +31,17 @@ const WAVE: usize = 20_000;
 /// A producer for bulk bench writes (20 ms linger, no idempotence, acknowledgements waited
 /// for as long as a slow store takes) and a new topic `<prefix>.<ms>` created for it.
 pub async fn new_topic(
-    brokers: &str,
+    broker: &Broker,
     prefix: &str,
     partitions: i32,
     compacted: bool,
 ) -> anyhow::Result<(KafkaConfig, Publisher, String)> {
-    let mut kafka = KafkaConfig::new(brokers.to_string());
+    let mut kafka = KafkaConfig::new(broker.bootstrap());
     kafka.linger = std::time::Duration::from_millis(20);
     kafka.idempotence = false;
     kafka.delivery_timeout = std::time::Duration::from_secs(300);
     let topic = format!("{prefix}.{}", chrono::Utc::now().timestamp_millis());
+    broker.create_topic(&topic, partitions)?;
     erpstream_connectors::kafka::ensure_topics(
         &kafka,
         &[TopicSpec {
@@ -76,8 +79,13 @@ pub async fn write_waves(
 
 /// Writes the records and reports the rate.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (_, publisher, topic) =
-        new_topic(&args.brokers, "bench.fill", args.partitions, false).await?;
+    let (_, publisher, topic) = new_topic(
+        &Broker::Stack(args.brokers.clone()),
+        "bench.fill",
+        args.partitions,
+        false,
+    )
+    .await?;
     let started = Instant::now();
     let record = |i: usize| RawRecord {
         topic: topic.clone(),

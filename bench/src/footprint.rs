@@ -11,6 +11,7 @@ use erpstream_pipeline::processors::inventory::{Inventory, InventoryConfig};
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::process::{Broker, BrokerKind};
 use crate::snapshot::{self, sku_state};
 use crate::{fill, report};
 
@@ -29,17 +30,17 @@ pub struct Args {
     /// Changelog partitions.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
+    /// The broker: the stack's, or librdkafka's mock cluster in this process (which keeps
+    /// ~5 MiB per partition: give it enough partitions for the keys).
+    #[arg(long, value_enum, default_value = "stack")]
+    broker: BrokerKind,
 }
 
 /// Runs the benchmark and writes `bench/results/footprint.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (kafka, publisher, topic) = fill::new_topic(
-        &args.brokers,
-        "bench.footprint.changelog",
-        args.partitions,
-        true,
-    )
-    .await?;
+    let broker = Broker::new(args.broker, &args.brokers)?;
+    let (kafka, publisher, topic) =
+        fill::new_topic(&broker, "bench.footprint.changelog", args.partitions, true).await?;
     eprintln!("[footprint] writing {} keys to {topic}", args.skus);
     let started = Instant::now();
     let topics = snapshot::topics();
@@ -91,7 +92,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "machine": report::machine(),
         "settings": {
             "skus": args.skus, "locations_per_sku": args.locations, "partitions": args.partitions,
-            "keys": keys, "brokers": args.brokers, "broker": std::env::var("ERPSTREAM_BENCH_BROKER").unwrap_or_else(|_| "as given".into()),
+            "keys": keys, "brokers": broker.bootstrap(), "broker": match args.broker {
+                BrokerKind::Stack => std::env::var("ERPSTREAM_BENCH_BROKER").unwrap_or_else(|_| "as given".into()),
+                BrokerKind::Mock => args.broker.describe().to_string(),
+            },
         },
         "results": {
             "write_seconds": write_seconds,
@@ -109,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.skus
     );
     std::hint::black_box(&inventory);
-    let path = report::write("footprint", &result)?;
+    let path = report::write(&args.broker.file_name("footprint"), &result)?;
     println!("{}", serde_json::to_string_pretty(&result["results"])?);
     eprintln!("[footprint] written to {}", path.display());
     Ok(())

@@ -171,20 +171,26 @@ impl Broker {
     /// Creates the topics `topology` needs (the mock has no CreateTopics; the stack's
     /// broker creates them when the pipeline asks).
     fn create_topics(&self, topology: &Path) -> anyhow::Result<()> {
+        for (name, partitions) in crate::broker::topics_of(topology)? {
+            self.create_topic(&name, partitions)?;
+        }
+        Ok(())
+    }
+
+    /// Creates `name` on the mock (which has no CreateTopics) unless it exists; nothing on
+    /// the stack's broker, which creates topics when asked.
+    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
         let Broker::Mock(cluster) = self else {
             return Ok(());
         };
-        for (name, partitions) in crate::broker::topics_of(topology)? {
-            match cluster.create_topic(&name, partitions, 1) {
-                // The same pipeline started again.
-                Ok(())
-                | Err(rdkafka::error::KafkaError::MockCluster(
-                    rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                )) => {}
-                Err(err) => return Err(err.into()),
-            }
+        match cluster.create_topic(name, partitions, 1) {
+            // The same pipeline started again.
+            Ok(())
+            | Err(rdkafka::error::KafkaError::MockCluster(
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+            )) => Ok(()),
+            Err(err) => Err(err.into()),
         }
-        Ok(())
     }
 }
 
