@@ -53,6 +53,9 @@ struct Measured {
     incremental_calls: u64,
     incremental_seconds: f64,
     cpu_seconds: [f64; 2],
+    /// erpstream's CPU from the ERP's first request to the last acknowledgement (the load
+    /// itself, without the process's start-up).
+    load_cpu_seconds: f64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -94,6 +97,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let process = start(&args, &broker, &name, &erp.url, port)?;
         let client = reqwest::Client::new();
         let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+        let until = Instant::now() + Duration::from_secs(60);
+        while erp.first_call().is_none() {
+            anyhow::ensure!(Instant::now() < until, "erpstream never called the ERP");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let cpu_at_first_call = cpu_seconds(process.0.id());
         wait_sent(
             &client,
             &metrics_url,
@@ -111,8 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cpu_seconds(process.0.id()),
             cpu_seconds(broker.pid()) - broker_cpu,
         ];
+        let load_cpu_seconds = cpu[0] - cpu_at_first_call;
         eprintln!(
-            "run {run}: {records} records in {calls} calls ({data_calls} document reads), {seconds_from_first_call:.2} s from the first call, {seconds_from_start:.2} s from process start; CPU erpstream {:.2} s, broker {:.2} s",
+            "run {run}: {records} records in {calls} calls ({data_calls} document reads), {seconds_from_first_call:.2} s from the first call, {seconds_from_start:.2} s from process start; CPU erpstream {:.2} s ({load_cpu_seconds:.2} s from the first call), broker {:.2} s",
             cpu[0], cpu[1]
         );
 
@@ -147,6 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             incremental_calls,
             incremental_seconds,
             cpu_seconds: cpu,
+            load_cpu_seconds,
         });
     }
     let med =
@@ -167,8 +178,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "seconds_from_process_start": med(&|m| m.seconds_from_start),
             "cpu_seconds": {
                 "erpstream": med(&|m| m.cpu_seconds[0]),
+                "erpstream_from_first_call": med(&|m| m.load_cpu_seconds),
                 "broker": med(&|m| m.cpu_seconds[1]),
             },
+            "erpstream_cpu_microseconds_per_record": med(&|m| m.load_cpu_seconds) * 1e6 / records,
         },
         "incremental": {
             "changed_records": args.changes,
@@ -183,6 +196,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "http_calls": m.calls, "seconds_from_first_call": m.seconds_from_first_call,
             "seconds_from_process_start": m.seconds_from_start,
             "incremental_calls": m.incremental_calls, "incremental_seconds": m.incremental_seconds,
+            "erpstream_cpu_seconds": m.cpu_seconds[0], "erpstream_cpu_seconds_from_first_call": m.load_cpu_seconds,
         })).collect::<Vec<_>>(),
     });
     let path = report::write(&args.broker.file_name("rest_poll"), &result)?;

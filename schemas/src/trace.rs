@@ -46,10 +46,10 @@ impl Traceparent {
         }
         let mut trace_id = [0u8; 16];
         let mut parent_id = [0u8; 8];
-        hex_decode(trace, &mut trace_id)?;
-        hex_decode(parent, &mut parent_id)?;
+        hex::decode_to_slice(trace, &mut trace_id).ok()?;
+        hex::decode_to_slice(parent, &mut parent_id).ok()?;
         let mut flag = [0u8; 1];
-        hex_decode(flags, &mut flag)?;
+        hex::decode_to_slice(flags, &mut flag).ok()?;
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
@@ -62,34 +62,22 @@ impl Traceparent {
 
     /// The 32-hex-digit trace id.
     pub fn trace_id(&self) -> String {
-        hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 }
 
 impl std::fmt::Display for Traceparent {
+    /// Written on every record's headers: hex into one stack buffer, no allocation.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            u8::from(self.sampled)
-        )
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let hex = |bytes: &[u8], out: &mut [u8]| {
+            hex::encode_to_slice(bytes, out).expect("sized for the bytes")
+        };
+        hex(&self.trace_id, &mut text[3..35]);
+        hex(&self.parent_id, &mut text[36..52]);
+        hex(&[u8::from(self.sampled)], &mut text[53..55]);
+        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str, out: &mut [u8]) -> Option<()> {
-    if text.len() != out.len() * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(())
 }
 
 #[cfg(test)]
@@ -104,6 +92,19 @@ mod tests {
         let child = root.child();
         assert_eq!(child.trace_id(), root.trace_id());
         assert_ne!(child.to_string(), root.to_string());
+    }
+
+    #[test]
+    fn writes_the_w3c_form_it_reads() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = Traceparent::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(
+            Traceparent::parse(unsampled).unwrap().to_string(),
+            unsampled
+        );
     }
 
     #[test]
