@@ -5,6 +5,7 @@
 #   bench/idle.sh
 #   PLANNING_FETCH_WAIT=5ms LABEL=planning-5ms bench/idle.sh   # the planning sink polling
 #                                                             # like the others (earlier builds)
+#   ERPSTREAM_KAFKA_IDLE_PAUSE=0s LABEL=no-pause bench/idle.sh  # idle consumers never pause
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 pid=""
@@ -39,7 +40,7 @@ cat > "bench/results/$name.json" <<JSON
 {
   "benchmark": "idle",
   "machine": { "cores": $(nproc), "taken_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "profile": "release" },
-  "settings": { "broker": "$ERPSTREAM_BENCH_BROKER", "topology": "topology.yaml${PLANNING_FETCH_WAIT:+, planning_pg fetch_wait $PLANNING_FETCH_WAIT}", "fetch_wait": "${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}", "seconds": $seconds },
+  "settings": { "broker": "$ERPSTREAM_BENCH_BROKER", "topology": "topology.yaml${PLANNING_FETCH_WAIT:+, planning_pg fetch_wait $PLANNING_FETCH_WAIT}", "fetch_wait": "${ERPSTREAM_KAFKA_FETCH_WAIT:-5ms}", "idle_pause": "${ERPSTREAM_KAFKA_IDLE_PAUSE:-1s}", "idle_poll": "${ERPSTREAM_KAFKA_IDLE_POLL:-1s}", "seconds": $seconds },
   "broker_cpu_seconds": $broker_cpu,
   "pipeline_cpu_seconds": $pipeline_cpu,
   "broker_share_of_a_core": $(awk -v c="$broker_cpu" -v s="$seconds" 'BEGIN { printf "%.2f", c / s }')

@@ -23,6 +23,9 @@ pub const INGEST_LATENCY: &str = "erpstream_ingest_latency_seconds";
 pub const REQUEST_DURATION: &str = "erpstream_http_request_duration_seconds";
 /// Deliveries waiting in a sink, by component.
 pub const PENDING: &str = "erpstream_component_pending_events";
+/// Gauge: a consumer's partitions paused for want of records (`kafka.idle_pause`), by
+/// component (a processor chain by its task name).
+pub const CONSUMER_PAUSED: &str = "erpstream_consumer_paused_partitions";
 /// Counter: processor transactions (`kafka.transactions`), by `outcome`: `committed` or
 /// `aborted` (the batch is processed again from the committed offsets).
 pub const TRANSACTIONS: &str = "erpstream_processor_transactions_total";
@@ -79,6 +82,10 @@ pub fn describe() {
         "Outbound HTTP request duration."
     );
     describe_gauge!(PENDING, "Deliveries waiting in a sink.");
+    describe_gauge!(
+        CONSUMER_PAUSED,
+        "A consumer's partitions paused for want of records (kafka.idle_pause)."
+    );
     describe_counter!(
         SHED,
         "Ingest requests refused at the door (503), by reason."

@@ -583,6 +583,8 @@ pub struct TopologyOptions {
     /// `kafka.transactions` (with the idempotent producer it needs): only on a broker that
     /// has them ([`MockBroker`]).
     pub transactions: bool,
+    /// `kafka.idle_pause` and `kafka.idle_poll` (the default never pauses).
+    pub idle: Option<(&'static str, &'static str)>,
 }
 
 impl TopologyOptions {
@@ -610,6 +612,7 @@ impl TopologyOptions {
             extra_sources: String::new(),
             admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
             transactions: false,
+            idle: None,
         }
     }
 }
@@ -714,7 +717,7 @@ kafka:
   delivery_timeout: {delivery_timeout}
   idempotence: {transactions}
   transactions: {transactions}
-  instance_id: test
+  instance_id: test{idle}
 registry:
   url: {registry}
 {body}"#,
@@ -722,6 +725,10 @@ registry:
             registry = options.registry,
             delivery_timeout = options.delivery_timeout,
             transactions = options.transactions,
+            idle = options
+                .idle
+                .map(|(pause, poll)| format!("\n  idle_pause: {pause}\n  idle_poll: {poll}"))
+                .unwrap_or_default(),
             admission = options
                 .admission
                 .map(|a| format!("\n  admission: {a}"))

@@ -24,6 +24,19 @@ pub struct KafkaConfig {
     /// Longest time a fetch waits on the broker for new data (low values cut latency).
     #[serde(default = "default_fetch_wait", with = "humantime_serde")]
     pub fetch_wait: Duration,
+    /// After this long without a record, a consumer stops fetching until this process
+    /// writes to one of its topics, or `idle_poll` passes (see `idle`); `0s` (the default)
+    /// never pauses. For brokers that hold every empty fetch for the full `fetch_wait`
+    /// (tansu): there idle consumers at a short `fetch_wait` keep the broker busy. Brokers
+    /// that answer a fetch as soon as a record arrives (Apache Kafka, Redpanda, MSK,
+    /// Confluent Cloud) need no pausing: give them a long `fetch_wait` instead.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_pause: Duration,
+    /// How often a paused consumer looks at its partitions' high watermarks (one request per
+    /// broker) for records other processes wrote: a replay, a dead-letter redrive, another
+    /// replica.
+    #[serde(default = "default_idle_poll", with = "humantime_serde")]
+    pub idle_poll: Duration,
     /// How long a produce may wait for the broker's acknowledgement before it counts as
     /// failed (the webhook then answers 503).
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
@@ -66,6 +79,9 @@ fn default_linger() -> Duration {
 fn default_fetch_wait() -> Duration {
     Duration::from_millis(5)
 }
+fn default_idle_poll() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_delivery_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -79,6 +95,8 @@ impl KafkaConfig {
             replication_factor: default_replication_factor(),
             linger: default_linger(),
             fetch_wait: default_fetch_wait(),
+            idle_pause: Duration::ZERO,
+            idle_poll: default_idle_poll(),
             delivery_timeout: default_delivery_timeout(),
             idempotence: default_idempotence(),
             transactions: false,
@@ -100,6 +118,12 @@ impl KafkaConfig {
             problems.push(Problem::new(
                 format!("{at}.instance_id"),
                 "is required with transactions: it names this replica's transactional producers",
+            ));
+        }
+        if !self.idle_pause.is_zero() && self.idle_poll.is_zero() {
+            problems.push(Problem::new(
+                format!("{at}.idle_poll"),
+                "must be > 0 with idle_pause: a paused consumer would never see records other processes write",
             ));
         }
         problems

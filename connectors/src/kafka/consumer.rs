@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
@@ -27,6 +27,19 @@ pub struct TrackingContext {
     readiness: Readiness,
     /// Whether the component restores state for what it is assigned.
     stateful: bool,
+    /// Set by [`group_consumer`].
+    idle: IdleSettings,
+}
+
+/// What a consumer's [`IdlePause`](super::IdlePause) needs from its configuration.
+#[derive(Clone, Default)]
+pub(super) struct IdleSettings {
+    /// `kafka.idle_pause`.
+    pub after: std::time::Duration,
+    /// `kafka.idle_poll`.
+    pub poll: std::time::Duration,
+    /// The consumer's client id (its component), for the metric.
+    pub component: String,
 }
 
 #[derive(Default)]
@@ -38,6 +51,11 @@ struct Tracking {
     /// one of them, and a component that saw this number unchanged has nothing to sync.
     generation: u64,
     assigned: bool,
+    /// Partitions the client's last statistics showed caught up — fetching, their fetch
+    /// position at the high watermark the broker last reported, nothing fetched ahead
+    /// waiting — with that watermark: only those may be paused when idle (see
+    /// [`IdlePause`](super::IdlePause)).
+    caught_up: HashMap<(String, i32), i64>,
 }
 
 impl TrackingContext {
@@ -49,7 +67,14 @@ impl TrackingContext {
             tracking: Arc::default(),
             readiness,
             stateful,
+            idle: IdleSettings::default(),
         }
+    }
+
+    /// How long the consumer may go without a record before it pauses, and how often it
+    /// polls while paused (see [`IdlePause`](super::IdlePause)).
+    pub(super) fn idle(&self) -> &IdleSettings {
+        &self.idle
     }
 
     /// The readiness this context keeps.
@@ -67,6 +92,18 @@ impl TrackingContext {
     /// too dear to ask per record).
     pub fn assignment(&self) -> Vec<(String, i32)> {
         self.lock().partitions.iter().cloned().collect()
+    }
+
+    /// Assigned partitions the client's last statistics showed caught up, each with the
+    /// high watermark it had reached (a later one means records came since).
+    pub(super) fn caught_up(&self) -> Vec<((String, i32), i64)> {
+        let tracking = self.lock();
+        tracking
+            .caught_up
+            .iter()
+            .filter(|(tp, _)| tracking.partitions.contains(*tp))
+            .map(|(tp, end)| (tp.clone(), *end))
+            .collect()
     }
 
     /// The current rebalance's number: read it before restoring, hand it to
@@ -89,7 +126,28 @@ impl TrackingContext {
     }
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let caught_up = statistics
+            .topics
+            .into_iter()
+            .flat_map(|(name, topic)| {
+                topic
+                    .partitions
+                    .into_iter()
+                    .filter(|(partition, p)| {
+                        *partition >= 0
+                            && p.fetch_state == "active"
+                            && p.hi_offset >= 0
+                            && p.next_offset >= p.hi_offset
+                            && p.fetchq_cnt == 0
+                    })
+                    .map(move |(partition, p)| ((name.clone(), partition), p.hi_offset))
+            })
+            .collect();
+        self.lock().caught_up = caught_up;
+    }
+}
 
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -100,6 +158,7 @@ impl ConsumerContext for TrackingContext {
             for element in list.elements() {
                 let tp = (element.topic().to_string(), element.partition());
                 tracking.partitions.remove(&tp);
+                tracking.caught_up.remove(&tp);
                 tracking.revoked.insert(tp);
             }
             self.readiness.not_ready(format!(
@@ -151,11 +210,21 @@ pub fn group_consumer(
     config: &KafkaConfig,
     group_id: &str,
     client_id: &str,
-    context: TrackingContext,
+    mut context: TrackingContext,
 ) -> Result<GroupConsumer, KafkaError> {
+    context.idle = IdleSettings {
+        after: config.idle_pause,
+        poll: config.idle_poll,
+        component: client_id.to_string(),
+    };
     let mut client = config.client_config(client_id);
     if let Some(instance) = &config.instance_id {
         client.set("group.instance.id", format!("{group_id}.{instance}"));
+    }
+    if !config.idle_pause.is_zero() {
+        // The statistics say which partitions are caught up (see `TrackingContext::caught_up`).
+        let interval = (config.idle_pause / 2).max(std::time::Duration::from_millis(100));
+        client.set("statistics.interval.ms", interval.as_millis().to_string());
     }
     let consumer = client
         .set("group.id", group_id)
@@ -185,12 +254,14 @@ pub fn commit_stored(consumer: &GroupConsumer) {
 
 /// A batch of up to `size` records: waits for the first, then at most `wait` for more.
 /// `None` once shutdown is asked for; with `idle`, an empty batch after that long without a
-/// record (for components with time-driven work).
+/// record (for components with time-driven work). Pauses and resumes the consumer's
+/// partitions as `pause` says while it waits for the first.
 pub async fn next_batch(
     consumer: &GroupConsumer,
     size: usize,
     wait: std::time::Duration,
     idle: Option<std::time::Duration>,
+    pause: &mut super::IdlePause,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Vec<rdkafka::message::OwnedMessage>> {
     let idle = async {
@@ -205,6 +276,7 @@ pub async fn next_batch(
             biased;
             _ = super::shutdown_requested(shutdown) => return None,
             _ = &mut idle => return Some(Vec::new()),
+            () = pause.change(consumer) => {}
             message = consumer.recv() => match message {
                 Ok(message) => break message.detach(),
                 Err(err) => {
@@ -214,6 +286,7 @@ pub async fn next_batch(
             },
         }
     };
+    pause.took();
     let mut batch = vec![first];
     let until = tokio::time::Instant::now() + wait;
     while batch.len() < size {

@@ -214,6 +214,7 @@ impl Publisher {
                     if let Some(observer) = observer {
                         observer.acknowledged(&ack, queued_at);
                     }
+                    super::idle::written(&ack.topic);
                     Ok(ack)
                 }
                 Ok(Err((err, _))) => Err(PublishError::Broker(err)),

@@ -157,6 +157,7 @@ impl StreamTask {
             "processor chain started");
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause = kafka::IdlePause::new(&self.consumer, &topics);
         loop {
             let batch: Option<Vec<OwnedMessage>> = {
                 let mut stream = self.consumer.stream().ready_chunks(MAX_BATCH);
@@ -164,6 +165,7 @@ impl StreamTask {
                     biased;
                     _ = kafka::shutdown_requested(&mut shutdown) => break,
                     _ = ticker.tick() => None,
+                    () = pause.change(&self.consumer) => continue,
                     batch = stream.next() => match batch {
                         Some(batch) => Some(batch.into_iter().filter_map(|m| match m {
                             Ok(m) => Some(m.detach()),
@@ -184,6 +186,7 @@ impl StreamTask {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            pause.took();
             self.process_batch(batch, &mut shutdown).await?;
         }
         kafka::commit_stored(&self.consumer);

@@ -194,6 +194,15 @@ fn every_rule_names_its_path_and_reason() {
             ],
         ),
         (
+            &[
+                (&["kafka", "idle_pause"], Some("1s")),
+                (&["kafka", "idle_poll"], Some("0s")),
+            ],
+            &[
+                "kafka.idle_poll: must be > 0 with idle_pause: a paused consumer would never see records other processes write",
+            ],
+        ),
+        (
             &[(&["topics", "demand.actual", "partitions"], Some("0"))],
             &["topics.demand.actual.partitions: must be >= 1"],
         ),

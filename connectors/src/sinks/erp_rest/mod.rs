@@ -227,10 +227,12 @@ impl ErpRestSink {
         self.consumer.subscribe(&topics)?;
         tracing::info!(?topics, url = %self.base, preset = ?self.config.preset, "erp write-back started");
         let mut offsets = OffsetTracker::default();
+        let mut pause = kafka::IdlePause::new(&self.consumer, &topics);
         loop {
             let message = tokio::select! {
                 biased;
                 _ = kafka::shutdown_requested(&mut shutdown) => break,
+                () = pause.change(&self.consumer) => continue,
                 message = self.consumer.recv() => match message {
                     Ok(message) => message.detach(),
                     Err(err) => {
@@ -240,6 +242,7 @@ impl ErpRestSink {
                     }
                 },
             };
+            pause.took();
             for (topic, partition) in self.consumer.context().take_revoked() {
                 offsets.revoke(&topic, partition);
             }

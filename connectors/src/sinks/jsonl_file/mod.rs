@@ -83,11 +83,13 @@ impl JsonlFileSink {
         self.consumer.subscribe(&topics)?;
         tracing::info!(?topics, path = %self.config.path.display(), "jsonl file sink started");
         let mut offsets = OffsetTracker::default();
+        let mut pause = kafka::IdlePause::new(&self.consumer, &topics);
         while let Some(batch) = kafka::next_batch(
             &self.consumer,
             self.config.batch_size,
             self.config.batch_wait,
             None,
+            &mut pause,
             &mut shutdown,
         )
         .await

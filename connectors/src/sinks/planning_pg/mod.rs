@@ -241,6 +241,7 @@ impl PlanningPgSink {
         self.writer.load_offsets(&db, &mut stored).await?;
         let mut current: Option<Prepared> = None;
         let mut offsets = OffsetTracker::default();
+        let mut pause = kafka::IdlePause::new(&self.consumer, &topics);
         loop {
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
@@ -259,6 +260,7 @@ impl PlanningPgSink {
                     self.config.batch_size,
                     self.config.batch_wait,
                     Some(IDLE_CHECK),
+                    &mut pause,
                     &mut shutdown,
                 )
                 .await?;

@@ -164,11 +164,17 @@ impl StorefrontWebhookSink {
         let mut state = State::new();
         let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
         assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause = crate::kafka::IdlePause::new(&self.consumer, &topics);
         loop {
             if !state.sync_assignment(&self, &mut shutdown).await {
                 break;
             }
             state.dispatch(&self);
+            let receiving = state.pending_count < self.config.max_pending;
+            if !receiving {
+                // Full, not idle: records wait in the fetch queue.
+                pause.took();
+            }
             let next_retry = state.next_retry();
             tokio::select! {
                 biased;
@@ -179,9 +185,11 @@ impl StorefrontWebhookSink {
                 },
                 _ = sleep_until(next_retry), if next_retry.is_some() => state.wake_retries(),
                 _ = assignment_check.tick() => {}
-                message = self.consumer.recv(), if state.pending_count < self.config.max_pending => {
+                () = pause.change(&self.consumer), if receiving => {}
+                message = self.consumer.recv(), if receiving => {
                     match message {
                         Ok(message) => {
+                            pause.took();
                             let message = message.detach();
                             if !state.take(&self, message, &mut shutdown).await {
                                 break;
