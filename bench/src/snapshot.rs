@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use erpstream_connectors::component::SnapshotService;
 use erpstream_connectors::sources::storefront_api::ApiAuth;
-use erpstream_pipeline::processors::Processor;
 use erpstream_pipeline::processors::inventory::{
-    Hold, Inventory, InventoryConfig, LocationState, SkuState, Topics,
+    Hold, Inventory, InventoryConfig, LocationState, SkuState,
 };
+use erpstream_pipeline::processors::{Processor, Topics};
 use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde_json::json;

@@ -120,15 +120,27 @@ impl Decoded {
     }
 }
 
-/// The shared copy of input topic name `topic` in `topics`, added if new (state that names
-/// its input topics per key shares one allocation per topic).
-pub(crate) fn intern(topics: &mut Vec<Arc<str>>, topic: &str) -> Arc<str> {
-    if let Some(known) = topics.iter().find(|t| ***t == *topic) {
-        return Arc::clone(known);
+/// The input topics the state of one processor names, each once: its keys refer to a topic
+/// by its place here (4 bytes, not a name per key).
+#[derive(Debug, Clone, Default)]
+pub struct Topics(Vec<Box<str>>);
+
+impl Topics {
+    /// The place of `name`, added if new.
+    pub fn index(&mut self, name: &str) -> u32 {
+        match self.0.iter().position(|t| **t == *name) {
+            Some(i) => i as u32,
+            None => {
+                self.0.push(Box::from(name));
+                (self.0.len() - 1) as u32
+            }
+        }
     }
-    let new: Arc<str> = Arc::from(topic);
-    topics.push(Arc::clone(&new));
-    new
+
+    /// The name at `index` (a place [`Topics::index`] gave).
+    pub fn name(&self, index: u32) -> &str {
+        &self.0[index as usize]
+    }
 }
 
 /// A record a processor asks to publish.

@@ -14,7 +14,6 @@
 //! topic name. A value written before origins were kept is the ms as decimal text.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use erpstream_connectors::validation::Problem;
@@ -23,7 +22,7 @@ use serde::Deserialize;
 use erpstream_connectors::component::Names;
 use erpstream_schemas::EventKind;
 
-use super::{Built, Effects, Emit, Processor, ProcessorConfig, Record, intern};
+use super::{Built, Effects, Emit, Processor, ProcessorConfig, Record, Topics};
 use erpstream_connectors::metrics as m;
 
 /// Component type name in the topology.
@@ -96,8 +95,8 @@ pub struct Dedupe {
     /// No key was first seen before this (epoch ms; it may be older than the oldest key
     /// still held): a purge that could find nothing is skipped.
     oldest: i64,
-    /// Input topic names, shared by every [`Seen`] that names one.
-    topics: Vec<Arc<str>>,
+    /// Input topic names, by the place every [`Seen`] names them by.
+    topics: Topics,
     processed: u64,
     duplicates: metrics::Counter,
 }
@@ -106,17 +105,19 @@ pub struct Dedupe {
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
     at: i64,
-    /// Input topic and offset (unknown for keys restored from values without it).
-    origin: Option<(Arc<str>, i64)>,
+    /// Input topic (its place in the processor's [`Topics`]) and offset; unknown for keys
+    /// restored from values without it.
+    origin: Option<(u32, i64)>,
 }
 
 /// First byte of a changelog value that names its origin.
 const WITH_ORIGIN: u8 = 1;
 
 impl Seen {
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, topics: &Topics) -> Vec<u8> {
         match &self.origin {
             Some((topic, offset)) => {
+                let topic = topics.name(*topic);
                 let mut value = Vec::with_capacity(17 + topic.len());
                 value.push(WITH_ORIGIN);
                 value.extend_from_slice(&self.at.to_be_bytes());
@@ -128,8 +129,8 @@ impl Seen {
         }
     }
 
-    /// A changelog value; `intern` shares the topic name.
-    fn decode(value: &[u8], intern: impl FnOnce(&str) -> Arc<str>) -> Option<Self> {
+    /// A changelog value; the topic it names is given a place in `topics`.
+    fn decode(value: &[u8], topics: &mut Topics) -> Option<Self> {
         match value {
             [WITH_ORIGIN, rest @ ..] if rest.len() >= 16 => {
                 let at = i64::from_be_bytes(rest[..8].try_into().ok()?);
@@ -137,7 +138,7 @@ impl Seen {
                 let topic = std::str::from_utf8(&rest[16..]).ok()?;
                 Some(Seen {
                     at,
-                    origin: Some((intern(topic), offset)),
+                    origin: Some((topics.index(topic), offset)),
                 })
             }
             text => Some(Seen {
@@ -148,10 +149,10 @@ impl Seen {
     }
 
     /// Whether `record` is the very record that carried the key (read again).
-    fn is(&self, record: &Record) -> bool {
-        self.origin
-            .as_ref()
-            .is_some_and(|(topic, offset)| *offset == record.offset && **topic == *record.topic)
+    fn is(&self, record: &Record, topics: &Topics) -> bool {
+        self.origin.is_some_and(|(topic, offset)| {
+            offset == record.offset && topics.name(topic) == record.topic
+        })
     }
 }
 
@@ -164,7 +165,7 @@ impl Dedupe {
             output,
             seen: HashMap::new(),
             oldest: i64::MAX,
-            topics: Vec::new(),
+            topics: Topics::default(),
             processed: 0,
             duplicates: metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => id.to_string(),
                 m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate"),
@@ -205,9 +206,8 @@ impl Processor for Dedupe {
 
     fn restore_entry(&mut self, partition: i32, key: String, value: Option<&[u8]>) {
         let horizon = erpstream_schemas::now_millis() - self.retention_ms;
-        let topics = &mut self.topics;
         let keys = self.seen.entry(partition).or_default();
-        match value.and_then(|value| Seen::decode(value, |topic| intern(topics, topic))) {
+        match value.and_then(|value| Seen::decode(value, &mut self.topics)) {
             Some(seen) if seen.at >= horizon => {
                 self.oldest = self.oldest.min(seen.at);
                 keys.insert(key, seen);
@@ -232,7 +232,7 @@ impl Processor for Dedupe {
         let keys = self.seen.entry(record.partition).or_default();
         match keys.get(key) {
             Some(seen) if seen.at >= now - self.retention_ms => {
-                if !seen.is(record) {
+                if !seen.is(record, &self.topics) {
                     self.duplicates.increment(1);
                     return false;
                 }
@@ -241,13 +241,13 @@ impl Processor for Dedupe {
             _ => {
                 let seen = Seen {
                     at: now,
-                    origin: Some((intern(&mut self.topics, &record.topic), record.offset)),
+                    origin: Some((self.topics.index(&record.topic), record.offset)),
                 };
                 effects.changelog.push((
                     index,
                     record.partition,
                     key.to_string(),
-                    Some(seen.encode()),
+                    Some(seen.encode(&self.topics)),
                 ));
                 self.oldest = self.oldest.min(seen.at);
                 keys.insert(key.to_string(), seen);

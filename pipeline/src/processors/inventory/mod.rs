@@ -31,9 +31,9 @@ use erpstream_schemas::{EventKind, InventoryAvailable, Traceparent};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-pub use state::{Hold, LocationState, Locations, SkuState, StoredError, Topics};
+pub use state::{Hold, LocationState, Locations, SkuState, StoredError};
 
-use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record};
+use super::{Built, Decoded, Effects, Emit, Processor, ProcessorConfig, Record, Topics};
 
 /// Component type name in the topology.
 pub const TYPE: &str = "inventory";

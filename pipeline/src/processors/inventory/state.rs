@@ -13,7 +13,6 @@
 mod stored;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use compact_str::CompactString;
 use erpstream_schemas::{InventoryChange, LocationStock, Reservation, ReservationAction};
@@ -38,30 +37,7 @@ pub struct SkuState {
     pub read: ReadUpTo,
 }
 
-/// The input topics the states of one processor name, each once: a state refers to a topic
-/// by its place here (4 bytes, not a name per sku).
-#[derive(Debug, Clone, Default)]
-pub struct Topics(Vec<Arc<str>>);
-
-impl Topics {
-    /// The place of `name`, added if new.
-    pub fn index(&mut self, name: &str) -> u32 {
-        match self.0.iter().position(|t| **t == *name) {
-            Some(i) => i as u32,
-            None => {
-                self.0.push(Arc::from(name));
-                (self.0.len() - 1) as u32
-            }
-        }
-    }
-
-    /// The name at `index` (a place [`Topics::index`] gave).
-    pub fn name(&self, index: u32) -> &str {
-        &self.0[index as usize]
-    }
-}
-
-/// Per input topic, by its place in the processor's [`Topics`], the offset of the last
+/// Per input topic, by its place in the processor's [`Topics`](crate::processors::Topics), the offset of the last
 /// record a sku's state took in (`-1`: none from that topic): a record at or before it was
 /// applied already (read again after a crash) and changes nothing. A processor reads a few
 /// topics, so the offsets are a short vector indexed by place, the first two in place.
@@ -598,11 +574,6 @@ impl SkuState {
             location.tidy();
         }
         forgot
-    }
-
-    /// Whether any location has an open hold.
-    pub fn has_holds(&self) -> bool {
-        self.locations.values().any(|l| !l.holds().is_empty())
     }
 
     /// Whether any location has an open or a remembered hold (one that time may end or

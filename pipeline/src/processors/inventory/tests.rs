@@ -211,7 +211,7 @@ fn cancellation_and_expiry_give_the_stock_back() {
     let (expired, outcome) = sku.expire(2_001, Decimal::ZERO, 9_000);
     assert_eq!((expired, outcome), (1, Applied::Changed));
     assert_eq!(figures(&sku), (d(5), d(0), d(5)));
-    assert!(!sku.has_holds());
+    assert!(sku.locations.values().all(|l| l.holds().is_empty()));
     assert!(sku.forget_ended(10_000));
 }
 
@@ -240,7 +240,7 @@ fn state_with_holds_survives_the_changelog() {
         Decimal::ZERO,
         3_000,
     );
-    let mut topics = super::Topics::default();
+    let mut topics = crate::processors::Topics::default();
     for json in [false, true] {
         let bytes = if json {
             sku.to_json(&topics)

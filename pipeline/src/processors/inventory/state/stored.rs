@@ -22,7 +22,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::{Hold, LocationState, Locations, ReadUpTo, SkuState, Topics};
+use super::{Hold, LocationState, Locations, ReadUpTo, SkuState};
+use crate::processors::Topics;
 
 /// First byte of the binary form.
 const BINARY: u8 = 2;
