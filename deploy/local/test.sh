@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ERPSTREAM_ROOT"
+deploy/local/packages.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "[test] installing cargo-nextest" >&2
   cargo install cargo-nextest --locked

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the local stack: Postgres 15 (wal_level=logical), the tansu broker and the
 # erpstream schema registry. Idempotent: what already runs is left alone. Installs tansu
-# 0.6.0 with cargo if it is missing. Settings: deploy/local/env.sh.
+# 0.6.0 with cargo and the Debian packages of deploy/local/packages.sh if they are missing.
+# Settings: deploy/local/env.sh.
 #
 # ERPSTREAM_BIN: the erpstream binary to run the registry with (default: build release).
 set -euo pipefail
@@ -19,6 +20,7 @@ wait_for() { # what, seconds, command...
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # --- binaries -------------------------------------------------------------------------
+"$(dirname "${BASH_SOURCE[0]}")/packages.sh"
 if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
   log "installing tansu 0.6.0 (about 10-20 minutes on 2 cores, once)"
   cargo install tansu --version 0.6.0 --locked --features libsql
@@ -110,10 +112,6 @@ fi
 # leaves them out, for the benchmark that shows the difference.)
 if [ "${ERPSTREAM_LOCAL_BROKER:-tansu}" != none ] && [ "${ERPSTREAM_BROKER_INDEXES:-1}" != 0 ] \
   && [ "$tansu_storage" = sqlite://tansu.db ]; then
-  if ! command -v sqlite3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing sqlite3 (to index the broker's store)"
-    apt-get update -qq >/dev/null && apt-get install -y -qq sqlite3 >/dev/null
-  fi
   if command -v sqlite3 >/dev/null 2>&1; then
     wait_for "tansu's store" 30 sqlite3 "$state/tansu.db" "select 1 from header limit 1; select 1 from watermark limit 1"
     sqlite3 -cmd ".timeout 10000" "$state/tansu.db" \

@@ -108,11 +108,7 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("start tansu (installed by deploy/local/up.sh)");
-        let until = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "tansu did not open port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port);
         Self {
             child,
             dir,
@@ -126,6 +122,197 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tansu broker of this test's own that takes only `SASL_SSL` clients: SCRAM-SHA-512 by
+/// tansu itself (`--authentication`), TLS by stunnel in front of it — tansu 0.6.0's
+/// `--cert` and `--key` are one exclusive argument group, so its own TLS cannot be turned
+/// on. The certificates come from a throw-away CA made with the `openssl` command.
+pub struct SecureBroker {
+    broker: Child,
+    stunnel: Child,
+    dir: PathBuf,
+    /// Bootstrap servers (the TLS side).
+    pub brokers: String,
+    /// The CA file that verifies the broker's certificate.
+    pub ca_file: PathBuf,
+    /// The SCRAM user and password.
+    pub user: (&'static str, &'static str),
+}
+
+impl SecureBroker {
+    /// Makes the CA and the broker's certificate, starts tansu without authentication to
+    /// create the user (it refuses even that once authentication is on), then with it, and
+    /// stunnel in front.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("erpstream-secure-tansu-"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=erpstream test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "broker.key",
+            "-out",
+            "broker.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("san.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("san");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "broker.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ]);
+        let (inner, outer) = (free_port(), free_port());
+        let user = ("erpstream", "broker-s3cret");
+        let tansu = |authentication: bool| {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("tansu.log"))
+                .expect("broker log");
+            let mut command = Command::new("tansu");
+            command
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://127.0.0.1:{inner}"),
+                ])
+                .args([
+                    "--advertised-listener-url",
+                    &format!("tcp://127.0.0.1:{outer}"),
+                ])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(log);
+            if authentication {
+                command.arg("--authentication");
+            }
+            let child = command
+                .spawn()
+                .expect("start tansu (installed by deploy/local/up.sh)");
+            wait_for_port(inner);
+            child
+        };
+        let mut setup = tansu(false);
+        let created = Command::new("tansu")
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{inner}"),
+                user.0,
+                user.1,
+            ])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            created.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let _ = setup.kill();
+        let _ = setup.wait();
+        let broker = tansu(true);
+        std::fs::write(
+            dir.join("stunnel.conf"),
+            format!("foreground = yes\n[kafka]\naccept = 127.0.0.1:{outer}\nconnect = 127.0.0.1:{inner}\ncert = {}\nkey = {}\n",
+                dir.join("broker.pem").display(), dir.join("broker.key").display()),
+        ).expect("stunnel.conf");
+        let stunnel = Command::new("stunnel4")
+            .arg(dir.join("stunnel.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stunnel.log")).expect("stunnel log"))
+            .spawn()
+            .expect("start stunnel4 (Debian package stunnel4)");
+        wait_for_port(outer);
+        Self {
+            broker,
+            stunnel,
+            ca_file: dir.join("ca.pem"),
+            dir,
+            brokers: format!("127.0.0.1:{outer}"),
+            user,
+        }
+    }
+
+    /// The librdkafka settings of a client of this broker.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        [
+            ("security.protocol", "SASL_SSL".to_string()),
+            ("ssl.ca.location", self.ca_file.display().to_string()),
+            ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+            ("sasl.username", self.user.0.to_string()),
+            ("sasl.password", self.user.1.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for SecureBroker {
+    fn drop(&mut self) {
+        for child in [&mut self.stunnel, &mut self.broker] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -585,6 +772,8 @@ pub struct TopologyOptions {
     pub transactions: bool,
     /// `kafka.idle_pause` and `kafka.idle_poll` (the default never pauses).
     pub idle: Option<(&'static str, &'static str)>,
+    /// `kafka.properties`, as `key: value` lines (e.g. a [`SecureBroker`]'s client settings).
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 impl TopologyOptions {
@@ -613,6 +802,7 @@ impl TopologyOptions {
             admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
             transactions: false,
             idle: None,
+            kafka_properties: Vec::new(),
         }
     }
 }
@@ -717,7 +907,7 @@ kafka:
   delivery_timeout: {delivery_timeout}
   idempotence: {transactions}
   transactions: {transactions}
-  instance_id: test{idle}
+  instance_id: test{idle}{properties}
 registry:
   url: {registry}
 {body}"#,
@@ -725,6 +915,16 @@ registry:
             registry = options.registry,
             delivery_timeout = options.delivery_timeout,
             transactions = options.transactions,
+            properties = if options.kafka_properties.is_empty() {
+                String::new()
+            } else {
+                let lines: String = options
+                    .kafka_properties
+                    .iter()
+                    .map(|(k, v)| format!("\n    {k}: {v:?}"))
+                    .collect();
+                format!("\n  properties:{lines}")
+            },
             idle = options
                 .idle
                 .map(|(pause, poll)| format!("\n  idle_pause: {pause}\n  idle_poll: {poll}"))
