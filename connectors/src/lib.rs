@@ -16,6 +16,7 @@ pub mod secret;
 pub mod signing;
 pub mod sinks;
 pub mod sources;
+pub mod tls;
 pub mod validation;
 
 pub use error::Error;

@@ -7,12 +7,21 @@ use serde::Deserialize;
 /// Where a secret comes from. In YAML: `{ env: ERP_WEBHOOK_SECRET }` or
 /// `{ file: /run/secrets/erp_webhook }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "SecretFields")]
+#[serde(try_from = "SecretShape")]
 pub enum SecretRef {
     /// Name of an environment variable holding the secret.
     Env(String),
     /// Path of a file holding the secret (trailing newline ignored).
     File(std::path::PathBuf),
+}
+
+/// What the YAML holds where a [`SecretRef`] belongs: its fields, or anything else (an
+/// inline secret, most likely), which is refused with the same words.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretShape {
+    Fields(SecretFields),
+    Other(serde::de::IgnoredAny),
 }
 
 /// The YAML shape of a [`SecretRef`]: exactly one of `env` or `file`.
@@ -23,12 +32,16 @@ struct SecretFields {
     file: Option<std::path::PathBuf>,
 }
 
-impl TryFrom<SecretFields> for SecretRef {
+impl TryFrom<SecretShape> for SecretRef {
     type Error = &'static str;
-    fn try_from(fields: SecretFields) -> Result<Self, Self::Error> {
-        match (fields.env, fields.file) {
-            (Some(env), None) if !env.is_empty() => Ok(SecretRef::Env(env)),
-            (None, Some(file)) => Ok(SecretRef::File(file)),
+    fn try_from(shape: SecretShape) -> Result<Self, Self::Error> {
+        let fields = match shape {
+            SecretShape::Fields(fields) => Some((fields.env, fields.file)),
+            SecretShape::Other(_) => None,
+        };
+        match fields {
+            Some((Some(env), None)) if !env.is_empty() => Ok(SecretRef::Env(env)),
+            Some((None, Some(file))) => Ok(SecretRef::File(file)),
             _ => Err(
                 "must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)",
             ),

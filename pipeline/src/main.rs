@@ -338,7 +338,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             limit,
             topology,
         } => {
-            let tools = Tools::load(&topology.topology)?;
+            let tools = Tools::load(&topology.topology).await?;
             let from = match (from, offset) {
                 (Some(time), _) => tools::From::Time(tools::parse_time(&time)?),
                 (None, Some(offset)) => tools::From::Offset(offset),
@@ -367,7 +367,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             report,
             topology,
         } => {
-            let tools = Tools::load(&topology.topology)?;
+            let tools = Tools::load(&topology.topology).await?;
             let target = match into.as_str() {
                 "stdout" => replay::Target::Stdout,
                 "file" => {
@@ -410,7 +410,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             fail_on_diff,
             topology,
         } => {
-            let tools = Tools::load(&topology.topology)?;
+            let tools = Tools::load(&topology.topology).await?;
             let options = reconcile::ReconcileOptions {
                 against,
                 headers,
@@ -445,7 +445,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 json,
                 topology,
             } => {
-                let tools = Tools::load(&topology.topology)?;
+                let tools = Tools::load(&topology.topology).await?;
                 let entries = dlq::list(&tools, &filter.into_filter(all)).await?;
                 if json {
                     for entry in &entries {
@@ -458,7 +458,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             DlqCommand::Show { id, topology } => {
-                let tools = Tools::load(&topology.topology)?;
+                let tools = Tools::load(&topology.topology).await?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&dlq::show(&tools, &id).await?)?
@@ -470,7 +470,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 dry_run,
                 topology,
             } => {
-                let tools = Tools::load(&topology.topology)?;
+                let tools = Tools::load(&topology.topology).await?;
                 let summary = dlq::redrive(&tools, &filter.into_filter(false), dry_run).await?;
                 eprintln!("{summary}");
                 println!("{}", serde_json::to_string(&summary)?);

@@ -102,13 +102,26 @@ struct Inner {
 }
 
 impl Codec {
-    /// A codec talking to the registry at `registry_url` (no I/O yet).
+    /// A codec talking to the registry at `registry_url` over plain HTTP or HTTPS with the
+    /// system's trust store, without credentials (no I/O yet).
     pub fn new(registry_url: &str) -> Result<Self, CodecError> {
-        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_string())
-            .set_timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .map_err(CodecError::registry)?;
+        Self::connect(registry_url, reqwest::Client::builder(), None)
+    }
+
+    /// A codec talking to the registry at `registry_url` through a client built from
+    /// `client` (its TLS trust), with HTTP basic credentials if given (Confluent Cloud: the
+    /// API key and secret). No I/O yet.
+    pub fn connect(
+        registry_url: &str,
+        client: reqwest::ClientBuilder,
+        basic: Option<(&str, &str)>,
+    ) -> Result<Self, CodecError> {
+        let mut builder = SrSettings::new_builder(registry_url.trim_end_matches('/').to_string());
+        builder.set_timeout(Duration::from_secs(10)).no_proxy();
+        if let Some((user, password)) = basic {
+            builder.set_basic_authorization(user, Some(password));
+        }
+        let settings = builder.build_with(client).map_err(CodecError::registry)?;
         let schemas = bundled()?.clone();
         let mut direct = HashMap::new();
         for (&kind, &schema) in &schemas {

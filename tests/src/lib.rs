@@ -6,10 +6,13 @@
 
 pub mod erp;
 pub mod erpnext;
+pub mod tls;
+
+pub use tls::{Issued, TestCa};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,9 +140,14 @@ pub struct SecureBroker {
     pub brokers: String,
     /// The CA file that verifies the broker's certificate.
     pub ca_file: PathBuf,
-    /// The SCRAM user and password.
-    pub user: (&'static str, &'static str),
+    /// Another CA's file: the broker's certificate does not chain to it.
+    pub other_ca_file: PathBuf,
+    /// The SCRAM user (its password: [`KAFKA_PASSWORD`]).
+    pub user: &'static str,
 }
+
+/// The password of the [`SecureBroker`]'s user.
+pub const KAFKA_PASSWORD: &str = "broker-s3cret";
 
 impl SecureBroker {
     /// Makes the CA and the broker's certificate, starts tansu without authentication to
@@ -148,69 +156,11 @@ impl SecureBroker {
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(unique("erpstream-secure-tansu-"));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("run openssl (Debian package openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=erpstream test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "broker.key",
-            "-out",
-            "broker.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            dir.join("san.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("san");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "broker.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "broker.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-        ]);
+        let ca = TestCa::new(&dir, "ca");
+        let other_ca = TestCa::new(&dir, "other-ca");
+        let certificate = ca.issue("broker");
         let (inner, outer) = (free_port(), free_port());
-        let user = ("erpstream", "broker-s3cret");
+        let user = "erpstream";
         let tansu = |authentication: bool| {
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -248,8 +198,8 @@ impl SecureBroker {
                 "create",
                 "--broker",
                 &format!("tcp://127.0.0.1:{inner}"),
-                user.0,
-                user.1,
+                user,
+                KAFKA_PASSWORD,
             ])
             .output()
             .expect("tansu user create");
@@ -264,7 +214,7 @@ impl SecureBroker {
         std::fs::write(
             dir.join("stunnel.conf"),
             format!("foreground = yes\n[kafka]\naccept = 127.0.0.1:{outer}\nconnect = 127.0.0.1:{inner}\ncert = {}\nkey = {}\n",
-                dir.join("broker.pem").display(), dir.join("broker.key").display()),
+                certificate.cert.display(), certificate.key.display()),
         ).expect("stunnel.conf");
         let stunnel = Command::new("stunnel4")
             .arg(dir.join("stunnel.conf"))
@@ -276,25 +226,24 @@ impl SecureBroker {
         Self {
             broker,
             stunnel,
-            ca_file: dir.join("ca.pem"),
+            ca_file: ca.cert,
+            other_ca_file: other_ca.cert,
             dir,
             brokers: format!("127.0.0.1:{outer}"),
             user,
         }
     }
 
-    /// The librdkafka settings of a client of this broker.
-    pub fn client_properties(&self) -> Vec<(String, String)> {
-        [
-            ("security.protocol", "SASL_SSL".to_string()),
-            ("ssl.ca.location", self.ca_file.display().to_string()),
-            ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
-            ("sasl.username", self.user.0.to_string()),
-            ("sasl.password", self.user.1.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+    /// The `kafka.security` section of a client of this broker, its password read from the
+    /// environment variable `password_env` (the pipeline's environment has
+    /// `TEST_KAFKA_PASSWORD`, the right one, and `TEST_KAFKA_WRONG_PASSWORD`), its broker
+    /// certificate checked against `ca_file`.
+    pub fn security(&self, ca_file: &Path, password_env: &str) -> String {
+        format!(
+            "{{ protocol: SASL_SSL, ca_file: {ca:?}, sasl: {{ mechanism: SCRAM-SHA-512, username: {user}, password: {{ env: {password_env} }} }} }}",
+            ca = ca_file.display().to_string(),
+            user = self.user,
+        )
     }
 }
 
@@ -772,8 +721,8 @@ pub struct TopologyOptions {
     pub transactions: bool,
     /// `kafka.idle_pause` and `kafka.idle_poll` (the default never pauses).
     pub idle: Option<(&'static str, &'static str)>,
-    /// `kafka.properties`, as `key: value` lines (e.g. a [`SecureBroker`]'s client settings).
-    pub kafka_properties: Vec<(String, String)>,
+    /// `kafka.security`, in YAML (e.g. [`SecureBroker::security`]).
+    pub kafka_security: Option<String>,
 }
 
 impl TopologyOptions {
@@ -802,7 +751,7 @@ impl TopologyOptions {
             admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
             transactions: false,
             idle: None,
-            kafka_properties: Vec::new(),
+            kafka_security: None,
         }
     }
 }
@@ -907,7 +856,7 @@ kafka:
   delivery_timeout: {delivery_timeout}
   idempotence: {transactions}
   transactions: {transactions}
-  instance_id: test{idle}{properties}
+  instance_id: test{idle}{security}
 registry:
   url: {registry}
 {body}"#,
@@ -915,16 +864,11 @@ registry:
             registry = options.registry,
             delivery_timeout = options.delivery_timeout,
             transactions = options.transactions,
-            properties = if options.kafka_properties.is_empty() {
-                String::new()
-            } else {
-                let lines: String = options
-                    .kafka_properties
-                    .iter()
-                    .map(|(k, v)| format!("\n    {k}: {v:?}"))
-                    .collect();
-                format!("\n  properties:{lines}")
-            },
+            security = options
+                .kafka_security
+                .as_ref()
+                .map(|security| format!("\n  security: {security}"))
+                .unwrap_or_default(),
             idle = options
                 .idle
                 .map(|(pause, poll)| format!("\n  idle_pause: {pause}\n  idle_poll: {poll}"))
@@ -964,6 +908,8 @@ registry:
             .env("TEST_ERPNEXT_SECRET", erpnext::API_SECRET)
             .env("TEST_ODATA_USER", erpnext::ODATA_USER.0)
             .env("TEST_ODATA_PASSWORD", erpnext::ODATA_USER.1)
+            .env("TEST_KAFKA_PASSWORD", KAFKA_PASSWORD)
+            .env("TEST_KAFKA_WRONG_PASSWORD", "not-the-password")
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -1107,6 +1053,8 @@ registry:
             .arg("--topology")
             .arg(&self.topology)
             .env("STOREFRONT_API_TOKEN", API_TOKEN)
+            .env("TEST_KAFKA_PASSWORD", KAFKA_PASSWORD)
+            .env("TEST_KAFKA_WRONG_PASSWORD", "not-the-password")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()

@@ -29,7 +29,7 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<
         return Ok(());
     }
     let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(config.client_config("erpstream-admin").create()?);
+        Arc::new(config.client_config("erpstream-admin")?.create()?);
     let existing = partition_counts(&admin).await?;
     check_partitions(specs, &existing)?;
     let missing: Vec<&TopicSpec> = specs

@@ -153,7 +153,7 @@ fn read_blocking(
     sender: &tokio::sync::mpsc::Sender<Result<Vec<Entry>, KafkaError>>,
 ) -> Result<(), KafkaError> {
     let consumer: BaseConsumer<RestoreContext> = config
-        .client_config("erpstream-restore")
+        .client_config("erpstream-restore")?
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

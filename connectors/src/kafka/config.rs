@@ -2,8 +2,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
+use super::security::{ConnectError, KafkaSecurity, probe};
 use crate::validation::Problem;
 
 /// The `kafka:` section of the topology.
@@ -62,7 +64,10 @@ pub struct KafkaConfig {
     /// aborts what its previous run left open at once.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Extra librdkafka properties (security settings, for example).
+    /// TLS and SASL (see [`KafkaSecurity`]); plaintext by default.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties, for what `security` does not cover (never secrets).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -101,6 +106,7 @@ impl KafkaConfig {
             idempotence: default_idempotence(),
             transactions: false,
             instance_id: None,
+            security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -126,6 +132,11 @@ impl KafkaConfig {
                 "must be > 0 with idle_pause: a paused consumer would never see records other processes write",
             ));
         }
+        problems.extend(self.security.validate(
+            &format!("{at}.security"),
+            &self.properties,
+            &format!("{at}.properties"),
+        ));
         problems
     }
 
@@ -134,8 +145,9 @@ impl KafkaConfig {
         format!("{}{logical}", self.topic_prefix)
     }
 
-    /// Base client settings shared by producers, consumers and admin clients.
-    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+    /// Base client settings shared by producers, consumers and admin clients; the SASL
+    /// password is read now (a client creation error if it cannot be).
+    pub fn client_config(&self, client_id: &str) -> Result<ClientConfig, KafkaError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
@@ -145,6 +157,19 @@ impl KafkaConfig {
         for (key, value) in &self.properties {
             config.set(key, value);
         }
-        config
+        self.security.apply(&mut config).map_err(|e| {
+            KafkaError::ClientCreation(format!("kafka.security.sasl.password: {e}"))
+        })?;
+        Ok(config)
+    }
+
+    /// Connects to the brokers and reads their metadata, waiting up to `patience` for one to
+    /// answer; refused credentials or certificates end the wait at once (see [`probe`]).
+    pub async fn probe(&self, patience: Duration) -> Result<(), ConnectError> {
+        let config = self.client_config("erpstream-probe")?;
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || probe(config, &brokers, patience))
+            .await
+            .map_err(|_| ConnectError::Client(KafkaError::Canceled))?
     }
 }

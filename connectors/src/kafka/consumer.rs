@@ -217,7 +217,7 @@ pub fn group_consumer(
         poll: config.idle_poll,
         component: client_id.to_string(),
     };
-    let mut client = config.client_config(client_id);
+    let mut client = config.client_config(client_id)?;
     if let Some(instance) = &config.instance_id {
         client.set("group.instance.id", format!("{group_id}.{instance}"));
     }

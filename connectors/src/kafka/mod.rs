@@ -22,6 +22,7 @@ mod idle;
 mod offsets;
 mod producer;
 mod retrying;
+mod security;
 mod transactions;
 
 pub use admin::{TopicSpec, ensure_topics};
@@ -34,6 +35,7 @@ pub use idle::IdlePause;
 pub use offsets::OffsetTracker;
 pub use producer::{Ack, AckObserver, PendingAck, PublishError, Publisher, RawRecord};
 pub use retrying::{Backoff, Retriable, never, retrying, shutdown_requested, sleep_or_shutdown};
+pub use security::{ConnectError, KafkaSecurity, Mechanism, Protocol, Sasl};
 pub use transactions::{TransactionError, Transactions};
 
 /// Kafka header carrying the W3C trace context.

@@ -101,7 +101,7 @@ impl Publisher {
         codec: Codec,
         more: impl FnOnce(&mut rdkafka::ClientConfig),
     ) -> Result<Self, KafkaError> {
-        let mut client = config.client_config(client_id);
+        let mut client = config.client_config(client_id)?;
         client
             .set("acks", "all")
             .set("enable.idempotence", config.idempotence.to_string());

@@ -32,6 +32,12 @@ pub enum RuntimeError {
     /// The registry refused a contract or stayed unreachable.
     #[error("schema registry: {0}")]
     Registry(#[from] CodecError),
+    /// The registry client could not be built (its CA file, its password).
+    #[error(transparent)]
+    RegistryAccess(#[from] crate::topology::RegistryAccessError),
+    /// The brokers refused this client or did not answer.
+    #[error(transparent)]
+    Connect(#[from] kafka::ConnectError),
     /// The broker refused an operation.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -86,12 +92,16 @@ pub enum ComponentFailure {
 /// The running tasks, each ending with its component's id and result.
 type Tasks = JoinSet<(String, Result<(), ComponentFailure>)>;
 
+/// How long start-up waits for a broker to answer (it may be starting too).
+const BROKER_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Runs `topology` until SIGTERM or SIGINT.
 pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), RuntimeError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let kafka = topology.kafka.clone();
     let names = topology.names();
-    let codec = Codec::new(&topology.registry.url)?;
+    let codec = topology.registry.codec()?;
+    kafka.probe(BROKER_PATIENCE).await?;
     register_contracts(&topology, &codec).await?;
     create_topics(&kafka, &topology).await?;
     let admission = Admission::new(topology.http.admission.clone());

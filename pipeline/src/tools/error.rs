@@ -33,6 +33,12 @@ pub enum ToolError {
         #[source]
         source: KafkaError,
     },
+    /// The registry client could not be built (its CA file, its password).
+    #[error(transparent)]
+    RegistryAccess(#[from] crate::topology::RegistryAccessError),
+    /// The brokers refused this client or did not answer.
+    #[error(transparent)]
+    Connect(#[from] erpstream_connectors::kafka::ConnectError),
     /// The broker did not take a record.
     #[error(transparent)]
     Publish(#[from] PublishError),

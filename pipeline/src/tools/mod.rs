@@ -28,6 +28,8 @@ use erpstream_connectors::kafka::{KafkaConfig, RawRecord};
 use erpstream_schemas::Codec;
 use rdkafka::message::{Message, OwnedMessage};
 
+use std::time::Duration;
+
 use crate::topology::Topology;
 
 /// What every tool needs from the topology: the broker, the registry and the names.
@@ -41,13 +43,15 @@ pub struct Tools {
 }
 
 impl Tools {
-    /// Loads `topology` (validated as `erpstream run` would).
-    pub fn load(path: &std::path::Path) -> Result<Self, ToolError> {
+    /// Loads `topology` (validated as `erpstream run` would) and checks that the brokers
+    /// accept this client (credentials, certificates) as the pipeline does at start-up.
+    pub async fn load(path: &std::path::Path) -> Result<Self, ToolError> {
         let topology = Topology::load(path).map_err(|source| ToolError::Topology {
             path: path.display().to_string(),
             source,
         })?;
-        let codec = Codec::new(&topology.registry.url)?;
+        topology.kafka.probe(Duration::from_secs(10)).await?;
+        let codec = topology.registry.codec()?;
         Ok(Self {
             kafka: topology.kafka.clone(),
             codec,

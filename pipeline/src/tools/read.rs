@@ -80,6 +80,7 @@ impl TopicReader {
     ) -> Result<Self, ToolError> {
         let consumer: StreamConsumer<EofIsNews> = kafka
             .client_config("erpstream-tools")
+            .doing(|| "could not configure a Kafka consumer".into())?
             .set(
                 "group.id",
                 format!("erpstream-tools-{}", uuid::Uuid::new_v4()),

@@ -4,9 +4,12 @@
 //! validates without any I/O and returns *every* problem at once, each with its path in the
 //! file; only a valid topology is handed to the runtime, which then connects to things.
 
+mod registry;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use registry::{BasicAuth, RegistryAccessError, RegistryConfig};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,14 +71,6 @@ impl Default for HttpConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-
-/// The `registry:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Base URL of a Confluent-compatible schema registry.
-    pub url: String,
 }
 
 /// One entry of `topics:`.

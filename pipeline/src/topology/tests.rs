@@ -163,7 +163,97 @@ fn every_rule_names_its_path_and_reason() {
         ),
         (
             &[(&["registry", "url"], Some("not a url"))],
-            &["registry.url: must be a URL"],
+            &["registry.url: must be an http(s) URL"],
+        ),
+        (
+            &[(&["registry", "ca_file"], Some("/nowhere/ca.pem"))],
+            &["registry.ca_file: needs an https url (a CA file does nothing over plain HTTP)"],
+        ),
+        (
+            &[
+                (&["registry", "url"], Some("https://sr.example.com")),
+                (&["registry", "ca_file"], Some("/nowhere/ca.pem")),
+                (
+                    &["registry", "basic_auth"],
+                    Some("{ username: '', password: { env: SR } }"),
+                ),
+            ],
+            &[
+                "registry.ca_file: /nowhere/ca.pem: No such file or directory (os error 2)",
+                "registry.basic_auth.username: must not be empty",
+            ],
+        ),
+        (
+            &[(
+                &["registry", "basic_auth"],
+                Some("{ username: key, password: inline }"),
+            )],
+            &[
+                "registry.basic_auth.password: must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)",
+            ],
+        ),
+        // kafka.security.
+        (
+            &[(&["kafka", "security"], Some("{ protocol: SASL_SSL }"))],
+            &["kafka.security.sasl: is required with protocol SASL_SSL"],
+        ),
+        (
+            &[(
+                &["kafka", "security"],
+                Some(
+                    "{ protocol: SSL, sasl: { mechanism: PLAIN, username: u, password: { env: P } } }",
+                ),
+            )],
+            &["kafka.security.sasl: needs protocol SASL_SSL or SASL_PLAINTEXT (protocol is SSL)"],
+        ),
+        (
+            &[(&["kafka", "security"], Some("{ ca_file: /nowhere/ca.pem }"))],
+            &["kafka.security.ca_file: needs protocol SSL or SASL_SSL (protocol is PLAINTEXT)"],
+        ),
+        (
+            &[(
+                &["kafka", "security"],
+                Some("{ protocol: SSL, ca_file: /nowhere/ca.pem, cert_file: /nowhere/client.pem }"),
+            )],
+            &[
+                "kafka.security.ca_file: /nowhere/ca.pem: No such file or directory (os error 2)",
+                "kafka.security.cert_file: /nowhere/client.pem: No such file or directory (os error 2)",
+                "kafka.security.key_file: is required: cert_file and key_file go together",
+            ],
+        ),
+        (
+            &[(&["kafka", "security"], Some("{ protocol: TLS }"))],
+            &[
+                "kafka.security.protocol: unknown variant `TLS`, expected one of `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`",
+            ],
+        ),
+        (
+            &[(
+                &["kafka", "security"],
+                Some(
+                    "{ protocol: SASL_SSL, sasl: { mechanism: SCRAM-SHA-1, username: u, password: { env: P } } }",
+                ),
+            )],
+            &[
+                "kafka.security.sasl.mechanism: unknown variant `SCRAM-SHA-1`, expected one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`",
+            ],
+        ),
+        (
+            &[
+                (&["kafka", "properties", "sasl.password"], Some("hunter2")),
+                (
+                    &["kafka", "properties", "security.protocol"],
+                    Some("SASL_SSL"),
+                ),
+                (
+                    &["kafka", "properties", "socket.keepalive.enable"],
+                    Some("'true'"),
+                ),
+            ],
+            &[
+                "kafka.properties.sasl.password: is a secret and secrets are never written inline: use kafka.security (sasl.password: { env: VAR } or { file: PATH })",
+                "kafka.properties.security.protocol: is set by kafka.security: set it there",
+            ],
         ),
         (
             &[
@@ -538,7 +628,7 @@ fn every_rule_names_its_path_and_reason() {
         (
             &[(&["sources", "erp", "secrets"], Some("[inline]"))],
             &[
-                "sources.erp.secrets[0]: invalid type: string \"inline\", expected struct SecretFields",
+                "sources.erp.secrets[0]: must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)",
             ],
         ),
         // storefront_api.

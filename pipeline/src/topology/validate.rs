@@ -70,10 +70,8 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         problems.extend(kafka.validate("kafka"));
     }
     let registry: Option<RegistryConfig> = section(&root, "registry", &mut problems, true);
-    if let Some(registry) = &registry
-        && reqwest::Url::parse(&registry.url).is_err()
-    {
-        problems.push(Problem::new("registry.url", "must be a URL"));
+    if let Some(registry) = &registry {
+        problems.extend(registry.validate("registry"));
     }
     let topics: BTreeMap<String, TopicConfig> =
         section(&root, "topics", &mut problems, true).unwrap_or_default();
@@ -119,7 +117,7 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         app_id: app_id.unwrap_or_default(),
         http: http.unwrap_or_default(),
         kafka: kafka.unwrap_or_else(|| KafkaConfig::new("")),
-        registry: registry.unwrap_or(RegistryConfig { url: String::new() }),
+        registry: registry.unwrap_or_else(|| RegistryConfig::at("")),
         topics,
         sources,
         processors,
