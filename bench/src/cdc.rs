@@ -54,9 +54,7 @@ pub struct Args {
 }
 
 async fn pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(erpstream_connectors::postgres::connect(url, "bench").await?)
 }
 
 fn with_database(url: &str, database: &str) -> String {

@@ -42,9 +42,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (admin, connection) =
-        tokio_postgres::connect(&args.database, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let admin = erpstream_connectors::postgres::connect(&args.database, "bench").await?;
     let codec = Codec::new(&args.registry)?;
     let (catalog, inventory) = (
         "bench.planning.catalog.update",
@@ -120,7 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some((base, _)) => format!("{base}/{name}"),
             None => anyhow::bail!("database URL without a name"),
         };
-        let mut db = planning::connect(&url).await?;
+        let mut db = erpstream_connectors::postgres::connect(&url, "planning database").await?;
         planning::migrate(&mut db).await?;
         let mut stored = Offsets::new();
         let mut batches = Vec::new();

@@ -14,6 +14,9 @@ pub enum Error {
     /// A secret could not be read.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A Postgres connection could not be made or failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] crate::postgres::PgError),
     /// The broker refused a consumer or producer operation.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),

@@ -11,6 +11,7 @@ mod error;
 pub mod kafka;
 pub mod metrics;
 pub mod planning;
+pub mod postgres;
 pub mod retry;
 pub mod secret;
 pub mod signing;

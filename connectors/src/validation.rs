@@ -78,10 +78,12 @@ impl Checks {
         self.rule(!text.trim().is_empty(), field, "must not be empty")
     }
 
-    /// `field` is a `postgres://` URL.
+    /// `field` is a `postgres://` URL erpstream can connect with (see
+    /// [`crate::postgres::check_url`]).
     pub fn postgres_url(&mut self, field: &str, url: &str) -> &mut Self {
-        let ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        self.rule(ok, field, "must be a postgres:// URL")
+        let problem = crate::postgres::check_url(&format!("{}.{field}", self.at), url);
+        self.problems.extend(problem);
+        self
     }
 
     /// `field` is an http(s) URL.

@@ -2,7 +2,7 @@
 //! schema, shipped as ordered SQL migrations and applied at start-up by whichever component
 //! gets there first.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Migrations in order: (version, name, SQL). Applied ones are recorded in
 /// `planning.schema_migrations`; a shipped migration is never edited, only followed.
@@ -10,17 +10,6 @@ pub const MIGRATIONS: [(i32, &str, &str); 2] = [
     (1, "planning", include_str!("migrations/0001_planning.sql")),
     (2, "waiting", include_str!("migrations/0002_waiting.sql")),
 ];
-
-/// Connects to the planning database (the connection task logs its end).
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "planning database connection ended");
-        }
-    });
-    Ok(client)
-}
 
 /// Applies the migrations not yet applied, each in its own transaction, under an advisory
 /// lock (several components and replicas start at once). Returns how many were applied.

@@ -30,7 +30,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 pub enum RegistryError {
     /// Postgres refused the connection or the migration.
     #[error("database: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] erpstream_connectors::postgres::PgError),
     /// The listener could not be opened.
     #[error("could not listen: {0}")]
     Listen(#[from] std::io::Error),

@@ -4,7 +4,8 @@
 
 use apache_avro::Schema;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use erpstream_connectors::postgres::{PgError, PgTarget};
+use tokio_postgres::Client;
 
 use super::{ApiError, Level};
 
@@ -50,8 +51,9 @@ pub struct Store {
 
 impl Store {
     /// Connects and creates the tables if needed.
-    pub async fn connect(url: &str) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    pub async fn connect(url: &str) -> Result<Self, PgError> {
+        let target: PgTarget = url.parse()?;
+        let (client, connection) = target.config.connect(target.tls()?).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::error!(error = %err, "registry database connection lost");

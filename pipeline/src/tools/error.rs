@@ -70,7 +70,7 @@ pub enum ToolError {
         what: String,
         /// The driver's error.
         #[source]
-        source: tokio_postgres::Error,
+        source: erpstream_connectors::postgres::PgError,
     },
     /// What was read does not have the expected shape.
     #[error("{what}: {reason}")]
@@ -122,4 +122,11 @@ macro_rules! doing {
 doing!(KafkaError, Kafka);
 doing!(std::io::Error, Io);
 doing!(reqwest::Error, Http);
-doing!(tokio_postgres::Error, Database);
+doing!(erpstream_connectors::postgres::PgError, Database);
+
+impl<T> Doing<T> for Result<T, tokio_postgres::Error> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, ToolError> {
+        self.map_err(erpstream_connectors::postgres::PgError::Postgres)
+            .doing(what)
+    }
+}

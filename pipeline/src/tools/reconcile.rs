@@ -626,9 +626,14 @@ impl<'de> DeserializeSeed<'de> for ItemSeed {
 /// Compares the picture with `planning.inventory`.
 async fn compare_planning(picture: &mut Picture, url: &str) -> Result<Diff, ToolError> {
     use futures::TryStreamExt;
-    let client = erpstream_connectors::planning::connect(url)
+    let client = erpstream_connectors::postgres::connect(url, "planning database")
         .await
-        .doing(|| format!("could not connect to the planning database {url}"))?;
+        .doing(|| {
+            format!(
+                "could not connect to the planning database {}",
+                erpstream_connectors::postgres::redacted(url)
+            )
+        })?;
     let mut diff = Diff::default();
     for (_, seen) in picture.rows.values_mut() {
         *seen = false;

@@ -97,9 +97,15 @@ pub enum PlanningError {
     /// The consumer could not be created.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// The planning database refused the schema.
+    /// The planning database refused the schema or could not be reached.
     #[error("planning database: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] crate::postgres::PgError),
+}
+
+impl From<tokio_postgres::Error> for PlanningError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        PlanningError::Database(crate::postgres::PgError::Postgres(err))
+    }
 }
 
 /// A running `planning_pg` sink.
@@ -334,7 +340,7 @@ impl PlanningPgSink {
     }
 
     async fn open(&self) -> Result<Client, PlanningError> {
-        let mut db = planning::connect(&self.config.database).await?;
+        let mut db = crate::postgres::connect(&self.config.database, "planning database").await?;
         planning::migrate(&mut db).await?;
         Ok(db)
     }

@@ -85,22 +85,7 @@ impl PgCdcConfig {
             ("database", &self.database),
             ("state_database", &self.state_database),
         ] {
-            match url.parse::<tokio_postgres::Config>() {
-                Ok(parsed)
-                    if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
-                {
-                    if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                        problems.push(Problem::new(
-                            format!("{at}.{field}"),
-                            "sslmode=require: TLS to Postgres is not supported yet (connect over a trusted network or a local TLS proxy)",
-                        ));
-                    }
-                }
-                _ => problems.push(Problem::new(
-                    format!("{at}.{field}"),
-                    "must be a postgres:// URL",
-                )),
-            }
+            problems.extend(crate::postgres::check_url(&format!("{at}.{field}"), url));
         }
         for (field, name) in [("slot", &self.slot), ("publication", &self.publication)] {
             if !is_identifier(name) {

@@ -2,7 +2,7 @@
 //! table shapes, the publication, the slot's state and lag, heartbeats, and the record of
 //! completed snapshots in erpstream's own database.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::CdcError;
 use super::config::split_table;
@@ -13,15 +13,9 @@ pub const HEARTBEAT_PREFIX: &str = "erpstream.heartbeat";
 
 /// Opens a connection whose driver runs on its own task.
 pub async fn connect(url: &str, what: &'static str) -> Result<Client, CdcError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    crate::postgres::connect(url, what)
         .await
-        .map_err(|e| CdcError::Connect(what, e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, what, "postgres connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(|e| CdcError::Connect(what, e.to_string()))
 }
 
 /// A captured table's columns, with its primary key (or replica identity) marked.

@@ -41,7 +41,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::watch;
 
 use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapping, RowError};
@@ -217,10 +217,11 @@ impl PgCdcSource {
         tables: Vec<Table>,
         publisher: Publisher,
     ) -> Result<Self, CdcError> {
-        let url: tokio_postgres::Config = config
+        let target: crate::postgres::PgTarget = config
             .database
             .parse()
             .map_err(|e| CdcError::Refused(format!("database: {e}")))?;
+        let url = &target.config;
         let host = match url.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]
@@ -240,7 +241,7 @@ impl PgCdcSource {
             config.publication.clone(),
         )
         .with_port(url.get_ports().first().copied().unwrap_or(5432))
-        .with_tls(TlsConfig::disabled())
+        .with_tls(target.replication_tls())
         .with_options("-c datestyle=ISO -c timezone=UTC")
         .with_application_name(format!("erpstream-{id}"))
         .with_status_interval(Duration::from_millis(500))

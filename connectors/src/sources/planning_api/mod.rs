@@ -33,12 +33,12 @@ use erpstream_schemas::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
-use tokio::sync::Mutex;
-use tokio_postgres::Client;
+use tokio::sync::OnceCell;
 
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item};
 
+use crate::postgres::{PgError, PgTarget};
 use crate::admission::Admission;
 use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
@@ -61,7 +61,13 @@ pub enum PlanningApiError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The planning database URL cannot be used.
+    #[error("database: {0}")]
+    Database(#[from] PgError),
 }
+
+/// Connections to the planning database held at most (one per concurrent request).
+const POOL_SIZE: usize = 8;
 
 /// Who called.
 #[derive(Debug, Clone)]
@@ -165,7 +171,8 @@ pub struct PlanningApi {
     tokens: Vec<(SecretString, Caller)>,
     topics: Topics,
     publisher: Publisher,
-    db: Mutex<Option<Client>>,
+    db: deadpool_postgres::Pool,
+    migrated: OnceCell<()>,
     erp: publish::ErpClient,
 }
 
@@ -191,13 +198,15 @@ impl PlanningApi {
             })
             .collect::<Result<Vec<_>, crate::SecretError>>()?;
         let erp = publish::ErpClient::new(&config.publish)?;
+        let db = config.database.parse::<PgTarget>()?.pool(POOL_SIZE)?;
         Ok(Self {
             id: id.to_string(),
             config,
             tokens,
             topics,
             publisher,
-            db: Mutex::new(None),
+            db,
+            migrated: OnceCell::new(),
             erp,
         })
     }
@@ -259,19 +268,16 @@ impl PlanningApi {
         Ok(caller)
     }
 
-    /// A connection to the planning database, opened (and migrated) on first use.
-    async fn database(
-        &self,
-    ) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, tokio_postgres::Error> {
-        let mut guard = self.db.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            let mut client = planning::connect(&self.config.database).await?;
-            planning::migrate(&mut client).await?;
-            *guard = Some(client);
-        }
-        Ok(tokio::sync::MutexGuard::map(guard, |c| {
-            c.as_mut().unwrap_or_else(|| unreachable!("opened above"))
-        }))
+    /// A connection of the pool to the planning database (migrated on first use).
+    async fn database(&self) -> Result<deadpool_postgres::Object, PgError> {
+        let mut client = self.db.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Postgres(e),
+            other => PgError::Pool(other.to_string()),
+        })?;
+        self.migrated
+            .get_or_try_init(|| async { planning::migrate(&mut client).await.map(drop) })
+            .await?;
+        Ok(client)
     }
 
     async fn sync(&self, endpoint: &str, headers: &HeaderMap, body: Body) -> Response {
@@ -637,9 +643,15 @@ impl IntoResponse for Refusal {
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
     #[error("planning database: {0}")]
-    Database(#[from] tokio_postgres::Error),
+    Database(#[from] PgError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+}
+
+impl From<tokio_postgres::Error> for SyncError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        SyncError::Database(PgError::Postgres(err))
+    }
 }
 
 impl From<erpstream_schemas::CodecError> for SyncError {

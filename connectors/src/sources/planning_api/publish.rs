@@ -177,7 +177,7 @@ impl PlanningApi {
         plan_id: i64,
         caller: &Caller,
         correlation_id: uuid::Uuid,
-    ) -> Result<Response, tokio_postgres::Error> {
+    ) -> Result<Response, crate::postgres::PgError> {
         let mut db = self.database().await?;
         let tx = db.transaction().await?;
         tx.execute(

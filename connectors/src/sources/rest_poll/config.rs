@@ -226,14 +226,10 @@ impl RestPollConfig {
                 "must be an http:// or https:// URL",
             )),
         }
-        if !self.state_database.starts_with("postgres://")
-            && !self.state_database.starts_with("postgresql://")
-        {
-            problems.push(Problem::new(
-                format!("{at}.state_database"),
-                "must be a postgres:// URL",
-            ));
-        }
+        problems.extend(crate::postgres::check_url(
+            &format!("{at}.state_database"),
+            &self.state_database,
+        ));
         match self.preset {
             Preset::Erpnext => {
                 if self.auth.api_secret.is_none() {

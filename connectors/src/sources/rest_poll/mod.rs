@@ -70,6 +70,9 @@ pub enum PollError {
     /// erpstream's database failed.
     #[error("state database: {0}")]
     State(#[from] tokio_postgres::Error),
+    /// erpstream's database could not be reached.
+    #[error("state database: {0}")]
+    StateConnect(#[from] crate::postgres::PgError),
     /// The broker did not take a record.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -307,7 +310,7 @@ impl RestPollSource {
                     let error_type = match &err {
                         PollError::Api(ApiError::Credentials { .. }) => "credentials",
                         PollError::Api(_) => "erp",
-                        PollError::State(_) => "state_database",
+                        PollError::State(_) | PollError::StateConnect(_) => "state_database",
                         PollError::Publish(_) => "broker",
                         PollError::Resource { .. } => "resource",
                     };

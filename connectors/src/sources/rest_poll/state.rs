@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::postgres::PgError;
 
 /// The hash of a record's mapped content.
 pub type Hash = [u8; 16];
@@ -27,13 +29,8 @@ pub struct State {
 
 impl State {
     /// Connects and creates the tables if missing.
-    pub async fn open(url: &str, source: &str) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::warn!(error = %err, "state database connection ended");
-            }
-        });
+    pub async fn open(url: &str, source: &str) -> Result<Self, PgError> {
+        let client = crate::postgres::connect(url, "rest_poll state database").await?;
         client
             .batch_execute(
                 // Serialised: several resources (and replicas) open their state at once, and

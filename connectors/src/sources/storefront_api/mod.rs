@@ -46,10 +46,10 @@ pub use config::StorefrontApiConfig;
 use payload::Invalid;
 use store::{Answer, RequestStore};
 
+use crate::postgres::PgError;
 use crate::component::{Component, Context, Graph, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
-use crate::secret::SecretError;
 use crate::sources::http;
 use crate::validation::{Checks, Problem};
 
@@ -218,7 +218,7 @@ impl StorefrontApiSource {
         config: StorefrontApiConfig,
         kafka: &KafkaConfig,
         publisher: Publisher,
-    ) -> Result<Self, SecretError> {
+    ) -> Result<Self, crate::Error> {
         let tokens = config
             .tokens
             .iter()
@@ -227,7 +227,7 @@ impl StorefrontApiSource {
         Ok(Self {
             id: id.to_string(),
             auth: Arc::new(ApiAuth::new(tokens)),
-            store: RequestStore::new(&config.database),
+            store: RequestStore::new(&config.database)?,
             orders_topic: kafka.topic(&config.orders_topic),
             adjustments_topic: kafka.topic(&config.adjustments_topic),
             reservations_topic: kafka.topic(&config.reservations_topic),
@@ -505,7 +505,7 @@ enum Refusal {
     Unauthorized(&'static str),
     Invalid(Invalid),
     Conflict(&'static str, String),
-    Store(tokio_postgres::Error),
+    Store(PgError),
     Broker(PublishError),
 }
 

@@ -1,10 +1,15 @@
 //! Answered requests, kept in Postgres (table `erpstream.api_requests`) so a repeated
 //! `transaction_id` / `reference_id` gets the first answer, across restarts and replicas.
-//! The connection is opened on first use and re-opened after it breaks.
+//! Requests are served concurrently from a pool of connections, opened as they are needed
+//! and replaced after they break; the table is created on first use.
 
 use serde_json::Value;
-use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::OnceCell;
+
+use crate::postgres::{PgError, PgTarget};
+
+/// Connections the store holds at most: one per concurrent request up to this many.
+const POOL_SIZE: usize = 8;
 
 const MIGRATION: &str = "
 CREATE SCHEMA IF NOT EXISTS erpstream;
@@ -33,34 +38,32 @@ pub struct Answer {
 
 /// The Postgres-backed store of answered requests.
 pub struct RequestStore {
-    url: String,
-    client: Mutex<Option<Client>>,
+    pool: deadpool_postgres::Pool,
+    migrated: OnceCell<()>,
 }
 
 impl RequestStore {
     /// A store at `url` (no I/O until first use).
-    pub fn new(url: &str) -> Self {
-        Self {
-            url: url.to_string(),
-            client: Mutex::new(None),
-        }
+    pub fn new(url: &str) -> Result<Self, PgError> {
+        Ok(Self {
+            pool: url.parse::<PgTarget>()?.pool(POOL_SIZE)?,
+            migrated: OnceCell::new(),
+        })
     }
 
-    async fn client(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, tokio_postgres::Error> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::warn!(error = %err, "request store connection lost; reconnecting on next use");
-                }
-            });
-            client.batch_execute(MIGRATION).await?;
-            *guard = Some(client);
-        }
-        Ok(guard)
+    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => PgError::Postgres(e),
+                other => PgError::Pool(other.to_string()),
+            })?;
+        self.migrated
+            .get_or_try_init(|| async { client.batch_execute(MIGRATION).await })
+            .await?;
+        Ok(client)
     }
 
     /// The answer given to `(source, kind, key)`, if any.
@@ -69,9 +72,8 @@ impl RequestStore {
         source: &str,
         kind: &str,
         key: &str,
-    ) -> Result<Option<Answer>, tokio_postgres::Error> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected above");
+    ) -> Result<Option<Answer>, PgError> {
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT request_sha256, status, response FROM erpstream.api_requests
@@ -93,9 +95,8 @@ impl RequestStore {
         kind: &str,
         key: &str,
         answer: &Answer,
-    ) -> Result<Answer, tokio_postgres::Error> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().expect("connected above");
+    ) -> Result<Answer, PgError> {
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO erpstream.api_requests (source, kind, key, request_sha256, status, response)
@@ -110,7 +111,7 @@ impl RequestStore {
                 ],
             )
             .await?;
-        drop(guard);
+        drop(client);
         Ok(self
             .get(source, kind, key)
             .await?
@@ -120,10 +121,7 @@ impl RequestStore {
     /// Whether the database answers.
     pub async fn reachable(&self) -> bool {
         match self.client().await {
-            Ok(guard) => match guard.as_ref() {
-                Some(client) => client.simple_query("SELECT 1").await.is_ok(),
-                None => false,
-            },
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         }
     }
