@@ -92,8 +92,9 @@ pub enum PgError {
     /// `sslrootcert` cannot be used.
     #[error("sslrootcert: {0}")]
     RootCert(#[from] TlsFileError),
-    /// The server refused or could not be reached (the TLS handshake included).
-    #[error(transparent)]
+    /// The server refused or could not be reached (the TLS handshake included); shown with
+    /// its causes (tokio-postgres's own words stop at "error performing TLS handshake").
+    #[error("{}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The pool could not hand out a connection.
     #[error("{0}")]
@@ -101,6 +102,36 @@ pub enum PgError {
 }
 
 impl PgError {
+    /// Whether trying again cannot help until the configuration changes: the server's
+    /// certificate was refused, or the server refused the credentials (SQLSTATE class 28).
+    /// A server that is down or restarting is not a refusal.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            PgError::Url(_) | PgError::RootCert(_) => true,
+            PgError::Pool(_) => false,
+            PgError::Postgres(e) => {
+                if e.as_db_error()
+                    .is_some_and(|db| db.code().code().starts_with("28"))
+                {
+                    return true;
+                }
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(error) = source {
+                    let tls = error.downcast_ref::<rustls::Error>().is_some()
+                        || error
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(|io| io.get_ref())
+                            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+                    if tls {
+                        return true;
+                    }
+                    source = error.source();
+                }
+                false
+            }
+        }
+    }
+
     /// The server's error, if it answered with one.
     pub fn as_db_error(&self) -> Option<&tokio_postgres::error::DbError> {
         match self {
@@ -110,13 +141,28 @@ impl PgError {
     }
 }
 
+/// `error` and each of its sources, joined by `: `.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl FromStr for PgTarget {
     type Err = PgError;
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let mut parsed = reqwest::Url::parse(url).map_err(|e| PgError::Url(e.to_string()))?;
-        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-            return Err(PgError::Url("must be a postgres:// URL".into()));
-        }
+        let mut parsed = reqwest::Url::parse(url)
+            .ok()
+            .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"))
+            .ok_or_else(|| PgError::Url("must be a postgres:// URL".into()))?;
         let mut mode = SslMode::Prefer;
         let mut root_cert = None;
         let mut kept: Vec<(String, String)> = Vec::new();
@@ -156,9 +202,10 @@ pub fn check_url(at: &str, url: &str) -> Option<Problem> {
     match url.parse::<PgTarget>() {
         Err(PgError::Url(reason)) => Some(Problem::new(at, reason)),
         Err(other) => Some(Problem::new(at, other.to_string())),
-        Ok(target) => target.root_cert.as_deref().and_then(|path| {
-            tls::check(&format!("{at}: sslrootcert"), path, Pem::Certificates)
-        }),
+        Ok(target) => target
+            .root_cert
+            .as_deref()
+            .and_then(|path| tls::check(&format!("{at}: sslrootcert"), path, Pem::Certificates)),
     }
 }
 
@@ -224,6 +271,20 @@ impl PgTarget {
             }
         });
         Ok(client)
+    }
+
+    /// Connects once to see whether the server takes this client: a refusal (see
+    /// [`PgError::is_refusal`]) is returned, anything else only logged as `what` (a
+    /// component that connects lazily starts while its database is down, and reports it).
+    pub async fn check(&self, what: &'static str) -> Result<(), PgError> {
+        match self.connect(what).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_refusal() => Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, what, "database not reachable yet");
+                Ok(())
+            }
+        }
     }
 
     /// A pool of up to `size` connections, opened as they are needed.
@@ -397,7 +458,9 @@ mod tests {
             target.config.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require
         );
-        let plain: PgTarget = "postgres://postgres@127.0.0.1/erpstream".parse().expect("url");
+        let plain: PgTarget = "postgres://postgres@127.0.0.1/erpstream"
+            .parse()
+            .expect("url");
         assert_eq!(plain.mode, SslMode::Prefer);
         assert!(!format!("{target:?}").contains("pw"), "{target:?}");
         assert_eq!(
@@ -408,15 +471,19 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_a_problem_saying_why() {
-        let problem = check_url("sinks.p.database", "postgres://h/db?sslmode=verify").expect("problem");
+        let problem =
+            check_url("sinks.p.database", "postgres://h/db?sslmode=verify").expect("problem");
         assert_eq!(
             problem.to_string(),
             "sinks.p.database: sslmode \"verify\": must be disable, prefer, require, verify-ca or verify-full"
         );
         let problem = check_url("x", "mysql://h/db").expect("problem");
         assert_eq!(problem.to_string(), "x: must be a postgres:// URL");
-        let problem =
-            check_url("x", "postgres://h/db?sslmode=verify-ca&sslrootcert=/nowhere.pem").expect("problem");
+        let problem = check_url(
+            "x",
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/nowhere.pem",
+        )
+        .expect("problem");
         assert_eq!(
             problem.to_string(),
             "x: sslrootcert: /nowhere.pem: No such file or directory (os error 2)"

@@ -288,10 +288,24 @@ fn main() -> ExitCode {
     match tokio.block_on(execute(cli.command)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `err` with each of its causes that its text does not already say (many errors here name
+/// their cause in their own message, and also keep it as their source).
+fn report(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {

@@ -73,11 +73,9 @@ impl Stack {
 
 /// Opens a Postgres connection whose driver runs on its own task.
 pub async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    erpstream_connectors::postgres::connect(url, "test")
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    tokio::spawn(connection);
-    client
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 /// A tansu broker of this test's own, on an empty store (a test that loads the broker
@@ -314,6 +312,31 @@ impl MockBroker {
     }
 }
 
+/// A `pg_cdc` source `db` of a test topology (YAML under `sources:`): `public.stock`
+/// (`item_code`, `warehouse`, `actual_qty`) of `url` to `inventory.change`, its state in
+/// `state`, slot and publication named `slot`.
+pub fn stock_cdc_source(url: &str, state: &str, slot: &str) -> String {
+    format!(
+        r#"  db:
+    type: pg_cdc
+    database: {url}
+    state_database: {state}
+    slot: {slot}
+    publication: {slot}
+    heartbeat: 1s
+    snapshot_chunk: 100
+    source_system: TestERP
+    tables:
+      public.stock:
+        topic: inventory.change
+        fields:
+          sku: item_code
+          location_code: warehouse
+          new_quantity: actual_qty
+        on_delete: {{ set: {{ new_quantity: 0, change_reason: DELETED }} }}"#
+    )
+}
+
 /// A throw-away Postgres 15 cluster of this test's own (so it can be restarted or run with
 /// other settings without disturbing the stack's).
 pub struct PgCluster {
@@ -325,6 +348,16 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb and start, with `wal_level`.
     pub fn start(wal_level: &str) -> Self {
+        Self::start_with(wal_level, None)
+    }
+
+    /// The same, with `ssl = on` serving `certificate`, and only TLS connections accepted
+    /// (`hostssl` lines alone in `pg_hba.conf`).
+    pub fn start_tls(wal_level: &str, certificate: &Issued) -> Self {
+        Self::start_with(wal_level, Some(certificate))
+    }
+
+    fn start_with(wal_level: &str, tls: Option<&Issued>) -> Self {
         let dir = std::env::temp_dir().join(unique("erpstream-pg-"));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let port = free_port();
@@ -351,9 +384,26 @@ impl PgCluster {
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nwal_level = {wal_level}\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\n",
             cluster.dir.display()
         );
-        let path = PathBuf::from(cluster.data()).join("postgresql.conf");
+        let data = PathBuf::from(cluster.data());
+        let path = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&path).expect("postgresql.conf");
         text.push_str(&conf);
+        if let Some(issued) = tls {
+            for (from, to) in [(&issued.cert, "server.crt"), (&issued.key, "server.key")] {
+                std::fs::copy(from, data.join(to)).expect("copy the server certificate");
+                let _ = cluster.as_postgres(
+                    "chown",
+                    &["postgres", data.join(to).to_str().unwrap_or_default()],
+                    true,
+                );
+            }
+            text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+        }
         std::fs::write(&path, text).expect("write postgresql.conf");
         cluster.start_again();
         cluster
@@ -711,6 +761,8 @@ pub struct TopologyOptions {
     pub reservation_expiry: &'static str,
     /// More sources, as YAML indented under `sources:`.
     pub extra_sources: String,
+    /// More sinks, as YAML indented under `sinks:`.
+    pub extra_sinks: String,
     /// `http.admission`, as flow YAML (e.g. `{ max_lag: 1ms }`). The default opens the gate
     /// wide: the suite's shared broker is far slower than a production one while every test
     /// runs against it, and a test about something else must not see its webhooks shed
@@ -748,6 +800,7 @@ impl TopologyOptions {
             erp: None,
             reservation_expiry: "30m",
             extra_sources: String::new(),
+            extra_sinks: String::new(),
             admission: Some("{ max_ack_wait: 1h, max_lag: 1h }"),
             transactions: false,
             idle: None,
@@ -778,6 +831,7 @@ impl Pipeline {
   inventory.available: {{ partitions: 2, compacted: true }}
   sales.order: {{ partitions: 1 }}
   inventory.adjustment: {{ partitions: 1 }}
+  demand.actual: {{ partitions: 1 }}
 sources:
   erp:
     type: erp_webhook
@@ -803,6 +857,7 @@ processors:
     output: inventory.available
     reservations: {{ expiry: {expiry} }}
 sinks:{erp_sink}
+{extra_sinks}
   storefront:
     type: storefront_webhook
     inputs: [inventory.available, catalog.update]
@@ -817,6 +872,7 @@ sinks:{erp_sink}
             default_location = DEFAULT_LOCATION,
             expiry = options.reservation_expiry,
             extra_sources = options.extra_sources,
+            extra_sinks = options.extra_sinks,
             erp_sink = match &options.erp {
                 Some((url, preset)) => format!(
                     r#"

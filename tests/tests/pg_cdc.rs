@@ -10,28 +10,10 @@ use erpstream_e2e::*;
 use erpstream_schemas::{Codec, InventoryChange};
 use tokio_postgres::Client;
 
-/// The `pg_cdc` source block of a test topology, reading `public.stock` of `url`.
+/// The `pg_cdc` source block of a test topology, reading `public.stock` of `url`, its
+/// state in the stack's database.
 fn cdc_source(url: &str, slot: &str) -> String {
-    let state = Stack::from_env().database;
-    format!(
-        r#"  db:
-    type: pg_cdc
-    database: {url}
-    state_database: {state}
-    slot: {slot}
-    publication: {slot}
-    heartbeat: 1s
-    snapshot_chunk: 100
-    source_system: TestERP
-    tables:
-      public.stock:
-        topic: inventory.change
-        fields:
-          sku: item_code
-          location_code: warehouse
-          new_quantity: actual_qty
-        on_delete: {{ set: {{ new_quantity: 0, change_reason: DELETED }} }}"#
-    )
+    stock_cdc_source(url, &Stack::from_env().database, slot)
 }
 
 async fn stock_table(client: &Client, skus: usize) {

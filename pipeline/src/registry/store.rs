@@ -3,8 +3,8 @@
 //! advisory lock, so concurrent registrations get consecutive versions.
 
 use apache_avro::Schema;
-use tokio::sync::Mutex;
 use erpstream_connectors::postgres::{PgError, PgTarget};
+use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use super::{ApiError, Level};

@@ -656,6 +656,24 @@ fn every_rule_names_its_path_and_reason() {
             &["sources.erp_db.database: must be a postgres:// URL"],
         ),
         (
+            &[(
+                &["sources", "erp_db", "database"],
+                Some("postgres://erp@10.0.0.5/erp?sslmode=verify-full"),
+            )],
+            &[
+                "sources.erp_db.database: sslmode=verify-full needs the server's host name, not an IP address: the replication client checks certificates by DNS name only (or use verify-ca)",
+            ],
+        ),
+        (
+            &[(
+                &["sources", "erp_db", "database"],
+                Some("postgres://erp@db/erp?sslmode=strict"),
+            )],
+            &[
+                "sources.erp_db.database: sslmode \"strict\": must be disable, prefer, require, verify-ca or verify-full",
+            ],
+        ),
+        (
             &[(&["sources", "erp_db", "slot"], Some("Slot-1"))],
             &[
                 "sources.erp_db.slot: must be a lower-case identifier (a-z, 0-9, _; at most 63 characters)",

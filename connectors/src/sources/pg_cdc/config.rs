@@ -87,6 +87,19 @@ impl PgCdcConfig {
         ] {
             problems.extend(crate::postgres::check_url(&format!("{at}.{field}"), url));
         }
+        if let Ok(target) = self.database.parse::<crate::postgres::PgTarget>()
+            && target.mode == crate::postgres::SslMode::VerifyFull
+            && target.config.get_hosts().iter().any(|host| {
+                matches!(host, tokio_postgres::config::Host::Tcp(name)
+                    if name.parse::<std::net::IpAddr>().is_ok())
+            })
+        {
+            problems.push(Problem::new(
+                format!("{at}.database"),
+                "sslmode=verify-full needs the server's host name, not an IP address: the \
+                 replication client checks certificates by DNS name only (or use verify-ca)",
+            ));
+        }
         for (field, name) in [("slot", &self.slot), ("publication", &self.publication)] {
             if !is_identifier(name) {
                 problems.push(Problem::new(

@@ -13,9 +13,13 @@ pub const HEARTBEAT_PREFIX: &str = "erpstream.heartbeat";
 
 /// Opens a connection whose driver runs on its own task.
 pub async fn connect(url: &str, what: &'static str) -> Result<Client, CdcError> {
-    crate::postgres::connect(url, what)
-        .await
-        .map_err(|e| CdcError::Connect(what, e.to_string()))
+    crate::postgres::connect(url, what).await.map_err(|e| {
+        if e.is_refusal() {
+            CdcError::Refused(format!("the {what} refused the connection: {e}"))
+        } else {
+            CdcError::Connect(what, e.to_string())
+        }
+    })
 }
 
 /// A captured table's columns, with its primary key (or replica identity) marked.

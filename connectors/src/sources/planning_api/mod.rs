@@ -38,12 +38,12 @@ use tokio::sync::OnceCell;
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item};
 
-use crate::postgres::{PgError, PgTarget};
 use crate::admission::Admission;
 use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::planning;
+use crate::postgres::{PgError, PgTarget};
 use crate::sources::http::{invalid, read_limited, retry_later, too_large, trace_of};
 use crate::validation::{Checks, Problem};
 
@@ -154,6 +154,10 @@ impl Component for PlanningApiConfig {
             topics,
             context.publisher.clone(),
         )?);
+        self.database
+            .parse::<PgTarget>()?
+            .check("planning database")
+            .await?;
         let probe = api.clone();
         Ok(Running::default()
             .routes(api.router(&context.admission, &context.id))

@@ -46,10 +46,10 @@ pub use config::StorefrontApiConfig;
 use payload::Invalid;
 use store::{Answer, RequestStore};
 
-use crate::postgres::PgError;
 use crate::component::{Component, Context, Graph, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
+use crate::postgres::PgError;
 use crate::sources::http;
 use crate::validation::{Checks, Problem};
 
@@ -194,6 +194,10 @@ impl Component for StorefrontApiConfig {
             &context.kafka,
             context.publisher.clone(),
         )?);
+        self.database
+            .parse::<crate::postgres::PgTarget>()?
+            .check("request store")
+            .await?;
         let mut routes = context
             .admission
             .guard(&context.id, source.clone().router());

@@ -52,14 +52,10 @@ impl RequestStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| match e {
-                deadpool_postgres::PoolError::Backend(e) => PgError::Postgres(e),
-                other => PgError::Pool(other.to_string()),
-            })?;
+        let client = self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Postgres(e),
+            other => PgError::Pool(other.to_string()),
+        })?;
         self.migrated
             .get_or_try_init(|| async { client.batch_execute(MIGRATION).await })
             .await?;
