@@ -156,6 +156,16 @@ enum Command {
         /// Postgres connection string.
         #[arg(long, env = "ERPSTREAM_REGISTRY_DATABASE_URL")]
         database_url: String,
+        /// Serve HTTPS with this certificate chain (PEM; re-read when it changes).
+        #[arg(long, env = "ERPSTREAM_REGISTRY_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, env = "ERPSTREAM_REGISTRY_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require HTTP basic credentials: this user, with the password in the environment
+        /// variable ERPSTREAM_REGISTRY_PASSWORD (never on the command line).
+        #[arg(long, env = "ERPSTREAM_REGISTRY_USER")]
+        user: Option<String>,
     },
     /// Send a signed ERP load to a running pipeline and measure storefront deliveries.
     Demo {
@@ -494,8 +504,32 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Registry {
             listen,
             database_url,
+            tls_cert,
+            tls_key,
+            user,
         } => {
-            registry::serve(listen, &database_url).await?;
+            let auth = match user {
+                Some(user) => Some(registry::BasicCredentials {
+                    user,
+                    password: std::env::var("ERPSTREAM_REGISTRY_PASSWORD")
+                        .ok()
+                        .filter(|p| !p.is_empty())
+                        .context("--user needs the password in ERPSTREAM_REGISTRY_PASSWORD")?
+                        .into(),
+                }),
+                None => None,
+            };
+            let tls =
+                tls_cert
+                    .zip(tls_key)
+                    .map(|(cert_file, key_file)| runtime::listener::HttpTls {
+                        cert_file,
+                        key_file,
+                    });
+            if let Some(problem) = tls.as_ref().and_then(|tls| tls.validate("--tls").pop()) {
+                anyhow::bail!("{problem}");
+            }
+            registry::serve(listen, &database_url, tls.as_ref(), auth).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

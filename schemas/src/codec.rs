@@ -14,7 +14,9 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_all_subjects, post_schema,
+};
 use schema_registry_converter::avro_common::AvroSchema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -149,6 +151,14 @@ impl Codec {
     /// The registry URL this codec uses.
     pub fn settings(&self) -> &SrSettings {
         &self.inner.settings
+    }
+
+    /// Whether the registry answers a subject listing within `timeout` (with this codec's
+    /// TLS trust and credentials).
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, get_all_subjects(&self.inner.settings))
+            .await
+            .is_ok_and(|answer| answer.is_ok())
     }
 
     /// Registers the contract of `kind` under `<topic>-value` and returns its schema id.

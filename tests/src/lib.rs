@@ -312,6 +312,19 @@ impl MockBroker {
     }
 }
 
+/// A client that trusts only the CAs whose certificate files are `cas`.
+pub fn https_client(cas: &[&Path]) -> reqwest::Client {
+    let mut roots = Vec::new();
+    for ca in cas {
+        let pem = std::fs::read(ca).expect("read CA");
+        roots.extend(reqwest::Certificate::from_pem_bundle(&pem).expect("CA PEM"));
+    }
+    reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .build()
+        .expect("https client")
+}
+
 /// A `pg_cdc` source `db` of a test topology (YAML under `sources:`): `public.stock`
 /// (`item_code`, `warehouse`, `actual_qty`) of `url` to `inventory.change`, its state in
 /// `state`, slot and publication named `slot`.
@@ -487,13 +500,29 @@ pub struct Registry {
     port: u16,
     database: String,
     log: PathBuf,
+    /// HTTPS certificate and CA, and the basic credentials it requires, if any.
+    secure: Option<(Issued, PathBuf, (&'static str, &'static str))>,
+    client: reqwest::Client,
     /// Its base URL.
     pub url: String,
 }
 
+/// The user and password a secure [`Registry`] requires.
+pub const REGISTRY_USER: (&str, &str) = ("sr-key", "sr-s3cret");
+
 impl Registry {
     /// Creates its database on the stack's Postgres and starts it.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same, serving HTTPS with `certificate` (from the CA whose file is `ca`) and
+    /// requiring [`REGISTRY_USER`]'s basic credentials.
+    pub async fn start_secure(certificate: Issued, ca: &Path) -> Self {
+        Self::start_with(Some((certificate, ca.to_path_buf(), REGISTRY_USER))).await
+    }
+
+    async fn start_with(secure: Option<(Issued, PathBuf, (&'static str, &'static str))>) -> Self {
         let stack = Stack::from_env();
         let name = unique("registry_").replace(['-', '.'], "_");
         pg(&stack.database)
@@ -507,12 +536,19 @@ impl Registry {
         };
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{name}.log"));
+        let client = match &secure {
+            Some((_, ca, _)) => https_client(&[ca]),
+            None => reqwest::Client::new(),
+        };
+        let scheme = if secure.is_some() { "https" } else { "http" };
         let mut registry = Self {
             child: None,
             port,
             database,
             log,
-            url: format!("http://127.0.0.1:{port}"),
+            client,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            secure,
         };
         registry.start_again().await;
         registry
@@ -525,9 +561,20 @@ impl Registry {
             .append(true)
             .open(&self.log)
             .expect("registry log");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["registry", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--database-url", &self.database])
+            .args(["--database-url", &self.database]);
+        if let Some((certificate, _, (user, password))) = &self.secure {
+            command
+                .arg("--tls-cert")
+                .arg(&certificate.cert)
+                .arg("--tls-key")
+                .arg(&certificate.key)
+                .args(["--user", user])
+                .env("ERPSTREAM_REGISTRY_PASSWORD", password);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -535,7 +582,9 @@ impl Registry {
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(30);
         let subjects = format!("{}/subjects", self.url);
-        while !reqwest::get(&subjects)
+        while !self
+            .authorized(self.client.get(&subjects))
+            .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
@@ -552,10 +601,34 @@ impl Registry {
         }
     }
 
+    /// `request` with the basic credentials a secure registry requires.
+    pub fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.secure {
+            Some((_, _, (user, password))) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
+    /// The `registry:` section of a topology using it (credentials from the environment
+    /// variable `TEST_REGISTRY_PASSWORD`, set for every pipeline the harness starts).
+    pub fn section(&self) -> String {
+        match &self.secure {
+            Some((_, ca, (user, _))) => format!(
+                "  url: {}\n  ca_file: {:?}\n  basic_auth: {{ username: {user}, password: {{ env: TEST_REGISTRY_PASSWORD }} }}",
+                self.url,
+                ca.display().to_string()
+            ),
+            None => format!("  url: {}", self.url),
+        }
+    }
+
     /// Registers `schema` (Avro JSON) under `subject`; returns its id.
     pub async fn register(&self, subject: &str, schema: &str) -> u32 {
-        let response = reqwest::Client::new()
-            .post(format!("{}/subjects/{subject}/versions", self.url))
+        let response = self
+            .authorized(
+                self.client
+                    .post(format!("{}/subjects/{subject}/versions", self.url)),
+            )
             .header("content-type", "application/vnd.schemaregistry.v1+json")
             .body(serde_json::json!({ "schema": schema }).to_string())
             .send()
@@ -775,6 +848,11 @@ pub struct TopologyOptions {
     pub idle: Option<(&'static str, &'static str)>,
     /// `kafka.security`, in YAML (e.g. [`SecureBroker::security`]).
     pub kafka_security: Option<String>,
+    /// The `registry:` section's lines (e.g. [`Registry::section`]); `url: <registry>`
+    /// otherwise.
+    pub registry_section: Option<String>,
+    /// Serve HTTPS: (certificate, key, the CA file clients trust).
+    pub https: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl TopologyOptions {
@@ -805,6 +883,8 @@ impl TopologyOptions {
             transactions: false,
             idle: None,
             kafka_security: None,
+            registry_section: None,
+            https: None,
         }
     }
 }
@@ -813,6 +893,8 @@ impl TopologyOptions {
 pub struct Pipeline {
     child: Option<Child>,
     topology: PathBuf,
+    /// A client of its listener (trusting its CA when it serves HTTPS).
+    pub client: reqwest::Client,
     /// Base URL of its HTTP listener.
     pub url: String,
     /// Its topic prefix.
@@ -905,7 +987,7 @@ sinks:{erp_sink}
         let text = format!(
             r#"app_id: {app}
 http:
-  listen: 127.0.0.1:{port}{admission}
+  listen: 127.0.0.1:{port}{admission}{tls}
 kafka:
   brokers: {brokers}
   topic_prefix: "{prefix}"
@@ -914,10 +996,22 @@ kafka:
   transactions: {transactions}
   instance_id: test{idle}{security}
 registry:
-  url: {registry}
+{registry}
 {body}"#,
             brokers = options.brokers,
-            registry = options.registry,
+            registry = options
+                .registry_section
+                .clone()
+                .unwrap_or_else(|| format!("  url: {}", options.registry)),
+            tls = options
+                .https
+                .as_ref()
+                .map(|(cert, key, _)| format!(
+                    "\n  tls: {{ cert_file: {:?}, key_file: {:?} }}",
+                    cert.display().to_string(),
+                    key.display().to_string()
+                ))
+                .unwrap_or_default(),
             delivery_timeout = options.delivery_timeout,
             transactions = options.transactions,
             security = options
@@ -935,11 +1029,16 @@ registry:
                 .unwrap_or_default(),
         );
         std::fs::write(&topology, text).expect("write topology");
+        let (client, scheme) = match &options.https {
+            Some((_, _, ca)) => (https_client(&[ca]), "https"),
+            None => (reqwest::Client::new(), "http"),
+        };
         Self {
             child: None,
             log: dir.join("pipeline.log"),
             topology,
-            url: format!("http://127.0.0.1:{port}"),
+            client,
+            url: format!("{scheme}://127.0.0.1:{port}"),
             prefix,
         }
     }
@@ -966,6 +1065,7 @@ registry:
             .env("TEST_ODATA_PASSWORD", erpnext::ODATA_USER.1)
             .env("TEST_KAFKA_PASSWORD", KAFKA_PASSWORD)
             .env("TEST_KAFKA_WRONG_PASSWORD", "not-the-password")
+            .env("TEST_REGISTRY_PASSWORD", REGISTRY_USER.1)
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -977,7 +1077,7 @@ registry:
     /// Starts the process and waits until `/readyz` answers 200.
     pub async fn start(&mut self) {
         self.spawn();
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         let url = format!("{}/readyz", self.url);
         let until = Instant::now() + Duration::from_secs(90);
         loop {
@@ -1009,7 +1109,7 @@ registry:
     /// Starts the process and waits until `/healthz` answers (ready or not).
     pub async fn start_unready(&mut self) {
         self.spawn();
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         let url = format!("{}/healthz", self.url);
         let until = Instant::now() + Duration::from_secs(90);
         while !client
@@ -1029,7 +1129,10 @@ registry:
 
     /// `/readyz`: status and body.
     pub async fn readyz(&self) -> (u16, Value) {
-        let response = reqwest::get(format!("{}/readyz", self.url))
+        let response = self
+            .client
+            .get(format!("{}/readyz", self.url))
+            .send()
             .await
             .expect("readyz");
         let status = response.status().as_u16();
@@ -1111,6 +1214,7 @@ registry:
             .env("STOREFRONT_API_TOKEN", API_TOKEN)
             .env("TEST_KAFKA_PASSWORD", KAFKA_PASSWORD)
             .env("TEST_KAFKA_WRONG_PASSWORD", "not-the-password")
+            .env("TEST_REGISTRY_PASSWORD", REGISTRY_USER.1)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()
@@ -1133,7 +1237,8 @@ registry:
         body: &[u8],
         secret: Option<&str>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut request = reqwest::Client::new()
+        let mut request = self
+            .client
             .post(format!("{}/webhooks/erp", self.url))
             .header("content-type", "application/json")
             .body(body.to_vec());
@@ -1157,9 +1262,7 @@ impl Pipeline {
         body: &Value,
         token: Option<&str>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut request = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .json(body);
+        let mut request = self.client.post(format!("{}{path}", self.url)).json(body);
         if let Some(token) = token {
             request = request.header("x-api-key", token);
         }
@@ -1172,7 +1275,9 @@ impl Pipeline {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -1182,7 +1287,8 @@ impl Pipeline {
 
     /// `GET /api/inventory/snapshot?<query>` with a bearer token; status and JSON.
     pub async fn snapshot(&self, query: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .get(format!("{}/api/inventory/snapshot?{query}", self.url))
             .bearer_auth(API_TOKEN)
             .send()

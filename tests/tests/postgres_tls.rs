@@ -71,18 +71,16 @@ impl TlsDatabases {
     fn options(&self, storefront: &str, root: &Path) -> TopologyOptions {
         let mut options = TopologyOptions::new(storefront);
         options.database = self.url("state", root);
-        options.extra_sources = format!(
-            "{cdc}\n{planning_api}",
-            cdc = stock_cdc_source(&self.url("erp", root), &self.url("state", root), "tls_slot"),
-            planning_api = format!(
-                r#"  planning_api:
+        let cdc = stock_cdc_source(&self.url("erp", root), &self.url("state", root), "tls_slot");
+        let planning_api = format!(
+            r#"  planning_api:
     type: planning_api
     database: {planning}
     tokens: [{{ token: {{ env: TEST_PLANNING_ADMIN }}, role: admin }}]
     publish: {{ url: "http://127.0.0.1:9", token: {{ env: TEST_ERP_TOKEN }} }}"#,
-                planning = self.url("planning", root),
-            ),
+            planning = self.url("planning", root),
         );
+        options.extra_sources = format!("{cdc}\n{planning_api}");
         options.extra_sinks = format!(
             r#"  planning:
     type: planning_pg

@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 pub use compat::Level;
 use store::Store;
 
+use crate::runtime::listener::{self, HttpTls};
+use crate::runtime::telemetry;
+
 /// Confluent's media type for every reply.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -36,16 +39,77 @@ pub enum RegistryError {
     Listen(#[from] std::io::Error),
 }
 
-/// Serves the registry on `listen` until SIGTERM/SIGINT.
-pub async fn serve(listen: std::net::SocketAddr, database_url: &str) -> Result<(), RegistryError> {
+/// HTTP basic credentials every request must carry (as Confluent's registry takes them).
+#[derive(Clone)]
+pub struct BasicCredentials {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: secrecy::SecretString,
+}
+
+/// Serves the registry on `listen` (HTTPS with `tls`, requests authenticated with `auth`)
+/// until SIGTERM/SIGINT.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    database_url: &str,
+    tls: Option<&HttpTls>,
+    auth: Option<BasicCredentials>,
+) -> Result<(), RegistryError> {
     let store = Store::connect(database_url).await?;
-    let app = router(Arc::new(store));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "schema registry listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::runtime::telemetry::termination())
-        .await?;
+    let mut app = router(Arc::new(store));
+    if let Some(auth) = auth {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth),
+            authenticate,
+        ));
+    }
+    let server = listener::serve(listen, tls, app, telemetry::termination()).await?;
+    tracing::info!(%listen, tls = tls.is_some(), "schema registry listening");
+    server
+        .await
+        .map_err(|e| RegistryError::Listen(std::io::Error::other(e)))??;
     Ok(())
+}
+
+/// Lets a request through only with the configured basic credentials (`401` otherwise).
+async fn authenticate(
+    State(auth): State<Arc<BasicCredentials>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use base64::Engine as _;
+    use secrecy::ExposeSecret as _;
+    use subtle::ConstantTimeEq as _;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        });
+    let expected = format!("{}:{}", auth.user, auth.password.expose_secret());
+    match presented {
+        Some(presented) if bool::from(presented.ct_eq(expected.as_bytes())) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                40101,
+                "Unauthorized: basic credentials required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"erpstream registry\""),
+            );
+            response
+        }
+    }
 }
 
 fn router(store: Arc<Store>) -> Router {

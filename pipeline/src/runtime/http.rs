@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use erpstream_connectors::component::{Probe, Readiness};
 use erpstream_connectors::kafka::Publisher;
+use erpstream_schemas::Codec;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
@@ -23,8 +24,7 @@ use serde_json::json;
 struct Ops {
     metrics: PrometheusHandle,
     publisher: Publisher,
-    registry_url: String,
-    client: reqwest::Client,
+    codec: Codec,
     probes: Vec<Probe>,
     components: Arc<Vec<(String, Readiness)>>,
 }
@@ -33,19 +33,14 @@ struct Ops {
 pub fn operations(
     metrics: PrometheusHandle,
     publisher: Publisher,
-    registry_url: &str,
+    codec: Codec,
     probes: Vec<Probe>,
     components: Vec<(String, Readiness)>,
 ) -> Router {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
     let ops = Ops {
         metrics,
         publisher,
-        registry_url: registry_url.trim_end_matches('/').to_string(),
-        client,
+        codec,
         probes,
         components: Arc::new(components),
     };
@@ -68,12 +63,7 @@ async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
 
 async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
     let broker = ops.publisher.broker_reachable(Duration::from_secs(2)).await;
-    let registry = ops
-        .client
-        .get(format!("{}/subjects", ops.registry_url))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
+    let registry = ops.codec.reachable(Duration::from_secs(2)).await;
     let mut database = true;
     for probe in &ops.probes {
         database &= probe().await;

@@ -7,6 +7,7 @@
 //! sink drain its deliveries in flight, commit stored offsets, flush the producer.
 
 mod http;
+pub mod listener;
 pub mod telemetry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +31,7 @@ use crate::topology::Topology;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The registry refused a contract or stayed unreachable.
-    #[error("schema registry: {0}")]
+    #[error(transparent)]
     Registry(#[from] CodecError),
     /// The registry client could not be built (its CA file, its password).
     #[error(transparent)]
@@ -174,25 +175,25 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let router = router.merge(http::operations(
         metrics,
         publisher.clone(),
-        &topology.registry.url,
+        codec.clone(),
         probes,
         readiness,
     ));
-    let listener = tokio::net::TcpListener::bind(topology.http.listen)
-        .await
-        .map_err(|source| RuntimeError::Listen {
-            addr: topology.http.listen,
-            source,
-        })?;
-    tracing::info!(listen = %topology.http.listen, "erpstream is running");
     let mut http_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                kafka::shutdown_requested(&mut http_shutdown).await;
-            })
-            .await
-    });
+    let server = listener::serve(
+        topology.http.listen,
+        topology.http.tls.as_ref(),
+        router,
+        async move {
+            kafka::shutdown_requested(&mut http_shutdown).await;
+        },
+    )
+    .await
+    .map_err(|source| RuntimeError::Listen {
+        addr: topology.http.listen,
+        source,
+    })?;
+    tracing::info!(listen = %topology.http.listen, tls = topology.http.tls.is_some(), "erpstream is running");
 
     let mut failure = None;
     tokio::select! {

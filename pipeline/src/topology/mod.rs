@@ -24,6 +24,7 @@ use erpstream_schemas::EventKind;
 use serde::Deserialize;
 
 use crate::components::{Configured, ConfiguredProcessor};
+use crate::runtime::listener::HttpTls;
 
 /// A validated topology.
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ pub struct HttpConfig {
     /// the broker or the pipeline is behind.
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// HTTPS: the certificate and key served (re-read when the files change); plain HTTP
+    /// without it.
+    #[serde(default)]
+    pub tls: Option<HttpTls>,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +70,7 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             admission: AdmissionConfig::default(),
+            tls: None,
         }
     }
 }

@@ -53,7 +53,7 @@ pub enum RegistryAccessError {
     #[error("registry.basic_auth.password: {0}")]
     Password(#[from] SecretError),
     /// The client refused its settings.
-    #[error("schema registry: {0}")]
+    #[error(transparent)]
     Codec(#[from] CodecError),
 }
 

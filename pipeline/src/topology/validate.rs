@@ -64,6 +64,9 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
     let http: Option<HttpConfig> = section(&root, "http", &mut problems, false);
     if let Some(http) = &http {
         problems.extend(http.admission.validate("http.admission"));
+        if let Some(tls) = &http.tls {
+            problems.extend(tls.validate("http.tls"));
+        }
     }
     let kafka: Option<KafkaConfig> = section(&root, "kafka", &mut problems, true);
     if let Some(kafka) = &kafka {
