@@ -84,6 +84,17 @@ pub fn trust_only(
     Ok(builder.tls_certs_only(roots))
 }
 
+/// `builder` trusting only the bundle at `ca_file` if one is given (see [`trust_only`]).
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::ClientBuilder, TlsFileError> {
+    match ca_file {
+        Some(path) => trust_only(builder, path),
+        None => Ok(builder),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

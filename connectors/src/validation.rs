@@ -86,6 +86,27 @@ impl Checks {
         self
     }
 
+    /// `ca_file` (at `field`), if set, is a readable CA bundle for the https URL `url`.
+    pub fn ca_file(
+        &mut self,
+        field: &str,
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> &mut Self {
+        let Some(path) = ca_file else { return self };
+        let at = format!("{}.{field}", self.at);
+        if !url.starts_with("https://") {
+            self.problems.push(Problem::new(
+                at,
+                "needs an https url (a CA file does nothing over plain HTTP)",
+            ));
+        } else {
+            self.problems
+                .extend(crate::tls::check(&at, path, crate::tls::Pem::Certificates));
+        }
+        self
+    }
+
     /// `field` is an http(s) URL.
     pub fn http_url(&mut self, field: &str, url: &str) -> &mut Self {
         let problem = http_url(format!("{}.{field}", self.at), url);

@@ -8,7 +8,7 @@ pub mod erp;
 pub mod erpnext;
 pub mod tls;
 
-pub use tls::{Issued, TestCa};
+pub use tls::{Issued, TestCa, TlsTerminator};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -132,7 +132,7 @@ impl Drop for Broker {
 /// on. The certificates come from a throw-away CA made with the `openssl` command.
 pub struct SecureBroker {
     broker: Child,
-    stunnel: Child,
+    stunnel: TlsTerminator,
     dir: PathBuf,
     /// Bootstrap servers (the TLS side).
     pub brokers: String,
@@ -209,18 +209,7 @@ impl SecureBroker {
         let _ = setup.kill();
         let _ = setup.wait();
         let broker = tansu(true);
-        std::fs::write(
-            dir.join("stunnel.conf"),
-            format!("foreground = yes\n[kafka]\naccept = 127.0.0.1:{outer}\nconnect = 127.0.0.1:{inner}\ncert = {}\nkey = {}\n",
-                certificate.cert.display(), certificate.key.display()),
-        ).expect("stunnel.conf");
-        let stunnel = Command::new("stunnel4")
-            .arg(dir.join("stunnel.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("stunnel.log")).expect("stunnel log"))
-            .spawn()
-            .expect("start stunnel4 (Debian package stunnel4)");
-        wait_for_port(outer);
+        let stunnel = TlsTerminator::start_on(&dir, &certificate, outer, inner);
         Self {
             broker,
             stunnel,
@@ -247,15 +236,14 @@ impl SecureBroker {
 
 impl Drop for SecureBroker {
     fn drop(&mut self) {
-        for child in [&mut self.stunnel, &mut self.broker] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stunnel.stop();
+        let _ = self.broker.kill();
+        let _ = self.broker.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn wait_for_port(port: u16) {
+pub(crate) fn wait_for_port(port: u16) {
     let until = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < until, "nothing listens on port {port}");
@@ -851,6 +839,8 @@ pub struct TopologyOptions {
     /// The `registry:` section's lines (e.g. [`Registry::section`]); `url: <registry>`
     /// otherwise.
     pub registry_section: Option<String>,
+    /// The storefront sink's `ca_file`.
+    pub storefront_ca: Option<PathBuf>,
     /// Serve HTTPS: (certificate, key, the CA file clients trust).
     pub https: Option<(PathBuf, PathBuf, PathBuf)>,
 }
@@ -884,6 +874,7 @@ impl TopologyOptions {
             idle: None,
             kafka_security: None,
             registry_section: None,
+            storefront_ca: None,
             https: None,
         }
     }
@@ -943,12 +934,17 @@ sinks:{erp_sink}
   storefront:
     type: storefront_webhook
     inputs: [inventory.available, catalog.update]
-    url: {storefront}
+    url: {storefront}{storefront_ca}
     secret: {{ env: TEST_STOREFRONT_SECRET }}
     request_timeout: 2s
     retry: {{ max_attempts: {attempts}, initial_backoff: 50ms, max_backoff: 500ms }}
 "#,
             storefront = options.storefront,
+            storefront_ca = options
+                .storefront_ca
+                .as_ref()
+                .map(|ca| format!("\n    ca_file: {:?}", ca.display().to_string()))
+                .unwrap_or_default(),
             attempts = options.max_attempts,
             database = options.database,
             default_location = DEFAULT_LOCATION,

@@ -2,7 +2,7 @@
 //! (Debian package `openssl`): a CA and the server certificates it issues, as PEM files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// A CA whose files live in `dir`.
 pub struct TestCa {
@@ -108,5 +108,58 @@ impl TestCa {
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// stunnel (Debian package `stunnel4`) serving TLS with a certificate on a port of its own
+/// and passing the plain bytes on to `127.0.0.1:<target>`.
+pub struct TlsTerminator {
+    child: Child,
+    /// The TLS port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl TlsTerminator {
+    /// Starts it in `dir` in front of `target`, serving `certificate`, and waits for its port.
+    pub fn start(dir: &Path, certificate: &Issued, target: u16) -> Self {
+        Self::start_on(dir, certificate, crate::free_port(), target)
+    }
+
+    /// The same on a chosen `port`.
+    pub fn start_on(dir: &Path, certificate: &Issued, port: u16, target: u16) -> Self {
+        let conf = dir.join(format!("stunnel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\n[tls]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{target}\ncert = {}\nkey = {}\n",
+                certificate.cert.display(),
+                certificate.key.display()
+            ),
+        )
+        .expect("stunnel.conf");
+        let log =
+            std::fs::File::create(dir.join(format!("stunnel-{port}.log"))).expect("stunnel log");
+        let child = Command::new("stunnel4")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start stunnel4 (Debian package stunnel4)");
+        crate::wait_for_port(port);
+        Self { child, port }
+    }
+}
+
+impl TlsTerminator {
+    /// Stops it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -173,3 +173,57 @@ async fn the_registry_is_reached_over_https_with_basic_credentials() {
     assert!(line.contains("schema registry"), "{line}");
     assert!(line.contains("401"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_storefront_sink_checks_the_storefront_certificate_against_its_ca_file() {
+    let dir = TempDir::new("erpstream-storefront-tls-");
+    let ca = TestCa::new(&dir.0, "storefront-ca");
+    let other_ca = TestCa::new(&dir.0, "other-ca");
+    let storefront = Storefront::start().await;
+    let plain: reqwest::Url = storefront.url.parse().expect("storefront URL");
+    let terminator = TlsTerminator::start(
+        &dir.0,
+        &ca.issue("storefront"),
+        plain.port().expect("storefront port"),
+    );
+    let https = format!("https://127.0.0.1:{}{}", terminator.port, plain.path());
+
+    let mut options = TopologyOptions::new(&https);
+    options.storefront_ca = Some(ca.cert.clone());
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+    let body = inventory_body("SF-TLS-1", "WH", 9, &rfc3339_now(0));
+    let (status, _, reply) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
+    assert_eq!(status, 202, "{reply}");
+    let delivered = wait_for("SF-TLS-1", Duration::from_secs(30), || {
+        storefront.stock_of("SF-TLS-1").pop()
+    })
+    .await;
+    assert_eq!(delivered["new_quantity"], 9, "{delivered}");
+    pipeline.terminate();
+
+    // Another CA's bundle: the storefront's certificate is refused, nothing is delivered
+    // (the record is dead-lettered with the reason after its attempts).
+    options.storefront_ca = Some(other_ca.cert.clone());
+    options.max_attempts = 3;
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+    let body = inventory_body("SF-TLS-2", "WH", 2, &rfc3339_now(0));
+    let (status, _, reply) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
+    assert_eq!(status, 202, "{reply}");
+    let refused = wait_for(
+        "a refused certificate in the log",
+        Duration::from_secs(30),
+        || {
+            pipeline
+                .log_text()
+                .lines()
+                .find(|line| line.contains("SF-TLS-2") || line.contains("invalid peer certificate"))
+                .filter(|line| line.contains("invalid peer certificate"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    assert!(storefront.stock_of("SF-TLS-2").is_empty());
+}

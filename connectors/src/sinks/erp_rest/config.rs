@@ -16,6 +16,10 @@ pub struct ErpRestConfig {
     pub sources: Vec<String>,
     /// Base URL of the ERP, e.g. `https://erp.example.com`.
     pub url: String,
+    /// CA bundle (PEM) the server's certificate must chain to (an https `url`); without
+    /// it, the system's CAs. Invalid certificates are always refused.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// API shape of the ERP.
     #[serde(default)]
     pub preset: Preset,

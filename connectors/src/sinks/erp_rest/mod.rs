@@ -52,6 +52,7 @@ impl Component for ErpRestConfig {
     fn validate(&self, at: &str) -> Vec<Problem> {
         Checks::new(at)
             .http_url("url", &self.url)
+            .ca_file("ca_file", &self.url, self.ca_file.as_deref())
             .listed("inputs", &self.inputs, "topic")
             .listed(
                 "sources",
@@ -115,6 +116,9 @@ pub enum ErpRestError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// `ca_file` cannot be used.
+    #[error("ca_file: {0}")]
+    CaFile(#[from] crate::tls::TlsFileError),
     /// The consumer could not be created or subscribe.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -183,10 +187,10 @@ impl ErpRestSink {
     pub fn build(config: ErpRestConfig, context: &Context) -> Result<Self, ErpRestError> {
         let (id, publisher) = (&context.id, context.publisher.clone());
         let token = config.token.as_ref().map(|t| t.resolve()).transpose()?;
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .build()?;
+            .connect_timeout(config.request_timeout);
+        let client = crate::tls::trusting(builder, config.ca_file.as_deref())?.build()?;
         // Write-back is not on the storefront's latency budget: a long fetch wait spares the
         // broker hundreds of empty fetches a second.
         let kafka = KafkaConfig {

@@ -13,6 +13,10 @@ pub struct StorefrontWebhookConfig {
     pub inputs: Vec<String>,
     /// URL every delivery is POSTed to.
     pub url: String,
+    /// CA bundle (PEM) the server's certificate must chain to (an https `url`); without
+    /// it, the system's CAs. Invalid certificates are always refused.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The storefront's secret; deliveries carry `X-Signature` (hex HMAC-SHA256 of the body).
     pub secret: SecretRef,
     /// Longest time one request may take before it counts as failed (and is retried).

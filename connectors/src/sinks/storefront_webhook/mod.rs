@@ -70,6 +70,9 @@ pub enum SinkError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// `ca_file` cannot be used.
+    #[error("ca_file: {0}")]
+    CaFile(#[from] crate::tls::TlsFileError),
     /// A secret could not be read.
     #[error(transparent)]
     Secret(#[from] crate::SecretError),
@@ -130,7 +133,13 @@ impl StorefrontWebhookSink {
         let id = &context.id;
         let topics: Vec<String> = inputs.keys().cloned().collect();
         let secret = config.secret.resolve()?;
-        let service = DeliveryService::new(config.url.clone(), secret, config.request_timeout, id)?;
+        let service = DeliveryService::new(
+            config.url.clone(),
+            config.ca_file.as_deref(),
+            secret,
+            config.request_timeout,
+            id,
+        )?;
         let tracking = TrackingContext::new(Readiness::not_yet("starting"), true);
         let consumer =
             crate::kafka::group_consumer(&context.kafka, &context.group(), id, tracking)?;
@@ -277,6 +286,7 @@ impl Component for StorefrontWebhookConfig {
     fn validate(&self, at: &str) -> Vec<Problem> {
         Checks::new(at)
             .http_url("url", &self.url)
+            .ca_file("ca_file", &self.url, self.ca_file.as_deref())
             .listed("inputs", &self.inputs, "topic")
             .positive("request_timeout", !self.request_timeout.is_zero())
             .positive("concurrency", self.concurrency > 0)

@@ -18,18 +18,20 @@ pub struct DeliveryService {
 }
 
 impl DeliveryService {
-    /// A service for `url`, signing with `secret`.
+    /// A service for `url` (its certificate checked against `ca_file` if given), signing
+    /// with `secret`.
     pub fn new(
         url: String,
+        ca_file: Option<&std::path::Path>,
         secret: SecretString,
         timeout: Duration,
         component_id: &str,
-    ) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
+    ) -> Result<Self, super::SinkError> {
+        let builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(64)
-            .build()?;
+            .pool_max_idle_per_host(64);
+        let client = crate::tls::trusting(builder, ca_file)?.build()?;
         Ok(Self {
             client,
             url,

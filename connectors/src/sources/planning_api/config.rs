@@ -52,6 +52,10 @@ pub struct TokenConfig {
 pub struct PublishConfig {
     /// Base URL of the ERP's plan endpoints (`POST <url>/api/plans/{demand,supply}`).
     pub url: String,
+    /// CA bundle (PEM) the server's certificate must chain to (an https `url`); without
+    /// it, the system's CAs. Invalid certificates are always refused.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Bearer token for the ERP.
     #[serde(default)]
     pub token: Option<SecretRef>,

@@ -61,6 +61,9 @@ pub enum PlanningApiError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    /// `publish.ca_file` cannot be used.
+    #[error("publish.ca_file: {0}")]
+    CaFile(#[from] crate::tls::TlsFileError),
     /// The planning database URL cannot be used.
     #[error("database: {0}")]
     Database(#[from] PgError),
@@ -102,6 +105,11 @@ impl Component for PlanningApiConfig {
             .listed("tokens", &self.tokens, "token")
             .positive("max_items", self.max_items > 0)
             .http_url("publish.url", &self.publish.url)
+            .ca_file(
+                "publish.ca_file",
+                &self.publish.url,
+                self.publish.ca_file.as_deref(),
+            )
             .extend(self.publish.retry.validate(&format!("{at}.publish.retry")));
         for (i, token) in self.tokens.iter().enumerate() {
             checks.rule(

@@ -41,9 +41,11 @@ impl ErpClient {
     /// Reads the token and builds the client (no I/O).
     pub fn new(config: &PublishConfig) -> Result<Self, PlanningApiError> {
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(config.request_timeout)
-                .build()?,
+            http: crate::tls::trusting(
+                reqwest::Client::builder().timeout(config.request_timeout),
+                config.ca_file.as_deref(),
+            )?
+            .build()?,
             base: config.url.trim_end_matches('/').to_string(),
             token: config.token.as_ref().map(|t| t.resolve()).transpose()?,
             retry: config.retry.clone(),

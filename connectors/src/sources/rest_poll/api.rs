@@ -155,15 +155,22 @@ impl Api {
             }
         }
         headers.insert("accept", HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|e| ApiError::Unavailable {
-                peer: config.preset.peer(),
-                what: "an HTTP client".into(),
-                attempts: 0,
-                reason: error_chain(&e),
-            })?;
+        let builder = crate::tls::trusting(
+            reqwest::Client::builder().timeout(config.request_timeout),
+            config.ca_file.as_deref(),
+        )
+        .map_err(|e| ApiError::Unavailable {
+            peer: config.preset.peer(),
+            what: "its CA file".into(),
+            attempts: 0,
+            reason: e.to_string(),
+        })?;
+        let http = builder.build().map_err(|e| ApiError::Unavailable {
+            peer: config.preset.peer(),
+            what: "an HTTP client".into(),
+            attempts: 0,
+            reason: error_chain(&e),
+        })?;
         Ok(Self {
             http,
             base: config.url.trim_end_matches('/').to_string(),

@@ -17,6 +17,10 @@ pub struct RestPollConfig {
     /// Base URL of the ERP (`https://erp.example.com`; for `odata`, up to but excluding
     /// `/api/v2/odata`).
     pub url: String,
+    /// CA bundle (PEM) the server's certificate must chain to (an https `url`); without
+    /// it, the system's CAs. Invalid certificates are always refused.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Credentials.
     pub auth: AuthConfig,
     /// Epicor company (`odata` only): `/api/v2/odata/{company}/BaqSvc/...`.
@@ -218,7 +222,9 @@ impl RestPollConfig {
     /// Checks the rules no type can express; `at` is this component's path in the file.
     /// Field paths are checked against the topics' contracts by the topology.
     pub(super) fn validate_settings(&self, at: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
+        let mut problems = crate::validation::Checks::new(at)
+            .ca_file("ca_file", &self.url, self.ca_file.as_deref())
+            .done();
         match reqwest::Url::parse(&self.url) {
             Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
             _ => problems.push(Problem::new(
