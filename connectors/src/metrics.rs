@@ -23,6 +23,9 @@ pub const INGEST_LATENCY: &str = "erpstream_ingest_latency_seconds";
 pub const REQUEST_DURATION: &str = "erpstream_http_request_duration_seconds";
 /// Deliveries waiting in a sink, by component.
 pub const PENDING: &str = "erpstream_component_pending_events";
+/// Gauge: records a consumer's group has not committed yet on the partitions this member
+/// holds, by component and topic (from librdkafka's statistics, every few seconds).
+pub const CONSUMER_LAG: &str = "erpstream_consumer_lag_records";
 /// Gauge: a consumer's partitions paused for want of records (`kafka.idle_pause`), by
 /// component (a processor chain by its task name).
 pub const CONSUMER_PAUSED: &str = "erpstream_consumer_paused_partitions";
@@ -85,6 +88,10 @@ pub fn describe() {
     describe_gauge!(
         CONSUMER_PAUSED,
         "A consumer's partitions paused for want of records (kafka.idle_pause)."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records not yet committed by a consumer's group on the partitions it holds, by topic."
     );
     describe_counter!(
         SHED,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the build and the tests need, installed when missing (as root, with
 # apt-get): libssl-dev and pkg-config (librdkafka is built with TLS and SASL), openssl and
-# stunnel4 (the tests' TLS broker), sqlite3 (the indexes on the local broker's store).
+# stunnel4 (the tests' TLS broker and storefront), sqlite3 (the indexes on the local broker's
+# store), prometheus (promtool and the server the monitoring test scrapes a pipeline with).
 set -euo pipefail
 need=()
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
@@ -9,11 +10,30 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v stunnel4 >/dev/null 2>&1 || need+=(stunnel4)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "[packages] installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null
-else
-  echo "[packages] missing Debian packages: ${need[*]} (sudo apt-get install ${need[*]})" >&2
-  exit 1
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[packages] installing ${need[*]}" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "[packages] missing Debian packages: ${need[*]} (sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
 fi
+
+# Python tools the tests run (PyPI): kubernetes-validate checks deploy/k8s against the
+# Kubernetes schemas.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq >/dev/null && apt-get install -y -qq python3-pip >/dev/null
+    else
+      echo "[packages] missing python3-pip (sudo apt-get install python3-pip)" >&2; exit 1
+    fi
+  fi
+  echo "[packages] installing kubernetes-validate (PyPI)" >&2
+  # Debian's own Python refuses installs outside a virtualenv (PEP 668) unless told.
+  python3 -m pip install -q kubernetes-validate==1.37.0 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0
+fi
+

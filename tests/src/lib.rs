@@ -300,6 +300,22 @@ impl MockBroker {
     }
 }
 
+/// A directory of this test's own under the system's temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new (not yet created) directory named `<prefix><unique>`.
+    pub fn new(prefix: &str) -> Self {
+        Self(std::env::temp_dir().join(unique(prefix)))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A client that trusts only the CAs whose certificate files are `cas`.
 pub fn https_client(cas: &[&Path]) -> reqwest::Client {
     let mut roots = Vec::new();

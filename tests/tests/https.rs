@@ -3,26 +3,11 @@
 //! (new connections get the new one, no request fails) — and the registry client over HTTPS
 //! with basic credentials (`registry.ca_file`, `registry.basic_auth`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use erpstream_e2e::*;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        Self(std::env::temp_dir().join(unique(prefix)))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Status of `GET <url>/healthz` through `client` on a new connection, or the error.
 async fn healthz(client: &reqwest::Client, url: &str) -> Result<u16, String> {

@@ -19,25 +19,17 @@ struct TlsDatabases {
     _dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl TlsDatabases {
     async fn start() -> Self {
-        let dir = std::env::temp_dir().join(unique("erpstream-pg-tls-"));
-        let ca = TestCa::new(&dir, "pg-ca");
-        let other_ca = TestCa::new(&dir, "other-ca");
+        let dir = TempDir::new("erpstream-pg-tls-");
+        let ca = TestCa::new(&dir.0, "pg-ca");
+        let other_ca = TestCa::new(&dir.0, "other-ca");
         let cluster = PgCluster::start_tls("logical", &ca.issue("postgres"));
         let databases = Self {
             cluster,
             ca,
             other_ca,
-            _dir: TempDir(dir),
+            _dir: dir,
         };
         let admin = pg(&databases.url("postgres", &databases.ca.cert)).await;
         for name in ["erp", "state", "planning"] {

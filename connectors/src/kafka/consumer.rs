@@ -9,6 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::KafkaConfig;
 use crate::component::Readiness;
+use crate::metrics as m;
 
 /// A group consumer whose context follows its assignment.
 pub type GroupConsumer = StreamConsumer<TrackingContext>;
@@ -57,6 +58,9 @@ struct Tracking {
     /// [`IdlePause`](super::IdlePause)).
     caught_up: HashMap<(String, i32), i64>,
 }
+
+/// How often a consumer reports its lag when idle pausing does not ask for more.
+pub const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl TrackingContext {
     /// A context reporting to `readiness`; `stateful`: the component restores state for its
@@ -128,6 +132,27 @@ impl TrackingContext {
 
 impl ClientContext for TrackingContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Lag per topic over the partitions this member holds (librdkafka: high watermark
+        // minus the committed offset; unknown partitions left out).
+        let mut lag: HashMap<&str, i64> = HashMap::new();
+        {
+            let tracking = self.lock();
+            for (name, topic) in &statistics.topics {
+                for (partition, p) in &topic.partitions {
+                    if *partition >= 0
+                        && p.consumer_lag >= 0
+                        && tracking.partitions.contains(&(name.clone(), *partition))
+                    {
+                        *lag.entry(name.as_str()).or_default() += p.consumer_lag;
+                    }
+                }
+            }
+        }
+        for (topic, records) in lag {
+            metrics::gauge!(m::CONSUMER_LAG, m::COMPONENT_ID => self.idle.component.clone(),
+                "topic" => topic.to_string())
+            .set(records as f64);
+        }
         let caught_up = statistics
             .topics
             .into_iter()
@@ -206,6 +231,8 @@ impl ConsumerContext for TrackingContext {
 /// With `kafka.instance_id` set, the member is static (`group.instance.id` =
 /// `<group>.<instance_id>`): a restarted process takes its partitions back at once instead
 /// of waiting for the dead member's session to expire.
+///
+/// Every consumer reports its lag per topic every [`LAG_EVERY`] (more often with idle pausing).
 pub fn group_consumer(
     config: &KafkaConfig,
     group_id: &str,
@@ -225,6 +252,9 @@ pub fn group_consumer(
         // The statistics say which partitions are caught up (see `TrackingContext::caught_up`).
         let interval = (config.idle_pause / 2).max(std::time::Duration::from_millis(100));
         client.set("statistics.interval.ms", interval.as_millis().to_string());
+    } else {
+        // The statistics give the consumer lag (`erpstream_consumer_lag_records`).
+        client.set("statistics.interval.ms", LAG_EVERY.as_millis().to_string());
     }
     let consumer = client
         .set("group.id", group_id)

@@ -343,7 +343,7 @@ fn every_rule_names_its_path_and_reason() {
         (
             &[(&["sinks", "storefront", "colour"], Some("blue"))],
             &[
-                "sinks.storefront.colour: unknown field `colour`, expected one of `inputs`, `url`, `secret`, `request_timeout`, `concurrency`, `max_pending`, `dedupe_window`, `retry`",
+                "sinks.storefront.colour: unknown field `colour`, expected one of `inputs`, `url`, `ca_file`, `secret`, `request_timeout`, `concurrency`, `max_pending`, `dedupe_window`, `retry`",
             ],
         ),
         // Ids.
