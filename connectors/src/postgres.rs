@@ -220,25 +220,24 @@ impl PgTarget {
             (self.mode, &self.root_cert),
             (SslMode::VerifyCa | SslMode::VerifyFull, _) | (SslMode::Require, Some(_))
         );
-        let config = if checked {
+        let chain = if checked {
             let roots = Arc::new(self.roots()?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| PgError::Url(format!("sslrootcert: {e}")))?;
-            let verifier = Checked {
-                webpki,
-                names: self.mode == SslMode::VerifyFull,
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
+            Some(webpki)
         } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
-                .with_no_client_auth()
+            None
         };
+        let verifier = Verifier {
+            chain,
+            names: self.mode == SslMode::VerifyFull,
+            provider,
+        };
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         Ok(MakeRustlsConnect::new(config))
     }
 
@@ -338,15 +337,18 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// `verify-ca` and `verify-full`: the chain is checked by webpki; the name only for
-/// `verify-full`.
+/// The server-certificate check of every mode: with `chain` (`verify-ca`, `verify-full`,
+/// `require` with `sslrootcert`) the chain is checked by webpki, the name only if `names`
+/// (`verify-full`); without it (`prefer`, `require`) the certificate is not checked, as
+/// libpq does. The handshake's signatures are always checked.
 #[derive(Debug)]
-struct Checked {
-    webpki: Arc<WebPkiServerVerifier>,
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
     names: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Checked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -355,10 +357,10 @@ impl ServerCertVerifier for Checked {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(webpki) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.names => Ok(ServerCertVerified::assertion()),
@@ -372,51 +374,11 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encrypted, the certificate not checked (as
-/// libpq does); the handshake's signatures still are.
-#[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -430,12 +392,14 @@ impl ServerCertVerifier for Unchecked {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
