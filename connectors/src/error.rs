@@ -60,6 +60,15 @@ pub enum Error {
     },
 }
 
+impl<E: Into<Error>> From<crate::component::LeaseError<E>> for Error {
+    fn from(err: crate::component::LeaseError<E>) -> Self {
+        match err {
+            crate::component::LeaseError::Database(e) => Error::Postgres(e),
+            crate::component::LeaseError::Work(e) => e.into(),
+        }
+    }
+}
+
 impl Retriable for Error {
     fn is_retriable(&self) -> bool {
         match self {

@@ -136,6 +136,16 @@ impl Context {
         self.names.group(&self.id)
     }
 
+    /// The lease in erpstream's `database` under which this component's work runs on one
+    /// replica at a time (named by its state key, held for this replica's `instance_id`).
+    pub fn lease(&self, database: &str) -> Result<super::Lease, crate::postgres::PgError> {
+        let holder = match &self.kafka.instance_id {
+            Some(instance) => format!("instance {instance}"),
+            None => format!("process {}", std::process::id()),
+        };
+        super::Lease::new(database, &self.group(), &holder)
+    }
+
     /// This component's changelog for `qualifier`.
     pub fn changelog(&self, qualifier: Option<&str>) -> Changelog {
         Changelog::new(

@@ -33,6 +33,7 @@
 //! [`retrying`]: crate::kafka::retrying
 
 mod context;
+mod lease;
 mod readiness;
 
 use std::fmt::Debug;
@@ -44,6 +45,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use context::{Context, Names, Resolved, SnapshotService};
+pub use lease::{Lease, LeaseError};
 pub use readiness::Readiness;
 
 use crate::kafka::TopicSpec;

@@ -64,6 +64,13 @@ pub struct KafkaConfig {
     /// aborts what its previous run left open at once.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// With an `instance_id`, consumers are static group members (the default): a restart
+    /// keeps the partitions. Apache Kafka & co. expire a static member that stays away for
+    /// the session timeout (10 s); tansu 0.6.0 never does, so `false` (dynamic members) is
+    /// the choice there — though tansu was seen handing a dead dynamic member partitions too
+    /// (README, "Replicas"): run several replicas on a real Kafka.
+    #[serde(default = "default_static_membership")]
+    pub static_membership: bool,
     /// TLS and SASL (see [`KafkaSecurity`]); plaintext by default.
     #[serde(default)]
     pub security: KafkaSecurity,
@@ -73,6 +80,9 @@ pub struct KafkaConfig {
 }
 
 fn default_idempotence() -> bool {
+    true
+}
+fn default_static_membership() -> bool {
     true
 }
 fn default_replication_factor() -> i32 {
@@ -106,6 +116,7 @@ impl KafkaConfig {
             idempotence: default_idempotence(),
             transactions: false,
             instance_id: None,
+            static_membership: default_static_membership(),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }

@@ -228,9 +228,9 @@ impl ConsumerContext for TrackingContext {
 /// its assignment (the consumer's [`context()`](rdkafka::consumer::Consumer::context) hands
 /// it back).
 ///
-/// With `kafka.instance_id` set, the member is static (`group.instance.id` =
-/// `<group>.<instance_id>`): a restarted process takes its partitions back at once instead
-/// of waiting for the dead member's session to expire.
+/// With `kafka.instance_id` set (and `static_membership` on), the member is static
+/// (`group.instance.id` = `<group>.<instance_id>`): a restarted process takes its partitions
+/// back at once instead of waiting for the dead member's session to expire.
 ///
 /// Every consumer reports its lag per topic every [`LAG_EVERY`] (more often with idle pausing).
 pub fn group_consumer(
@@ -245,7 +245,9 @@ pub fn group_consumer(
         component: client_id.to_string(),
     };
     let mut client = config.client_config(client_id)?;
-    if let Some(instance) = &config.instance_id {
+    if let Some(instance) = &config.instance_id
+        && config.static_membership
+    {
         client.set("group.instance.id", format!("{group_id}.{instance}"));
     }
     if !config.idle_pause.is_zero() {

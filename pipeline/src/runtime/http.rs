@@ -3,7 +3,8 @@
 //! and every component says it can work: each consumer holds its group's assignment and the
 //! state for it is restored, so a pipeline that answers ready processes what it is sent
 //! without waiting for a rebalance; `not_ready` names the components that cannot, and
-//! `reasons` says why).
+//! `reasons` says why; `standby` names the components another replica runs, with the
+//! holder of their lease — they do not make the replica unready).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +75,11 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
         .filter_map(|(name, readiness)| Some((name.as_str(), readiness.status().err()?)))
         .collect();
     let not_ready: Vec<&str> = reasons.keys().copied().collect();
+    let standby: BTreeMap<&str, String> = ops
+        .components
+        .iter()
+        .filter_map(|(name, readiness)| Some((name.as_str(), readiness.standing_by()?)))
+        .collect();
     let status = if broker && registry && database && not_ready.is_empty() {
         StatusCode::OK
     } else {
@@ -88,6 +94,7 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
                 "database": word(database)},
             "not_ready": not_ready,
             "reasons": reasons,
+            "standby": standby,
         })),
     )
 }

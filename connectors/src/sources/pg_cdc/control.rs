@@ -229,11 +229,26 @@ pub async fn slot_state(source: &Client, slot: &str) -> Result<SlotState, CdcErr
     })
 }
 
-/// Drops the slot (it must not be in use).
+/// Drops the slot unless a session streams from it: another replica's slot is never
+/// dropped (that session is left alone and this one retries later).
 pub async fn drop_slot(source: &Client, slot: &str) -> Result<(), CdcError> {
+    let active: Option<i32> = source
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await?
+        .and_then(|row| row.get(0));
+    if let Some(pid) = active {
+        return Err(CdcError::SlotInUse {
+            slot: slot.to_string(),
+            pid,
+        });
+    }
     source
         .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = $1 AND NOT active",
             &[&slot],
         )
         .await?;

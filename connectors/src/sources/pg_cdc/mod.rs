@@ -89,6 +89,14 @@ pub enum CdcError {
     /// The database or configuration cannot work; retrying will not help.
     #[error("{0}")]
     Refused(String),
+    /// Another session streams from the slot this one would drop (never done: retried).
+    #[error("slot {slot} is in use by backend {pid}; not dropping it")]
+    SlotInUse {
+        /// The slot.
+        slot: String,
+        /// The walsender serving it.
+        pid: i32,
+    },
     /// A table's mapping no longer fits the table.
     #[error("table {table}: {error}")]
     Mapping {
@@ -168,10 +176,12 @@ impl Component for PgCdcConfig {
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(Running::new(
-            source.readiness(),
-            move |shutdown| async move { Ok(source.run(shutdown).await?) },
-        ))
+        // One replica streams from the slot; the others stand by.
+        let lease = context.lease(&self.state_database)?;
+        let ready = source.readiness();
+        Ok(Running::new(ready.clone(), move |shutdown| async move {
+            Ok(lease.run(&ready, shutdown, |stop| source.run(stop)).await?)
+        }))
     }
 }
 
@@ -291,7 +301,7 @@ impl PgCdcSource {
 
     /// Runs until `shutdown` turns true, reconnecting after failures that may pass (the
     /// database restarting, the broker away); returns the error that will not.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), CdcError> {
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), CdcError> {
         let mut backoff = Duration::from_millis(500);
         loop {
             let started = Instant::now();

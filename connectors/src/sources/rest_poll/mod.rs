@@ -145,10 +145,12 @@ impl Component for RestPollConfig {
             resources,
             context.publisher.clone(),
         )?;
-        Ok(Running::new(
-            source.readiness(),
-            move |shutdown| async move { Ok(source.run(shutdown).await?) },
-        ))
+        // One replica polls (the cursor is one); the others stand by.
+        let lease = context.lease(&self.state_database)?;
+        let ready = source.readiness();
+        Ok(Running::new(ready.clone(), move |shutdown| async move {
+            Ok(lease.run(&ready, shutdown, |stop| source.run(stop)).await?)
+        }))
     }
 }
 
@@ -252,7 +254,7 @@ impl RestPollSource {
 
     /// Polls until shutdown. Never stops on an ERP failure: the circuit opens and the source
     /// reports not ready until the ERP answers again.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PollError> {
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PollError> {
         let mut pollers = self
             .resources
             .iter()
