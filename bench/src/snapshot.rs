@@ -112,7 +112,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let auth = Arc::new(ApiAuth::new(vec![TOKEN.to_string().into()]));
-    let app = inventory.view().router(auth);
+    let app = erpstream_pipeline::processors::inventory::snapshot::Views {
+        live: inventory.view(),
+        copy: None,
+    }
+    .router(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!(
         "http://{}/api/inventory/snapshot{}",

@@ -106,6 +106,42 @@ impl Changelog {
     }
 }
 
+/// What following a changelog yields (see [`Changelog::follow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// The changelog's partitions, first of all.
+    Partitions(Vec<i32>),
+    /// Records, in changelog order per partition.
+    Entries(Vec<Entry>),
+    /// Everything the partition held when following began has been yielded.
+    CaughtUp(i32),
+}
+
+impl Changelog {
+    /// Follows every partition of the changelog from its beginning, for as long as the
+    /// stream is read: records in chunks as they come (a chunk is handed over when full or
+    /// when the broker has nothing more for now), and once per partition when it is caught
+    /// up with what it held at the start; the partitions come first. Broker failures are logged and waited out; the
+    /// stream ends only if the topic cannot be described. Fetches wait up to `idle_poll`
+    /// (at most 1 s) with idle pausing on, else `fetch_wait`: a read copy may lag that long.
+    pub fn follow(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Followed, KafkaError>> + Send + Unpin + 'static {
+        let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let topic = self.topic.clone();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = follow_blocking(&config, &topic, &sender) {
+                let _ = sender.blocking_send(Err(err));
+            }
+        });
+        Box::pin(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        ))
+    }
+}
+
 /// One changelog record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -117,6 +153,8 @@ pub struct Entry {
     pub value: Option<Vec<u8>>,
 }
 
+/// Longest a following fetch waits with idle pausing on (a read copy lags at most that).
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 /// Entries per chunk handed over by [`Changelog::read`].
 const CHUNK: usize = 10_000;
 /// Chunks read ahead of the caller.
@@ -146,13 +184,13 @@ impl ClientContext for RestoreContext {
 
 impl ConsumerContext for RestoreContext {}
 
-fn read_blocking(
+/// A consumer that reads a changelog whole, assigned by hand, fetches waiting `fetch_wait`.
+fn reader(
     config: &KafkaConfig,
     topic: &str,
-    partitions: &[i32],
-    sender: &tokio::sync::mpsc::Sender<Result<Vec<Entry>, KafkaError>>,
-) -> Result<(), KafkaError> {
-    let consumer: BaseConsumer<RestoreContext> = config
+    fetch_wait: Duration,
+) -> Result<BaseConsumer<RestoreContext>, KafkaError> {
+    config
         .client_config("erpstream-restore")?
         .set("group.id", format!("{topic}.restore"))
         .set("enable.auto.commit", "false")
@@ -171,9 +209,18 @@ fn read_blocking(
         )
         .set(
             "fetch.wait.max.ms",
-            config.fetch_wait.as_millis().max(1).to_string(),
+            fetch_wait.as_millis().max(1).to_string(),
         )
-        .create_with_context(RestoreContext)?;
+        .create_with_context(RestoreContext)
+}
+
+fn read_blocking(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    sender: &tokio::sync::mpsc::Sender<Result<Vec<Entry>, KafkaError>>,
+) -> Result<(), KafkaError> {
+    let consumer = reader(config, topic, config.fetch_wait)?;
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &partition in partitions {
@@ -222,6 +269,96 @@ fn read_blocking(
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
             if sender.blocking_send(Ok(full)).is_err() {
                 return Ok(()); // the caller stopped reading
+            }
+        }
+    }
+    Ok(())
+}
+
+fn follow_blocking(
+    config: &KafkaConfig,
+    topic: &str,
+    sender: &tokio::sync::mpsc::Sender<Result<Followed, KafkaError>>,
+) -> Result<(), KafkaError> {
+    let wait = if config.idle_pause.is_zero() {
+        config.fetch_wait
+    } else {
+        config.idle_poll.min(FOLLOW_WAIT).max(config.fetch_wait)
+    };
+    let consumer = reader(config, topic, wait)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if sender
+        .blocking_send(Ok(Followed::Partitions(partitions.clone())))
+        .is_err()
+    {
+        return Ok(());
+    }
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+        if high > low {
+            ends.insert(partition, high);
+        } else if sender
+            .blocking_send(Ok(Followed::CaughtUp(partition)))
+            .is_err()
+        {
+            return Ok(());
+        }
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut caught_up = Vec::new();
+    while !sender.is_closed() {
+        let message = consumer.poll(Duration::from_millis(200));
+        match message {
+            Some(Err(KafkaError::PartitionEOF(partition))) if ends.remove(&partition).is_some() => {
+                caught_up.push(partition);
+            }
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, topic, "following the changelog");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if let Some(key) = message.key() {
+                    chunk.push(Entry {
+                        partition,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        value: message.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                if ends
+                    .get(&partition)
+                    .is_some_and(|high| message.offset() + 1 >= *high)
+                {
+                    ends.remove(&partition);
+                    caught_up.push(partition);
+                }
+                if chunk.len() < CHUNK && caught_up.is_empty() {
+                    continue;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if sender.blocking_send(Ok(Followed::Entries(full))).is_err() {
+                return Ok(());
+            }
+        }
+        for partition in caught_up.drain(..) {
+            if sender
+                .blocking_send(Ok(Followed::CaughtUp(partition)))
+                .is_err()
+            {
+                return Ok(());
             }
         }
     }

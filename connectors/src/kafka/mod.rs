@@ -26,7 +26,7 @@ mod security;
 mod transactions;
 
 pub use admin::{TopicSpec, ensure_topics};
-pub use changelog::{Changelog, Entry};
+pub use changelog::{Changelog, Entry, Followed};
 pub use config::KafkaConfig;
 pub use consumer::{GroupConsumer, TrackingContext, commit_stored, group_consumer, next_batch};
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};

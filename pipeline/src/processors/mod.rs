@@ -257,4 +257,18 @@ pub struct Built {
     pub processor: Box<dyn Processor>,
     /// Its state as a snapshot service (`storefront_api`'s `snapshot:` names it).
     pub snapshot: Option<Arc<dyn SnapshotService>>,
+    /// A read copy of its state for every partition, which the runtime keeps following the
+    /// processor's changelog (on every replica, whichever partitions the replica owns).
+    pub copy: Option<Box<dyn Follower>>,
+}
+
+/// A read copy of a processor's state, fed with its whole changelog as it is written.
+pub trait Follower: Send {
+    /// The changelog's partitions, before any record.
+    fn partitions(&mut self, partitions: &[i32]);
+    /// Records, in changelog order per partition (a later one for a key replaces an earlier
+    /// one; `None` deletes the key).
+    fn apply(&mut self, entries: Vec<erpstream_connectors::kafka::Entry>);
+    /// `partition` holds everything its changelog held when following began.
+    fn caught_up(&mut self, partition: i32);
 }

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::processors::Processor;
 use crate::processors::task::{StreamTask, TaskError};
+use crate::processors::{Follower, Processor};
 use crate::topology::Topology;
 
 /// Why the pipeline could not start or stopped with an error.
@@ -116,7 +116,17 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let mut tasks: Tasks = JoinSet::new();
     let mut readiness: Vec<(String, Readiness)> = Vec::new();
     let mut probes: Vec<Probe> = Vec::new();
-    let (chains, snapshots) = processor_tasks(&topology, &names, &publisher, &admission)?;
+    let (chains, snapshots, copies) = processor_tasks(&topology, &names, &publisher, &admission)?;
+    for (name, changelog, copy) in copies {
+        let ready = Readiness::not_yet("starting");
+        readiness.push((name.clone(), ready.clone()));
+        let span =
+            tracing::info_span!("component", component_kind = "processor", component_id = %name);
+        let rx = shutdown_rx.clone();
+        tasks.spawn(
+            async move { (name, follow(changelog, copy, ready, rx).await) }.instrument(span),
+        );
+    }
     for (name, task) in chains {
         readiness.push((name.clone(), task.readiness()));
         let span =
@@ -351,10 +361,12 @@ fn chain_partitions(topology: &Topology, chain: &[String]) -> i32 {
         .unwrap_or(1)
 }
 
-/// Processor chains by name, and the snapshot services of processors by id.
+/// Processor chains by name, the snapshot services of processors by id, and the read
+/// copies to keep with the changelog each follows.
 type Chains = (
     Vec<(String, StreamTask)>,
     HashMap<String, Arc<dyn SnapshotService>>,
+    Vec<(String, Changelog, Box<dyn Follower>)>,
 );
 
 /// The processor chains as tasks, and the snapshot services of processors by id.
@@ -367,6 +379,7 @@ fn processor_tasks(
     let kafka = &topology.kafka;
     let mut tasks = Vec::new();
     let mut snapshots = HashMap::new();
+    let mut copies = Vec::new();
     for chain in chains(topology) {
         let mut processors: Vec<Box<dyn Processor>> = Vec::new();
         let mut changelogs = Vec::new();
@@ -376,11 +389,12 @@ fn processor_tasks(
                 snapshots.insert(id.clone(), snapshot);
             }
             processors.push(built.processor);
-            changelogs.push(Changelog::new(
-                names.changelog(id, None),
-                kafka.clone(),
-                publisher.clone(),
-            ));
+            let changelog =
+                Changelog::new(names.changelog(id, None), kafka.clone(), publisher.clone());
+            if let Some(copy) = built.copy {
+                copies.push((format!("{id}.read_copy"), changelog.clone(), copy));
+            }
+            changelogs.push(changelog);
         }
         let inputs: Vec<_> = topology.processors[&chain[0]]
             .inputs()
@@ -410,5 +424,58 @@ fn processor_tasks(
         )?;
         tasks.push((name, task));
     }
-    Ok((tasks, snapshots))
+    Ok((tasks, snapshots, copies))
+}
+
+/// Keeps `copy` with every partition of `changelog` until shutdown; `ready` once every
+/// partition is caught up. A broker that cannot be asked for the changelog's partitions is
+/// waited out (following starts again from the beginning, which leaves the copy as it was).
+async fn follow(
+    changelog: Changelog,
+    mut copy: Box<dyn Follower>,
+    ready: Readiness,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ComponentFailure> {
+    use erpstream_connectors::kafka::Followed;
+    use futures::StreamExt;
+    let mut backoff = kafka::Backoff::default();
+    loop {
+        let mut followed = changelog.follow();
+        let mut partitions = 0;
+        let mut caught_up = std::collections::HashSet::new();
+        loop {
+            let item = tokio::select! {
+                item = followed.next() => item,
+                _ = kafka::shutdown_requested(&mut shutdown) => return Ok(()),
+            };
+            match item {
+                Some(Ok(Followed::Partitions(all))) => {
+                    partitions = all.len();
+                    copy.partitions(&all);
+                    ready.not_ready(format!("reading the state of {partitions} partition(s)"));
+                }
+                Some(Ok(Followed::Entries(entries))) => copy.apply(entries),
+                Some(Ok(Followed::CaughtUp(partition))) => {
+                    copy.caught_up(partition);
+                    caught_up.insert(partition);
+                    if caught_up.len() >= partitions {
+                        ready.ready();
+                    } else {
+                        ready.not_ready(format!(
+                            "reading the state of {partitions} partition(s): {} caught up",
+                            caught_up.len()
+                        ));
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, topic = changelog.topic(), "cannot follow the changelog; retrying");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if backoff.sleep(&mut shutdown).await {
+            return Ok(());
+        }
+    }
 }

@@ -82,6 +82,7 @@ impl ProcessorConfig for DedupeConfig {
         Built {
             processor: Box::new(Dedupe::new(id, self, output)),
             snapshot: None,
+            copy: None,
         }
     }
 }

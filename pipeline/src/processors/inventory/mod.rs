@@ -14,13 +14,14 @@
 //!
 //! The state is shared read-only with the snapshot API through an [`InventoryView`].
 
+mod copy;
 pub mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -52,6 +53,15 @@ pub struct InventoryConfig {
     /// How holds of storefront orders expire.
     #[serde(default)]
     pub reservations: ReservationConfig,
+    /// Keep a read copy of every partition's state, followed from the changelog, so the
+    /// snapshot API answers for every sku on every replica (the default). `false` saves that
+    /// memory where one replica runs: the snapshot then holds this replica's partitions only.
+    #[serde(default = "default_read_copy")]
+    pub read_copy: bool,
+}
+
+fn default_read_copy() -> bool {
+    true
 }
 
 /// How holds expire.
@@ -178,10 +188,15 @@ impl ProcessorConfig for InventoryConfig {
 
     fn build(&self, id: &str, names: &Names) -> Built {
         let processor = Inventory::new(id, self, names.topic(&self.output));
-        let snapshot: Arc<dyn SnapshotService> = Arc::new(processor.view());
+        let copy = self.read_copy.then(copy::ReadCopy::default);
+        let snapshot: Arc<dyn SnapshotService> = Arc::new(snapshot::Views {
+            live: processor.view(),
+            copy: copy.as_ref().map(copy::ReadCopy::view),
+        });
         Built {
             processor: Box::new(processor),
             snapshot: Some(snapshot),
+            copy: copy.map(|copy| Box::new(copy) as Box<dyn super::Follower>),
         }
     }
 }
@@ -197,16 +212,39 @@ pub type Partitions = HashMap<i32, Skus>;
 /// Read access to an inventory processor's state, shared with the snapshot API. Readers hold
 /// the lock briefly (one chunk of skus at a time), so every sku is read whole.
 #[derive(Clone, Default)]
-pub struct InventoryView(Arc<RwLock<Partitions>>);
+pub struct InventoryView {
+    partitions: Arc<RwLock<Partitions>>,
+    /// The partitions whose state is whole: restored (for a read copy: caught up with the
+    /// changelog).
+    whole: Arc<Mutex<HashSet<i32>>>,
+}
 
 impl InventoryView {
     /// Locks for reading.
     pub fn read(&self) -> RwLockReadGuard<'_, Partitions> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.partitions.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Partitions> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.partitions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the state of `partition` is whole.
+    pub fn is_whole(&self, partition: i32) -> bool {
+        self.whole_set().contains(&partition)
+    }
+
+    fn set_whole(&self, partition: i32, whole: bool) {
+        let mut set = self.whole_set();
+        if whole {
+            set.insert(partition);
+        } else {
+            set.remove(&partition);
+        }
+    }
+
+    fn whole_set(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.whole.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -416,6 +454,7 @@ impl Processor for Inventory {
     }
 
     fn restore_begin(&mut self, partition: i32) {
+        self.state.set_whole(partition, false);
         self.state.write().insert(partition, Default::default());
         self.tracked.insert(partition, HashSet::new());
     }
@@ -462,9 +501,12 @@ impl Processor for Inventory {
             packed.append(skus);
             *skus = packed;
         }
+        drop(partitions);
+        self.state.set_whole(partition, true);
     }
 
     fn revoke(&mut self, partition: i32) {
+        self.state.set_whole(partition, false);
         self.state.write().remove(&partition);
         self.tracked.remove(&partition);
     }

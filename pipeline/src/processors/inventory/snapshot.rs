@@ -9,8 +9,12 @@
 //! on_hand, which `erpstream reconcile` reports next to a difference.
 //! The state lock is held for one chunk of skus at a time, so the body is never built in
 //! memory and the processor keeps running; every sku is read whole (consistent per sku).
-//! Partition by partition, skus in lexical order within each. Serves the partitions this
-//! instance owns; with several instances, query each (or read `inventory.available`).
+//! Partition by partition, skus in lexical order within each. The partitions this replica
+//! owns come from its live state, the others from its read copy (see [`super::copy`]), so
+//! every replica answers for every sku; while a partition is neither restored here nor
+//! caught up in the copy (start-up, a rebalance) the answer is 503 with `Retry-After`,
+//! never a partial list. Without a read copy (`read_copy: false`) only the partitions this
+//! replica owns are served.
 
 use std::convert::Infallible;
 use std::ops::Bound;
@@ -42,18 +46,63 @@ pub struct SnapshotQuery {
     pub detail: bool,
 }
 
+/// The states a snapshot reads: the live one, and the read copy of every partition.
+#[derive(Clone)]
+pub struct Views {
+    /// The processor's own state (the partitions this replica owns).
+    pub live: InventoryView,
+    /// The read copy, if the processor keeps one.
+    pub copy: Option<InventoryView>,
+}
+
+impl Views {
+    /// Per partition, in order, the state to read it from; or the partitions not whole yet.
+    fn plan(&self) -> Result<Vec<(i32, InventoryView)>, Vec<i32>> {
+        let Some(copy) = &self.copy else {
+            let mut partitions: Vec<i32> = self.live.read().keys().copied().collect();
+            partitions.sort_unstable();
+            return Ok(partitions
+                .into_iter()
+                .map(|p| (p, self.live.clone()))
+                .collect());
+        };
+        let mut partitions: Vec<i32> = copy.read().keys().copied().collect();
+        if partitions.is_empty() {
+            // The copy has not described the changelog yet.
+            return Err(self.live.read().keys().copied().collect());
+        }
+        partitions.sort_unstable();
+        let mut plan = Vec::with_capacity(partitions.len());
+        let mut missing = Vec::new();
+        for partition in partitions {
+            if self.live.is_whole(partition) {
+                plan.push((partition, self.live.clone()));
+            } else if copy.is_whole(partition) {
+                plan.push((partition, copy.clone()));
+            } else {
+                missing.push(partition);
+            }
+        }
+        if missing.is_empty() {
+            Ok(plan)
+        } else {
+            Err(missing)
+        }
+    }
+}
+
 struct Snapshot {
-    view: InventoryView,
+    views: Views,
     auth: Arc<ApiAuth>,
 }
 
-impl SnapshotService for InventoryView {
-    /// The snapshot route over this state, behind the storefront API's tokens.
+impl SnapshotService for Views {
+    /// The snapshot route over these states, behind the storefront API's tokens.
     fn router(&self, auth: Arc<ApiAuth>) -> Router {
         Router::new()
             .route(SNAPSHOT_PATH, get(handle))
             .with_state(Arc::new(Snapshot {
-                view: self.clone(),
+                views: self.clone(),
                 auth,
             }))
     }
@@ -78,10 +127,22 @@ async fn handle(
                 .into_response();
         }
     };
-    let mut partitions: Vec<i32> = snapshot.view.read().keys().copied().collect();
-    partitions.sort_unstable();
+    let partitions = match snapshot.views.plan() {
+        Ok(plan) => plan,
+        Err(missing) => {
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": "state not read yet",
+                    "reason": format!("the state of partition(s) {missing:?} is still being read; retry shortly")})),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
     let cursor = Cursor {
-        view: snapshot.view.clone(),
         partitions,
         index: 0,
         after: None,
@@ -104,8 +165,8 @@ async fn handle(
 
 /// Where the streamed body is.
 struct Cursor {
-    view: InventoryView,
-    partitions: Vec<i32>,
+    /// Per partition, the state it is read from.
+    partitions: Vec<(i32, InventoryView)>,
     index: usize,
     after: Option<String>,
     started: bool,
@@ -127,8 +188,9 @@ impl Cursor {
         }
         let mut taken = 0;
         while taken < CHUNK && self.index < self.partitions.len() {
-            let partitions = self.view.read();
-            let Some(skus) = partitions.get(&self.partitions[self.index]) else {
+            let (partition, view) = &self.partitions[self.index];
+            let partitions = view.read();
+            let Some(skus) = partitions.get(partition) else {
                 self.index += 1;
                 self.after = None;
                 continue;
@@ -183,7 +245,7 @@ impl Cursor {
         out.extend_from_slice(decimal_text(state.available(location)).as_bytes());
         if self.query.detail {
             out.extend_from_slice(
-                format!(",\"partition\":{}", self.partitions[self.index]).as_bytes(),
+                format!(",\"partition\":{}", self.partitions[self.index].0).as_bytes(),
             );
             out.extend_from_slice(b",\"locations\":[");
             let mut first = true;
