@@ -1055,6 +1055,42 @@ registry:
         }
     }
 
+    /// Another replica of this pipeline: the same topology (app id, topics, groups, sources)
+    /// with its own listener and `kafka.instance_id` (not started yet).
+    pub fn replica(&self, instance: &str) -> Self {
+        let text = std::fs::read_to_string(&self.topology).expect("read topology");
+        let port = free_port();
+        let text = text
+            .lines()
+            .map(|line| match line.trim_start() {
+                l if l.starts_with("listen: ") => format!("  listen: 127.0.0.1:{port}"),
+                l if l.starts_with("instance_id: ") => format!("  instance_id: {instance}"),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = std::env::temp_dir().join(unique("erpstream-test-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let topology = dir.join("topology.yaml");
+        std::fs::write(&topology, text + "\n").expect("write topology");
+        let scheme = self.url.split(':').next().unwrap_or("http");
+        Self {
+            child: None,
+            log: dir.join("pipeline.log"),
+            topology,
+            client: self.client.clone(),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// Sets `kafka.<key>: <value>` in the topology (before the start).
+    pub fn set_kafka(&mut self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.topology).expect("read topology");
+        let text = text.replacen("\nkafka:\n", &format!("\nkafka:\n  {key}: {value}\n"), 1);
+        std::fs::write(&self.topology, text).expect("write topology");
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
