@@ -859,6 +859,8 @@ pub struct TopologyOptions {
     pub storefront_ca: Option<PathBuf>,
     /// Serve HTTPS: (certificate, key, the CA file clients trust).
     pub https: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `http.limits`, as flow YAML (e.g. `{ header_timeout: 2s }`).
+    pub limits: Option<&'static str>,
 }
 
 impl TopologyOptions {
@@ -892,6 +894,7 @@ impl TopologyOptions {
             registry_section: None,
             storefront_ca: None,
             https: None,
+            limits: None,
         }
     }
 }
@@ -999,7 +1002,7 @@ sinks:{erp_sink}
         let text = format!(
             r#"app_id: {app}
 http:
-  listen: 127.0.0.1:{port}{admission}{tls}
+  listen: 127.0.0.1:{port}{admission}{limits}{tls}
 kafka:
   brokers: {brokers}
   topic_prefix: "{prefix}"
@@ -1038,6 +1041,10 @@ registry:
             admission = options
                 .admission
                 .map(|a| format!("\n  admission: {a}"))
+                .unwrap_or_default(),
+            limits = options
+                .limits
+                .map(|l| format!("\n  limits: {l}"))
                 .unwrap_or_default(),
         );
         std::fs::write(&topology, text).expect("write topology");

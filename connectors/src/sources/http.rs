@@ -9,16 +9,62 @@ use serde_json::json;
 
 use super::fields::FieldError;
 
-/// The body, or `Err(limit)` when it is (or declares to be) larger than `limit` bytes.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, usize> {
+/// Why a request's body was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// It is (or declares to be) larger than this many bytes: `413`.
+    TooLarge(usize),
+    /// It did not arrive whole: the client stopped sending, or missed the listener's body
+    /// deadline (`http.limits.body_timeout`): `408`.
+    Incomplete(String),
+}
+
+impl BodyError {
+    /// The refusal's name in metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge(_) => "payload_too_large",
+            BodyError::Incomplete(_) => "body_incomplete",
+        }
+    }
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        match self {
+            BodyError::TooLarge(limit) => too_large(limit),
+            BodyError::Incomplete(reason) => (
+                StatusCode::REQUEST_TIMEOUT,
+                axum::Json(json!({"error": "request body incomplete", "field": "body",
+                    "reason": reason})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// The body, whole and at most `limit` bytes.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(limit);
+        return Err(BodyError::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| limit)
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let over = std::error::Error::source(&err)
+            .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+        if over {
+            BodyError::TooLarge(limit)
+        } else {
+            BodyError::Incomplete(err.to_string())
+        }
+    })
 }
 
 /// A child of the request's `traceparent`, or a new trace.

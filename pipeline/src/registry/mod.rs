@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 pub use compat::Level;
 use store::Store;
 
-use crate::runtime::listener::{self, HttpTls};
+use crate::runtime::listener::{self, HttpLimits, HttpTls};
 use crate::runtime::telemetry;
 
 /// Confluent's media type for every reply.
@@ -64,7 +64,8 @@ pub async fn serve(
             authenticate,
         ));
     }
-    let server = listener::serve(listen, tls, app, telemetry::termination()).await?;
+    let limits = HttpLimits::default();
+    let server = listener::serve(listen, tls, &limits, app, telemetry::termination()).await?;
     tracing::info!(%listen, tls = tls.is_some(), "schema registry listening");
     server
         .await

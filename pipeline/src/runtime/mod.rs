@@ -193,6 +193,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let server = listener::serve(
         topology.http.listen,
         topology.http.tls.as_ref(),
+        &topology.http.limits,
         router,
         async move {
             kafka::shutdown_requested(&mut http_shutdown).await;

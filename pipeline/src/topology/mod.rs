@@ -24,7 +24,7 @@ use erpstream_schemas::EventKind;
 use serde::Deserialize;
 
 use crate::components::{Configured, ConfiguredProcessor};
-use crate::runtime::listener::HttpTls;
+use crate::runtime::listener::{HttpLimits, HttpTls};
 
 /// A validated topology.
 #[derive(Debug, Clone)]
@@ -59,6 +59,10 @@ pub struct HttpConfig {
     /// the broker or the pipeline is behind.
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// What one client may hold of the listener: connections, deadlines, head size,
+    /// requests per route.
+    #[serde(default)]
+    pub limits: HttpLimits,
     /// HTTPS: the certificate and key served (re-read when the files change); plain HTTP
     /// without it.
     #[serde(default)]
@@ -70,6 +74,7 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             admission: AdmissionConfig::default(),
+            limits: HttpLimits::default(),
             tls: None,
         }
     }

@@ -266,6 +266,18 @@ fn every_rule_names_its_path_and_reason() {
             ],
         ),
         (
+            &[
+                (&["http", "limits", "max_connections"], Some("0")),
+                (&["http", "limits", "header_timeout"], Some("0s")),
+                (&["http", "limits", "max_header_bytes"], Some("10MiB")),
+            ],
+            &[
+                "http.limits.max_connections: must be > 0",
+                "http.limits.header_timeout: must be > 0",
+                "http.limits.max_header_bytes: must be between 1 KiB and 1 MiB",
+            ],
+        ),
+        (
             &[(&["http", "admission", "max_ack_wait"], Some("later"))],
             &["http.admission.max_ack_wait: invalid value: string \"later\", expected a duration"],
         ),

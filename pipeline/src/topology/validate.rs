@@ -64,6 +64,7 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
     let http: Option<HttpConfig> = section(&root, "http", &mut problems, false);
     if let Some(http) = &http {
         problems.extend(http.admission.validate("http.admission"));
+        problems.extend(http.limits.validate("http.limits"));
         if let Some(tls) = &http.tls {
             problems.extend(tls.validate("http.tls"));
         }

@@ -186,7 +186,7 @@ impl ErpWebhookSource {
         let started = Instant::now();
         let bytes = http::read_limited(headers, body, self.config.max_body.as_u64() as usize)
             .await
-            .map_err(Refusal::TooLarge)?;
+            .map_err(Refusal::Body)?;
         self.verifier
             .verify(headers, &bytes, now_millis() / 1000)
             .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
@@ -416,7 +416,7 @@ async fn handle(
 /// Why a webhook was not accepted, and the reply that says so.
 #[derive(Debug)]
 enum Refusal {
-    TooLarge(usize),
+    Body(http::BodyError),
     Unauthorized(String),
     Invalid(payload::FieldError),
     Broker(PublishError),
@@ -425,7 +425,7 @@ enum Refusal {
 impl Refusal {
     fn kind(&self) -> &'static str {
         match self {
-            Refusal::TooLarge(_) => "payload_too_large",
+            Refusal::Body(e) => e.kind(),
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Invalid(_) => "invalid_payload",
             Refusal::Broker(_) => "broker_unavailable",
@@ -436,7 +436,7 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Refusal::TooLarge(limit) => http::too_large(limit),
+            Refusal::Body(e) => e.into_response(),
             Refusal::Unauthorized(reason) => http::unauthorized(&reason, None),
             Refusal::Invalid(e) => http::invalid(StatusCode::BAD_REQUEST, &e),
             Refusal::Broker(e) => {

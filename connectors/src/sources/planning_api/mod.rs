@@ -44,7 +44,7 @@ use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_H
 use crate::metrics as m;
 use crate::planning;
 use crate::postgres::{PgError, PgTarget};
-use crate::sources::http::{invalid, read_limited, retry_later, too_large, trace_of};
+use crate::sources::http::{invalid, read_limited, retry_later, trace_of};
 use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
@@ -316,7 +316,7 @@ impl PlanningApi {
         let limit = self.config.max_body.as_u64() as usize;
         let bytes = match read_limited(headers, body, limit).await {
             Ok(bytes) => bytes,
-            Err(limit) => return too_large(limit),
+            Err(refused) => return refused.into_response(),
         };
         let envelope = match payload::envelope(&bytes) {
             Ok(envelope) => envelope,

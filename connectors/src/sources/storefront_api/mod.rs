@@ -288,7 +288,7 @@ impl StorefrontApiSource {
         self.auth.check(headers).map_err(Refusal::Unauthorized)?;
         let bytes = http::read_limited(headers, body, self.config.max_body.as_u64() as usize)
             .await
-            .map_err(Refusal::TooLarge)?;
+            .map_err(Refusal::Body)?;
         let default_location = self.config.default_location.as_deref();
         let document = match kind {
             Kind::Order => Document::Order(payload::order(&bytes, default_location)?),
@@ -505,7 +505,7 @@ async fn handle(
 /// Why a request was not accepted, and the reply that says so.
 #[derive(Debug)]
 enum Refusal {
-    TooLarge(usize),
+    Body(http::BodyError),
     Unauthorized(&'static str),
     Invalid(Invalid),
     Conflict(&'static str, String),
@@ -522,7 +522,7 @@ impl From<Invalid> for Refusal {
 impl Refusal {
     fn kind(&self) -> &'static str {
         match self {
-            Refusal::TooLarge(_) => "payload_too_large",
+            Refusal::Body(e) => e.kind(),
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Invalid(_) => "invalid_payload",
             Refusal::Conflict(..) => "idempotency_conflict",
@@ -535,7 +535,7 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Refusal::TooLarge(limit) => http::too_large(limit),
+            Refusal::Body(e) => e.into_response(),
             Refusal::Unauthorized(reason) => ApiAuth::refuse(reason),
             Refusal::Invalid(Invalid::Shape(e)) => http::invalid(StatusCode::BAD_REQUEST, &e),
             Refusal::Invalid(Invalid::Rule(e)) => {
