@@ -30,7 +30,12 @@ where
     D::Error: std::fmt::Display,
 {
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        // With `arbitrary_precision`, a number is a map with this one key inside serde_json;
+        // the field is the number itself.
+        let path = err
+            .path()
+            .to_string()
+            .replace(".$serde_json::private::Number", "");
         let inner = err.into_inner().to_string();
         if let Some(name) = missing_field(&inner) {
             let parent = if path == "." {
@@ -57,6 +62,35 @@ where
 fn missing_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("missing field `")?;
     rest.split('`').next()
+}
+
+/// The body as a JSON value: a refusal says whether it is not UTF-8 (and where), nested too
+/// deep, or not JSON (with the line and column).
+pub(crate) fn json_value(body: &[u8]) -> Result<serde_json::Value, FieldError> {
+    require_utf8(body)?;
+    serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        let reason = match message.strip_prefix("recursion limit exceeded") {
+            Some(at) => {
+                format!("is nested more than 128 levels deep (recursion limit exceeded{at})")
+            }
+            None => format!("is not valid JSON: {message}"),
+        };
+        FieldError::new("body", reason)
+    })
+}
+
+/// Refuses a body that is not UTF-8, naming the first bad byte.
+pub(crate) fn require_utf8(body: &[u8]) -> Result<(), FieldError> {
+    std::str::from_utf8(body).map(|_| ()).map_err(|e| {
+        FieldError::new(
+            "body",
+            format!(
+                "is not UTF-8: byte {} starts an invalid sequence",
+                e.valid_up_to()
+            ),
+        )
+    })
 }
 
 pub(crate) fn clean_reason(message: &str) -> String {

@@ -36,7 +36,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -225,7 +225,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, std::io::Error> {
-    let tcp = TcpListener::bind(listen).await?;
+    let tcp = bind(listen)?;
     raise_open_files(limits.max_connections);
     let acceptor = tls.map(acceptor).transpose()?;
     let router = guarded(router, limits);
@@ -244,6 +244,21 @@ pub async fn serve(
         limits.max_connections,
         shutdown,
     )))
+}
+
+/// How many connections may wait to be accepted (the system caps it at `somaxconn`): room
+/// for a burst of clients connecting at once.
+const BACKLOG: u32 = 4_096;
+
+fn bind(listen: SocketAddr) -> Result<TcpListener, std::io::Error> {
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(BACKLOG)
 }
 
 /// Raises this process's open-files limit to the most the system allows, so that

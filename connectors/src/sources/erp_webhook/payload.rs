@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 pub use crate::sources::fields::FieldError;
-use crate::sources::fields::{check_decimal, clean_reason, deserialize_at, require_text};
+use crate::sources::fields::{check_decimal, deserialize_at, json_value, require_text};
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -153,12 +153,7 @@ pub struct ErpWebhook {
 
 /// Parses and validates a webhook body.
 pub fn parse(body: &[u8]) -> Result<ErpWebhook, FieldError> {
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        FieldError::new(
-            "body",
-            format!("is not valid JSON: {}", clean_reason(&e.to_string())),
-        )
-    })?;
+    let json = json_value(body)?;
     if !json.is_object() {
         return Err(FieldError::new(
             "body",

@@ -6,7 +6,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::sources::fields::{FieldError, check_decimal, deserialize_at, require_text};
+use crate::sources::fields::{
+    FieldError, check_decimal, deserialize_at, require_text, require_utf8,
+};
 
 /// Which sync endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,7 @@ pub struct Envelope {
 
 /// Parses the envelope, naming the field of any refusal.
 pub fn envelope(body: &[u8]) -> Result<Envelope, FieldError> {
+    require_utf8(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let envelope: Envelope = deserialize_at("", &mut de)?;
     require_text("meta.source_system", &envelope.meta.source_system)?;

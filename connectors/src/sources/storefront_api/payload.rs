@@ -6,9 +6,7 @@ use erpstream_schemas::decimal::{MONEY_SCALE, QUANTITY_SCALE};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::sources::fields::{
-    FieldError, check_decimal, clean_reason, deserialize_at, require_text,
-};
+use crate::sources::fields::{FieldError, check_decimal, deserialize_at, json_value, require_text};
 
 /// Why a body was refused.
 #[derive(Debug)]
@@ -100,12 +98,7 @@ pub struct Adjustment {
 }
 
 fn json_object(body: &[u8]) -> Result<serde_json::Value, Invalid> {
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        Invalid::Shape(FieldError::new(
-            "body",
-            format!("is not valid JSON: {}", clean_reason(&e.to_string())),
-        ))
-    })?;
+    let json = json_value(body).map_err(Invalid::Shape)?;
     if !json.is_object() {
         return Err(Invalid::Shape(FieldError::new(
             "body",
