@@ -117,7 +117,7 @@ impl Verifier {
             .trim()
             .parse()
             .map_err(|_| SignatureError::Malformed(WEBHOOK_TIMESTAMP))?;
-        if (now - timestamp).unsigned_abs() > self.tolerance.as_secs() {
+        if now.abs_diff(timestamp) > self.tolerance.as_secs() {
             return Err(SignatureError::Stale);
         }
         let signatures = get(WEBHOOK_SIGNATURE)?;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: builds erpstream, starts the local stack
 # (installing tansu if missing), runs unit and end-to-end tests with cargo-nextest, and
-# stops the stack it started. Also checks formatting and clippy lints. Extra arguments go
-# to `cargo nextest run`.
+# stops the stack it started. Also checks formatting, clippy lints and that the fuzz
+# targets compile. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ERPSTREAM_ROOT"
@@ -14,6 +14,9 @@ fi
 echo "[test] formatting and lints" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets (their own workspace, run by fuzz/run.sh) must keep compiling against
+# the parsers they drive.
+cargo check --locked --quiet --manifest-path fuzz/Cargo.toml --bins
 echo "[test] building" >&2
 cargo build --workspace --all-targets
 export ERPSTREAM_BIN="${CARGO_TARGET_DIR:-$ERPSTREAM_ROOT/target}/debug/erpstream"

@@ -192,7 +192,8 @@ impl Report {
 }
 
 /// The picture: quantity per key, and whether the key was seen on the compared side.
-struct Picture {
+#[derive(Debug)]
+pub struct Picture {
     rows: HashMap<Key, (Decimal, bool)>,
     per_sku: bool,
 }
@@ -316,8 +317,9 @@ async fn load(source: &str, headers: &[String]) -> Result<(Vec<u8>, i64), ToolEr
 }
 
 /// Parses a CSV or JSON picture (by its first non-blank byte); `Err` says what is wrong
-/// and where.
-fn parse_picture(bytes: &[u8], name: &str) -> Result<Picture, String> {
+/// and where. Everything read here comes from outside (a file, a URL); the fuzz target
+/// `reconcile_picture` feeds it arbitrary bytes.
+pub fn parse_picture(bytes: &[u8], name: &str) -> Result<Picture, String> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let json = |e: serde_json::Error| e.to_string();
     let rows: Vec<Row> = match first {
@@ -338,7 +340,15 @@ fn parse_picture(bytes: &[u8], name: &str) -> Result<Picture, String> {
         let key = (row.sku, row.location.unwrap_or_default());
         if let Some((previous, _)) = map.insert(key.clone(), (row.qty, false)) {
             // A picture listing a key twice is summed (ERPNext exports one row per bin).
-            map.insert(key, (previous + row.qty, false));
+            let sum = previous.checked_add(row.qty).ok_or_else(|| {
+                format!(
+                    "{name}: the quantities of sku {:?} at {:?} add up past {}",
+                    key.0,
+                    key.1,
+                    Decimal::MAX
+                )
+            })?;
+            map.insert(key, (sum, false));
         }
     }
     Ok(Picture { rows: map, per_sku })
@@ -912,5 +922,13 @@ mod tests {
         .unwrap();
         assert!(format!("{mixed:#}").contains("has no location"));
         assert!(parse_picture(b"  ", "p").is_err());
+    }
+
+    #[test]
+    fn a_key_listed_twice_past_the_decimal_range_is_refused_not_a_panic() {
+        let max = rust_decimal::Decimal::MAX;
+        let csv = format!("sku,qty\nA,{max}\nA,{max}\n");
+        let refused = parse_picture(csv.as_bytes(), "p.csv").err().unwrap();
+        assert!(refused.contains("sku \"A\""), "{refused}");
     }
 }

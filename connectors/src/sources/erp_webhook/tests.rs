@@ -150,3 +150,21 @@ fn names_the_offending_field() {
         );
     }
 }
+
+#[test]
+fn a_standard_webhooks_timestamp_at_the_edge_of_i64_is_stale_not_a_panic() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let v = verifier(&[secret]);
+    for ts in [i64::MIN, i64::MAX] {
+        let sig = sign_standard(secret, "msg_1", ts, b"{}");
+        let h = headers(&[
+            ("webhook-id", "msg_1".into()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]);
+        assert_eq!(
+            v.verify(&h, b"{}", 1_700_000_000),
+            Err(SignatureError::Stale)
+        );
+    }
+}

@@ -22,7 +22,10 @@ pub(super) fn bucket_start(text: &str, bucket: Bucket) -> Option<String> {
     let date = chrono::DateTime::from_timestamp_millis(parse_time(text)?)?.date_naive();
     let start = match bucket {
         Bucket::Day => date,
-        Bucket::Week => date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday())),
+        // The first week of the calendar has no Monday before it: no period, not a panic.
+        Bucket::Week => date.checked_sub_days(chrono::Days::new(u64::from(
+            date.weekday().num_days_from_monday(),
+        )))?,
         Bucket::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)?,
         Bucket::Quarter => NaiveDate::from_ymd_opt(date.year(), (date.month0() / 3) * 3 + 1, 1)?,
         Bucket::Year => NaiveDate::from_ymd_opt(date.year(), 1, 1)?,

@@ -255,3 +255,23 @@ fn postgres_timestamps_parse() {
     assert_eq!(parse_time("1970-01-02"), Some(86_400_000));
     assert_eq!(parse_time("soon"), None);
 }
+
+#[test]
+fn periods_at_the_edge_of_the_calendar_are_refused_not_a_panic() {
+    let first = chrono::NaiveDate::MIN
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp_millis();
+    for bucket in [
+        Bucket::Day,
+        Bucket::Week,
+        Bucket::Month,
+        Bucket::Quarter,
+        Bucket::Year,
+    ] {
+        for ms in [first, first + 1, i64::MIN, i64::MAX] {
+            let _ = convert::bucket_start(&ms.to_string(), bucket);
+        }
+    }
+}

@@ -25,9 +25,9 @@
 //!   REPLICA IDENTITY FULL) or refused, never published as placeholders.
 
 mod change;
-use change::Change;
 mod config;
 mod control;
+mod decode;
 mod snapshot;
 mod stream;
 
@@ -40,13 +40,13 @@ use erpstream_schemas::{EventKind, Traceparent, now_millis};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::watch;
 
-use crate::sources::mapping::{self, Bound, Cell, Deleted, Envelope, Mapped, Mapping, RowError};
+use crate::sources::mapping::{Bound, Cell, Envelope, Mapping, RowError};
 pub use config::{PgCdcConfig, SnapshotMode};
 use control::{SlotState, SourceRecord, StateStore, TableShape};
+pub use decode::{Change, Decided, Decoder, Position};
 
 use crate::component::{Component, Context, Graph, Port, Readiness, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord};
@@ -209,12 +209,6 @@ pub struct PgCdcSource {
     publisher: Publisher,
     replication: ReplicationConfig,
     ready: Readiness,
-}
-
-/// A table bound to its current columns.
-struct Target {
-    table: Arc<Table>,
-    bound: Bound,
 }
 
 impl PgCdcSource {
@@ -441,13 +435,14 @@ impl PgCdcSource {
                     let identity = bound.identity(&cells);
                     let key = format!("pg:{}:{identity}:x{xmin}", table.name);
                     let envelope = self.envelope(&key, occurred_at);
-                    let outcome = bound
-                        .event(&cells, None, &envelope)
-                        .map(|e| Change::Event(Box::new(e)));
-                    if let Some(ack) = self
-                        .publish(table, outcome, &cells, &identity, "snapshot")
-                        .await?
-                    {
+                    let change = match bound.event(&cells, None, &envelope) {
+                        Ok(event) => Change::Event(Box::new(event)),
+                        Err(error) => Change::Refused {
+                            error,
+                            row: decode::row_json(&cells),
+                        },
+                    };
+                    if let Some(ack) = self.publish(table, change, &identity, "snapshot").await? {
                         pending.push(ack);
                     }
                 }

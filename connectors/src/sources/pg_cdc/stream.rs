@@ -13,8 +13,7 @@ impl PgCdcSource {
         tables: HashMap<String, (Arc<Table>, Vec<String>)>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), CdcError> {
-        let mut parser = LogicalReplicationParser::with_protocol_version(1);
-        let mut relations: HashMap<u32, Option<Target>> = HashMap::new();
+        let mut decoder = Decoder::new(&self.id, &self.config.source_system, tables);
         let mut inflight: FuturesOrdered<BoxFuture<'static, Result<Done, PublishError>>> =
             FuturesOrdered::new();
         let mut pending_records = 0usize;
@@ -65,9 +64,11 @@ impl PgCdcSource {
                     ..
                 } => {
                     txn = Some(Txn {
-                        commit_lsn: final_lsn,
-                        commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
-                        changes: 0,
+                        position: Position {
+                            commit_lsn: final_lsn,
+                            commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                            changes: 0,
+                        },
                         acks: Vec::new(),
                     });
                 }
@@ -77,7 +78,7 @@ impl PgCdcSource {
                     };
                     pending_records += done.acks.len();
                     let records = done.acks.len();
-                    let commit_ms = done.commit_ms;
+                    let commit_ms = done.position.commit_ms;
                     let acks = done.acks;
                     inflight.push_back(Box::pin(async move {
                         futures::future::try_join_all(acks).await?;
@@ -107,12 +108,20 @@ impl PgCdcSource {
                     }
                 }
                 ReplicationEvent::XLogData { data, .. } => {
-                    let message = parser
-                        .parse_wal_message_bytes(data)
-                        .map_err(|e| CdcError::Decode(e.to_string()))?
-                        .message;
-                    self.change(message, &tables, &mut relations, txn.as_mut())
-                        .await?;
+                    let position = txn.as_mut().map(|t| &mut t.position);
+                    if let Some(decided) = decoder.decode(data, position)? {
+                        let ack = self
+                            .publish(
+                                &decided.table,
+                                decided.change,
+                                &decided.identity,
+                                &decided.position,
+                            )
+                            .await?;
+                        if let (Some(ack), Some(txn)) = (ack, txn.as_mut()) {
+                            txn.acks.push(ack);
+                        }
+                    }
                 }
                 ReplicationEvent::StoppedAt { .. } => break,
             }
@@ -137,15 +146,11 @@ impl PgCdcSource {
 }
 
 /// A transaction being received.
-pub(super) struct Txn {
-    /// Its commit LSN.
-    pub(super) commit_lsn: Lsn,
-    /// Its commit time, epoch ms.
-    pub(super) commit_ms: i64,
-    /// Changes received so far (numbers each change within the transaction).
-    pub(super) changes: u32,
+struct Txn {
+    /// Where its changes sit.
+    position: Position,
     /// The broker's acknowledgements still to come.
-    pub(super) acks: Vec<PendingAck>,
+    acks: Vec<PendingAck>,
 }
 
 /// A transaction (or heartbeat) whose records the broker acknowledged.

@@ -15,7 +15,7 @@
 //!   [`publish`].
 
 mod config;
-mod payload;
+pub mod payload;
 pub mod publish;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use bytes::Bytes;
 use chrono::NaiveDateTime;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use secrecy::ExposeSecret;
@@ -103,6 +104,35 @@ pub struct Page {
     pub more: bool,
 }
 
+impl Page {
+    /// Reads a page body as `preset` answers it — ERPNext `{"data": [records]}`, OData
+    /// `{"value": [records], "@odata.nextLink": …}` — for a request of `limit` records. The
+    /// body comes from the ERP, so anything may arrive (the fuzz target `rest_poll_page`
+    /// feeds it arbitrary bytes); `Err` is what the body should have been.
+    pub fn read(preset: Preset, body: &[u8], limit: u32) -> Result<Page, &'static str> {
+        let body: Value = serde_json::from_slice(body).map_err(|_| "JSON")?;
+        let (rows, next_link) = match preset {
+            Preset::Erpnext => (body.get("data"), false),
+            Preset::Odata => (
+                body.get("value"),
+                body.get("@odata.nextLink").is_some_and(|v| !v.is_null()),
+            ),
+        };
+        let expected = match preset {
+            Preset::Erpnext => "{\"data\": [records]}",
+            Preset::Odata => "{\"value\": [records]}",
+        };
+        let rows = rows
+            .and_then(Value::as_array)
+            .ok_or(expected)?
+            .iter()
+            .map(|r| r.as_object().cloned().ok_or(expected))
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = next_link || rows.len() as u64 >= u64::from(limit);
+        Ok(Page { rows, more })
+    }
+}
+
 /// A paced, retrying client of one ERP.
 pub struct Api {
     http: reqwest::Client,
@@ -197,7 +227,10 @@ impl Api {
             Preset::Erpnext => {
                 let url = format!("{}/api/method/frappe.auth.get_logged_user", self.base);
                 let body = self.get(&url, &[], "the logged-in user", attempts).await?;
-                body.get("message")
+                serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .as_ref()
+                    .and_then(|body| body.get("message"))
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .ok_or(ApiError::Malformed {
@@ -235,39 +268,21 @@ impl Api {
         };
         let what = query.collection.to_string();
         let body = self.get(&url, &params, &what, attempts).await?;
-        let (rows, next_link) = match self.preset {
-            Preset::Erpnext => (body.get("data"), false),
-            Preset::Odata => (
-                body.get("value"),
-                body.get("@odata.nextLink").is_some_and(|v| !v.is_null()),
-            ),
-        };
-        let malformed = || ApiError::Malformed {
+        Page::read(self.preset, &body, query.limit).map_err(|expected| ApiError::Malformed {
             peer: self.preset.peer(),
-            what: what.clone(),
-            expected: match self.preset {
-                Preset::Erpnext => "{\"data\": [records]}",
-                Preset::Odata => "{\"value\": [records]}",
-            },
-        };
-        let rows = rows
-            .and_then(Value::as_array)
-            .ok_or_else(malformed)?
-            .iter()
-            .map(|r| r.as_object().cloned().ok_or_else(malformed))
-            .collect::<Result<Vec<_>, _>>()?;
-        let more = next_link || rows.len() as u64 >= u64::from(query.limit);
-        Ok(Page { rows, more })
+            what,
+            expected,
+        })
     }
 
-    /// GET with pacing and up to `attempts` attempts; the JSON body of a 2xx.
+    /// GET with pacing and up to `attempts` attempts; the body of a 2xx.
     async fn get(
         &self,
         url: &str,
         params: &[(String, String)],
         what: &str,
         attempts: u32,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let peer = self.preset.peer();
         let url = reqwest::Url::parse_with_params(url, params).map_err(|e| ApiError::Refused {
             peer,
@@ -302,16 +317,11 @@ impl Api {
                         "status" => status.as_u16().to_string())
                     .increment(1);
                     if status.is_success() {
-                        let bytes = response.bytes().await.map_err(|e| ApiError::Unavailable {
+                        return response.bytes().await.map_err(|e| ApiError::Unavailable {
                             peer,
                             what: what.to_string(),
                             attempts: attempt,
                             reason: format!("reading the body: {}", error_chain(&e)),
-                        })?;
-                        return serde_json::from_slice(&bytes).map_err(|_| ApiError::Malformed {
-                            peer,
-                            what: what.to_string(),
-                            expected: "JSON",
                         });
                     }
                     let hint = retry_after(response.headers());

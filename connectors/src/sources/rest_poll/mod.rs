@@ -39,14 +39,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use api::{Api, PageQuery};
-pub use api::{ApiError, REQUESTS};
+pub use api::{ApiError, Page, REQUESTS};
 pub use config::{AuthConfig, CircuitConfig, Preset, ResourceConfig, RestPollConfig};
 use state::{Hash, State};
 
 use crate::component::{Component, Context, Graph, Port, Readiness, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
-use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped};
+use crate::sources::mapping::{Bound, Cell, Column, Deleted, Envelope, Mapped, RowError};
 use crate::validation::Problem;
 
 /// Component type name in the topology.
@@ -200,7 +200,7 @@ impl RestPollSource {
             ready: Readiness::not_yet("testing the ERP credentials"),
         };
         for resource in &source.resources {
-            source.poller(resource.clone())?;
+            Poller::new(source.config.preset, resource.clone())?;
         }
         Ok(source)
     }
@@ -210,55 +210,13 @@ impl RestPollSource {
         self.ready.clone()
     }
 
-    fn poller(&self, resource: Resource) -> Result<Poller, PollError> {
-        let preset = self.config.preset;
-        let key_fields = resource.config.key_fields(preset);
-        let changed_field = resource
-            .config
-            .changed_field(preset)
-            .unwrap_or_else(|| "modified".into());
-        let mapping = resource.config.mapping();
-        let mut fields: Vec<String> = key_fields.clone();
-        for name in mapping.inputs().into_iter().chain([changed_field.as_str()]) {
-            if !fields.iter().any(|f| f == name) {
-                fields.push(name.to_string());
-            }
-        }
-        let columns: Vec<Column> = fields
-            .iter()
-            .map(|name| Column {
-                name: name.clone(),
-                key: key_fields.contains(name),
-            })
-            .collect();
-        let bound = Bound::new(&mapping, resource.kind, &columns, "field").map_err(|e| {
-            PollError::Resource {
-                resource: resource.name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let index = |name: &str| fields.iter().position(|f| f == name).unwrap_or(0);
-        Ok(Poller {
-            keys: key_fields.iter().map(|k| index(k)).collect(),
-            changed: index(&changed_field),
-            bound,
-            key_fields,
-            changed_field,
-            fields,
-            resource,
-            cursor: None,
-            known: HashMap::new(),
-            last_deletion_check: Instant::now(),
-        })
-    }
-
     /// Polls until shutdown. Never stops on an ERP failure: the circuit opens and the source
     /// reports not ready until the ERP answers again.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PollError> {
         let mut pollers = self
             .resources
             .iter()
-            .map(|r| self.poller(r.clone()))
+            .map(|r| Poller::new(self.config.preset, r.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         // One state connection per resource: resources are polled side by side.
         let mut states: Vec<Option<State>> = pollers.iter().map(|_| None).collect();
@@ -729,6 +687,48 @@ impl RestPollSource {
 }
 
 impl Poller {
+    /// Binds `resource`'s mapping to the fields a poll of `preset` reads (no I/O).
+    fn new(preset: Preset, resource: Resource) -> Result<Poller, PollError> {
+        let key_fields = resource.config.key_fields(preset);
+        let changed_field = resource
+            .config
+            .changed_field(preset)
+            .unwrap_or_else(|| "modified".into());
+        let mapping = resource.config.mapping();
+        let mut fields: Vec<String> = key_fields.clone();
+        for name in mapping.inputs().into_iter().chain([changed_field.as_str()]) {
+            if !fields.iter().any(|f| f == name) {
+                fields.push(name.to_string());
+            }
+        }
+        let columns: Vec<Column> = fields
+            .iter()
+            .map(|name| Column {
+                name: name.clone(),
+                key: key_fields.contains(name),
+            })
+            .collect();
+        let bound = Bound::new(&mapping, resource.kind, &columns, "field").map_err(|e| {
+            PollError::Resource {
+                resource: resource.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let index = |name: &str| fields.iter().position(|f| f == name).unwrap_or(0);
+        Ok(Poller {
+            keys: key_fields.iter().map(|k| index(k)).collect(),
+            changed: index(&changed_field),
+            bound,
+            key_fields,
+            changed_field,
+            fields,
+            resource,
+            cursor: None,
+            known: HashMap::new(),
+            last_deletion_check: Instant::now(),
+        })
+    }
+
     fn collection(&self) -> &str {
         let config = &self.resource.config;
         config
@@ -763,6 +763,41 @@ impl Poller {
         hash.copy_from_slice(&digest.finalize()[..16]);
         hash
     }
+}
+
+/// One page body of `resource` as a poll of `preset` reads it — the page's records, then
+/// each through the resource's mapping — with no I/O and no state: what each record would
+/// be published as (`Ok`) or dead-lettered for (`Err`). The same code as a running poll; the
+/// fuzz target `rest_poll_page` feeds it arbitrary bodies.
+pub fn map_page(
+    preset: Preset,
+    resource: Resource,
+    body: &[u8],
+) -> Result<Vec<Result<Mapped, RowError>>, PollError> {
+    let poller = Poller::new(preset, resource)?;
+    let page = Page::read(preset, body, u32::MAX).map_err(|expected| PollError::Resource {
+        resource: poller.resource.name.clone(),
+        reason: format!("the page is not {expected}"),
+    })?;
+    let envelope = Envelope {
+        idempotency_key: "",
+        source: "",
+        source_system: "",
+        occurred_at: 0,
+        ingested_at: 0,
+    };
+    Ok(page
+        .rows
+        .iter()
+        .map(|row| {
+            let texts = poller.texts(row);
+            let cells: Vec<Cell> = texts
+                .iter()
+                .map(|t| t.as_deref().map_or(Cell::Null, Cell::Text))
+                .collect();
+            poller.bound.event(&cells, None, &envelope)
+        })
+        .collect())
 }
 
 /// A field of a record (`a.b` descends into objects) as text: strings as they are, numbers in
