@@ -22,8 +22,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Python tools the tests run (PyPI): kubernetes-validate checks deploy/k8s against the
-# Kubernetes schemas, compose-spec parses and validates deploy/compose.
-if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c "import compose_spec" 2>/dev/null; then
+# Kubernetes schemas, compose-spec parses and validates deploy/compose, openapi-spec-validator
+# checks the listener's OpenAPI document and schemathesis fuzzes the API with it.
+python_tools=(kubernetes-validate==1.37.0 compose-spec==0.2.1 openapi-spec-validator==0.9.0
+  schemathesis==4.32.5)
+if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c "import compose_spec" 2>/dev/null \
+  || ! command -v openapi-spec-validator >/dev/null 2>&1 \
+  || ! st --version 2>/dev/null | grep -q 4.32.5; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       apt-get update -qq >/dev/null && apt-get install -y -qq python3-pip >/dev/null
@@ -31,8 +36,8 @@ if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c "import comp
       echo "[packages] missing python3-pip (sudo apt-get install python3-pip)" >&2; exit 1
     fi
   fi
-  echo "[packages] installing kubernetes-validate and compose-spec (PyPI)" >&2
+  echo "[packages] installing ${python_tools[*]} (PyPI)" >&2
   # Debian's own Python refuses installs outside a virtualenv (PEP 668) unless told.
-  python3 -m pip install -q kubernetes-validate==1.37.0 compose-spec==0.2.1 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0 compose-spec==0.2.1
+  python3 -m pip install -q "${python_tools[@]}" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "${python_tools[@]}"
 fi

@@ -69,6 +69,8 @@ pub struct Resolved {
 pub trait SnapshotService: Send + Sync {
     /// The snapshot routes, checking requests with `auth`.
     fn router(&self, auth: Arc<ApiAuth>) -> axum::Router;
+    /// The OpenAPI document of those routes.
+    fn api(&self) -> utoipa::openapi::OpenApi;
 }
 
 /// What a component is built with.

@@ -238,6 +238,8 @@ pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 pub struct Running {
     /// Its HTTP routes, merged into the one listener.
     pub routes: Option<axum::Router>,
+    /// The OpenAPI document of its routes, merged into the listener's `/openapi.json`.
+    pub api: Option<utoipa::openapi::OpenApi>,
     /// Its work until shutdown.
     pub task: Option<Box<dyn FnOnce(watch::Receiver<bool>) -> Task + Send>>,
     /// Whether it can work now (absent: always, once built).
@@ -259,6 +261,12 @@ impl Running {
     /// A component that serves `routes`.
     pub fn routes(mut self, routes: axum::Router) -> Self {
         self.routes = Some(routes);
+        self
+    }
+
+    /// A component whose routes `api` documents.
+    pub fn api(mut self, api: utoipa::openapi::OpenApi) -> Self {
+        self.api = Some(api);
         self
     }
 

@@ -4,9 +4,12 @@
 use erpstream_schemas::decimal;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// A refused field: `field` is a dotted path such as `data.variants[0].sku`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct FieldError {
     /// Path of the offending field in the body.
     pub field: String,
@@ -101,12 +104,18 @@ pub(crate) fn clean_reason(message: &str) -> String {
     }
 }
 
+/// The most characters a text field (a sku, a location, an id) may have.
+pub const TEXT_MAX_CHARS: usize = 256;
+
 pub(crate) fn require_text(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
-    if value.len() > 256 {
-        return Err(FieldError::new(field, "must be at most 256 characters"));
+    if value.chars().count() > TEXT_MAX_CHARS {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {TEXT_MAX_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -121,3 +130,120 @@ pub(crate) fn check_decimal(
         None => Ok(()),
     }
 }
+
+/// The OpenAPI shape of a field [`require_text`] checks: 1 to 256 characters, not blank.
+pub struct Text;
+
+/// The OpenAPI shape of a quantity [`check_decimal`] checks: a number with at most 3
+/// decimal places and 18 digits.
+pub struct Quantity;
+
+/// A [`Quantity`] above 0 (an ordered quantity).
+pub struct PositiveQuantity;
+
+/// A [`Quantity`] other than 0 (a relative change).
+pub struct QuantityChange;
+
+/// The OpenAPI shape of an amount of money [`check_decimal`] checks, not negative: a number
+/// with at most 4 decimal places and 18 digits.
+pub struct Money;
+
+impl PartialSchema for Text {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(TEXT_MAX_CHARS))
+            .pattern(Some(r"\S"))
+            .description(Some("1 to 256 characters, not only blanks"))
+            .into()
+    }
+}
+
+impl ToSchema for Text {}
+
+/// Which values of an exact decimal a field takes.
+#[derive(Clone, Copy)]
+enum Sign {
+    Any,
+    Positive,
+    Negative,
+    NotNegative,
+}
+
+/// A number with at most `scale` decimal places and 18 digits, of `sign`.
+fn exact_number(scale: u32, sign: Sign) -> ObjectBuilder {
+    let step = 10f64.powi(-(scale as i32));
+    let max = 10f64.powi(18 - scale as i32) - step;
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .multiple_of(Some(step))
+        .minimum(Some(-max))
+        .maximum(Some(max));
+    match sign {
+        Sign::Any => number,
+        Sign::Positive => number.exclusive_minimum(Some(0.0)),
+        Sign::Negative => number.exclusive_maximum(Some(0.0)),
+        Sign::NotNegative => number.minimum(Some(0.0)),
+    }
+}
+
+fn described(number: ObjectBuilder, scale: u32, what: &str) -> RefOr<Schema> {
+    number
+        .description(Some(format!(
+            "{what}: an exact decimal with at most {scale} decimal places and 18 digits \
+             (more places are refused, never rounded)"
+        )))
+        .into()
+}
+
+impl PartialSchema for Quantity {
+    fn schema() -> RefOr<Schema> {
+        let scale = decimal::QUANTITY_SCALE;
+        described(exact_number(scale, Sign::Any), scale, "A quantity")
+    }
+}
+
+impl ToSchema for Quantity {}
+
+impl PartialSchema for PositiveQuantity {
+    fn schema() -> RefOr<Schema> {
+        let scale = decimal::QUANTITY_SCALE;
+        described(
+            exact_number(scale, Sign::Positive),
+            scale,
+            "A quantity above 0",
+        )
+    }
+}
+
+impl ToSchema for PositiveQuantity {}
+
+impl PartialSchema for QuantityChange {
+    fn schema() -> RefOr<Schema> {
+        let scale = decimal::QUANTITY_SCALE;
+        OneOfBuilder::new()
+            .item(exact_number(scale, Sign::Negative))
+            .item(exact_number(scale, Sign::Positive))
+            .description(Some(format!(
+                "A relative change other than 0 (negative deducts): an exact decimal with at \
+                 most {scale} decimal places and 18 digits"
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for QuantityChange {}
+
+impl PartialSchema for Money {
+    fn schema() -> RefOr<Schema> {
+        let scale = decimal::MONEY_SCALE;
+        described(
+            exact_number(scale, Sign::NotNegative),
+            scale,
+            "An amount, not negative",
+        )
+    }
+}
+
+impl ToSchema for Money {}

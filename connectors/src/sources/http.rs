@@ -5,7 +5,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use erpstream_schemas::Traceparent;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa::openapi::security::SecurityScheme;
 
 use super::fields::FieldError;
 
@@ -33,13 +35,63 @@ impl IntoResponse for BodyError {
     fn into_response(self) -> Response {
         match self {
             BodyError::TooLarge(limit) => too_large(limit),
-            BodyError::Incomplete(reason) => (
-                StatusCode::REQUEST_TIMEOUT,
-                axum::Json(json!({"error": "request body incomplete", "field": "body",
-                    "reason": reason})),
-            )
-                .into_response(),
+            BodyError::Incomplete(reason) => ErrorBody::new("request body incomplete")
+                .field("body")
+                .reason(reason)
+                .respond(StatusCode::REQUEST_TIMEOUT),
         }
+    }
+}
+
+/// The body of every refusal on the listener: what kind of refusal, the field to blame
+/// (when one is) and why, in words that say what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The kind of refusal, in a few words (`invalid payload`, `unauthorized`).
+    pub error: String,
+    /// The refused field: a path into the body (`line_items[0].quantity`), `body`,
+    /// `headers`, `query` or a path parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Why, and what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ErrorBody {
+    /// A refusal of kind `error`.
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            field: None,
+            reason: None,
+        }
+    }
+
+    /// Blames `field`.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// Says why.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The response with `status`.
+    pub fn respond(self, status: StatusCode) -> Response {
+        (status, axum::Json(self)).into_response()
+    }
+
+    /// The response with `status` and `Retry-After: retry_after_secs`.
+    pub fn respond_later(self, status: StatusCode, retry_after_secs: u64) -> Response {
+        let mut response = self.respond(status);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        response
     }
 }
 
@@ -79,20 +131,17 @@ pub fn trace_of(headers: &HeaderMap) -> Traceparent {
 
 /// `413` naming the limit.
 pub fn too_large(limit: usize) -> Response {
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        axum::Json(json!({"error": "payload too large", "limit_bytes": limit})),
-    )
-        .into_response()
+    ErrorBody::new("payload too large")
+        .field("body")
+        .reason(format!("at most {limit} bytes"))
+        .respond(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 /// `401`; `challenge` is the `WWW-Authenticate` scheme, if the caller can answer one.
 pub fn unauthorized(reason: &str, challenge: Option<&'static str>) -> Response {
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(json!({"error": "unauthorized", "reason": reason})),
-    )
-        .into_response();
+    let mut response = ErrorBody::new("unauthorized")
+        .reason(reason)
+        .respond(StatusCode::UNAUTHORIZED);
     if let Some(scheme) = challenge {
         response
             .headers_mut()
@@ -103,33 +152,94 @@ pub fn unauthorized(reason: &str, challenge: Option<&'static str>) -> Response {
 
 /// `status` naming the refused field.
 pub fn invalid(status: StatusCode, error: &FieldError) -> Response {
-    (
-        status,
-        axum::Json(
-            json!({"error": "invalid payload", "field": error.field, "reason": error.reason}),
-        ),
-    )
-        .into_response()
+    ErrorBody::new("invalid payload")
+        .field(error.field.clone())
+        .reason(error.reason.clone())
+        .respond(status)
 }
 
 /// `503` with `Retry-After`: nothing was acknowledged, the caller should send again.
 pub fn retry_later(reason: &str, retry_after_secs: u64) -> Response {
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"error": "not acknowledged, retry later", "reason": reason})),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    response
+    ErrorBody::new("not acknowledged, retry later")
+        .reason(reason)
+        .respond_later(StatusCode::SERVICE_UNAVAILABLE, retry_after_secs)
 }
 
 /// `500`: the handler failed unexpectedly (logged); nothing is known to be stored.
 pub fn internal_error() -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(json!({"error": "internal error", "reason": "see the pipeline's log"})),
-    )
-        .into_response()
+    ErrorBody::new("internal error")
+        .reason("see the pipeline's log")
+        .respond(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// `doc` (one route's document, written at its default path) with that route at `path`,
+/// the path the topology configured.
+pub fn at_path(mut doc: utoipa::openapi::OpenApi, path: &str) -> utoipa::openapi::OpenApi {
+    let items = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = items
+        .into_values()
+        .map(|item| (path.to_string(), item))
+        .collect();
+    doc
+}
+
+/// The OpenAPI security schemes the listener's routes name: the ERP's webhook signatures
+/// (each a header computed over the body with a shared secret) and the API tokens.
+pub struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let header = |name: &str, description: &str| {
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                name,
+                description,
+            )))
+        };
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        for (scheme, definition) in [
+            (
+                "signature",
+                header(
+                    "X-Signature",
+                    "Lowercase hex HMAC-SHA256 of the raw body with the ERP's secret \
+                     (an optional sha256= prefix is accepted)",
+                ),
+            ),
+            (
+                "standard_webhooks",
+                header(
+                    "webhook-signature",
+                    "Standard Webhooks: v1,<base64 HMAC-SHA256 of id.timestamp.body>, \
+                     with webhook-id and webhook-timestamp",
+                ),
+            ),
+            (
+                "frappe_signature",
+                header(
+                    "X-Frappe-Webhook-Signature",
+                    "ERPNext: base64 HMAC-SHA256 of the raw body",
+                ),
+            ),
+            (
+                "storefront_key",
+                header("X-API-Key", "A storefront API token"),
+            ),
+            ("storefront_token", bearer("A storefront API token")),
+            (
+                "planning_token",
+                bearer("A planning integration token (role admin or sop_coordinator)"),
+            ),
+        ] {
+            components.add_security_scheme(scheme, definition);
+        }
+    }
 }

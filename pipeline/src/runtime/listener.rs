@@ -21,10 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytesize::ByteSize;
+use erpstream_connectors::sources::http::ErrorBody;
 use erpstream_connectors::tls::{self, Pem};
 use erpstream_connectors::validation::{Checks, Problem};
 use hyper::server::conn::http1;
@@ -35,7 +36,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -311,6 +311,62 @@ fn guarded(router: Router, limits: &HttpLimits) -> Router {
         ))
 }
 
+/// Documents in `doc` the refusals the listener gives on any route, before its handler runs:
+/// `431` for a head over the limit and `503` while the route's requests in progress are at
+/// the cap. An operation that documents its own `503` keeps it (the body is the same kind).
+pub fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::ObjectBuilder;
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, ResponseBuilder, Type};
+    let body = || {
+        ContentBuilder::new()
+            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+            .build()
+    };
+    let too_large = ResponseBuilder::new()
+        .description("The request line and headers are over http.limits.max_header_bytes")
+        .content("application/json", body())
+        .build();
+    let busy = ResponseBuilder::new()
+        .description(
+            "The route has http.limits.max_requests_per_route requests in progress; send \
+             again after Retry-After",
+        )
+        .content("application/json", body())
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait"))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("431".into())
+                .or_insert_with(|| too_large.clone().into());
+            responses
+                .entry("503".into())
+                .or_insert_with(|| busy.clone().into());
+        }
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components
+        .schemas
+        .entry("ErrorBody".into())
+        .or_insert_with(<ErrorBody as utoipa::PartialSchema>::schema);
+}
+
 /// Accepts connections until `shutdown`, each served on its own task, at most
 /// `max_connections` at once.
 async fn connections(
@@ -415,16 +471,12 @@ async fn hold_route_slot(
     );
     let Ok(_slot) = routes.of(&route).try_acquire_owned() else {
         metrics::counter!("erpstream_http_route_busy_total", "route" => route.clone()).increment(1);
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": "route busy, retry later", "route": route,
-                "limit": routes.per_route})),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1));
-        return response;
+        return ErrorBody::new("route busy, retry later")
+            .reason(format!(
+                "{route} has {} requests in progress (http.limits.max_requests_per_route)",
+                routes.per_route
+            ))
+            .respond_later(StatusCode::SERVICE_UNAVAILABLE, 1);
     };
     next.run(request).await
 }
@@ -442,14 +494,10 @@ async fn refuse_large_heads(
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
     if head > max_head {
-        return (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            axum::Json(
-                json!({"error": "request headers too large", "field": "headers",
-                "reason": format!("{head} bytes; at most {max_head}")}),
-            ),
-        )
-            .into_response();
+        return ErrorBody::new("request headers too large")
+            .field("headers")
+            .reason(format!("{head} bytes; at most {max_head}"))
+            .respond(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     next.run(request).await
 }

@@ -147,6 +147,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     );
     let snapshots = Arc::new(snapshots);
     let mut router = axum::Router::new();
+    let mut apis = Vec::new();
     for (id, component) in topology.components() {
         let context = Context::new(
             id,
@@ -167,6 +168,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         if let Some(routes) = running.routes {
             router = router.merge(routes);
         }
+        apis.extend(running.api);
         if let Some(ready) = running.readiness {
             readiness.push((id.clone(), ready));
         }
@@ -188,6 +190,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         codec.clone(),
         probes,
         readiness,
+        http::document(apis),
     ));
     let mut http_shutdown = shutdown_rx.clone();
     let server = listener::serve(

@@ -33,6 +33,7 @@ use erpstream_schemas::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::signing::{self, Verifier};
 pub use config::ErpWebhookConfig;
@@ -42,7 +43,7 @@ use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::secret::SecretError;
-use crate::sources::http;
+use crate::sources::http::{self, ErrorBody, SecuritySchemes};
 use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
@@ -52,8 +53,12 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// How many recent acknowledgements are kept to answer retries without republishing.
 const RECENT_ACKS: usize = 100_000;
 
+#[derive(OpenApi)]
+#[openapi(paths(handle), modifiers(&SecuritySchemes))]
+struct Api;
+
 /// The body of a 202.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Accepted {
     /// Id of the published event.
     pub event_id: String,
@@ -121,10 +126,11 @@ impl Component for ErpWebhookConfig {
             &context.kafka,
             context.publisher.clone(),
         )?;
+        let api = source.api();
         let routes = context
             .admission
             .guard(&context.id, Arc::new(source).router());
-        Ok(Running::default().routes(routes))
+        Ok(Running::default().routes(routes).api(api))
     }
 }
 
@@ -174,6 +180,11 @@ impl ErpWebhookSource {
             config,
             recent: Mutex::new(RecentAcks::default()),
         })
+    }
+
+    /// The OpenAPI document of the route of this source, at its configured path.
+    pub fn api(&self) -> utoipa::openapi::OpenApi {
+        http::at_path(Api::openapi(), &self.config.path)
     }
 
     /// The HTTP route of this source.
@@ -382,6 +393,34 @@ impl ErpWebhookSource {
     }
 }
 
+/// Takes an ERP webhook (the sales interface spec §4). Signed with `X-Signature` (hex
+/// HMAC-SHA256 of the body, optionally `sha256=`-prefixed), Standard Webhooks
+/// (`webhook-id`, `webhook-timestamp`, `webhook-signature`) or ERPNext's
+/// `X-Frappe-Webhook-Signature`, as the source is configured. A repeated delivery (same
+/// `webhook-id` or `Idempotency-Key`, or the same body) is answered like the first.
+#[utoipa::path(
+    post,
+    path = "/webhooks/erp",
+    tag = "erp",
+    operation_id = "erp_webhook",
+    request_body(content = payload::WebhookBody, content_type = "application/json"),
+    params(
+        ("webhook-id" = Option<String>, Header,
+            description = "Standard Webhooks message id: the delivery's idempotency key"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The delivery's idempotency key, when there is no webhook-id"),
+    ),
+    responses(
+        (status = 202, description = "Stored: the broker acknowledged the event", body = Accepted),
+        (status = 400, description = "Not JSON, or a field missing or invalid (named)", body = ErrorBody),
+        (status = 401, description = "The signature is missing, wrong or stale", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is over the source's max_body", body = ErrorBody),
+        (status = 503, description = "Not stored: the broker did not take it, or the pipeline is overloaded; send again after Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("signature" = []), ("standard_webhooks" = []), ("frappe_signature" = [])),
+)]
 async fn handle(
     State(source): State<Arc<ErpWebhookSource>>,
     headers: HeaderMap,

@@ -6,9 +6,46 @@ use std::collections::BTreeMap;
 use erpstream_schemas::decimal::{MONEY_SCALE, QUANTITY_SCALE};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 pub use crate::sources::fields::FieldError;
+use crate::sources::fields::{Money, Quantity, Text};
 use crate::sources::fields::{check_decimal, deserialize_at, json_value, require_text};
+
+/// A webhook body (sales interface spec §4), as documented: `parse` reads the same shape
+/// field by field, to name the field a refusal is about.
+#[derive(ToSchema)]
+#[serde(tag = "event_type")]
+#[allow(dead_code)] // never built: it describes what `parse` reads
+pub enum WebhookBody {
+    /// Stock of a sku at a location: absolute (`new_quantity`) or relative (`quantity_change`).
+    #[serde(rename = "inventory.change")]
+    InventoryChange {
+        /// When the change happened in the ERP (RFC 3339); a late one is never refused.
+        #[schema(format = DateTime)]
+        timestamp: String,
+        /// The stock.
+        data: InventoryData,
+    },
+    /// A product group and its variants.
+    #[serde(rename = "catalog.update")]
+    CatalogUpdate {
+        /// When the change happened in the ERP (RFC 3339).
+        #[schema(format = DateTime)]
+        timestamp: String,
+        /// The product.
+        data: CatalogData,
+    },
+    /// An order the ERP cancelled (needs the source's `orders_topic`): its holds are released.
+    #[serde(rename = "sales.order")]
+    SalesOrder {
+        /// When the order was cancelled in the ERP (RFC 3339).
+        #[schema(format = DateTime)]
+        timestamp: String,
+        /// The order.
+        data: OrderData,
+    },
+}
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -18,23 +55,29 @@ struct Envelope {
 }
 
 /// `data` of an `inventory.change` webhook.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct InventoryData {
     /// Stock keeping unit.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Warehouse or store.
+    #[schema(value_type = Text)]
     pub location_code: String,
     /// Absolute quantity now on hand.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub new_quantity: Option<Decimal>,
     /// Relative adjustment, instead of `new_quantity`.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub quantity_change: Option<Decimal>,
     /// Allocated quantity.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub allocated_qty: Option<Decimal>,
     /// In-transit quantity.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub in_transit_qty: Option<Decimal>,
     /// ERP reason code.
     #[serde(default)]
@@ -45,24 +88,29 @@ pub struct InventoryData {
 }
 
 /// One variant in a `catalog.update` webhook.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct VariantData {
     /// Unique sku.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Display title.
     #[serde(default)]
     pub variant_title: Option<String>,
     /// Selling price.
     #[serde(default)]
+    #[schema(value_type = Option<Money>)]
     pub selling_price: Option<Decimal>,
     /// Maximum retail price.
     #[serde(default)]
+    #[schema(value_type = Option<Money>)]
     pub mrp: Option<Decimal>,
     /// Absolute stock.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub current_stock: Option<Decimal>,
     /// Dynamic attributes (values rendered as text).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Object>)]
     pub specifications: BTreeMap<String, serde_json::Value>,
     /// Image URLs.
     #[serde(default)]
@@ -70,11 +118,13 @@ pub struct VariantData {
 }
 
 /// `data` of a `catalog.update` webhook.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct CatalogData {
     /// Parent style id.
+    #[schema(value_type = Text)]
     pub group_id: String,
     /// Display name.
+    #[schema(value_type = Text)]
     pub group_name: String,
     /// Description.
     #[serde(default)]
@@ -104,30 +154,37 @@ fn default_active() -> bool {
 }
 
 /// One line of an order the ERP reports.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct OrderLineData {
     /// Ordered sku.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Ordered quantity.
     #[serde(default)]
+    #[schema(value_type = Option<Quantity>)]
     pub quantity: Option<Decimal>,
     /// Price per unit.
     #[serde(default)]
+    #[schema(value_type = Option<Money>)]
     pub unit_price: Option<Decimal>,
     /// Warehouse; absent means every location of the sku.
     #[serde(default)]
+    #[schema(value_type = Option<Text>)]
     pub location_code: Option<String>,
 }
 
 /// `data` of a `sales.order` webhook: the ERP reporting an order's status. Only
 /// `cancelled` is acted on (it releases the order's holds).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct OrderData {
     /// The order id (the storefront's `transaction_id` for online orders).
+    #[schema(value_type = Text)]
     pub transaction_id: String,
     /// `cancelled`.
+    #[schema(pattern = "^(?i)cancelled$")]
     pub status: String,
     /// The order's lines.
+    #[schema(min_items = 1)]
     pub line_items: Vec<OrderLineData>,
 }
 
@@ -242,6 +299,12 @@ fn validate_order(data: &OrderData) -> Result<(), FieldError> {
         require_text(&at("sku"), &line.sku)?;
         check_decimal(&at("quantity"), line.quantity, QUANTITY_SCALE)?;
         check_decimal(&at("unit_price"), line.unit_price, MONEY_SCALE)?;
+        if line
+            .unit_price
+            .is_some_and(|p| p.is_sign_negative() && !p.is_zero())
+        {
+            return Err(FieldError::new(at("unit_price"), "must not be negative"));
+        }
         if let Some(location) = &line.location_code {
             require_text(&at("location_code"), location)?;
         }

@@ -17,34 +17,31 @@
 mod config;
 pub mod payload;
 pub mod publish;
+mod routes;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use erpstream_schemas::{
     CatalogUpdate, DemandActual, Event, EventKind, InventoryChange, Traceparent, Variant,
     now_millis,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
 pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
-use payload::{Endpoint, Item};
+use payload::{Endpoint, Item, ItemResult, ItemStatus, SyncResponse, SyncStatus, SyncSummary};
 
-use crate::admission::Admission;
 use crate::component::{Component, Context, Port, Route, Running};
 use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::planning;
 use crate::postgres::{PgError, PgTarget};
-use crate::sources::http::{invalid, read_limited, retry_later, trace_of};
+use crate::sources::http::{ErrorBody, invalid, read_limited, retry_later, trace_of};
 use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
@@ -92,11 +89,6 @@ pub struct Topics {
     pub demand: String,
 }
 
-/// The sync endpoints' paths (the publish endpoints live below `PUBLISH_PATH`).
-pub const SYNC_PATH: &str = "/api/v1/integrations/erp/{endpoint}/sync";
-/// The plan publishing endpoint's path.
-pub const PUBLISH_PATH: &str = "/api/v1/integrations/erp/publish/{kind}/{plan_id}";
-
 impl Component for PlanningApiConfig {
     fn validate(&self, at: &str) -> Vec<Problem> {
         let mut checks = Checks::new(at);
@@ -142,7 +134,7 @@ impl Component for PlanningApiConfig {
     }
 
     fn routes(&self) -> Vec<Route> {
-        [SYNC_PATH, PUBLISH_PATH]
+        routes::PATHS
             .map(|path| Route {
                 field: None,
                 path: path.into(),
@@ -168,7 +160,8 @@ impl Component for PlanningApiConfig {
             .await?;
         let probe = api.clone();
         Ok(Running::default()
-            .routes(api.router(&context.admission, &context.id))
+            .routes(api.clone().router(&context.admission, &context.id))
+            .api(routes::api())
             .probe(move || {
                 let api = probe.clone();
                 async move { api.store_reachable().await }
@@ -223,32 +216,6 @@ impl PlanningApi {
         })
     }
 
-    /// The routes; the sync routes (data in) pass `admission`, component `id`'s gate.
-    pub fn router(self: Arc<Self>, admission: &Admission, id: &str) -> Router {
-        let sync = Router::new().route(
-            SYNC_PATH,
-            post(
-                |State(api): State<Arc<Self>>,
-                 Path(endpoint): Path<String>,
-                 headers: HeaderMap,
-                 body: Body| async move { api.sync(&endpoint, &headers, body).await },
-            ),
-        );
-        admission
-            .guard(id, sync)
-            .route(
-                PUBLISH_PATH,
-                post(
-                    |State(api): State<Arc<Self>>,
-                     Path((kind, plan_id)): Path<(String, String)>,
-                     headers: HeaderMap| async move {
-                        api.publish(&kind, &plan_id, &headers).await
-                    },
-                ),
-            )
-            .with_state(self)
-    }
-
     /// Whether the planning database answers (for `/readyz`).
     pub async fn store_reachable(&self) -> bool {
         self.database().await.is_ok()
@@ -292,23 +259,10 @@ impl PlanningApi {
         Ok(client)
     }
 
-    async fn sync(&self, endpoint: &str, headers: &HeaderMap, body: Body) -> Response {
+    async fn sync(&self, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
         metrics::counter!(m::RECEIVED_EVENTS, m::COMPONENT_ID => self.id.clone(),
             m::COMPONENT_TYPE => TYPE)
         .increment(1);
-        let endpoint = match endpoint {
-            "products" => Endpoint::Products,
-            "inventory" => Endpoint::Inventory,
-            "demand-actuals" => Endpoint::DemandActuals,
-            other => {
-                return (
-                    StatusCode::NOT_FOUND,
-                    axum::Json(json!({"error": "not found",
-                        "reason": format!("no sync endpoint {other}; use products, inventory or demand-actuals")})),
-                )
-                    .into_response();
-            }
-        };
         let caller = match self.caller(headers) {
             Ok(caller) => caller,
             Err(refusal) => return refusal.into_response(),
@@ -370,13 +324,10 @@ impl PlanningApi {
             {
                 let (stored_endpoint, response): (String, Value) = (row.get(0), row.get(1));
                 if stored_endpoint != endpoint.name() {
-                    return Ok((
-                        StatusCode::CONFLICT,
-                        axum::Json(json!({"error": "idempotency key reused",
-                            "field": "meta.idempotency_key",
-                            "reason": format!("already used for the {stored_endpoint} sync")})),
-                    )
-                        .into_response());
+                    return Ok(ErrorBody::new("idempotency key reused")
+                        .field("meta.idempotency_key")
+                        .reason(format!("already used for the {stored_endpoint} sync"))
+                        .respond(StatusCode::CONFLICT));
                 }
                 metrics::counter!(m::DROPPED_EVENTS, m::COMPONENT_ID => self.id.clone(),
                     m::COMPONENT_TYPE => TYPE, m::REASON => "duplicate")
@@ -464,44 +415,50 @@ impl PlanningApi {
         } else {
             accepted.iter().map(|(_, sku, _)| sku.clone()).collect()
         };
-        let mut items: Vec<(usize, Value)> = accepted
+        let mut results: Vec<ItemResult> = accepted
             .into_iter()
-            .map(|(index, sku, event_id)| {
-                let mut result = json!({"index": index, "sku": sku, "status": "accepted"});
-                if !event_id.is_empty() {
-                    result["event_id"] = Value::String(event_id);
-                }
-                (index, result)
+            .map(|(index, sku, event_id)| ItemResult {
+                index,
+                sku: Some(sku),
+                status: ItemStatus::Accepted,
+                event_id: (!event_id.is_empty()).then_some(event_id),
+                errors: None,
             })
-            .chain(results.into_iter().map(|(index, sku, errors)| {
-                (
-                    index,
-                    json!({"index": index, "sku": sku, "status": "rejected", "errors": errors}),
-                )
+            .chain(results.into_iter().map(|(index, sku, errors)| ItemResult {
+                index,
+                sku,
+                status: ItemStatus::Rejected,
+                event_id: None,
+                errors: Some(errors),
             }))
             .collect();
-        items.sort_by_key(|(index, _)| *index);
-        let total = items.len();
-        let rejected = items
+        results.sort_by_key(|r| r.index);
+        let total = results.len();
+        let rejected = results
             .iter()
-            .filter(|(_, r)| r["status"] == "rejected")
+            .filter(|r| r.status == ItemStatus::Rejected)
             .count();
         let status = match (meta.dry_run, rejected) {
-            (true, _) => "validated",
-            (false, 0) => "accepted",
-            (false, r) if r == total => "rejected",
-            (false, _) => "partially_accepted",
+            (true, _) => SyncStatus::Validated,
+            (false, 0) => SyncStatus::Accepted,
+            (false, r) if r == total => SyncStatus::Rejected,
+            (false, _) => SyncStatus::PartiallyAccepted,
         };
-        let response = json!({
-            "status": status,
-            "endpoint": endpoint.name(),
-            "source_system": meta.source_system,
-            "batch_id": meta.batch_id,
-            "idempotency_key": meta.idempotency_key,
-            "dry_run": meta.dry_run,
-            "summary": {"received": total, "accepted": total - rejected, "rejected": rejected},
-            "results": items.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-        });
+        let answer = SyncResponse {
+            status,
+            endpoint: endpoint.name().to_string(),
+            source_system: meta.source_system.clone(),
+            batch_id: meta.batch_id.clone(),
+            idempotency_key: meta.idempotency_key.clone(),
+            dry_run: meta.dry_run,
+            summary: SyncSummary {
+                received: total,
+                accepted: total - rejected,
+                rejected,
+            },
+            results,
+        };
+        let response = serde_json::to_value(&answer).unwrap_or(Value::Null);
         if endpoint == Endpoint::Products && !accepted_skus.is_empty() {
             tx.execute(
                 "INSERT INTO planning.accepted_products (sku) SELECT unnest($1::text[])
@@ -534,7 +491,7 @@ impl PlanningApi {
         } else {
             (total - rejected) as u64
         });
-        tracing::info!(endpoint = endpoint.name(), caller = %caller.name, status, total, rejected,
+        tracing::info!(endpoint = endpoint.name(), caller = %caller.name, ?status, total, rejected,
             dry_run = meta.dry_run, "sync request");
         Ok((StatusCode::OK, axum::Json(response)).into_response())
     }
@@ -641,12 +598,12 @@ impl IntoResponse for Refusal {
             Refusal::Unauthorized(reason) => {
                 crate::sources::http::unauthorized(reason, Some("Bearer"))
             }
-            Refusal::Forbidden(role) => (
-                StatusCode::FORBIDDEN,
-                axum::Json(json!({"error": "forbidden",
-                    "reason": format!("role {role} may not call the planning integration; it needs admin or sop_coordinator")})),
-            )
-                .into_response(),
+            Refusal::Forbidden(role) => ErrorBody::new("forbidden")
+                .reason(format!(
+                    "role {role} may not call the planning integration; it needs admin or \
+                     sop_coordinator"
+                ))
+                .respond(StatusCode::FORBIDDEN),
         }
     }
 }

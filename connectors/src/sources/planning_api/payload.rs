@@ -3,11 +3,12 @@
 
 use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::sources::fields::{
-    FieldError, check_decimal, deserialize_at, require_text, require_utf8,
+    FieldError, Quantity, Text, check_decimal, deserialize_at, require_text, require_utf8,
 };
 
 /// Which sync endpoint.
@@ -33,16 +34,19 @@ impl Endpoint {
 }
 
 /// `meta`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Meta {
     /// The sending system (required).
+    #[schema(value_type = Text)]
     pub source_system: String,
     /// Unique per execution (recommended).
     #[serde(default)]
+    #[schema(value_type = Option<Text>)]
     pub batch_id: Option<String>,
     /// Replay safety (recommended): a repeat returns the first response.
     #[serde(default)]
+    #[schema(value_type = Option<Text>)]
     pub idempotency_key: Option<String>,
     /// Validate only.
     #[serde(default)]
@@ -57,6 +61,18 @@ pub struct Envelope {
     pub meta: Meta,
     /// `items`.
     pub items: Vec<Value>,
+}
+
+/// A sync request of items `T`, as documented: [`envelope`] reads `meta` and keeps the items
+/// raw, so that [`item`] validates each on its own.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // never built: it describes what `envelope` and `item` read
+pub struct SyncRequest<T: ToSchema> {
+    /// The batch.
+    meta: Meta,
+    /// The items (at most the source's `max_items`).
+    items: Vec<T>,
 }
 
 /// Parses the envelope, naming the field of any refusal.
@@ -77,12 +93,14 @@ pub fn envelope(body: &[u8]) -> Result<Envelope, FieldError> {
 }
 
 /// A products item.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductItem {
     /// Part number.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Description.
+    #[schema(value_type = Text)]
     pub name: String,
     /// Category.
     #[serde(default)]
@@ -92,36 +110,45 @@ pub struct ProductItem {
     pub product_family: Option<String>,
     /// Planning lead time.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub lead_time_days: Option<i32>,
 }
 
 /// An inventory item.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryItem {
     /// Part number.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Warehouse (and bin).
+    #[schema(value_type = Text)]
     pub location: String,
     /// On hand.
+    #[schema(value_type = Quantity)]
     pub on_hand_qty: Decimal,
     /// Allocated.
     #[serde(default)]
+    #[schema(value_type = Quantity)]
     pub allocated_qty: Decimal,
     /// In transit.
     #[serde(default)]
+    #[schema(value_type = Quantity)]
     pub in_transit_qty: Decimal,
 }
 
 /// A demand-actuals item.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemandItem {
     /// Part number.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// First day of the month.
+    #[schema(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-01$", example = "2026-02-01")]
     pub period: String,
     /// Shipped or invoiced quantity.
+    #[schema(value_type = Quantity)]
     pub actual_qty: Decimal,
     /// Region.
     #[serde(default = "global")]
@@ -136,6 +163,79 @@ fn global() -> String {
 }
 fn all() -> String {
     "All".into()
+}
+
+/// The answer to a sync request (stored, and given again to a repeat of its key).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SyncResponse {
+    /// `validated` (a dry run), `accepted`, `partially_accepted` or `rejected`.
+    pub status: SyncStatus,
+    /// `products`, `inventory` or `demand-actuals`.
+    pub endpoint: String,
+    /// `meta.source_system`.
+    pub source_system: String,
+    /// `meta.batch_id`.
+    pub batch_id: Option<String>,
+    /// `meta.idempotency_key`.
+    pub idempotency_key: Option<String>,
+    /// `meta.dry_run`.
+    pub dry_run: bool,
+    /// Counts.
+    pub summary: SyncSummary,
+    /// One result per item, in request order.
+    pub results: Vec<ItemResult>,
+}
+
+/// The outcome of a whole sync request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// A dry run: the items were checked, nothing was published.
+    Validated,
+    /// Every item was published.
+    Accepted,
+    /// Some items were published, the others rejected.
+    PartiallyAccepted,
+    /// Every item was rejected.
+    Rejected,
+}
+
+/// How many items were received, accepted and rejected.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SyncSummary {
+    /// Items in the request.
+    pub received: usize,
+    /// Items published (or valid, in a dry run).
+    pub accepted: usize,
+    /// Items rejected.
+    pub rejected: usize,
+}
+
+/// The outcome of one item.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ItemResult {
+    /// Its index in `items`.
+    pub index: usize,
+    /// Its sku, when it has one.
+    pub sku: Option<String>,
+    /// `accepted` or `rejected`.
+    pub status: ItemStatus,
+    /// The published event (accepted items, not in a dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Every problem found (rejected items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// The outcome of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// Published (or valid, in a dry run).
+    Accepted,
+    /// Not published: see `errors`.
+    Rejected,
 }
 
 /// A valid item of any endpoint.

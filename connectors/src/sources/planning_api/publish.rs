@@ -23,10 +23,13 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::{Caller, PlanningApi, PlanningApiError, PublishConfig};
 use crate::retry::{Outcome, RetryConfig, backoff, classify, retry_after, send};
+use crate::sources::http::ErrorBody;
 
 /// The ERP side of publishing.
 pub struct ErpClient {
@@ -113,43 +116,115 @@ impl ErpClient {
     }
 }
 
+/// Which plans an endpoint publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanKind {
+    /// `demand-plan`: plans of kind `demand`.
+    Demand,
+    /// `supply-plan`: plans of kind `supply`.
+    Supply,
+}
+
+impl PlanKind {
+    /// The kind as `planning.plans` and the ERP's path name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanKind::Demand => "demand",
+            PlanKind::Supply => "supply",
+        }
+    }
+}
+
+/// The outcome of a publish attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishStatus {
+    /// The ERP took the plan now.
+    Accepted,
+    /// The ERP took it before; it was not sent again.
+    AlreadyPublished,
+    /// Not sent (see `reason`).
+    Rejected,
+    /// The ERP could not be reached.
+    Failed,
+}
+
+impl PublishStatus {
+    /// Its name in the answer and in `planning.publish_audit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishStatus::Accepted => "accepted",
+            PublishStatus::AlreadyPublished => "already_published",
+            PublishStatus::Rejected => "rejected",
+            PublishStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The answer to a publish request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublishResponse {
+    /// The outcome.
+    pub status: PublishStatus,
+    /// The plan.
+    pub plan_id: i64,
+    /// The ERP's reference of the published plan.
+    pub external_reference_id: Option<String>,
+    /// The id of this attempt in `planning.publish_audit` and in the ERP's request.
+    pub correlation_id: uuid::Uuid,
+    /// Why it was not published.
+    pub reason: Option<String>,
+    /// Lines sent to the ERP.
+    pub published_lines: i32,
+    /// Lines held back inside the frozen horizon.
+    pub held_lines: Vec<PlanLine>,
+}
+
+/// A plan line: sent to the ERP, or held back inside the frozen horizon.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanLine {
+    /// The line's number.
+    pub line_no: i32,
+    /// Its sku.
+    pub sku: String,
+    /// Its location.
+    pub location: Option<String>,
+    /// The first day of its period.
+    pub period: String,
+    /// Its quantity.
+    #[schema(value_type = f64)]
+    pub quantity: Value,
+}
+
 /// One attempt's outcome, as answered and audited.
 struct Attempt<'a> {
     plan_id: i64,
     kind: &'a str,
-    status: &'static str,
+    status: PublishStatus,
     reason: Option<String>,
     publish_key: Option<String>,
     reference: Option<String>,
     published: i32,
-    held: Value,
+    held: Vec<PlanLine>,
 }
 
 impl PlanningApi {
-    pub(super) async fn publish(&self, kind: &str, plan_id: &str, headers: &HeaderMap) -> Response {
-        let kind = match kind {
-            "demand-plan" => "demand",
-            "supply-plan" => "supply",
-            other => {
-                return (
-                    StatusCode::NOT_FOUND,
-                    axum::Json(json!({"error": "not found",
-                        "reason": format!("no plan kind {other}; use demand-plan or supply-plan")})),
-                )
-                    .into_response();
-            }
-        };
+    pub(super) async fn publish(
+        &self,
+        kind: PlanKind,
+        plan_id: &str,
+        headers: &HeaderMap,
+    ) -> Response {
+        let kind = kind.name();
         let caller = match self.caller(headers) {
             Ok(caller) => caller,
             Err(refusal) => return refusal.into_response(),
         };
         let Ok(plan_id) = plan_id.parse::<i64>() else {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": "invalid request", "field": "plan_id",
-                    "reason": "must be a number"})),
-            )
-                .into_response();
+            return ErrorBody::new("invalid request")
+                .field("plan_id")
+                .reason("must be a number")
+                .respond(StatusCode::BAD_REQUEST);
         };
         let correlation_id = uuid::Uuid::new_v4();
         match self
@@ -159,16 +234,11 @@ impl PlanningApi {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(error = %err, plan_id, "publish not completed");
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(json!({"error": "planning database unavailable",
-                        "correlation_id": correlation_id})),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert("retry-after", axum::http::HeaderValue::from_static("5"));
-                response
+                ErrorBody::new("planning database unavailable")
+                    .reason(format!(
+                        "nothing was published; send again (attempt {correlation_id})"
+                    ))
+                    .respond_later(StatusCode::SERVICE_UNAVAILABLE, 5)
             }
         }
     }
@@ -197,12 +267,12 @@ impl PlanningApi {
         let mut attempt = Attempt {
             plan_id,
             kind,
-            status: "rejected",
+            status: PublishStatus::Rejected,
             reason: None,
             publish_key: None,
             reference: None,
             published: 0,
-            held: json!([]),
+            held: Vec::new(),
         };
         let (http, attempt) = 'outcome: {
             let Some(plan) = plan else {
@@ -224,7 +294,7 @@ impl PlanningApi {
                 )
                 .await?
             {
-                attempt.status = "already_published";
+                attempt.status = PublishStatus::AlreadyPublished;
                 attempt.reference = Some(done.get(0));
                 attempt.publish_key = Some(done.get(1));
                 break 'outcome (StatusCode::OK, attempt);
@@ -244,22 +314,19 @@ impl PlanningApi {
                     &[&plan_id, &horizon_days],
                 )
                 .await?;
-            let line = |r: &tokio_postgres::Row| {
-                json!({"line_no": r.get::<_, i32>(0), "sku": r.get::<_, String>(1),
-                    "location": r.get::<_, Option<String>>(2), "period": r.get::<_, String>(3),
-                    "quantity": r.get::<_, String>(4).parse::<Value>().unwrap_or(Value::Null)})
+            let line = |r: &tokio_postgres::Row| PlanLine {
+                line_no: r.get(0),
+                sku: r.get(1),
+                location: r.get(2),
+                period: r.get(3),
+                quantity: r
+                    .get::<_, String>(4)
+                    .parse::<Value>()
+                    .unwrap_or(Value::Null),
             };
-            let held: Vec<Value> = lines
-                .iter()
-                .filter(|r| r.get::<_, bool>(5))
-                .map(line)
-                .collect();
-            let send: Vec<Value> = lines
-                .iter()
-                .filter(|r| !r.get::<_, bool>(5))
-                .map(line)
-                .collect();
-            attempt.held = Value::Array(held);
+            let (held, send): (Vec<_>, Vec<_>) = lines.iter().partition(|r| r.get::<_, bool>(5));
+            let send: Vec<PlanLine> = send.into_iter().map(line).collect();
+            attempt.held = held.into_iter().map(line).collect();
             if send.is_empty() {
                 attempt.reason = Some(format!(
                     "every line is inside the frozen horizon ({horizon_days} days from today)"
@@ -273,14 +340,14 @@ impl PlanningApi {
                 "correlation_id": correlation_id, "lines": send});
             match self.erp.send(kind, &key, &body).await {
                 Ok(reference) => {
-                    attempt.status = "accepted";
+                    attempt.status = PublishStatus::Accepted;
                     attempt.published = send.len() as i32;
                     tx.execute(
                         "INSERT INTO planning.plan_publications
                              (plan_id, publish_key, external_reference_id, correlation_id, published_lines, held_lines)
                          VALUES ($1, $2, $3, $4, $5, $6)",
                         &[&plan_id, &key, &reference, &correlation_id, &attempt.published,
-                          &(attempt.held.as_array().map_or(0, Vec::len) as i32)],
+                          &(attempt.held.len() as i32)],
                     )
                     .await?;
                     tx.execute(
@@ -292,7 +359,7 @@ impl PlanningApi {
                     (StatusCode::OK, attempt)
                 }
                 Err((status, reason)) if status >= 500 => {
-                    attempt.status = "failed";
+                    attempt.status = PublishStatus::Failed;
                     attempt.reason = Some(reason);
                     (StatusCode::BAD_GATEWAY, attempt)
                 }
@@ -312,30 +379,30 @@ impl PlanningApi {
                 &attempt.kind,
                 &caller.name,
                 &caller.role,
-                &attempt.status,
+                &attempt.status.name(),
                 &attempt.reason,
                 &attempt.publish_key,
                 &attempt.reference,
                 &correlation_id,
                 &attempt.published,
-                &attempt.held,
+                &serde_json::to_value(&attempt.held).unwrap_or(Value::Null),
             ],
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(plan_id, kind, status = attempt.status, caller = %caller.name,
+        tracing::info!(plan_id, kind, status = attempt.status.name(), caller = %caller.name,
             %correlation_id, "plan publish attempt");
         Ok((
             http,
-            axum::Json(json!({
-                "status": attempt.status,
-                "plan_id": plan_id,
-                "external_reference_id": attempt.reference,
-                "correlation_id": correlation_id,
-                "reason": attempt.reason,
-                "published_lines": attempt.published,
-                "held_lines": attempt.held,
-            })),
+            axum::Json(PublishResponse {
+                status: attempt.status,
+                plan_id,
+                external_reference_id: attempt.reference,
+                correlation_id,
+                reason: attempt.reason,
+                published_lines: attempt.published,
+                held_lines: attempt.held,
+            }),
         )
             .into_response())
     }

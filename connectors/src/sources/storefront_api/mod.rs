@@ -37,9 +37,11 @@ use erpstream_schemas::{
     ReservationAction, SalesOrder, Traceparent, now_millis,
 };
 use futures::future::try_join_all;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
+use utoipa::{OpenApi, ToSchema};
 
 pub use auth::ApiAuth;
 pub use config::StorefrontApiConfig;
@@ -50,7 +52,8 @@ use crate::component::{Component, Context, Graph, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::postgres::PgError;
-use crate::sources::http;
+use crate::sources::fields::{Quantity, Text};
+use crate::sources::http::{self, ErrorBody, SecuritySchemes};
 use crate::validation::{Checks, Problem};
 
 /// Component type name in the topology.
@@ -201,14 +204,16 @@ impl Component for StorefrontApiConfig {
         let mut routes = context
             .admission
             .guard(&context.id, source.clone().router());
+        let mut api = source.api();
         if let Some(id) = &self.snapshot {
             let snapshot = context.snapshot(id).ok_or_else(|| crate::Error::Wiring {
                 setting: format!("sources.{}.snapshot", context.id),
                 reason: format!("{id} keeps no snapshot"),
             })?;
             routes = routes.merge(snapshot.router(source.auth()));
+            api.merge(snapshot.api());
         }
-        Ok(Running::default().routes(routes).probe(move || {
+        Ok(Running::default().routes(routes).api(api).probe(move || {
             let source = source.clone();
             async move { source.store_reachable().await }
         }))
@@ -248,15 +253,14 @@ impl StorefrontApiSource {
     /// The HTTP routes of this source.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .route(
-                ORDERS_PATH,
-                post(|State(s), headers, body| handle(s, Kind::Order, headers, body)),
-            )
-            .route(
-                ADJUST_PATH,
-                post(|State(s), headers, body| handle(s, Kind::Adjustment, headers, body)),
-            )
+            .route(ORDERS_PATH, post(place_order))
+            .route(ADJUST_PATH, post(adjust_stock))
             .with_state(self)
+    }
+
+    /// The OpenAPI document of this source's routes (the snapshot's is its processor's).
+    pub fn api(&self) -> utoipa::openapi::OpenApi {
+        Api::openapi()
     }
 
     async fn accept(&self, kind: Kind, headers: &HeaderMap, body: Body) -> Response {
@@ -450,22 +454,29 @@ impl StorefrontApiSource {
                 "reference_id",
             ),
         };
-        let held: Vec<Value> = holds
+        let reserved = holds
             .into_iter()
-            .map(|((sku, location), quantity)| {
-                json!({"sku": sku, "location_code": location,
-                       "quantity": erpstream_schemas::decimal::json_number(quantity)})
+            .map(|((sku, location_code), quantity)| Held {
+                sku,
+                location_code,
+                quantity: erpstream_schemas::decimal::json_number(quantity),
             })
             .collect();
-        Ok(json!({
-            "status": "accepted",
-            key_field: reference,
-            "event_id": event_id,
-            "topic": ack.topic,
-            "partition": ack.partition,
-            "offset": ack.offset,
-            "reserved": held,
-        }))
+        let (transaction_id, reference_id) = match key_field {
+            "transaction_id" => (Some(reference), None),
+            _ => (None, Some(reference)),
+        };
+        let accepted = DocumentAccepted {
+            status: AcceptedStatus::Accepted,
+            transaction_id,
+            reference_id,
+            event_id,
+            topic: ack.topic,
+            partition: ack.partition,
+            offset: ack.offset,
+            reserved,
+        };
+        Ok(serde_json::to_value(accepted).unwrap_or(Value::Null))
     }
 
     /// Whether the request store answers (for readiness).
@@ -489,6 +500,115 @@ fn answer_response(answer: &Answer, replayed: bool) -> Response {
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
+}
+
+/// The body of a 202, and of every replay of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentAccepted {
+    /// Always `accepted`.
+    pub status: AcceptedStatus,
+    /// The order's id (orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// The adjustment's reference (adjustments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// Id of the published document event.
+    pub event_id: String,
+    /// Broker-side topic of the document.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The stock held for it, per sku and location.
+    pub reserved: Vec<Held>,
+}
+
+/// The status of an accepted document.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptedStatus {
+    /// Stored on the broker, stock held.
+    Accepted,
+}
+
+/// Stock held for a document at one location.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Held {
+    /// The sku.
+    #[schema(value_type = Text)]
+    pub sku: String,
+    /// The location.
+    #[schema(value_type = Text)]
+    pub location_code: String,
+    /// The quantity held (negative adjustments hold; positive ones hold nothing).
+    #[schema(value_type = Quantity)]
+    pub quantity: Value,
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(place_order, adjust_stock), modifiers(&SecuritySchemes))]
+struct Api;
+
+/// Places an online order (the sales interface spec §5.1): its stock is held at once and the
+/// order is written back to the ERP. Idempotent on `transaction_id`.
+#[utoipa::path(
+    post,
+    path = "/api/sales/orders",
+    tag = "storefront",
+    request_body(content = payload::OrderRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored: the holds and the order were acknowledged by the broker; a replay of the same request gets the same body",
+            body = DocumentAccepted,
+            headers(("Idempotent-Replayed" = String, description = "true on a replay of the first answer"))),
+        (status = 400, description = "Not JSON, or a field of the wrong type or missing (named)", body = ErrorBody),
+        (status = 401, description = "No or an unknown API token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The transaction_id was used before for another body", body = ErrorBody),
+        (status = 413, description = "The body is over max_body", body = ErrorBody),
+        (status = 422, description = "A value breaks a rule (named): a quantity not above 0, a date that is not RFC 3339, no location", body = ErrorBody),
+        (status = 503, description = "Not stored (the broker or the request store is away, or the pipeline is overloaded); send again after Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("storefront_token" = []), ("storefront_key" = [])),
+)]
+async fn place_order(
+    State(source): State<Arc<StorefrontApiSource>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(source, Kind::Order, headers, body).await
+}
+
+/// Adjusts stock (the sales interface spec §5.2): negative changes are held at once; the
+/// adjustment is written back to the ERP. Idempotent on `reference_id`.
+#[utoipa::path(
+    post,
+    path = "/api/inventory/adjust",
+    tag = "storefront",
+    request_body(content = payload::AdjustmentRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored: the holds and the adjustment were acknowledged by the broker; a replay of the same request gets the same body",
+            body = DocumentAccepted,
+            headers(("Idempotent-Replayed" = String, description = "true on a replay of the first answer"))),
+        (status = 400, description = "Not JSON, or a field of the wrong type or missing (named)", body = ErrorBody),
+        (status = 401, description = "No or an unknown API token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The reference_id was used before for another body", body = ErrorBody),
+        (status = 413, description = "The body is over max_body", body = ErrorBody),
+        (status = 422, description = "A value breaks a rule (named): a change of 0, no location", body = ErrorBody),
+        (status = 503, description = "Not stored (the broker or the request store is away, or the pipeline is overloaded); send again after Retry-After",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("storefront_token" = []), ("storefront_key" = [])),
+)]
+async fn adjust_stock(
+    State(source): State<Arc<StorefrontApiSource>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(source, Kind::Adjustment, headers, body).await
 }
 
 async fn handle(
@@ -541,12 +661,10 @@ impl IntoResponse for Refusal {
             Refusal::Invalid(Invalid::Rule(e)) => {
                 http::invalid(StatusCode::UNPROCESSABLE_ENTITY, &e)
             }
-            Refusal::Conflict(field, key) => (
-                StatusCode::CONFLICT,
-                axum::Json(json!({"error": "idempotency conflict", "field": field,
-                    "reason": format!("{key} was already used for a different request")})),
-            )
-                .into_response(),
+            Refusal::Conflict(field, key) => ErrorBody::new("idempotency conflict")
+                .field(field)
+                .reason(format!("{key} was already used for a different request"))
+                .respond(StatusCode::CONFLICT),
             Refusal::Store(e) => {
                 tracing::warn!(error = %e, "request store unavailable");
                 http::retry_later(&format!("request store unavailable: {e}"), RETRY_AFTER_SECS)

@@ -5,8 +5,12 @@
 use erpstream_schemas::decimal::{MONEY_SCALE, QUANTITY_SCALE};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use crate::sources::fields::{FieldError, check_decimal, deserialize_at, json_value, require_text};
+use crate::sources::fields::{
+    FieldError, Money, PositiveQuantity, QuantityChange, Text, check_decimal, deserialize_at,
+    json_value, require_text,
+};
 
 /// Why a body was refused.
 #[derive(Debug)]
@@ -18,7 +22,7 @@ pub enum Invalid {
 }
 
 /// §5.1 `customer_details`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct Customer {
     /// Customer name.
     #[serde(default)]
@@ -29,51 +33,63 @@ pub struct Customer {
 }
 
 /// §5.1 line item, with an optional `location_code`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct OrderLine {
     /// Ordered sku.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Ordered quantity (> 0).
+    #[schema(value_type = PositiveQuantity)]
     pub quantity: Decimal,
     /// Price per unit (>= 0).
+    #[schema(value_type = Money)]
     pub unit_price: Decimal,
     /// Fulfilment location; the source's `default_location` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Text>)]
     pub location_code: Option<String>,
 }
 
 /// §5.1 body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct OrderRequest {
     /// The storefront's order id; the idempotency key.
+    #[schema(value_type = Text)]
     pub transaction_id: String,
     /// RFC 3339 time of the purchase.
+    #[schema(format = DateTime)]
     pub transaction_date: String,
     /// Customer.
     #[serde(default)]
     pub customer_details: Customer,
     /// Lines (at least one).
+    #[schema(min_items = 1)]
     pub line_items: Vec<OrderLine>,
 }
 
 /// §5.2 line.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct AdjustmentLineRequest {
     /// Adjusted sku.
+    #[schema(value_type = Text)]
     pub sku: String,
     /// Relative change (≠ 0); negative deducts.
+    #[schema(value_type = QuantityChange)]
     pub quantity_change: Decimal,
     /// Location; the source's `default_location` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Text>)]
     pub location_code: Option<String>,
 }
 
 /// §5.2 body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct AdjustmentRequest {
     /// The business reference (e.g. the order id); the idempotency key.
+    #[schema(value_type = Text)]
     pub reference_id: String,
     /// Lines (at least one).
+    #[schema(min_items = 1)]
     pub adjustments: Vec<AdjustmentLineRequest>,
 }
 

@@ -24,12 +24,14 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use erpstream_connectors::component::SnapshotService;
+use erpstream_connectors::sources::fields::{Quantity, Text};
+use erpstream_connectors::sources::http::{ErrorBody, SecuritySchemes};
 use erpstream_connectors::sources::storefront_api::{ApiAuth, SNAPSHOT_PATH};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{InventoryView, SkuState};
 
@@ -37,7 +39,8 @@ use super::{InventoryView, SkuState};
 const CHUNK: usize = 2_000;
 
 /// Query parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SnapshotQuery {
     /// Only this location.
     pub location: Option<String>,
@@ -45,6 +48,54 @@ pub struct SnapshotQuery {
     #[serde(default)]
     pub detail: bool,
 }
+
+/// One sku of the snapshot, as [`Cursor::write_item`] writes it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // never built: the body is written straight from the state
+pub struct SnapshotItem {
+    /// The sku.
+    #[schema(value_type = Text)]
+    sku: String,
+    /// Available to sell, summed over its locations (or at `location`).
+    #[schema(value_type = Quantity)]
+    qty: f64,
+    /// Its partition of `inventory.available` (`detail=true`).
+    #[schema(required = false)]
+    partition: i32,
+    /// Per location (`detail=true`).
+    #[schema(required = false)]
+    locations: Vec<LocationFigures>,
+}
+
+/// A sku's figures at one location (`detail=true`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // never built: the body is written straight from the state
+pub struct LocationFigures {
+    /// The location.
+    location_code: String,
+    /// The ERP's last absolute figure.
+    #[schema(value_type = Quantity)]
+    on_hand: f64,
+    /// Held by open orders and adjustments.
+    #[schema(value_type = Quantity)]
+    reserved: f64,
+    /// Kept back from sale.
+    #[schema(value_type = Quantity)]
+    safety_stock: f64,
+    /// `max(0, on_hand - reserved - safety_stock)`.
+    #[schema(value_type = Quantity)]
+    available: f64,
+    /// Bumped by every change; what the storefront sink orders deliveries by.
+    version: i64,
+    /// ERP time (epoch ms) of the figure behind `on_hand`.
+    erp_time: i64,
+    /// Input offset of that figure in its partition.
+    erp_offset: i64,
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(handle), modifiers(&SecuritySchemes))]
+struct Api;
 
 /// The states a snapshot reads: the live one, and the read copy of every partition.
 #[derive(Clone)]
@@ -106,8 +157,28 @@ impl SnapshotService for Views {
                 auth,
             }))
     }
+
+    fn api(&self) -> utoipa::openapi::OpenApi {
+        Api::openapi()
+    }
 }
 
+/// Every sku's available-to-sell from the materialized state, streamed (1M skus in well
+/// under a second); partition by partition, skus in order within each.
+#[utoipa::path(
+    get,
+    path = "/api/inventory/snapshot",
+    tag = "storefront",
+    params(SnapshotQuery),
+    responses(
+        (status = 200, description = "Every sku (held at `location`, if given)", body = Vec<SnapshotItem>),
+        (status = 400, description = "A query parameter of the wrong type (named)", body = ErrorBody),
+        (status = 401, description = "No or an unknown API token", body = ErrorBody),
+        (status = 503, description = "A partition's state is still being read (start-up, a rebalance); never a partial list",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("storefront_token" = []), ("storefront_key" = [])),
+)]
 async fn handle(
     State(snapshot): State<Arc<Snapshot>>,
     headers: HeaderMap,
@@ -119,27 +190,20 @@ async fn handle(
     let Query(query) = match query {
         Ok(query) => query,
         Err(rejection) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": "invalid query", "field": "query",
-                    "reason": rejection.body_text()})),
-            )
-                .into_response();
+            return ErrorBody::new("invalid query")
+                .field("query")
+                .reason(rejection.body_text())
+                .respond(StatusCode::BAD_REQUEST);
         }
     };
     let partitions = match snapshot.views.plan() {
         Ok(plan) => plan,
         Err(missing) => {
-            let mut response = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": "state not read yet",
-                    "reason": format!("the state of partition(s) {missing:?} is still being read; retry shortly")})),
-            )
-                .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+            return ErrorBody::new("state not read yet")
+                .reason(format!(
+                    "the state of partition(s) {missing:?} is still being read; retry shortly"
+                ))
+                .respond_later(StatusCode::SERVICE_UNAVAILABLE, 1);
         }
     };
     let cursor = Cursor {
