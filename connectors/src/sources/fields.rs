@@ -71,7 +71,7 @@ fn missing_field(message: &str) -> Option<&str> {
 /// deep, or not JSON (with the line and column).
 pub(crate) fn json_value(body: &[u8]) -> Result<serde_json::Value, FieldError> {
     require_utf8(body)?;
-    serde_json::from_slice(body).map_err(|e| {
+    let value = serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         let reason = match message.strip_prefix("recursion limit exceeded") {
             Some(at) => {
@@ -80,7 +80,39 @@ pub(crate) fn json_value(body: &[u8]) -> Result<serde_json::Value, FieldError> {
             None => format!("is not valid JSON: {message}"),
         };
         FieldError::new("body", reason)
-    })
+    })?;
+    refuse_nul("", &value)?;
+    Ok(value)
+}
+
+/// Refuses a text anywhere in `value` (a key or a string) holding U+0000, which no Postgres
+/// text column holds: the request stores, the planning tables and the ERP's own database
+/// would refuse it later, where nobody can tell the sender. `prefix` is `value`'s path.
+pub(crate) fn refuse_nul(prefix: &str, value: &serde_json::Value) -> Result<(), FieldError> {
+    use serde_json::Value;
+    let refusal = |path: String| {
+        let field = if path.is_empty() { "body".into() } else { path };
+        FieldError::new(field, "must not contain the NUL character (U+0000)")
+    };
+    match value {
+        Value::String(text) if text.contains('\0') => Err(refusal(prefix.to_string())),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| refuse_nul(&format!("{prefix}[{i}]"), item)),
+        Value::Object(fields) => fields.iter().try_for_each(|(key, field)| {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if key.contains('\0') {
+                return Err(refusal(path));
+            }
+            refuse_nul(&path, field)
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a body that is not UTF-8, naming the first bad byte.
@@ -111,6 +143,12 @@ pub(crate) fn require_text(field: &str, value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
+    if value.contains('\0') {
+        return Err(FieldError::new(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
     if value.chars().count() > TEXT_MAX_CHARS {
         return Err(FieldError::new(
             field,
@@ -129,6 +167,62 @@ pub(crate) fn check_decimal(
         Some(v) => decimal::check(v, scale).map_err(|e| FieldError::new(field, e.to_string())),
         None => Ok(()),
     }
+}
+
+/// Reads an optional whole number that fits an `i32`, written as JSON writes it: `14`, and
+/// also `14.0` (JSON Schema's `integer` takes both, and so do JavaScript senders).
+pub(crate) fn whole_i32<'de, D>(deserializer: D) -> Result<Option<i32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let text = number.to_string();
+    let value = text
+        .parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(&text))
+        .map_err(|_| D::Error::custom("must be a whole number"))?;
+    if !value.fract().is_zero() {
+        return Err(D::Error::custom("must be a whole number"));
+    }
+    rust_decimal::prelude::ToPrimitive::to_i32(&value)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("must be between -2147483648 and 2147483647"))
+}
+
+/// The characters `str::trim` takes for blanks (Unicode `White_Space`), as ranges: spelled
+/// out for the document, because `\s` means other sets in other regex engines.
+const WHITE_SPACE: [(char, char); 10] = [
+    ('\u{9}', '\u{d}'),
+    (' ', ' '),
+    ('\u{85}', '\u{85}'),
+    ('\u{a0}', '\u{a0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200a}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{202f}', '\u{202f}'),
+    ('\u{205f}', '\u{205f}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// What [`require_text`] takes, as an ECMA-262 pattern: no NUL, and some character that is
+/// neither NUL nor blank.
+fn text_pattern() -> String {
+    let escape = |c: char| format!("\\u{:04X}", u32::from(c));
+    let blanks: String = WHITE_SPACE
+        .iter()
+        .map(|&(from, to)| {
+            if from == to {
+                escape(from)
+            } else {
+                format!("{}-{}", escape(from), escape(to))
+            }
+        })
+        .collect();
+    format!("^[^\\u0000]*[^\\u0000{blanks}][^\\u0000]*$")
 }
 
 /// The OpenAPI shape of a field [`require_text`] checks: 1 to 256 characters, not blank.
@@ -154,8 +248,10 @@ impl PartialSchema for Text {
             .schema_type(Type::String)
             .min_length(Some(1))
             .max_length(Some(TEXT_MAX_CHARS))
-            .pattern(Some(r"\S"))
-            .description(Some("1 to 256 characters, not only blanks"))
+            .pattern(Some(text_pattern()))
+            .description(Some(
+                "1 to 256 characters, not only blanks, without the NUL character",
+            ))
             .into()
     }
 }
@@ -171,20 +267,27 @@ enum Sign {
     NotNegative,
 }
 
-/// A number with at most `scale` decimal places and 18 digits, of `sign`.
+/// A number with at most `scale` decimal places and 18 digits, of `sign`. The bound is the
+/// first value with 19 digits, which (unlike the largest with 18) a JSON Schema number holds
+/// exactly.
 fn exact_number(scale: u32, sign: Sign) -> ObjectBuilder {
     let step = 10f64.powi(-(scale as i32));
-    let max = 10f64.powi(18 - scale as i32) - step;
+    let bound = 10f64.powi(18 - scale as i32);
     let number = ObjectBuilder::new()
         .schema_type(Type::Number)
-        .multiple_of(Some(step))
-        .minimum(Some(-max))
-        .maximum(Some(max));
+        .multiple_of(Some(step));
+    let (low, high) = match sign {
+        Sign::Any => (Some(-bound), Some(bound)),
+        Sign::Positive => (Some(0.0), Some(bound)),
+        Sign::Negative => (Some(-bound), Some(0.0)),
+        Sign::NotNegative => (None, Some(bound)),
+    };
+    let number = number
+        .exclusive_minimum(low)
+        .exclusive_maximum(high);
     match sign {
-        Sign::Any => number,
-        Sign::Positive => number.exclusive_minimum(Some(0.0)),
-        Sign::Negative => number.exclusive_maximum(Some(0.0)),
         Sign::NotNegative => number.minimum(Some(0.0)),
+        _ => number,
     }
 }
 
@@ -247,3 +350,50 @@ impl PartialSchema for Money {
 }
 
 impl ToSchema for Money {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_blanks_are_the_ones_trim_takes() {
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let listed = WHITE_SPACE
+                .iter()
+                .any(|&(from, to)| (from..=to).contains(&c));
+            assert_eq!(listed, c.is_whitespace(), "U+{:04X}", u32::from(c));
+        }
+        assert_eq!(
+            text_pattern(),
+            "^[^\\u0000]*[^\\u0000\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028-\\u2029\\u202F\\u205F\\u3000][^\\u0000]*$"
+        );
+    }
+
+    #[test]
+    fn whole_numbers_are_read_with_or_without_a_fraction_of_zero() {
+        #[derive(serde::Deserialize)]
+        struct Days {
+            #[serde(default, deserialize_with = "whole_i32")]
+            days: Option<i32>,
+        }
+        let days = |json: &str| serde_json::from_str::<Days>(json).map(|d| d.days);
+        assert_eq!(days(r#"{"days": 14}"#).ok(), Some(Some(14)));
+        assert_eq!(days(r#"{"days": 936.0}"#).ok(), Some(Some(936)));
+        assert_eq!(days(r#"{"days": 1e2}"#).ok(), Some(Some(100)));
+        assert_eq!(days(r#"{"days": null}"#).ok(), Some(None));
+        assert_eq!(days("{}").ok(), Some(None));
+        assert!(days(r#"{"days": 1.5}"#).is_err());
+        assert!(days(r#"{"days": 2147483648}"#).is_err());
+        assert!(days(r#"{"days": "14"}"#).is_err());
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_a_body_is_refused_with_its_path() {
+        let refused = json_value(br#"{"a": [{"b": "x\u0000y"}]}"#).expect_err("NUL");
+        assert_eq!(refused.field, "a[0].b");
+        let refused = json_value(br#"{"k\u0000": 1}"#).expect_err("NUL in a key");
+        assert_eq!(refused.field, "k\u{0}");
+        assert!(require_text("sku", "A\u{0}").is_err());
+        assert!(require_text("sku", &"é".repeat(TEXT_MAX_CHARS)).is_ok());
+    }
+}

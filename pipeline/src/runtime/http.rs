@@ -41,7 +41,9 @@ struct Ops {
         title = "erpstream",
         description = "ERP webhooks, the storefront API, the planning integration and the \
                        operations endpoints of one erpstream pipeline. Every refusal is an \
-                       ErrorBody naming the field and the reason."
+                       ErrorBody naming the field and the reason. A JSON body holding the NUL \
+                       character (U+0000) in any string or key is refused with 400: no \
+                       database column downstream could hold it."
     ),
     paths(metrics_text, health, ready, openapi_json)
 )]

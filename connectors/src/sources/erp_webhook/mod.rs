@@ -54,7 +54,11 @@ const RETRY_AFTER_SECS: u64 = 5;
 const RECENT_ACKS: usize = 100_000;
 
 #[derive(OpenApi)]
-#[openapi(paths(handle), modifiers(&SecuritySchemes))]
+#[openapi(
+    paths(handle),
+    components(schemas(payload::InventoryData, crate::sources::fields::Quantity)),
+    modifiers(&SecuritySchemes)
+)]
 struct Api;
 
 /// The body of a 202.

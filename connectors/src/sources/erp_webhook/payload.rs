@@ -7,6 +7,7 @@ use erpstream_schemas::decimal::{MONEY_SCALE, QUANTITY_SCALE};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{AllOfBuilder, Schema};
 
 pub use crate::sources::fields::FieldError;
 use crate::sources::fields::{Money, Quantity, Text};
@@ -24,7 +25,8 @@ pub enum WebhookBody {
         /// When the change happened in the ERP (RFC 3339); a late one is never refused.
         #[schema(format = DateTime)]
         timestamp: String,
-        /// The stock.
+        /// The stock: `new_quantity` or `quantity_change`, exactly one of them.
+        #[schema(schema_with = inventory_data)]
         data: InventoryData,
     },
     /// A product group and its variants.
@@ -45,6 +47,28 @@ pub enum WebhookBody {
         /// The order.
         data: OrderData,
     },
+}
+
+/// [`InventoryData`] with the rule `validate_inventory` keeps: an absolute figure or a
+/// relative change, exactly one of them.
+fn inventory_data() -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    use utoipa::openapi::Ref;
+    let one = |given: &str, absent: &str| {
+        ObjectBuilder::new()
+            .property(given, Ref::from_schema_name("Quantity"))
+            .property(absent, ObjectBuilder::new().schema_type(Type::Null))
+            .required(given)
+    };
+    AllOfBuilder::new()
+        .item(Ref::from_schema_name("InventoryData"))
+        .item(
+            OneOfBuilder::new()
+                .item(one("new_quantity", "quantity_change"))
+                .item(one("quantity_change", "new_quantity")),
+        )
+        .build()
+        .into()
 }
 
 #[derive(Deserialize)]
@@ -110,7 +134,7 @@ pub struct VariantData {
     pub current_stock: Option<Decimal>,
     /// Dynamic attributes (values rendered as text).
     #[serde(default)]
-    #[schema(value_type = BTreeMap<String, Object>)]
+    #[schema(value_type = Object)]
     pub specifications: BTreeMap<String, serde_json::Value>,
     /// Image URLs.
     #[serde(default)]
@@ -142,7 +166,8 @@ pub struct CatalogData {
     #[serde(default)]
     pub product_family: Option<String>,
     /// Planning lead time.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::sources::fields::whole_i32")]
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub lead_time_days: Option<i32>,
     /// Variants.
     #[serde(default)]
@@ -181,7 +206,7 @@ pub struct OrderData {
     #[schema(value_type = Text)]
     pub transaction_id: String,
     /// `cancelled`.
-    #[schema(pattern = "^(?i)cancelled$")]
+    #[schema(pattern = "^[Cc][Aa][Nn][Cc][Ee][Ll][Ll][Ee][Dd]$")]
     pub status: String,
     /// The order's lines.
     #[schema(min_items = 1)]
@@ -315,6 +340,9 @@ fn validate_order(data: &OrderData) -> Result<(), FieldError> {
 fn validate_catalog(data: &CatalogData) -> Result<(), FieldError> {
     require_text("data.group_id", &data.group_id)?;
     require_text("data.group_name", &data.group_name)?;
+    if data.lead_time_days.is_some_and(|d| d < 0) {
+        return Err(FieldError::new("data.lead_time_days", "must be >= 0"));
+    }
     for (i, variant) in data.variants.iter().enumerate() {
         let at = |f: &str| format!("data.variants[{i}].{f}");
         require_text(&at("sku"), &variant.sku)?;

@@ -5,10 +5,15 @@ use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{PartialSchema, ToSchema};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema,
+};
+use utoipa::openapi::{Ref, RefOr};
 
 use crate::sources::fields::{
-    FieldError, Quantity, Text, check_decimal, deserialize_at, require_text, require_utf8,
+    FieldError, Quantity, Text, check_decimal, deserialize_at, refuse_nul, require_text,
+    require_utf8,
 };
 
 /// Which sync endpoint.
@@ -63,17 +68,57 @@ pub struct Envelope {
     pub items: Vec<Value>,
 }
 
-/// A sync request of items `T`, as documented: [`envelope`] reads `meta` and keeps the items
-/// raw, so that [`item`] validates each on its own.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // never built: it describes what `envelope` and `item` read
-pub struct SyncRequest<T: ToSchema> {
-    /// The batch.
-    meta: Meta,
-    /// The items (at most the source's `max_items`).
-    items: Vec<T>,
+/// The documented body of a sync request of items `T`: `{meta, items}`. [`envelope`] reads
+/// `meta` and keeps the items raw, so that [`item`] checks each on its own: an item that is
+/// not a `T` does not refuse the request, it is answered `rejected` (with its problems) among
+/// the results. Hence the items' schema: a `T`, or any value.
+fn sync_request<T: ToSchema>() -> RefOr<Schema> {
+    let item = AnyOfBuilder::new()
+        .item(Ref::from_schema_name(T::name()))
+        .item(utoipa::openapi::schema::empty())
+        .description(Some(format!(
+            "A {}; anything else is answered rejected, with its problems",
+            T::name()
+        )));
+    ObjectBuilder::new()
+        .property("meta", Ref::from_schema_name(Meta::name()))
+        .property("items", ArrayBuilder::new().items(item))
+        .required("meta")
+        .required("items")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        .into()
 }
+
+/// The schemas [`sync_request`] refers to.
+fn sync_request_schemas<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((Meta::name().into(), <Meta as PartialSchema>::schema()));
+    schemas.push((T::name().into(), T::schema()));
+    Meta::schemas(schemas);
+    T::schemas(schemas);
+}
+
+macro_rules! sync_request {
+    ($name:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                sync_request::<$item>()
+            }
+        }
+
+        impl ToSchema for $name {
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                sync_request_schemas::<$item>(schemas);
+            }
+        }
+    };
+}
+
+sync_request!(ProductsSync, ProductItem, "The body of a products sync.");
+sync_request!(InventorySync, InventoryItem, "The body of an inventory sync.");
+sync_request!(DemandActualsSync, DemandItem, "The body of a demand-actuals sync.");
 
 /// Parses the envelope, naming the field of any refusal.
 pub fn envelope(body: &[u8]) -> Result<Envelope, FieldError> {
@@ -109,8 +154,8 @@ pub struct ProductItem {
     #[serde(default)]
     pub product_family: Option<String>,
     /// Planning lead time.
-    #[serde(default)]
-    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::sources::fields::whole_i32")]
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub lead_time_days: Option<i32>,
 }
 
@@ -264,6 +309,7 @@ impl Item {
 pub fn item(endpoint: Endpoint, index: usize, value: &Value) -> Result<Item, Vec<FieldError>> {
     let prefix = format!("items[{index}].");
     let one = |e: FieldError| vec![e];
+    refuse_nul(&format!("items[{index}]"), value).map_err(one)?;
     let mut errors = Vec::new();
     let item = match endpoint {
         Endpoint::Products => {

@@ -12,7 +12,7 @@ use axum::routing::post;
 use utoipa::OpenApi;
 
 use super::PlanningApi;
-use super::payload::{DemandItem, Endpoint, InventoryItem, ProductItem, SyncRequest, SyncResponse};
+use super::payload::{DemandActualsSync, Endpoint, InventorySync, ProductsSync, SyncResponse};
 use super::publish::{PlanKind, PublishResponse};
 use crate::admission::Admission;
 use crate::sources::http::{ErrorBody, SecuritySchemes};
@@ -41,6 +41,7 @@ pub const PATHS: [&str; 5] = [
         publish_demand_plan,
         publish_supply_plan
     ),
+    components(schemas(SyncResponse, PublishResponse, ErrorBody)),
     modifiers(&SecuritySchemes)
 )]
 struct Api;
@@ -138,7 +139,7 @@ impl PlanningApi {
     post,
     path = "/api/v1/integrations/erp/products/sync",
     tag = "planning",
-    request_body(content = SyncRequest<ProductItem>, content_type = "application/json"),
+    request_body(content = ProductsSync, content_type = "application/json"),
     responses(SyncAnswer),
     security(("planning_token" = [])),
 )]
@@ -156,7 +157,7 @@ async fn sync_products(
     post,
     path = "/api/v1/integrations/erp/inventory/sync",
     tag = "planning",
-    request_body(content = SyncRequest<InventoryItem>, content_type = "application/json"),
+    request_body(content = InventorySync, content_type = "application/json"),
     responses(SyncAnswer),
     security(("planning_token" = [])),
 )]
@@ -174,7 +175,7 @@ async fn sync_inventory(
     post,
     path = "/api/v1/integrations/erp/demand-actuals/sync",
     tag = "planning",
-    request_body(content = SyncRequest<DemandItem>, content_type = "application/json"),
+    request_body(content = DemandActualsSync, content_type = "application/json"),
     responses(SyncAnswer),
     security(("planning_token" = [])),
 )]
@@ -193,7 +194,8 @@ async fn sync_demand_actuals(
     post,
     path = "/api/v1/integrations/erp/publish/demand-plan/{plan_id}",
     tag = "planning",
-    params(("plan_id" = i64, Path, description = "The plan's id in planning.plans")),
+    params(("plan_id" = i64, Path, description = "The plan's id in planning.plans",
+        minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)),
     responses(PublishAnswer),
     security(("planning_token" = [])),
 )]
@@ -210,7 +212,8 @@ async fn publish_demand_plan(
     post,
     path = "/api/v1/integrations/erp/publish/supply-plan/{plan_id}",
     tag = "planning",
-    params(("plan_id" = i64, Path, description = "The plan's id in planning.plans")),
+    params(("plan_id" = i64, Path, description = "The plan's id in planning.plans",
+        minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)),
     responses(PublishAnswer),
     security(("planning_token" = [])),
 )]
