@@ -52,6 +52,9 @@ async fn the_document_describes_every_route_and_the_api_fuzzer_finds_no_fault() 
     let storefront = Storefront::start().await;
     let (database, _db) = planning_database().await;
     let mut options = TopologyOptions::new(&storefront.url);
+    // A database of the test's own for the storefront's request store too: the fuzzer's ids
+    // ("0", "A") are everybody's, and a stored one would answer its later requests 409.
+    options.database = database.clone();
     options.extra_sources = planning_source(&database);
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
@@ -162,5 +165,23 @@ async fn the_document_describes_every_route_and_the_api_fuzzer_finds_no_fault() 
         "schemathesis found faults (seed {seed}):\n{report}\nthe pipeline log's last lines:\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+    // The fuzzer got past the signatures, tokens and validation: bodies it made were stored.
+    let metrics = pipeline.metrics().await;
+    for component in ["erp", "shop", "planning_api"] {
+        let stored = metric(
+            &metrics,
+            "erpstream_component_sent_events_total",
+            &[&format!("component_id=\"{component}\"")],
+        );
+        assert!(
+            stored > 0.0,
+            "no request the fuzzer made to {component} was stored; its metrics:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains(&format!("component_id=\"{component}\"")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     pipeline.terminate();
 }

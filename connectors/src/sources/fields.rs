@@ -282,9 +282,7 @@ fn exact_number(scale: u32, sign: Sign) -> ObjectBuilder {
         Sign::Negative => (Some(-bound), Some(0.0)),
         Sign::NotNegative => (None, Some(bound)),
     };
-    let number = number
-        .exclusive_minimum(low)
-        .exclusive_maximum(high);
+    let number = number.exclusive_minimum(low).exclusive_maximum(high);
     match sign {
         Sign::NotNegative => number.minimum(Some(0.0)),
         _ => number,

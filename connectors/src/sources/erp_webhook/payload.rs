@@ -52,8 +52,8 @@ pub enum WebhookBody {
 /// [`InventoryData`] with the rule `validate_inventory` keeps: an absolute figure or a
 /// relative change, exactly one of them.
 fn inventory_data() -> Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
     use utoipa::openapi::Ref;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
     let one = |given: &str, absent: &str| {
         ObjectBuilder::new()
             .property(given, Ref::from_schema_name("Quantity"))

@@ -5,11 +5,11 @@ use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{PartialSchema, ToSchema};
 use utoipa::openapi::schema::{
     AdditionalProperties, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema,
 };
 use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::sources::fields::{
     FieldError, Quantity, Text, check_decimal, deserialize_at, refuse_nul, require_text,
@@ -117,8 +117,16 @@ macro_rules! sync_request {
 }
 
 sync_request!(ProductsSync, ProductItem, "The body of a products sync.");
-sync_request!(InventorySync, InventoryItem, "The body of an inventory sync.");
-sync_request!(DemandActualsSync, DemandItem, "The body of a demand-actuals sync.");
+sync_request!(
+    InventorySync,
+    InventoryItem,
+    "The body of an inventory sync."
+);
+sync_request!(
+    DemandActualsSync,
+    DemandItem,
+    "The body of a demand-actuals sync."
+);
 
 /// Parses the envelope, naming the field of any refusal.
 pub fn envelope(body: &[u8]) -> Result<Envelope, FieldError> {
