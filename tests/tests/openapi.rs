@@ -148,7 +148,8 @@ async fn the_document_describes_every_route_and_the_api_fuzzer_finds_no_fault() 
             "10",
             "--no-color",
         ],
-        &harness,
+        // Its reports and caches go to the test's own directory.
+        &dir,
         &[
             ("SCHEMATHESIS_HOOKS", "hooks"),
             ("PYTHONPATH", harness.to_str().expect("path")),

@@ -722,6 +722,23 @@ async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(answer["field"], "meta.source_system");
+
+    // A NUL (U+0000) in an item, even in a key: that item is rejected naming where, and the
+    // answer (stored for its key in Postgres, which holds no NUL) is given again.
+    let nul = r#"{"meta": {"source_system": "EpicorKinetic", "idempotency_key": "kin-nul-1"},
+        "items": [{"sku": "FG-1001", "period": "2026-04-01", "actual_qty": 1, "re\u0000gion": "NA"},
+                  {"sku": "FG-\u00001", "period": "2026-04-01", "actual_qty": 1}]}"#;
+    let (status, answer, _) = post(&format!("{base}/demand-actuals/sync"), admin, nul).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "rejected", "{answer}");
+    assert_eq!(
+        answer["results"][0]["errors"][0]["field"],
+        "items[0].re\\u0000gion"
+    );
+    assert_eq!(answer["results"][1]["errors"][0]["field"], "items[1].sku");
+    let (status, again, replayed) = post(&format!("{base}/demand-actuals/sync"), admin, nul).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, answer);
     pipeline.terminate();
 }
 

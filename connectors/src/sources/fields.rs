@@ -91,7 +91,12 @@ pub(crate) fn json_value(body: &[u8]) -> Result<serde_json::Value, FieldError> {
 pub(crate) fn refuse_nul(prefix: &str, value: &serde_json::Value) -> Result<(), FieldError> {
     use serde_json::Value;
     let refusal = |path: String| {
-        let field = if path.is_empty() { "body".into() } else { path };
+        // The path may hold the NUL itself (a key); the answer is stored in Postgres too.
+        let field = if path.is_empty() {
+            "body".into()
+        } else {
+            path.replace('\0', "\\u0000")
+        };
         FieldError::new(field, "must not contain the NUL character (U+0000)")
     };
     match value {
@@ -390,7 +395,7 @@ mod tests {
         let refused = json_value(br#"{"a": [{"b": "x\u0000y"}]}"#).expect_err("NUL");
         assert_eq!(refused.field, "a[0].b");
         let refused = json_value(br#"{"k\u0000": 1}"#).expect_err("NUL in a key");
-        assert_eq!(refused.field, "k\u{0}");
+        assert_eq!(refused.field, "k\\u0000");
         assert!(require_text("sku", "A\u{0}").is_err());
         assert!(require_text("sku", &"é".repeat(TEXT_MAX_CHARS)).is_ok());
     }

@@ -742,9 +742,39 @@ async fn decode(
 
 /// Adds the record's rows; `Ok(false)` if it carries no planning data, `Err(reason)` if
 /// it is refused.
+/// `Err` naming the first of `texts` that holds U+0000, which a Postgres text column cannot
+/// hold: such a record is refused (dead-lettered), never retried against the database.
+fn storable<'a>(texts: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), String> {
+    match texts.into_iter().find(|(_, text)| text.contains('\0')) {
+        Some((field, _)) => Err(format!(
+            "{field} holds the NUL character (U+0000), which Postgres text cannot hold"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn add_rows(event: Planned, index: usize, rows: &mut Rows) -> Result<bool, String> {
     match event {
         Planned::Catalog(event) => {
+            let variants = event
+                .variants
+                .iter()
+                .map(|v| ("variants[].sku", v.sku.as_str()));
+            let category = event.category_path.last().map(String::as_str);
+            storable(
+                [
+                    ("group_id", event.group_id.as_str()),
+                    ("group_name", event.group_name.as_str()),
+                    ("source_system", event.source_system.as_str()),
+                    ("category_path", category.unwrap_or_default()),
+                    (
+                        "product_family",
+                        event.product_family.as_deref().unwrap_or_default(),
+                    ),
+                ]
+                .into_iter()
+                .chain(variants),
+            )?;
             let skus: Vec<String> = if event.variants.is_empty() {
                 vec![event.group_id.clone()]
             } else {
@@ -776,6 +806,11 @@ fn add_rows(event: Planned, index: usize, rows: &mut Rows) -> Result<bool, Strin
             let Some(on_hand) = event.new_quantity else {
                 return Ok(false);
             };
+            storable([
+                ("sku", event.sku.as_str()),
+                ("location_code", event.location_code.as_str()),
+                ("source_system", event.source_system.as_str()),
+            ])?;
             let key = (event.sku.clone(), event.location_code.clone());
             if rows
                 .inventory
@@ -799,6 +834,12 @@ fn add_rows(event: Planned, index: usize, rows: &mut Rows) -> Result<bool, Strin
             Ok(true)
         }
         Planned::Demand(event) => {
+            storable([
+                ("sku", event.sku.as_str()),
+                ("region", event.region.as_str()),
+                ("channel", event.channel.as_str()),
+                ("source_system", event.source_system.as_str()),
+            ])?;
             let period = chrono::NaiveDate::parse_from_str(&event.period, "%Y-%m-%d")
                 .ok()
                 .filter(|d| chrono::Datelike::day(d) == 1)
@@ -877,4 +918,40 @@ pub async fn rows_for(
             "source_version": d.version}}));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stock(sku: &str, location: &str) -> Planned {
+        Planned::Stock(InventoryChange {
+            event_id: "e".into(),
+            idempotency_key: "k".into(),
+            source_system: "ERP".into(),
+            source: "erp".into(),
+            occurred_at: 1,
+            ingested_at: 1,
+            sku: sku.into(),
+            location_code: location.into(),
+            new_quantity: Some(rust_decimal::Decimal::ONE),
+            allocated_qty: None,
+            in_transit_qty: None,
+            quantity_change: None,
+            change_reason: None,
+            reference_id: None,
+        })
+    }
+
+    #[test]
+    fn a_text_postgres_cannot_hold_is_refused_with_its_field_not_retried() {
+        let mut rows = Rows::default();
+        let refused = add_rows(stock("A", "W\u{0}1"), 0, &mut rows).expect_err("NUL");
+        assert!(
+            refused.starts_with("location_code holds the NUL"),
+            "{refused}"
+        );
+        assert!(rows.inventory.is_empty());
+        assert_eq!(add_rows(stock("A", "W1"), 1, &mut rows), Ok(true));
+    }
 }

@@ -347,7 +347,12 @@ impl PlanningApi {
                 Ok(item) => valid.push((index, item)),
                 Err(errors) => results.push((
                     index,
-                    value.get("sku").and_then(Value::as_str).map(str::to_string),
+                    // The answer is stored: a sku Postgres cannot hold is left out.
+                    value
+                        .get("sku")
+                        .and_then(Value::as_str)
+                        .filter(|sku| !sku.contains('\0'))
+                        .map(str::to_string),
                     errors,
                 )),
             }

@@ -440,18 +440,20 @@ impl StorefrontApiSource {
                 .publish(&self.reservations_topic, step, trace)
         }))
         .await?;
-        let (ack, key_field) = match &event {
+        let (ack, transaction_id, reference_id) = match &event {
             Built::Order(order) => (
                 self.publisher
                     .publish(&self.orders_topic, order, trace)
                     .await?,
-                "transaction_id",
+                Some(reference),
+                None,
             ),
             Built::Adjustment(adjustment) => (
                 self.publisher
                     .publish(&self.adjustments_topic, adjustment, trace)
                     .await?,
-                "reference_id",
+                None,
+                Some(reference),
             ),
         };
         let reserved = holds
@@ -462,10 +464,6 @@ impl StorefrontApiSource {
                 quantity: erpstream_schemas::decimal::json_number(quantity),
             })
             .collect();
-        let (transaction_id, reference_id) = match key_field {
-            "transaction_id" => (Some(reference), None),
-            _ => (None, Some(reference)),
-        };
         let accepted = DocumentAccepted {
             status: AcceptedStatus::Accepted,
             transaction_id,
