@@ -910,7 +910,12 @@ pub struct Pipeline {
     /// Its topic prefix.
     pub prefix: String,
     log: PathBuf,
+    /// `RUST_LOG` of the process.
+    log_filter: &'static str,
 }
+
+/// `RUST_LOG` of a test's pipeline.
+const LOG_FILTER: &str = "info,rdkafka=warn";
 
 impl Pipeline {
     /// A topology for this test (not started yet).
@@ -1055,6 +1060,7 @@ registry:
         Self {
             child: None,
             log: dir.join("pipeline.log"),
+            log_filter: LOG_FILTER,
             topology,
             client,
             url: format!("{scheme}://127.0.0.1:{port}"),
@@ -1084,11 +1090,19 @@ registry:
         Self {
             child: None,
             log: dir.join("pipeline.log"),
+            log_filter: self.log_filter,
             topology,
             client: self.client.clone(),
             url: format!("{scheme}://127.0.0.1:{port}"),
             prefix: self.prefix.clone(),
         }
+    }
+
+    /// Logs librdkafka's consumer-group decisions (joins, assignments, revokes, session
+    /// timeouts) too, for a test whose failure would be a group that does not settle.
+    pub fn trace_groups(&mut self) {
+        self.set_kafka("properties", "{ debug: cgrp, log_level: \"7\" }");
+        self.log_filter = "info,rdkafka=warn,librdkafka=debug";
     }
 
     /// Sets `kafka.<key>: <value>` in the topology (before the start).
@@ -1121,7 +1135,7 @@ registry:
             .env("TEST_KAFKA_PASSWORD", KAFKA_PASSWORD)
             .env("TEST_KAFKA_WRONG_PASSWORD", "not-the-password")
             .env("TEST_REGISTRY_PASSWORD", REGISTRY_USER.1)
-            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("RUST_LOG", self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
