@@ -546,8 +546,46 @@ pub struct Held {
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(place_order, adjust_stock), modifiers(&SecuritySchemes))]
+#[openapi(
+    paths(place_order, adjust_stock),
+    components(schemas(DocumentAccepted, ErrorBody)),
+    modifiers(&SecuritySchemes)
+)]
 struct Api;
+
+/// The answers of both document routes (an order, an adjustment).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: the handlers answer with these statuses and bodies
+enum DocumentAnswer {
+    /// Stored: the holds and the document were acknowledged by the broker; a replay of the
+    /// same request gets the same body.
+    #[response(status = 202,
+        headers(("Idempotent-Replayed" = String, description = "true on a replay of the first answer")))]
+    Accepted(DocumentAccepted),
+    /// Not JSON, or a field of the wrong type or missing (named).
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// No or an unknown API token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The body did not arrive in time.
+    #[response(status = 408)]
+    Incomplete(ErrorBody),
+    /// The document's id (`transaction_id`, `reference_id`) was used before for another body.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The body is over max_body.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// A value breaks a rule (named): a quantity not above 0, a change of 0, a date that is
+    /// not RFC 3339, no location.
+    #[response(status = 422)]
+    Rule(ErrorBody),
+    /// Not stored (the broker or the request store is away, or the pipeline is overloaded);
+    /// send again after Retry-After.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RetryLater(ErrorBody),
+}
 
 /// Places an online order (the sales interface spec §5.1): its stock is held at once and the
 /// order is written back to the ERP. Idempotent on `transaction_id`.
@@ -556,19 +594,7 @@ struct Api;
     path = "/api/sales/orders",
     tag = "storefront",
     request_body(content = payload::OrderRequest, content_type = "application/json"),
-    responses(
-        (status = 202, description = "Stored: the holds and the order were acknowledged by the broker; a replay of the same request gets the same body",
-            body = DocumentAccepted,
-            headers(("Idempotent-Replayed" = String, description = "true on a replay of the first answer"))),
-        (status = 400, description = "Not JSON, or a field of the wrong type or missing (named)", body = ErrorBody),
-        (status = 401, description = "No or an unknown API token", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "The transaction_id was used before for another body", body = ErrorBody),
-        (status = 413, description = "The body is over max_body", body = ErrorBody),
-        (status = 422, description = "A value breaks a rule (named): a quantity not above 0, a date that is not RFC 3339, no location", body = ErrorBody),
-        (status = 503, description = "Not stored (the broker or the request store is away, or the pipeline is overloaded); send again after Retry-After",
-            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    ),
+    responses(DocumentAnswer),
     security(("storefront_token" = []), ("storefront_key" = [])),
 )]
 async fn place_order(
@@ -586,19 +612,7 @@ async fn place_order(
     path = "/api/inventory/adjust",
     tag = "storefront",
     request_body(content = payload::AdjustmentRequest, content_type = "application/json"),
-    responses(
-        (status = 202, description = "Stored: the holds and the adjustment were acknowledged by the broker; a replay of the same request gets the same body",
-            body = DocumentAccepted,
-            headers(("Idempotent-Replayed" = String, description = "true on a replay of the first answer"))),
-        (status = 400, description = "Not JSON, or a field of the wrong type or missing (named)", body = ErrorBody),
-        (status = 401, description = "No or an unknown API token", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "The reference_id was used before for another body", body = ErrorBody),
-        (status = 413, description = "The body is over max_body", body = ErrorBody),
-        (status = 422, description = "A value breaks a rule (named): a change of 0, no location", body = ErrorBody),
-        (status = 503, description = "Not stored (the broker or the request store is away, or the pipeline is overloaded); send again after Retry-After",
-            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    ),
+    responses(DocumentAnswer),
     security(("storefront_token" = []), ("storefront_key" = [])),
 )]
 async fn adjust_stock(
