@@ -4,6 +4,7 @@
 
 mod broker;
 mod cdc;
+mod chaos;
 mod fill;
 mod footprint;
 mod latency;
@@ -57,6 +58,11 @@ enum Bench {
     /// `GET /api/inventory/snapshot` over a materialized state of N skus: time to first byte,
     /// total time, throughput and peak memory of the whole process.
     Snapshot(snapshot::Args),
+    /// The default topology on the local stack under a mixed load and a seeded schedule of
+    /// faults (pipeline SIGKILLs, broker and Postgres restarts, storefront, ERP and registry
+    /// outages), then the checks: nothing lost, nothing older after newer, nothing oversold,
+    /// every order written back once, planning and reconcile clean (see bench/chaos.sh).
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
@@ -73,5 +79,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Fill(args) => fill::run(args).await,
         Bench::Processors(args) => processors::run(args).await,
         Bench::Snapshot(args) => snapshot::run(args).await,
+        Bench::Chaos(args) => chaos::run(args).await,
     }
 }
