@@ -12,6 +12,7 @@
 #   SEEDS="1 2" bench/chaos.sh                   # one fresh run per seed
 #   DURATION=120 RATE=100 KILLS=5 bench/chaos.sh # a short run
 #   REPLICAS=2 bench/chaos.sh                    # kills hit a random replica
+#   TRACE_GROUPS=1 bench/chaos.sh                # librdkafka consumer-group decisions in the logs
 #
 # Results: bench/results/chaos-seed-<seed>.json per run (counts, the faults as executed with
 # timestamps, latency, DLQ records with their reasons, examples of any failure) and
@@ -19,7 +20,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 [ "$BROKER" = tansu ] || { echo "[chaos] runs on the local stack (BROKER=tansu): it restarts the broker" >&2; exit 2; }
-trap 'deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
+# The pipelines the run started (if it was interrupted), then the stack.
+trap 'pkill -f "run --topology $ERPSTREAM_STATE_DIR/chaos-" 2>/dev/null; deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
 status=0
 for seed in ${SEEDS:-1}; do
   echo "[chaos] seed $seed: a fresh stack" >&2
@@ -27,7 +29,7 @@ for seed in ${SEEDS:-1}; do
   rm -rf "$ERPSTREAM_STATE_DIR"
   fresh_stack
   "$bench" chaos --seed "$seed" --duration "${DURATION:-600}" --rate "${RATE:-180}" \
-    --replicas "${REPLICAS:-1}" --kills "${KILLS:-20}" \
+    --replicas "${REPLICAS:-1}" --kills "${KILLS:-20}" ${TRACE_GROUPS:+--trace-groups} \
     --conditions "$ERPSTREAM_BENCH_BROKER, release build, load generator, broker, Postgres and pipeline on the same $(nproc)-core machine" \
     || status=1
 done

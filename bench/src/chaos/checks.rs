@@ -58,18 +58,19 @@ pub fn storefront_view(deliveries: &[Delivery]) -> HashMap<(String, String), f64
         .collect()
 }
 
-/// Keys whose storefront figure is not the expected one (missing keys included).
+/// Keys whose storefront figure is not the expected available (on hand, or 0 when the ERP
+/// sold more than it had; missing keys included unless that is 0).
 pub fn storefront_differences(expected: &Expected, deliveries: &[Delivery]) -> Vec<Value> {
     let view = storefront_view(deliveries);
     expected
         .iter()
-        .filter(|(key, quantity)| {
-            view.get(*key)
-                .is_none_or(|shown| (*shown - **quantity as f64).abs() > 1e-9)
-                && !(view.get(*key).is_none() && **quantity == 0)
+        .map(|(key, quantity)| (key, (*quantity).max(0)))
+        .filter(|(key, available)| match view.get(*key) {
+            Some(shown) => (*shown - *available as f64).abs() > 1e-9,
+            None => *available != 0,
         })
-        .map(|((sku, location), quantity)| {
-            json!({"sku": sku, "location": location, "expected": quantity,
+        .map(|((sku, location), available)| {
+            json!({"sku": sku, "location": location, "expected": available,
                    "shown": view.get(&(sku.clone(), location.clone()))})
         })
         .collect()
@@ -125,50 +126,73 @@ pub fn versions(deliveries: &[Delivery]) -> (Vec<Value>, u64) {
 }
 
 /// Deliveries of the ERP's skus whose available exceeds the bound described in the module
-/// documentation.
+/// documentation, each with the figure that gave the bound and the holds it counted.
 pub fn oversold(model: &Model, deliveries: &[Delivery]) -> Vec<Value> {
-    // Per sku: (first sent, bound) of every current figure, by first send.
-    let mut bounds: HashMap<&str, Vec<(Instant, i64)>> = HashMap::new();
+    struct Candidate<'a> {
+        sent: Instant,
+        bound: i64,
+        figure: &'a super::world::Figure,
+        held: Vec<&'a str>,
+    }
     let mut documents: HashMap<&str, Vec<&super::world::Document>> = HashMap::new();
     for d in &model.documents {
         documents.entry(d.sku.as_str()).or_default().push(d);
     }
+    // Per sku, every current figure by first send, each carrying the largest bound of any
+    // figure sent by then.
+    let mut candidates: HashMap<&str, Vec<Candidate>> = HashMap::new();
     for figure in &model.figures {
         let (FigureKind::Current, Some(sent)) = (figure.kind, figure.first_sent) else {
             continue;
         };
-        let held: i64 = documents
+        let held: Vec<&super::world::Document> = documents
             .get(figure.sku.as_str())
             .into_iter()
             .flatten()
             .filter(|d| d.accepted.is_some_and(|a| a <= sent))
             .filter(|d| d.applied_erp_time.is_none_or(|t| t > figure.erp_time))
-            .map(|d| d.quantity)
-            .sum();
-        bounds
+            .copied()
+            .collect();
+        let bound = (figure.quantity - held.iter().map(|d| d.quantity).sum::<i64>()).max(0);
+        candidates
             .entry(figure.sku.as_str())
             .or_default()
-            .push((sent, (figure.quantity - held).max(0)));
+            .push(Candidate {
+                sent,
+                bound,
+                figure,
+                held: held.iter().map(|d| d.reference.as_str()).collect(),
+            });
     }
-    // The running maximum: the largest bound of any figure sent by then.
-    for list in bounds.values_mut() {
-        list.sort_by_key(|(sent, _)| *sent);
-        let mut max = i64::MIN;
-        for (_, bound) in list.iter_mut() {
-            max = max.max(*bound);
-            *bound = max;
-        }
+    let mut best: HashMap<&str, Vec<(Instant, usize)>> = HashMap::new();
+    for (sku, list) in candidates.iter_mut() {
+        list.sort_by_key(|c| c.sent);
+        let mut at = 0;
+        best.insert(
+            sku,
+            (0..list.len())
+                .map(|i| {
+                    if list[i].bound > list[at].bound {
+                        at = i;
+                    }
+                    (list[i].sent, at)
+                })
+                .collect(),
+        );
     }
     deliveries
         .iter()
         .filter(|d| d.taken() && d.event_type == "inventory.change")
         .filter_map(|d| {
-            let list = bounds.get(d.sku.as_str())?;
+            let list = best.get(d.sku.as_str())?;
             let available = d.available?;
             let sent_before = list.partition_point(|(sent, _)| *sent <= d.arrived);
-            let bound = if sent_before == 0 { 0 } else { list[sent_before - 1].1 };
+            let from = (sent_before > 0).then(|| &candidates[d.sku.as_str()][list[sent_before - 1].1]);
+            let bound = from.map_or(0, |c| c.bound);
             (available > bound as f64 + 1e-9).then(|| {
-                json!({"sku": d.sku, "available": available, "bound": bound, "version": d.version})
+                json!({"sku": d.sku, "available": available, "bound": bound, "version": d.version,
+                       "from_figure": from.map(|c| json!({"quantity": c.figure.quantity,
+                           "erp_time": c.figure.erp_time, "held": c.held}))})
             })
         })
         .collect()

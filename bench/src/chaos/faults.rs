@@ -167,7 +167,6 @@ impl Replicas {
             .arg("run")
             .arg("--topology")
             .arg(&self.topology)
-            .env("RUST_LOG", "info,rdkafka=warn")
             .env("ERPSTREAM_LISTEN", format!("127.0.0.1:{}", replica.port))
             .env("ERPSTREAM_INSTANCE_ID", &replica.instance)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -1,6 +1,7 @@
 //! The mixed load of a chaos run, and what the checks need to know about each event:
-//! - signed ERP webhooks: probes (a sku of their own each, so each must be delivered with
-//!   exactly its quantity; the latency is measured on them) and the stock figures of the
+//! - signed ERP webhooks: the item master (`catalog.update`) of every sku, probes (a sku
+//!   of their own each, its item first, so each must be delivered with exactly its
+//!   quantity; the latency is measured on them) and the stock figures of the
 //!   ERP's skus (restocks, and the figure after every write-back), 10% of them sent again
 //!   byte for byte and 5% followed by a stale figure (an older ERP time, a larger quantity);
 //! - storefront orders (each sent twice) and negative adjustments on the ERP's skus, which
@@ -56,8 +57,9 @@ impl Rates {
     fn of(total: f64) -> Self {
         let k = total / 180.0;
         Self {
-            probes: 55.0 * k,
-            restocks: 20.0 * k,
+            // Each with its item's catalog webhook first.
+            probes: 30.0 * k,
+            restocks: 25.0 * k,
             orders: 10.0 * k,
             adjustments: 3.0 * k,
             cdc: 30.0 * k,
@@ -232,6 +234,27 @@ impl Load {
         }
     }
 
+    /// The ERP's item master for `sku` (a `catalog.update` webhook), until accepted: the
+    /// planning database keeps stock only for products it knows.
+    async fn introduce_item(&self, sku: &str) -> bool {
+        let body = json!({"event_type": "catalog.update",
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": {"group_id": sku, "group_name": format!("Item {sku}"),
+                     "category_path": ["Chaos"], "is_active": true,
+                     "variants": [{"sku": sku, "variant_title": "Standard", "selling_price": 10.0}]}})
+        .to_string()
+        .into_bytes();
+        self.count("catalog webhooks", 1);
+        match self.post_webhook(&body).await {
+            Answer::Taken(..) => true,
+            Answer::Refused(status) => {
+                self.refused("catalog webhook", status);
+                false
+            }
+            Answer::GaveUp => false,
+        }
+    }
+
     async fn post_webhook(&self, body: &[u8]) -> Answer {
         let signature = sign_hex(self.credentials.erp_secret.as_bytes(), body);
         self.send(Duration::from_secs(600), |url| {
@@ -264,11 +287,10 @@ impl Load {
                 }
                 let accepted = load.erp.model().figures[index].accepted.is_some();
                 if stale && accepted {
-                    let older = {
-                        let mut model = load.erp.model();
-                        let sku = model.figures[index].sku.clone();
-                        model.stale(&sku, LOCATION, stale_quantity, 1 + stale_quantity)
-                    };
+                    let older =
+                        load.erp
+                            .model()
+                            .stale(index, LOCATION, stale_quantity, 1 + stale_quantity);
                     load.count("stale webhooks", 1);
                     load.send_figure(older).await;
                 }
@@ -309,6 +331,9 @@ impl Load {
             let mut rng = StdRng::seed_from_u64(seed ^ n ^ 0x9E0B);
             let sku = format!("PRB-{seed}-{n:07}");
             let quantity = rng.random_range(1..500);
+            if !load.introduce_item(&sku).await {
+                return;
+            }
             let at = load.ledger().probes.len();
             load.ledger().probes.push(Probe {
                 sku: sku.clone(),
@@ -603,6 +628,17 @@ impl Load {
             self.sync("products", &products).await,
             "the planning products were not accepted"
         );
+        let items: Vec<String> = self
+            .skus
+            .iter()
+            .cloned()
+            .chain((0..self.cdc_rows).map(|i| self.cdc_sku(i)))
+            .chain((0..self.polled_bins).map(|i| self.polled_sku(i)))
+            .collect();
+        for chunk in items.chunks(50) {
+            let introduced = futures::future::join_all(chunk.iter().map(|s| self.introduce_item(s))).await;
+            anyhow::ensure!(introduced.iter().all(|i| *i), "an item's catalog webhook was refused");
+        }
         let indexes: Vec<usize> = {
             let mut model = self.erp.model();
             self.skus.iter().map(|s| model.report(s, LOCATION)).collect()

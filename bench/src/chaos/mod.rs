@@ -52,6 +52,9 @@ pub struct Args {
     /// Longest wait, after the load, for every write-back and for the views to settle.
     #[arg(long, default_value_t = 300.0)]
     settle: f64,
+    /// Log librdkafka's consumer-group decisions (`debug: cgrp`) in the pipeline logs.
+    #[arg(long)]
+    trace_groups: bool,
     /// Free text recorded with the results (broker, build).
     #[arg(long, default_value = "")]
     conditions: String,
@@ -89,8 +92,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let erpnext = erpstream_e2e::erpnext::FakeErp::start().await;
 
     let topology = dir.join("topology.yaml");
-    std::fs::write(&topology, with_polled_erp(&args.topology, &erpnext.url)?)?;
+    let mut text = with_polled_erp(&args.topology, &erpnext.url)?;
+    let mut log_filter = "info,rdkafka=warn";
+    if args.trace_groups {
+        text = text.replacen("\nkafka:\n", "\nkafka:\n  properties: { debug: cgrp }\n", 1);
+        log_filter = "info,rdkafka=warn,librdkafka=debug";
+    }
+    std::fs::write(&topology, text)?;
     let env = vec![
+        ("RUST_LOG".to_string(), log_filter.to_string()),
         ("STOREFRONT_WEBHOOK_URL".to_string(), storefront_url),
         ("ERP_API_URL".to_string(), erp_url),
         (

@@ -82,13 +82,18 @@ pub struct Model {
 }
 
 impl Model {
-    /// A new ERP time for `sku`: now, or just after its last one.
+    /// A new ERP time for `sku`: now, strictly after its last one, and never ahead of the
+    /// clock (a figure stamped ahead would claim to include a write-back the ERP had not
+    /// applied yet, and confirm its hold too early).
     fn tick(&mut self, sku: &str) -> i64 {
-        let now = chrono::Utc::now().timestamp_millis();
         let last = self.last_time.get(sku).copied().unwrap_or(0);
-        let time = now.max(last + 1);
-        self.last_time.insert(sku.to_string(), time);
-        time
+        let mut now = chrono::Utc::now().timestamp_millis();
+        while now <= last {
+            std::thread::sleep(Duration::from_micros(200));
+            now = chrono::Utc::now().timestamp_millis();
+        }
+        self.last_time.insert(sku.to_string(), now);
+        now
     }
 
     /// Records the current figure of `sku` and returns its index.
@@ -100,10 +105,11 @@ impl Model {
         index
     }
 
-    /// Records a stale figure: `quantity` at an ERP time `back_ms` before the newest one.
-    pub fn stale(&mut self, sku: &str, location: &str, quantity: i64, back_ms: i64) -> usize {
-        let time = self.last_time.get(sku).copied().unwrap_or(0) - back_ms;
-        self.figure(sku, location, quantity, time, FigureKind::Older)
+    /// Records a stale figure of the sku of figure `of`: `quantity` at an ERP time `back_ms`
+    /// before that figure's (so older than every figure accepted after it, too).
+    pub fn stale(&mut self, of: usize, location: &str, quantity: i64, back_ms: i64) -> usize {
+        let (sku, time) = (self.figures[of].sku.clone(), self.figures[of].erp_time - back_ms);
+        self.figure(&sku, location, quantity, time, FigureKind::Older)
     }
 
     fn figure(
