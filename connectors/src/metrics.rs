@@ -29,6 +29,9 @@ pub const CONSUMER_LAG: &str = "erpstream_consumer_lag_records";
 /// Gauge: a consumer's partitions paused for want of records (`kafka.idle_pause`), by
 /// component (a processor chain by its task name).
 pub const CONSUMER_PAUSED: &str = "erpstream_consumer_paused_partitions";
+/// Counter: nudges of a consumer group that left this consumer without partitions for
+/// 30 s (tansu can strand a group; see `kafka::consumer`), by component.
+pub const GROUP_NUDGES: &str = "erpstream_consumer_group_nudges_total";
 /// Counter: processor transactions (`kafka.transactions`), by `outcome`: `committed` or
 /// `aborted` (the batch is processed again from the committed offsets).
 pub const TRANSACTIONS: &str = "erpstream_processor_transactions_total";
@@ -88,6 +91,10 @@ pub fn describe() {
     describe_gauge!(
         CONSUMER_PAUSED,
         "A consumer's partitions paused for want of records (kafka.idle_pause)."
+    );
+    describe_counter!(
+        GROUP_NUDGES,
+        "Nudges of a consumer group that left this consumer without partitions too long."
     );
     describe_gauge!(
         CONSUMER_LAG,

@@ -52,6 +52,11 @@ struct Tracking {
     /// one of them, and a component that saw this number unchanged has nothing to sync.
     generation: u64,
     assigned: bool,
+    /// Since when the consumer has had no assignment (created, or revoked and not assigned
+    /// again); `None` while it has one.
+    unassigned_since: Option<std::time::Instant>,
+    /// The topics the client holds metadata for (its subscription), from its statistics.
+    topics: Vec<String>,
     /// Partitions the client's last statistics showed caught up — fetching, their fetch
     /// position at the high watermark the broker last reported, nothing fetched ahead
     /// waiting — with that watermark: only those may be paused when idle (see
@@ -68,7 +73,10 @@ impl TrackingContext {
     pub fn new(readiness: Readiness, stateful: bool) -> Self {
         readiness.not_ready("joining its consumer group");
         Self {
-            tracking: Arc::default(),
+            tracking: Arc::new(Mutex::new(Tracking {
+                unassigned_since: Some(std::time::Instant::now()),
+                ..Tracking::default()
+            })),
             readiness,
             stateful,
             idle: IdleSettings::default(),
@@ -136,7 +144,8 @@ impl ClientContext for TrackingContext {
         // minus the committed offset; unknown partitions left out).
         let mut lag: HashMap<&str, i64> = HashMap::new();
         {
-            let tracking = self.lock();
+            let mut tracking = self.lock();
+            tracking.topics = statistics.topics.keys().cloned().collect();
             for (name, topic) in &statistics.topics {
                 for (partition, p) in &topic.partitions {
                     if *partition >= 0
@@ -179,6 +188,7 @@ impl ConsumerContext for TrackingContext {
         if let Rebalance::Revoke(list) = rebalance {
             let mut tracking = self.lock();
             tracking.assigned = false;
+            tracking.unassigned_since = Some(std::time::Instant::now());
             tracking.generation += 1;
             for element in list.elements() {
                 let tp = (element.topic().to_string(), element.partition());
@@ -200,6 +210,7 @@ impl ConsumerContext for TrackingContext {
                 let mut tracking = self.lock();
                 tracking.generation += 1;
                 tracking.assigned = true;
+                tracking.unassigned_since = None;
                 for element in list.elements() {
                     tracking
                         .partitions
@@ -258,6 +269,7 @@ pub fn group_consumer(
         // The statistics give the consumer lag (`erpstream_consumer_lag_records`).
         client.set("statistics.interval.ms", LAG_EVERY.as_millis().to_string());
     }
+    let watched = (Arc::downgrade(&context.tracking), client.clone());
     let consumer = client
         .set("group.id", group_id)
         .set("enable.auto.offset.store", "false")
@@ -272,7 +284,94 @@ pub fn group_consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create_with_context(context)?;
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let (tracking, client) = watched;
+        runtime.spawn(watch_stranding(
+            tracking,
+            client,
+            group_id.to_string(),
+            client_id.to_string(),
+        ));
+    }
     Ok(consumer)
+}
+
+/// How long a consumer may go without an assignment before it nudges its group.
+pub const STRANDED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Nudges the group of a consumer that has had no assignment for [`STRANDED_AFTER`] (and
+/// again every [`STRANDED_AFTER`] while that lasts), until the consumer is dropped.
+///
+/// Why: tansu 0.6.0 (the local broker) can strand a group. When it answers a static
+/// member's heartbeat with "unknown member", the member rejoins under a new member id, but
+/// the group keeps the old id as its leader; tansu drops members that stopped calling only
+/// when a *dynamic* member joins or any member leaves, so every rejoin of the static member is
+/// told the rebalance is in progress, for ever (seen in `bench/chaos.sh`). The nudge is a
+/// short-lived dynamic member of the same group, subscribed to the same topics, that joins
+/// and leaves: its join makes tansu drop the dead leader, and the stranded member leads the
+/// next round. It commits nothing. On Apache Kafka & co. a group is not stranded this way
+/// (a static member that stays away is expired after the session timeout), so the nudge
+/// does not happen there, and if it ever did it would cost one rebalance.
+async fn watch_stranding(
+    tracking: std::sync::Weak<Mutex<Tracking>>,
+    client: rdkafka::ClientConfig,
+    group_id: String,
+    client_id: String,
+) {
+    let mut last_nudge: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let Some(tracking) = tracking.upgrade() else {
+            return;
+        };
+        let (since, topics) = {
+            let tracking = tracking.lock().unwrap_or_else(|p| p.into_inner());
+            (tracking.unassigned_since, tracking.topics.clone())
+        };
+        drop(tracking);
+        let stranded = since.is_some_and(|s| s.elapsed() >= STRANDED_AFTER)
+            && last_nudge.is_none_or(|n| n.elapsed() >= STRANDED_AFTER);
+        if !stranded || topics.is_empty() {
+            continue;
+        }
+        last_nudge = Some(std::time::Instant::now());
+        tracing::warn!(
+            group = %group_id,
+            unassigned_s = since.map(|s| s.elapsed().as_secs()).unwrap_or(0),
+            "no partitions assigned for a long time; nudging the consumer group"
+        );
+        metrics::counter!(m::GROUP_NUDGES, m::COMPONENT_ID => client_id.clone()).increment(1);
+        let (client, group) = (client.clone(), group_id.clone());
+        let outcome = tokio::task::spawn_blocking(move || nudge(client, &group, &topics)).await;
+        if let Ok(Err(err)) = outcome {
+            tracing::warn!(group = %group_id, error = %err, "nudging the consumer group failed");
+        }
+    }
+}
+
+/// Joins `group` as a dynamic member subscribed to `topics`, polls until it has taken part
+/// in a rebalance (or a few seconds), and leaves. Nothing is committed.
+fn nudge(mut client: rdkafka::ClientConfig, group: &str, topics: &[String]) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer = client
+        .remove("group.instance.id")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("session.timeout.ms", "10000")
+        .create()?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        // Any record fetched is dropped unread: the nudge consumes nothing.
+        let _ = consumer.poll(std::time::Duration::from_millis(200));
+        if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            break;
+        }
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    Ok(())
 }
 
 /// Commits the stored offsets synchronously at shutdown; "nothing stored since the last
