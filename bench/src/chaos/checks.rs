@@ -77,8 +77,8 @@ pub fn storefront_differences(expected: &Expected, deliveries: &[Delivery]) -> V
 }
 
 /// Probes answered 202 that never arrived with their quantity; and their latencies (ms,
-/// scheduled send → first arrival).
-pub fn probes(ledger: &Ledger, deliveries: &[Delivery]) -> (Vec<Value>, Vec<f64>) {
+/// scheduled send → first arrival) with when they were sent.
+pub fn probes(ledger: &Ledger, deliveries: &[Delivery]) -> (Vec<Value>, Vec<(Instant, f64)>) {
     let mut first: HashMap<&str, (Instant, Option<f64>)> = HashMap::new();
     for d in deliveries
         .iter()
@@ -91,7 +91,10 @@ pub fn probes(ledger: &Ledger, deliveries: &[Delivery]) -> (Vec<Value>, Vec<f64>
     for probe in ledger.probes.iter().filter(|p| p.accepted.is_some()) {
         match first.get(probe.sku.as_str()) {
             Some((arrived, Some(shown))) if (*shown - probe.quantity as f64).abs() < 1e-9 => {
-                latencies.push(arrived.saturating_duration_since(probe.scheduled).as_secs_f64() * 1000.0);
+                latencies.push((
+                    probe.scheduled,
+                    arrived.saturating_duration_since(probe.scheduled).as_secs_f64() * 1000.0,
+                ));
             }
             other => lost.push(json!({"sku": probe.sku, "quantity": probe.quantity,
                                       "shown": other.and_then(|(_, q)| *q)})),

@@ -334,13 +334,16 @@ impl Load {
             if !load.introduce_item(&sku).await {
                 return;
             }
-            let at = load.ledger().probes.len();
-            load.ledger().probes.push(Probe {
-                sku: sku.clone(),
-                quantity,
-                scheduled: Instant::now(),
-                accepted: None,
-            });
+            let at = {
+                let mut ledger = load.ledger();
+                ledger.probes.push(Probe {
+                    sku: sku.clone(),
+                    quantity,
+                    scheduled: Instant::now(),
+                    accepted: None,
+                });
+                ledger.probes.len() - 1
+            };
             let body = json!({"event_type": "inventory.change",
                 "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "data": {"sku": sku, "location_code": LOCATION, "new_quantity": quantity,

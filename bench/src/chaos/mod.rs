@@ -246,7 +246,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let deliveries = storefront.deliveries();
     let model = erp.model();
     let ledger = load.ledger();
-    let (lost_probes, mut latencies) = checks::probes(&ledger, &deliveries);
+    let (lost_probes, timed) = checks::probes(&ledger, &deliveries);
+    let mut latencies: Vec<f64> = timed.iter().map(|(_, ms)| *ms).collect();
+    // By 30 s window of the load (probes by send time): how latency follows the faults.
+    let mut windows: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (sent, ms) in &timed {
+        let window = sent.saturating_duration_since(start).as_secs() / 30 * 30;
+        windows.entry(window).or_default().push(*ms);
+    }
+    let by_window: Vec<Value> = windows
+        .into_iter()
+        .map(|(from, mut values)| {
+            values.sort_by(f64::total_cmp);
+            json!({"from_s": from, "probes": values.len(),
+                   "p50": checks::percentile(&values, 0.5), "p99": checks::percentile(&values, 0.99)})
+        })
+        .collect();
     let erp_sku_wrong: Vec<Value> = differences
         .iter()
         .filter(|d| d["sku"].as_str().is_some_and(|s| s.starts_with("ERP-")))
@@ -302,6 +317,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "measured": "probe webhook's scheduled send → the storefront's first 2xx arrival of its sku, faults included",
             "p50": checks::percentile(&latencies, 0.5), "p99": checks::percentile(&latencies, 0.99),
             "max": checks::percentile(&latencies, 1.0), "probes_delivered": latencies.len(),
+            "by_30s_window": by_window,
         },
         "faults": executed,
         "pipeline": {
