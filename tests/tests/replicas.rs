@@ -458,3 +458,46 @@ async fn three_replicas_share_the_work_and_a_sigkilled_one_loses_nothing() {
         replicas[i].terminate();
     }
 }
+
+/// On the local broker (tansu 0.6.0), which never drops a dead static member: the replica
+/// that ran first dies for good, and the one started after it must still get every
+/// partition. tansu keeps the dead member as the groups' leader, and every join of the
+/// survivor is told the rebalance is still in progress; the survivor's consumers nudge their
+/// groups after 30 s without partitions (a dynamic member joins and leaves, and tansu drops
+/// the dead leader), so the survivor becomes ready and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_tansu_a_replica_that_died_for_good_does_not_strand_the_groups() {
+    let storefront = Storefront::start().await;
+    let (_broker, mut options) = TopologyOptions::own_broker();
+    options.storefront = storefront.url.clone();
+    let mut first = Pipeline::configure(&options);
+    first.trace_groups();
+    first.start().await;
+    first.kill();
+
+    let mut survivor = first.replica("survivor");
+    let started = Instant::now();
+    survivor.start().await;
+    let ready_after = started.elapsed();
+    let sku = unique("SURVIVOR-");
+    let body = inventory_body(&sku, DEFAULT_LOCATION, 7, &rfc3339_now(0));
+    let (status, _, reply) = survivor.post_webhook(&body, Some(ERP_SECRET)).await;
+    assert_eq!(status, 202, "{reply}");
+    wait_for("the survivor's delivery", Duration::from_secs(30), || {
+        (!storefront.stock_of(&sku).is_empty()).then_some(())
+    })
+    .await;
+    let nudges = metric_sum(
+        &survivor.metrics().await,
+        "erpstream_consumer_group_nudges_total",
+    );
+    eprintln!("survivor ready after {ready_after:?}, {nudges} group nudge(s)");
+}
+
+/// The sum of every series of counter `name`.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -84,7 +84,9 @@ pub fn probes(ledger: &Ledger, deliveries: &[Delivery]) -> (Vec<Value>, Vec<(Ins
         .iter()
         .filter(|d| d.taken() && d.event_type == "inventory.change")
     {
-        first.entry(d.sku.as_str()).or_insert((d.arrived, d.available));
+        first
+            .entry(d.sku.as_str())
+            .or_insert((d.arrived, d.available));
     }
     let mut lost = Vec::new();
     let mut latencies = Vec::new();
@@ -93,7 +95,10 @@ pub fn probes(ledger: &Ledger, deliveries: &[Delivery]) -> (Vec<Value>, Vec<(Ins
             Some((arrived, Some(shown))) if (*shown - probe.quantity as f64).abs() < 1e-9 => {
                 latencies.push((
                     probe.scheduled,
-                    arrived.saturating_duration_since(probe.scheduled).as_secs_f64() * 1000.0,
+                    arrived
+                        .saturating_duration_since(probe.scheduled)
+                        .as_secs_f64()
+                        * 1000.0,
                 ));
             }
             other => lost.push(json!({"sku": probe.sku, "quantity": probe.quantity,
@@ -190,7 +195,8 @@ pub fn oversold(model: &Model, deliveries: &[Delivery]) -> Vec<Value> {
             let list = best.get(d.sku.as_str())?;
             let available = d.available?;
             let sent_before = list.partition_point(|(sent, _)| *sent <= d.arrived);
-            let from = (sent_before > 0).then(|| &candidates[d.sku.as_str()][list[sent_before - 1].1]);
+            let from =
+                (sent_before > 0).then(|| &candidates[d.sku.as_str()][list[sent_before - 1].1]);
             let bound = from.map_or(0, |c| c.bound);
             (available > bound as f64 + 1e-9).then(|| {
                 json!({"sku": d.sku, "available": available, "bound": bound, "version": d.version,
@@ -241,8 +247,10 @@ pub async fn planning(
             .and_then(|s| s.parse::<f64>().ok())
             .is_some_and(|s| (s - *quantity as f64).abs() < 1e-9);
         if !equal {
-            wrong.push(json!({"table": "inventory", "sku": sku, "location": location,
-                              "expected": quantity, "stored": stored}));
+            wrong.push(
+                json!({"table": "inventory", "sku": sku, "location": location,
+                              "expected": quantity, "stored": stored}),
+            );
         }
     }
     let mut actuals: HashMap<String, String> = HashMap::new();
@@ -284,7 +292,6 @@ pub async fn bin_table(db: &tokio_postgres::Client) -> anyhow::Result<HashMap<St
 
 /// The `p`-quantile of sorted `values`.
 pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    (!values.is_empty()).then(|| {
-        values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1]
-    })
+    (!values.is_empty())
+        .then(|| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1])
 }

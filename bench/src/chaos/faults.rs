@@ -256,7 +256,9 @@ impl Stack {
         let pid = self
             .pid(name)
             .with_context(|| format!("no pid file for {name}"))?;
-        run(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()))?;
+        run(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string()))?;
         let until = Instant::now() + Duration::from_secs(30);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -227,7 +227,9 @@ impl Load {
         match answer {
             Answer::Taken(..) => {
                 let mut model = self.erp.model();
-                model.figures[index].accepted.get_or_insert_with(Instant::now);
+                model.figures[index]
+                    .accepted
+                    .get_or_insert_with(Instant::now);
             }
             Answer::Refused(status) => self.refused("webhook", status),
             Answer::GaveUp => {}
@@ -397,8 +399,11 @@ impl Load {
             let i = rng.random_range(0..load.polled_bins);
             let quantity = rng.random_range(0..800);
             let sku = load.polled_sku(i);
-            load.erpnext
-                .update("Bin", &format!("BIN-{sku}"), json!({"actual_qty": quantity}));
+            load.erpnext.update(
+                "Bin",
+                &format!("BIN-{sku}"),
+                json!({"actual_qty": quantity}),
+            );
             load.ledger().erpnext.insert(sku, quantity);
             load.count("erpnext bin changes", 1);
         });
@@ -409,13 +414,21 @@ impl Load {
             adjustments,
             polled,
             self.clone().cdc(rates.cdc),
-            self.clone().planning(rates.planning_batches, rates.demand_batches),
+            self.clone()
+                .planning(rates.planning_batches, rates.demand_batches),
         );
     }
 
     /// Sends a storefront document twice (a storefront that retries): the second answer
     /// must be the first one replayed.
-    async fn document(&self, reference: &str, path: &'static str, sku: &str, qty: i64, body: &Value) {
+    async fn document(
+        &self,
+        reference: &str,
+        path: &'static str,
+        sku: &str,
+        qty: i64,
+        body: &Value,
+    ) {
         {
             let mut model = self.erp.model();
             model.document(reference, path, sku, qty);
@@ -423,7 +436,11 @@ impl Load {
                 d.first_sent = Some(Instant::now());
             }
         }
-        let kind = if path.ends_with("orders") { "orders" } else { "adjustments" };
+        let kind = if path.ends_with("orders") {
+            "orders"
+        } else {
+            "adjustments"
+        };
         let endpoint = if path.ends_with("orders") {
             "api/sales/orders"
         } else {
@@ -639,12 +656,19 @@ impl Load {
             .chain((0..self.polled_bins).map(|i| self.polled_sku(i)))
             .collect();
         for chunk in items.chunks(50) {
-            let introduced = futures::future::join_all(chunk.iter().map(|s| self.introduce_item(s))).await;
-            anyhow::ensure!(introduced.iter().all(|i| *i), "an item's catalog webhook was refused");
+            let introduced =
+                futures::future::join_all(chunk.iter().map(|s| self.introduce_item(s))).await;
+            anyhow::ensure!(
+                introduced.iter().all(|i| *i),
+                "an item's catalog webhook was refused"
+            );
         }
         let indexes: Vec<usize> = {
             let mut model = self.erp.model();
-            self.skus.iter().map(|s| model.report(s, LOCATION)).collect()
+            self.skus
+                .iter()
+                .map(|s| model.report(s, LOCATION))
+                .collect()
         };
         let sends = indexes.into_iter().map(|i| {
             let load = self.clone();
@@ -659,7 +683,10 @@ impl Load {
     pub async fn final_figures(self: &Arc<Self>) {
         let indexes: Vec<usize> = {
             let mut model = self.erp.model();
-            self.skus.iter().map(|s| model.report(s, LOCATION)).collect()
+            self.skus
+                .iter()
+                .map(|s| model.report(s, LOCATION))
+                .collect()
         };
         let sends = indexes.into_iter().map(|i| {
             let load = self.clone();

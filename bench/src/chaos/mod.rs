@@ -144,7 +144,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for url in replicas.urls() {
         wait_ready(&client, &url, Duration::from_secs(300)).await?;
     }
-    eprintln!("[chaos] {} replica(s) ready; introducing the data", args.replicas);
+    eprintln!(
+        "[chaos] {} replica(s) ready; introducing the data",
+        args.replicas
+    );
     load.introduce().await?;
 
     let plan = faults::schedule(
@@ -353,11 +356,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     summarize(&name, &result)?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&json!({"checks": result["checks"], "load": result["load"]["events"],
-            "latency_ms": result["latency_ms"], "faults": result["faults"].as_array().map(Vec::len)}))?
+        serde_json::to_string_pretty(
+            &json!({"checks": result["checks"], "load": result["load"]["events"],
+            "latency_ms": result["latency_ms"], "faults": result["faults"].as_array().map(Vec::len)})
+        )?
     );
     eprintln!("[chaos] written to {}", path.display());
-    anyhow::ensure!(failed.is_empty(), "chaos checks failed: {}", failed.join(", "));
+    anyhow::ensure!(
+        failed.is_empty(),
+        "chaos checks failed: {}",
+        failed.join(", ")
+    );
     Ok(())
 }
 

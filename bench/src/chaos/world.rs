@@ -108,7 +108,10 @@ impl Model {
     /// Records a stale figure of the sku of figure `of`: `quantity` at an ERP time `back_ms`
     /// before that figure's (so older than every figure accepted after it, too).
     pub fn stale(&mut self, of: usize, location: &str, quantity: i64, back_ms: i64) -> usize {
-        let (sku, time) = (self.figures[of].sku.clone(), self.figures[of].erp_time - back_ms);
+        let (sku, time) = (
+            self.figures[of].sku.clone(),
+            self.figures[of].erp_time - back_ms,
+        );
         self.figure(&sku, location, quantity, time, FigureKind::Older)
     }
 
@@ -300,7 +303,9 @@ async fn write_back(
     }
     (
         StatusCode::CREATED,
-        axum::Json(json!({"status": "created", "external_reference_id": format!("ERP-{reference}")})),
+        axum::Json(
+            json!({"status": "created", "external_reference_id": format!("ERP-{reference}")}),
+        ),
     )
 }
 
@@ -379,7 +384,10 @@ impl Storefront {
     }
 
     pub fn bad_signatures(&self) -> u64 {
-        *self.bad_signatures.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .bad_signatures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn record(&self, delivery: Delivery) {

@@ -55,7 +55,7 @@ struct Tracking {
     /// Since when the consumer has had no assignment (created, or revoked and not assigned
     /// again); `None` while it has one.
     unassigned_since: Option<std::time::Instant>,
-    /// The topics the client holds metadata for (its subscription), from its statistics.
+    /// The topics the consumer subscribed to ([`subscribe`]).
     topics: Vec<String>,
     /// Partitions the client's last statistics showed caught up — fetching, their fetch
     /// position at the high watermark the broker last reported, nothing fetched ahead
@@ -144,8 +144,7 @@ impl ClientContext for TrackingContext {
         // minus the committed offset; unknown partitions left out).
         let mut lag: HashMap<&str, i64> = HashMap::new();
         {
-            let mut tracking = self.lock();
-            tracking.topics = statistics.topics.keys().cloned().collect();
+            let tracking = self.lock();
             for (name, topic) in &statistics.topics {
                 for (partition, p) in &topic.partitions {
                     if *partition >= 0
@@ -351,7 +350,11 @@ async fn watch_stranding(
 
 /// Joins `group` as a dynamic member subscribed to `topics`, polls until it has taken part
 /// in a rebalance (or a few seconds), and leaves. Nothing is committed.
-fn nudge(mut client: rdkafka::ClientConfig, group: &str, topics: &[String]) -> Result<(), KafkaError> {
+fn nudge(
+    mut client: rdkafka::ClientConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = client
         .remove("group.instance.id")
         .set("group.id", group)
@@ -372,6 +375,13 @@ fn nudge(mut client: rdkafka::ClientConfig, group: &str, topics: &[String]) -> R
     consumer.unsubscribe();
     drop(consumer);
     Ok(())
+}
+
+/// Subscribes `consumer` to `topics`, remembered for the nudge of a stranded group (see
+/// [`STRANDED_AFTER`]).
+pub fn subscribe(consumer: &GroupConsumer, topics: &[&str]) -> Result<(), KafkaError> {
+    consumer.context().lock().topics = topics.iter().map(|t| t.to_string()).collect();
+    consumer.subscribe(topics)
 }
 
 /// Commits the stored offsets synchronously at shutdown; "nothing stored since the last

@@ -152,7 +152,7 @@ impl StreamTask {
         if !self.init_transactions(&mut shutdown).await? {
             return Ok(());
         }
-        self.consumer.subscribe(&topics)?;
+        kafka::subscribe(&self.consumer, &topics)?;
         tracing::info!(task = %self.name, ?topics, transactions = self.transactions.is_some(),
             "processor chain started");
         let mut ticker = tokio::time::interval(TICK);

@@ -228,7 +228,7 @@ impl ErpRestSink {
     /// left uncommitted and written (idempotently) again after the restart.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ErpRestError> {
         let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
-        self.consumer.subscribe(&topics)?;
+        crate::kafka::subscribe(&self.consumer, &topics)?;
         tracing::info!(?topics, url = %self.base, preset = ?self.config.preset, "erp write-back started");
         let mut offsets = OffsetTracker::default();
         let mut pause = kafka::IdlePause::new(&self.consumer, &topics);

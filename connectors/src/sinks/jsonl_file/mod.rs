@@ -80,7 +80,7 @@ struct JsonlFileSink {
 impl JsonlFileSink {
     async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), crate::Error> {
         let topics: Vec<&str> = self.topics.iter().map(|(t, _)| t.as_str()).collect();
-        self.consumer.subscribe(&topics)?;
+        crate::kafka::subscribe(&self.consumer, &topics)?;
         tracing::info!(?topics, path = %self.config.path.display(), "jsonl file sink started");
         let mut offsets = OffsetTracker::default();
         let mut pause = kafka::IdlePause::new(&self.consumer, &topics);

@@ -241,7 +241,7 @@ impl PlanningPgSink {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PlanningError> {
         let mut db = self.open().await?;
         let topics: Vec<&str> = self.writer.inputs.keys().map(String::as_str).collect();
-        self.consumer.subscribe(&topics)?;
+        crate::kafka::subscribe(&self.consumer, &topics)?;
         tracing::info!(?topics, "planning sink started");
         let mut stored = Offsets::new();
         self.writer.load_offsets(&db, &mut stored).await?;

@@ -169,7 +169,7 @@ impl StorefrontWebhookSink {
     /// (up to 15 s) and commits the offsets that are safe to commit.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
         let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
-        self.consumer.subscribe(&topics)?;
+        crate::kafka::subscribe(&self.consumer, &topics)?;
         let mut state = State::new();
         let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
         assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
