@@ -21,7 +21,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 [ "$BROKER" = tansu ] || { echo "[chaos] runs on the local stack (BROKER=tansu): it restarts the broker" >&2; exit 2; }
 # The pipelines the run started (if it was interrupted), then the stack.
-trap 'pkill -f "run --topology $ERPSTREAM_STATE_DIR/chaos-" 2>/dev/null; deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
+trap 'pkill -f "run --topology $ERPSTREAM_STATE_DIR/chaos-" 2>/dev/null || true; deploy/local/down.sh >/dev/null 2>&1 || true' EXIT
 status=0
 for seed in ${SEEDS:-1}; do
   echo "[chaos] seed $seed: a fresh stack" >&2
