@@ -488,7 +488,7 @@ impl Load {
             next += interval;
             tokio::time::sleep_until(next.into()).await;
             if client.is_none() {
-                client = connect(&self.erp_database).await;
+                client = connect(&self.erp_database).await.ok();
             }
             let Some(db) = client.as_mut() else { continue };
             let updates: Vec<(String, i64)> = (0..per_transaction)
@@ -530,16 +530,7 @@ impl Load {
         while !self.stopping.load(Ordering::SeqCst) {
             let elapsed = start.elapsed().as_secs_f64();
             if (inventory_n as f64) < elapsed * batches {
-                let items: Vec<(String, i64)> = (0..20)
-                    .map(|_| {
-                        (
-                            self.planning_sku(rng.random_range(0..self.planning_skus)),
-                            rng.random_range(0..5000),
-                        )
-                    })
-                    .collect::<HashMap<_, _>>()
-                    .into_iter()
-                    .collect();
+                let items = self.planning_items(&mut rng, 20, 5000);
                 let body = json!({
                     "meta": {"source_system": "EpicorKinetic", "batch_id": format!("CHAOS-INV-{inventory_n}"),
                              "idempotency_key": format!("chaos-{}-inv-{inventory_n}", self.seed), "dry_run": false},
@@ -551,16 +542,7 @@ impl Load {
                 }
                 inventory_n += 1;
             } else if (demand_n as f64) < elapsed * demand {
-                let items: Vec<(String, i64)> = (0..10)
-                    .map(|_| {
-                        (
-                            self.planning_sku(rng.random_range(0..self.planning_skus)),
-                            rng.random_range(0..900),
-                        )
-                    })
-                    .collect::<HashMap<_, _>>()
-                    .into_iter()
-                    .collect();
+                let items = self.planning_items(&mut rng, 10, 900);
                 let body = json!({
                     "meta": {"source_system": "EpicorKinetic", "batch_id": format!("CHAOS-DA-{demand_n}"),
                              "idempotency_key": format!("chaos-{}-da-{demand_n}", self.seed), "dry_run": false},
@@ -575,6 +557,20 @@ impl Load {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Up to `count` random planning skus (each once) with a quantity below `below`.
+    fn planning_items(&self, rng: &mut StdRng, count: usize, below: i64) -> Vec<(String, i64)> {
+        (0..count)
+            .map(|_| {
+                (
+                    self.planning_sku(rng.random_range(0..self.planning_skus)),
+                    rng.random_range(0..below),
+                )
+            })
+            .collect::<HashMap<_, _>>()
+            .into_iter()
+            .collect()
     }
 
     /// One sync request until answered; whether every item was accepted.
@@ -612,9 +608,7 @@ impl Load {
                 .stock
                 .insert(sku.clone(), rng.random_range(0..6));
         }
-        let db = connect(&self.erp_database)
-            .await
-            .ok_or_else(|| anyhow::anyhow!("cannot connect to {}", self.erp_database))?;
+        let db = connect(&self.erp_database).await?;
         for i in 0..self.cdc_rows {
             db.execute(
                 "INSERT INTO public.bin (item_code, warehouse, actual_qty) VALUES ($1, $2, $3::bigint::numeric)",
@@ -663,23 +657,13 @@ impl Load {
                 "an item's catalog webhook was refused"
             );
         }
-        let indexes: Vec<usize> = {
-            let mut model = self.erp.model();
-            self.skus
-                .iter()
-                .map(|s| model.report(s, LOCATION))
-                .collect()
-        };
-        let sends = indexes.into_iter().map(|i| {
-            let load = self.clone();
-            async move { load.send_figure(i).await }
-        });
-        futures::future::join_all(sends).await;
+        self.final_figures().await;
         Ok(())
     }
 
-    /// The ERP reports every sku's current figure once more (after the load, when every
-    /// write-back is in): the figure that confirms the last holds.
+    /// The ERP reports every sku's current figure and it is sent until accepted: the first
+    /// figures, and after the load (every write-back in) the ones that confirm the last
+    /// holds.
     pub async fn final_figures(self: &Arc<Self>) {
         let indexes: Vec<usize> = {
             let mut model = self.erp.model();
@@ -696,10 +680,11 @@ impl Load {
     }
 }
 
-async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+/// A Postgres connection (its driver task spawned).
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .ok()?;
+        .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
     tokio::spawn(connection);
-    Some(client)
+    Ok(client)
 }

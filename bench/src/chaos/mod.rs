@@ -141,8 +141,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.replicas {
         replicas.start(i)?;
     }
-    for url in replicas.urls() {
-        wait_ready(&client, &url, Duration::from_secs(300)).await?;
+    for replica in &replicas.replicas {
+        let port = replica.lock().map(|r| r.port).unwrap_or_default();
+        crate::process::wait_ready(&client, port).await?;
     }
     eprintln!(
         "[chaos] {} replica(s) ready; introducing the data",
@@ -208,13 +209,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.final_figures().await;
-    let erp_db = connect(&args.erp_database).await?;
+    let erp_db = load::connect(&args.erp_database).await?;
     let cdc = checks::bin_table(&erp_db).await?;
     let expected = {
         let model = erp.model();
         checks::expected(&model, &load.ledger(), &cdc)
     };
-    let planning_db = connect(&args.planning_database).await?;
+    let planning_db = load::connect(&args.planning_database).await?;
     let demand = load.ledger().demand.clone();
     let settled_in = Instant::now();
     let mut differences;
@@ -408,22 +409,6 @@ fn with_polled_erp(topology: &PathBuf, url: &str) -> anyhow::Result<String> {
     Ok(text.replacen("\nsources:\n", &format!("\n{source}"), 1))
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str, within: Duration) -> anyhow::Result<()> {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("{url} did not get ready")
-}
-
 /// Replica exits the schedule did not cause: counted, and the replica started again.
 async fn watch_exits(replicas: Arc<faults::Replicas>) {
     loop {
@@ -452,14 +437,6 @@ async fn progress(load: Arc<load::Load>, start: Instant, duration: f64) {
             start.elapsed().as_secs_f64()
         );
     }
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 /// The ERP's picture (CSV: sku, location, qty) and the storefront's view (JSON rows).
