@@ -1082,10 +1082,16 @@ registry:
             })
             .collect::<Vec<_>>()
             .join("\n");
+        self.sibling(&text, port)
+    }
+
+    /// A process of this pipeline's topics (not started) running topology `text`, which
+    /// listens on `port`.
+    fn sibling(&self, text: &str, port: u16) -> Self {
         let dir = std::env::temp_dir().join(unique("erpstream-test-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let topology = dir.join("topology.yaml");
-        std::fs::write(&topology, text + "\n").expect("write topology");
+        std::fs::write(&topology, format!("{text}\n")).expect("write topology");
         let scheme = self.url.split(':').next().unwrap_or("http");
         Self {
             child: None,
@@ -1096,6 +1102,28 @@ registry:
             url: format!("{scheme}://127.0.0.1:{port}"),
             prefix: self.prefix.clone(),
         }
+    }
+
+    /// The same topics behind a front door of its own: this topology's sources (the
+    /// storefront API without its snapshot), under its own app id and listener, with no
+    /// processor and no sink, so what it accepts waits on the topics (not started yet).
+    pub fn front_door(&self) -> Self {
+        let text = std::fs::read_to_string(&self.topology).expect("read topology");
+        let port = free_port();
+        let mut lines = Vec::new();
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            if line.starts_with("processors:") {
+                break;
+            }
+            lines.push(match trimmed {
+                l if l.starts_with("app_id: ") => format!("app_id: {}", unique("door")),
+                l if l.starts_with("listen: ") => format!("  listen: 127.0.0.1:{port}"),
+                l if l.starts_with("snapshot: ") => continue,
+                _ => line.to_string(),
+            });
+        }
+        self.sibling(&lines.join("\n"), port)
     }
 
     /// Logs librdkafka's consumer-group decisions (joins, assignments, revokes, session

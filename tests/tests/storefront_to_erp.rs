@@ -364,6 +364,58 @@ async fn reservations_and_availability_survive_a_kill_and_restart() {
     wait_figures(&pipeline, &sku, (5, 5, 0)).await;
 }
 
+/// Holds and an ERP figure wait on the topics while no processor runs: holds of other skus,
+/// then one of the sku, then the sku's figure. The consumer then fetches about 1 kB at a
+/// time, so the figure comes from the broker before the hold whenever the hold's partition
+/// has a backlog of other skus' holds. The figure must still be applied after every hold
+/// acknowledged before it was sent: available never shows the held units.
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_acknowledged_before_a_figure_are_applied_before_it_however_the_backlog_is_fetched() {
+    let storefront = Storefront::start().await;
+    let mut pipeline = Pipeline::configure(&TopologyOptions::new(&storefront.url));
+    let mut door = pipeline.front_door();
+    pipeline.set_kafka(
+        "properties",
+        r#"{ fetch.max.bytes: "1000", max.partition.fetch.bytes: "1000", message.max.bytes: "1000" }"#,
+    );
+    door.start().await;
+    let sku = unique("FIRST-");
+    let mut orders: Vec<(String, i64)> = (0..60).map(|i| (format!("{sku}-OTHER-{i}"), 1)).collect();
+    orders.push((sku.clone(), 4));
+    for (item, quantity) in &orders {
+        let (status, _, reply) = door
+            .post_api(
+                "/api/sales/orders",
+                &order(&unique("O-"), item, *quantity),
+                Some(API_TOKEN),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    erp_stock(&door, &sku, 100).await;
+    door.terminate();
+
+    pipeline.start().await;
+    wait_figures(&pipeline, &sku, (100, 4, 96)).await;
+    let delivered = wait_for("the storefront to get 96 available", LONG, || {
+        let delivered = storefront.stock_of(&sku);
+        (delivered.last()?["new_quantity"] == 96).then_some(delivered)
+    })
+    .await;
+    let published = published_available(&pipeline, &sku).await;
+    assert_eq!(published.last(), Some(&96), "{published:?}");
+    assert!(
+        published.iter().all(|available| *available <= 96),
+        "available above 100 - 4 held was published: {published:?}"
+    );
+    assert!(
+        delivered
+            .iter()
+            .all(|stock| stock["new_quantity"].as_i64().is_some_and(|a| a <= 96)),
+        "the storefront saw more available than is there: {delivered:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_erp_outage_delays_write_back_but_every_order_arrives_once_in_order() {
     let storefront = Storefront::start().await;

@@ -384,6 +384,28 @@ pub fn subscribe(consumer: &GroupConsumer, topics: &[&str]) -> Result<(), KafkaE
     consumer.subscribe(topics)
 }
 
+/// The offsets of `partitions` at `at` (`Offset::End`: their high watermarks,
+/// `Offset::Beginning`: their first records), one ListOffsets request per broker, waiting at
+/// most `wait`. Blocks for the round trip, telling the runtime so where it can.
+pub fn list_offsets<'a>(
+    consumer: &GroupConsumer,
+    partitions: impl Iterator<Item = &'a (String, i32)>,
+    at: rdkafka::Offset,
+    wait: std::time::Duration,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        wanted.add_partition_offset(topic, *partition, at)?;
+    }
+    let look = || consumer.offsets_for_times(wanted, wait);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(look)
+        }
+        _ => look(),
+    }
+}
+
 /// Commits the stored offsets synchronously at shutdown; "nothing stored since the last
 /// commit" is not an error.
 pub fn commit_stored(consumer: &GroupConsumer) {

@@ -200,23 +200,12 @@ impl IdlePause {
 /// How long a watermark look waits for the brokers' answers.
 const ENDS_WAIT: Duration = Duration::from_millis(200);
 
-/// The high watermarks of `partitions`, one ListOffsets request per broker; blocks for the
-/// round trip (at most [`ENDS_WAIT`]), telling the runtime so where it can.
+/// The high watermarks of `partitions` (at most [`ENDS_WAIT`] for the answer).
 fn ends<'a>(
     consumer: &GroupConsumer,
     partitions: impl Iterator<Item = &'a (String, i32)>,
 ) -> rdkafka::error::KafkaResult<TopicPartitionList> {
-    let mut latest = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        latest.add_partition_offset(topic, *partition, rdkafka::Offset::End)?;
-    }
-    let look = || consumer.offsets_for_times(latest, ENDS_WAIT);
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(look)
-        }
-        _ => look(),
-    }
+    super::consumer::list_offsets(consumer, partitions, rdkafka::Offset::End, ENDS_WAIT)
 }
 
 fn list<'a>(partitions: impl Iterator<Item = &'a (String, i32)>) -> TopicPartitionList {

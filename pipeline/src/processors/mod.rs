@@ -19,9 +19,13 @@
 //!   output that was durable after all is recognised downstream as a repeat.
 //! - Time-driven changes ([`Processor::tick`]) have no input offset: their emitted records
 //!   are made durable before their changelog writes.
+//! - Inputs are read side by side, in order within each partition but with no order between
+//!   topics, unless a processor names contracts that come first
+//!   ([`Processor::reads_first`]).
 
 pub mod dedupe;
 pub mod inventory;
+mod reads_first;
 pub mod task;
 
 use std::collections::HashMap;
@@ -204,6 +208,12 @@ pub trait Processor: Send + Sync {
     /// Called about once a second between batches, for time-driven changes (expiry).
     /// `now` is epoch ms.
     fn tick(&mut self, _index: usize, _now: i64, _effects: &mut Effects) {}
+    /// Contracts whose records on a partition must be processed before any record of the
+    /// chain's other inputs that was read after they were written there (see
+    /// [`reads_first`]); the task holds the others back until then.
+    fn reads_first(&self) -> &'static [EventKind] {
+        &[]
+    }
 }
 
 /// A processor type, implemented on its configuration (deserialized from the entry's

@@ -3,7 +3,9 @@
 //! changelog writes in one flush, a single wait for the broker — then store the batch's
 //! offsets. After a restore, each processor emits again what its state took from records at
 //! or after the group's committed offsets (see the contract in [`super`]), before the first
-//! batch of the partition.
+//! batch of the partition. Records of inputs that must wait for a processor's first inputs
+//! are held back, their offsets not stored, until those are read far enough
+//! ([`FirstInputs`]).
 //!
 //! A record whose writer schema cannot be fetched (the registry is down) is waited for, not
 //! skipped: nothing after it in the batch is processed before it, and no offset of the
@@ -29,6 +31,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::reads_first::FirstInputs;
 use super::{Decoded, Effects, Emit, Processor, Record};
 
 /// Most records taken into one batch.
@@ -89,6 +92,8 @@ pub struct StreamTask {
     codec: Codec,
     restored: HashSet<i32>,
     offsets: OffsetTracker,
+    /// Holds records back until the processors' first inputs are read far enough.
+    first: FirstInputs,
     /// Tells the admission gate how far this chain has processed its inputs.
     queues: QueueWatch,
 }
@@ -120,6 +125,15 @@ impl StreamTask {
             }
             _ => (None, publisher),
         };
+        let first_kinds: HashSet<EventKind> = chain
+            .iter()
+            .flat_map(|p| p.reads_first().iter().copied())
+            .collect();
+        let first = inputs
+            .iter()
+            .filter(|(_, kind, _)| first_kinds.contains(kind))
+            .map(|(topic, _, _)| topic.clone())
+            .collect();
         Ok(Self {
             name,
             consumer,
@@ -131,6 +145,7 @@ impl StreamTask {
             transactions,
             restored: HashSet::new(),
             offsets: OffsetTracker::default(),
+            first: FirstInputs::new(first),
             queues,
         })
     }
@@ -159,6 +174,10 @@ impl StreamTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pause = kafka::IdlePause::new(&self.consumer, &topics);
         loop {
+            if self.first.holding() {
+                // Records wait for others still to be fetched: not idle.
+                pause.took();
+            }
             let batch: Option<Vec<OwnedMessage>> = {
                 let mut stream = self.consumer.stream().ready_chunks(MAX_BATCH);
                 tokio::select! {
@@ -193,15 +212,21 @@ impl StreamTask {
         Ok(())
     }
 
+    /// Processes the records just `read` that may go now, and the held ones that may go
+    /// with them ([`FirstInputs`]).
     async fn process_batch(
         &mut self,
-        batch: Vec<OwnedMessage>,
+        read: Vec<OwnedMessage>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), TaskError> {
         if !self
-            .sync_assignment(batch.iter().map(|m| m.partition()), shutdown)
+            .sync_assignment(read.iter().map(|m| m.partition()), shutdown)
             .await?
         {
+            return Ok(());
+        }
+        let batch = self.first.admit(&self.consumer, read);
+        if batch.is_empty() {
             return Ok(());
         }
         let mut effects = Effects::default();
@@ -306,6 +331,7 @@ impl StreamTask {
         let generation = self.context().generation();
         for (topic, partition) in self.context().take_revoked() {
             self.offsets.revoke(&topic, partition);
+            self.first.revoke(&topic, partition);
             if self.restored.remove(&partition) {
                 for processor in &mut self.chain {
                     processor.revoke(partition);
@@ -332,8 +358,13 @@ impl StreamTask {
         Ok(true)
     }
 
-    /// Lets every processor make its time-driven changes and makes them durable.
+    /// Processes the held records that may go now (their wait can end without a record
+    /// read: a position moving past transaction markers), then lets every processor make its
+    /// time-driven changes and makes them durable.
     async fn tick(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), TaskError> {
+        if self.first.holding() {
+            self.process_batch(Vec::new(), shutdown).await?;
+        }
         if !self.sync_assignment(std::iter::empty(), shutdown).await? {
             return Ok(());
         }
@@ -369,6 +400,11 @@ impl StreamTask {
         let Some(committed) = self.committed(partitions, shutdown).await else {
             return Ok(false);
         };
+        for (partition, topics) in &committed {
+            for (topic, offset) in topics {
+                self.first.committed(topic, *partition, *offset);
+            }
+        }
         let mut effects = Effects::default();
         for (index, processor) in self.chain.iter_mut().enumerate() {
             for partition in partitions {
@@ -674,6 +710,7 @@ impl StreamTask {
     /// forgotten (restored again before the next batch) and the consumer goes back to the
     /// committed offsets.
     async fn rewind(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        self.first.clear();
         let partitions: Vec<i32> = self.restored.drain().collect();
         for &partition in &partitions {
             for processor in &mut self.chain {

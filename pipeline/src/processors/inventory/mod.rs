@@ -546,6 +546,12 @@ impl Processor for Inventory {
         }
     }
 
+    /// A hold acknowledged before an ERP figure was sent is applied before the figure, or the
+    /// figure would show the held units as available until the hold came.
+    fn reads_first(&self) -> &'static [EventKind] {
+        &[EventKind::Reservation]
+    }
+
     fn process(&mut self, index: usize, record: &Record, effects: &mut Effects) -> bool {
         self.counters.received.increment(1);
         let now = erpstream_schemas::now_millis();
