@@ -2,7 +2,8 @@
 # Debian packages the build and the tests need, installed when missing (as root, with
 # apt-get): libssl-dev and pkg-config (librdkafka is built with TLS and SASL), openssl and
 # stunnel4 (the tests' TLS broker and storefront), sqlite3 (the indexes on the local broker's
-# store), prometheus (promtool and the server the monitoring test scrapes a pipeline with).
+# store), prometheus (promtool and the server the monitoring test scrapes a pipeline with),
+# chromium and chromium-driver (the console's browser tests drive headless Chromium).
 set -euo pipefail
 need=()
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
@@ -11,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v stunnel4 >/dev/null 2>&1 || need+=(stunnel4)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[packages] installing ${need[*]}" >&2

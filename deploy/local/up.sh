@@ -141,7 +141,8 @@ if [ ! -f "$state/secrets.env" ]; then
   } > "$state/secrets.env"
 fi
 # Secrets added by later versions, appended to an existing file.
-for name in STOREFRONT_API_TOKEN ERP_API_TOKEN PLANNING_ADMIN_TOKEN PLANNING_COORDINATOR_TOKEN; do
+for name in STOREFRONT_API_TOKEN ERP_API_TOKEN PLANNING_ADMIN_TOKEN PLANNING_COORDINATOR_TOKEN \
+  CONSOLE_OPERATOR_TOKEN CONSOLE_VIEWER_TOKEN; do
   if ! grep -q "^export $name=" "$state/secrets.env"; then
     echo "export $name=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> "$state/secrets.env"
   fi

@@ -2,6 +2,7 @@
 //! command. The binary (`main.rs`) only parses arguments and calls into these modules.
 
 pub mod components;
+pub mod console;
 pub mod demo;
 pub mod processors;
 pub mod registry;

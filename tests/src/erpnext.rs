@@ -163,6 +163,38 @@ impl FakeErp {
         self.lock().token = format!("token {key}:{secret}");
     }
 
+    /// A `rest_poll` source `id` (ERPNext preset) of this server's bins into
+    /// `inventory.change`, polling every `interval`, its state in the stack's Postgres (YAML
+    /// indented under `sources:`).
+    pub fn bin_source(&self, id: &str, interval: &str) -> String {
+        format!(
+            r#"  {id}:
+    type: rest_poll
+    preset: erpnext
+    url: {url}
+    auth:
+      api_key: {{ env: TEST_ERPNEXT_KEY }}
+      api_secret: {{ env: TEST_ERPNEXT_SECRET }}
+    state_database: {state}
+    source_system: ERPNext
+    interval: {interval}
+    resources:
+      stock:
+        doctype: Bin
+        key: [item_code, warehouse]
+        topic: inventory.change
+        fields:
+          sku: item_code
+          location_code: warehouse
+          new_quantity: actual_qty
+          change_reason: {{ const: ERP_POLL }}
+        occurred_at: modified
+        on_delete: skip"#,
+            url = self.url,
+            state = crate::Stack::from_env().database,
+        )
+    }
+
     /// Queues faults for the next requests, in order.
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
         self.lock().faults.extend(faults);

@@ -44,6 +44,12 @@ pub const PLANNING_TOKENS: [(&str, &str); 3] = [
     ("TEST_PLANNING_VIEWER", "planning-viewer-token"),
 ];
 
+/// Console tokens by role (`TEST_CONSOLE_{OPERATOR,VIEWER}`), with their names.
+pub const CONSOLE_TOKENS: [(&str, &str); 2] = [
+    ("TEST_CONSOLE_OPERATOR", "console-operator-token"),
+    ("TEST_CONSOLE_VIEWER", "console-viewer-token"),
+];
+
 /// Where the local stack is.
 #[derive(Clone, Debug)]
 pub struct Stack {
@@ -861,6 +867,9 @@ pub struct TopologyOptions {
     pub https: Option<(PathBuf, PathBuf, PathBuf)>,
     /// `http.limits`, as flow YAML (e.g. `{ header_timeout: 2s }`).
     pub limits: Option<&'static str>,
+    /// Serve the console: a `console:` section with an operator token named `ops` and a
+    /// viewer token named `watcher` ([`CONSOLE_TOKENS`]).
+    pub console: bool,
 }
 
 impl TopologyOptions {
@@ -895,6 +904,7 @@ impl TopologyOptions {
             storefront_ca: None,
             https: None,
             limits: None,
+            console: false,
         }
     }
 }
@@ -1017,7 +1027,7 @@ kafka:
   instance_id: test{idle}{security}
 registry:
 {registry}
-{body}"#,
+{body}{console}"#,
             brokers = options.brokers,
             registry = options
                 .registry_section
@@ -1051,6 +1061,13 @@ registry:
                 .limits
                 .map(|l| format!("\n  limits: {l}"))
                 .unwrap_or_default(),
+            console = if options.console {
+                "\nconsole:\n  tokens:\n    \
+                 - { token: { env: TEST_CONSOLE_OPERATOR }, role: operator, name: ops }\n    \
+                 - { token: { env: TEST_CONSOLE_VIEWER }, role: viewer, name: watcher }\n"
+            } else {
+                ""
+            },
         );
         std::fs::write(&topology, text).expect("write topology");
         let (client, scheme) = match &options.https {
@@ -1156,6 +1173,7 @@ registry:
             .env("TEST_API_TOKEN", API_TOKEN)
             .env("TEST_ERP_TOKEN", ERP_TOKEN)
             .envs(PLANNING_TOKENS)
+            .envs(CONSOLE_TOKENS)
             .env("TEST_ERPNEXT_KEY", erpnext::API_KEY)
             .env("TEST_ERPNEXT_SECRET", erpnext::API_SECRET)
             .env("TEST_ODATA_USER", erpnext::ODATA_USER.0)

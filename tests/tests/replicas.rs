@@ -39,36 +39,6 @@ fn order(transaction_id: &str, sku: &str) -> Value {
     })
 }
 
-/// A `rest_poll` source `poll` of the fake ERPNext's bins, every 200 ms.
-fn polled_source(erp: &FakeErp) -> String {
-    format!(
-        r#"  poll:
-    type: rest_poll
-    preset: erpnext
-    url: {url}
-    auth:
-      api_key: {{ env: TEST_ERPNEXT_KEY }}
-      api_secret: {{ env: TEST_ERPNEXT_SECRET }}
-    state_database: {state}
-    source_system: ERPNext
-    interval: 200ms
-    resources:
-      stock:
-        doctype: Bin
-        key: [item_code, warehouse]
-        topic: inventory.change
-        fields:
-          sku: item_code
-          location_code: warehouse
-          new_quantity: actual_qty
-          change_reason: {{ const: ERP_POLL }}
-        occurred_at: modified
-        on_delete: skip"#,
-        url = erp.url,
-        state = Stack::from_env().database,
-    )
-}
-
 /// Whether every load sku's storefront figure reached `quantity`.
 fn delivered_at_least(storefront: &Storefront, quantity: i64) -> bool {
     (0..SKUS).all(|sku| {
@@ -140,7 +110,7 @@ async fn three_replicas_share_the_work_and_a_sigkilled_one_loses_nothing() {
     options.extra_sources = format!(
         "{}\n{}",
         stock_cdc_source(&erp_url, &Stack::from_env().database, &slot),
-        polled_source(&erpnext)
+        erpnext.bin_source("poll", "200ms")
     );
     let first = Pipeline::configure(&options);
     broker.create_topics(&first);

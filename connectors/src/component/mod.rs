@@ -33,6 +33,7 @@
 //! [`retrying`]: crate::kafka::retrying
 
 mod context;
+mod control;
 mod lease;
 mod readiness;
 
@@ -45,6 +46,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use context::{Context, Names, Resolved, SnapshotService};
+pub use control::{Control, Outcome, Standing};
 pub use lease::{Lease, LeaseError};
 pub use readiness::Readiness;
 
@@ -246,6 +248,8 @@ pub struct Running {
     pub readiness: Option<Readiness>,
     /// Whether its store answers.
     pub probe: Option<Probe>,
+    /// What operators may ask it (the console, `/api/connectors`).
+    pub control: Option<Arc<dyn Control>>,
 }
 
 impl Running {
@@ -283,6 +287,12 @@ impl Running {
     /// A component that reports `readiness`.
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = Some(readiness);
+        self
+    }
+
+    /// A component operators may ask `control`.
+    pub fn control(mut self, control: Arc<dyn Control>) -> Self {
+        self.control = Some(control);
         self
     }
 

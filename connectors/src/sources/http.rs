@@ -238,6 +238,10 @@ impl utoipa::Modify for SecuritySchemes {
                 "planning_token",
                 bearer("A planning integration token (role admin or sop_coordinator)"),
             ),
+            (
+                "console_token",
+                bearer("An operator token of the console section (role viewer or operator)"),
+            ),
         ] {
             components.add_security_scheme(scheme, definition);
         }

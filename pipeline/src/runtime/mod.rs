@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use erpstream_connectors::admission::Admission;
-use erpstream_connectors::component::{Context, Names, Probe, Readiness, SnapshotService};
+use erpstream_connectors::component::{Context, Control, Names, Probe, Readiness, SnapshotService};
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
 use erpstream_schemas::{Codec, CodecError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,9 +23,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::console;
 use crate::processors::task::{StreamTask, TaskError};
 use crate::processors::{Follower, Processor};
 use crate::topology::Topology;
+use utoipa::OpenApi;
 
 /// Why the pipeline could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,9 @@ pub enum RuntimeError {
     /// A component's task ended although no shutdown was asked for.
     #[error("component {0} stopped unexpectedly")]
     Stopped(String),
+    /// A console token could not be read.
+    #[error("console.tokens: {0}")]
+    Console(#[from] erpstream_connectors::secret::SecretError),
 }
 
 /// Why a running component stopped.
@@ -148,6 +153,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let snapshots = Arc::new(snapshots);
     let mut router = axum::Router::new();
     let mut apis = Vec::new();
+    let mut controls: HashMap<String, Arc<dyn Control>> = HashMap::new();
     for (id, component) in topology.components() {
         let context = Context::new(
             id,
@@ -173,6 +179,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
             readiness.push((id.clone(), ready));
         }
         probes.extend(running.probe);
+        if let Some(control) = running.control {
+            controls.insert(id.clone(), control);
+        }
         if let Some(task) = running.task {
             let kind = component.kind().name();
             let span = tracing::info_span!("component", component_kind = kind,
@@ -184,6 +193,15 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         }
     }
 
+    if let Some(config) = &topology.console {
+        let auth = console::auth::Auth::new(config, topology.http.tls.is_some())?;
+        let live = console::live::Live::default();
+        tokio::spawn(live.clone().run(metrics.clone()));
+        let nodes = console_nodes(&topology, &readiness, controls);
+        let topics = topology.topics.keys().cloned().collect();
+        router = router.merge(console::routes(auth, live, nodes, topics));
+        apis.push(console::ConnectorApi::openapi());
+    }
     let router = router.merge(http::operations(
         metrics,
         publisher.clone(),
@@ -236,6 +254,64 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let _ = tokio::task::spawn_blocking(move || flush.flush(Duration::from_secs(10))).await;
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// The console's view of every source, processor and sink: its ports, settings (redacted),
+/// readiness (a processor's is its chain's) and controls.
+fn console_nodes(
+    topology: &Topology,
+    readiness: &[(String, Readiness)],
+    mut controls: HashMap<String, Arc<dyn Control>>,
+) -> Vec<console::Node> {
+    let settings = |section: &str, id: &str| {
+        topology
+            .settings
+            .get(&format!("{section}.{id}"))
+            .map(console::redact::settings)
+            .unwrap_or_default()
+    };
+    let ready = |id: &str| {
+        readiness
+            .iter()
+            .find(|(name, _)| name == id || name.split('+').any(|part| part == id))
+            .map(|(_, r)| r.clone())
+    };
+    let mut nodes = Vec::new();
+    for (section, components) in [
+        (console::Section::Source, &topology.sources),
+        (console::Section::Sink, &topology.sinks),
+    ] {
+        for (id, component) in components {
+            nodes.push(console::Node {
+                id: id.clone(),
+                section,
+                type_name: component.type_name().to_string(),
+                inputs: component.inputs().into_iter().map(|p| p.topic).collect(),
+                outputs: component.outputs().into_iter().map(|p| p.topic).collect(),
+                settings: settings(&format!("{}s", section.name()), id),
+                readiness: ready(id),
+                control: controls.remove(id),
+            });
+        }
+    }
+    for (id, processor) in &topology.processors {
+        nodes.push(console::Node {
+            id: id.clone(),
+            section: console::Section::Processor,
+            type_name: processor.type_name().to_string(),
+            inputs: processor.inputs().to_vec(),
+            outputs: processor.output().map(str::to_string).into_iter().collect(),
+            settings: settings("processors", id),
+            readiness: ready(id),
+            control: None,
+        });
+    }
+    nodes.sort_by_key(|n| match n.section {
+        console::Section::Source => 0,
+        console::Section::Processor => 1,
+        console::Section::Sink => 2,
+    });
+    nodes
 }
 
 async fn register_contracts(topology: &Topology, codec: &Codec) -> Result<(), RuntimeError> {

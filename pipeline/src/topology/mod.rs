@@ -46,6 +46,11 @@ pub struct Topology {
     pub processors: BTreeMap<String, Arc<dyn ConfiguredProcessor>>,
     /// Sinks by id.
     pub sinks: BTreeMap<String, Configured>,
+    /// The operator console and connector API, if served.
+    pub console: Option<crate::console::ConsoleConfig>,
+    /// Each source's, processor's and sink's settings as written (after `${VAR}`
+    /// substitution), by `<section>.<id>`: what the console shows, redacted.
+    pub settings: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 /// The `http:` section.

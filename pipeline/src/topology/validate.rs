@@ -12,7 +12,7 @@ use erpstream_connectors::component::Kind;
 use super::*;
 use crate::components::{self, Configured, PROCESSORS};
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "app_id",
     "http",
     "kafka",
@@ -21,6 +21,7 @@ const SECTIONS: [&str; 8] = [
     "sources",
     "processors",
     "sinks",
+    "console",
 ];
 
 pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
@@ -114,6 +115,21 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         },
     );
     let sinks = components(&root, Kind::Sink, &mut problems);
+    let console: Option<crate::console::ConsoleConfig> =
+        section(&root, "console", &mut problems, false);
+    if let Some(console) = &console {
+        problems.extend(console.validate("console"));
+    }
+    let mut settings = BTreeMap::new();
+    for name in ["sources", "processors", "sinks"] {
+        if let Some(Value::Mapping(entries)) = root.get(name) {
+            for (id, value) in entries {
+                if let Some(id) = id.as_str() {
+                    settings.insert(format!("{name}.{id}"), value.clone());
+                }
+            }
+        }
+    }
 
     // The graph rules need no broker or registry settings: check them even when those
     // sections are broken (the placeholders never leave this function, as problems exist).
@@ -126,6 +142,8 @@ pub(super) fn parse(text: &str) -> Result<Topology, TopologyErrors> {
         sources,
         processors,
         sinks,
+        console,
+        settings,
     };
     check_graph(&topology, &mut problems);
     if problems.is_empty() {

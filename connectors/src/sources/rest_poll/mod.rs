@@ -26,17 +26,19 @@
 
 mod api;
 mod config;
+mod control;
 mod state;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
 use erpstream_schemas::{EventKind, Traceparent, now_millis};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use api::{Api, PageQuery};
 pub use api::{ApiError, Page, REQUESTS};
@@ -51,6 +53,15 @@ use crate::validation::Problem;
 
 /// Component type name in the topology.
 pub const TYPE: &str = "rest_poll";
+
+/// Cursors as one line: `resource: cursor, ...`.
+fn describe(cursors: &BTreeMap<String, String>) -> String {
+    cursors
+        .iter()
+        .map(|(resource, cursor)| format!("{resource}: {cursor}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 /// Records read, by `component_id`, `resource` and `outcome` (`published`, `unchanged`,
 /// `deleted`, `dead_lettered`).
 pub const RECORDS: &str = "erpstream_rest_poll_records_total";
@@ -148,9 +159,11 @@ impl Component for RestPollConfig {
         // One replica polls (the cursor is one); the others stand by.
         let lease = context.lease(&self.state_database)?;
         let ready = source.readiness();
+        let control = source.control();
         Ok(Running::new(ready.clone(), move |shutdown| async move {
             Ok(lease.run(&ready, shutdown, |stop| source.run(stop)).await?)
-        }))
+        })
+        .control(control))
     }
 }
 
@@ -161,8 +174,15 @@ pub struct RestPollSource {
     config: RestPollConfig,
     resources: Vec<Resource>,
     publisher: Publisher,
-    api: Api,
+    api: Arc<Api>,
     ready: Readiness,
+    /// What the loop tells the controls.
+    progress: Arc<std::sync::Mutex<control::Progress>>,
+    /// "Sync now" requests: the sending side is the controls'.
+    poll_now: (
+        mpsc::Sender<control::PollNow>,
+        tokio::sync::Mutex<mpsc::Receiver<control::PollNow>>,
+    ),
 }
 
 /// A resource with its mapping bound to the fields the poller reads.
@@ -189,7 +209,8 @@ impl RestPollSource {
         resources: Vec<Resource>,
         publisher: Publisher,
     ) -> Result<Self, PollError> {
-        let api = Api::new(id, &config)?;
+        let api = Arc::new(Api::new(id, &config)?);
+        let (requests, received) = mpsc::channel(16);
         let source = Self {
             id: id.to_string(),
             state_key: state_key.to_string(),
@@ -198,6 +219,8 @@ impl RestPollSource {
             publisher,
             api,
             ready: Readiness::not_yet("testing the ERP credentials"),
+            progress: Arc::default(),
+            poll_now: (requests, tokio::sync::Mutex::new(received)),
         };
         for resource in &source.resources {
             Poller::new(source.config.preset, resource.clone())?;
@@ -208,6 +231,23 @@ impl RestPollSource {
     /// True while the ERP answers (the circuit is closed).
     pub fn readiness(&self) -> Readiness {
         self.ready.clone()
+    }
+
+    /// The operators' controls of this source.
+    pub fn control(&self) -> Arc<dyn crate::component::Control> {
+        Arc::new(control::PollControl {
+            progress: self.progress.clone(),
+            api: self.api.clone(),
+            requests: self.poll_now.0.clone(),
+            readiness: self.ready.clone(),
+            target: crate::postgres::redacted(&self.config.url),
+            peer: self.config.preset.peer(),
+            first_collection: self.first_collection().to_string(),
+        })
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, control::Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Polls until shutdown. Never stops on an ERP failure: the circuit opens and the source
@@ -223,6 +263,9 @@ impl RestPollSource {
         let mut failures = 0u32;
         let mut loaded = false;
         let mut circuit_open = false;
+        let mut poll_now = self.poll_now.1.lock().await;
+        // Who asked for the poll under way ("sync now"), answered when it ends.
+        let mut asked: Vec<control::PollNow> = Vec::new();
         loop {
             let started = Instant::now();
             let cycle = async {
@@ -264,6 +307,23 @@ impl RestPollSource {
                     failures = 0;
                     metrics::gauge!(CIRCUIT_OPEN, m::COMPONENT_ID => self.id.clone()).set(0.0);
                     self.ready.ready();
+                    let cursors = self.cursors(&pollers);
+                    {
+                        let mut progress = self.progress();
+                        progress.last_success = Some(chrono::Utc::now().to_rfc3339());
+                        progress.last_error = None;
+                        progress.circuit_open = false;
+                        progress.cursors = cursors.clone();
+                    }
+                    let detail = format!(
+                        "polled {} in {} ms; cursor {}",
+                        self.config.preset.peer(),
+                        started.elapsed().as_millis(),
+                        describe(&cursors)
+                    );
+                    for asker in asked.drain(..) {
+                        let _ = asker.send(crate::component::Outcome::ok(detail.clone()));
+                    }
                 }
                 Err(err) => {
                     failures += 1;
@@ -278,6 +338,12 @@ impl RestPollSource {
                         m::COMPONENT_TYPE => TYPE, m::ERROR_TYPE => error_type, m::STAGE => "poll")
                     .increment(1);
                     tracing::error!(error = %err, failures, "poll failed");
+                    self.progress().last_error = Some(err.to_string());
+                    for asker in asked.drain(..) {
+                        let _ = asker.send(crate::component::Outcome::failed(format!(
+                            "the poll failed: {err}"
+                        )));
+                    }
                     if failures >= self.config.circuit.failures {
                         self.ready.not_ready(format!(
                             "circuit open after {failures} failed polls of {}",
@@ -292,9 +358,14 @@ impl RestPollSource {
                         // The next cycle starts with the connection test, one attempt.
                         loaded = false;
                         circuit_open = true;
+                        self.progress().circuit_open = true;
                         tokio::select! {
                             _ = shutdown.changed() => return Ok(()),
                             _ = tokio::time::sleep(self.config.circuit.open_for) => continue,
+                            Some(asker) = poll_now.recv() => {
+                                asked.push(asker);
+                                continue;
+                            }
                         }
                     }
                 }
@@ -302,8 +373,25 @@ impl RestPollSource {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 _ = tokio::time::sleep(self.config.interval) => {}
+                Some(asker) = poll_now.recv() => asked.push(asker),
+            }
+            while let Ok(asker) = poll_now.try_recv() {
+                asked.push(asker);
             }
         }
+    }
+
+    /// Per resource, its cursor as text.
+    fn cursors(&self, pollers: &[Poller]) -> BTreeMap<String, String> {
+        pollers
+            .iter()
+            .map(|p| {
+                let cursor = p
+                    .cursor
+                    .map_or_else(|| "none yet".to_string(), |c| c.to_string());
+                (p.resource.name.clone(), cursor)
+            })
+            .collect()
     }
 
     /// One resource's share of a poll: (re)connects its state and reloads what is stored,
