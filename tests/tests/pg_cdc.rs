@@ -732,3 +732,53 @@ async fn databases_that_cannot_stream_are_refused_with_the_reason() {
         "{log}"
     );
 }
+
+/// `POST /api/connectors/db/test` with the console's operator token: the outcome.
+async fn connection_test(pipeline: &Pipeline) -> serde_json::Value {
+    let answer = pipeline
+        .client
+        .post(format!("{}/api/connectors/db/test", pipeline.url))
+        .bearer_auth(CONSOLE_TOKENS[0].1)
+        .send()
+        .await
+        .expect("connection test");
+    assert_eq!(answer.status(), 200);
+    answer.json().await.expect("an outcome")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wrong() {
+    let cluster = PgCluster::start("logical");
+    let url = cluster.url("postgres");
+    let client = pg(&url).await;
+    stock_table(&client, 3).await;
+    let storefront = Storefront::start().await;
+    let mut options = TopologyOptions::new(&storefront.url);
+    let slot = unique("slot_").to_lowercase().replace('-', "_");
+    options.extra_sources = cdc_source(&url, &slot);
+    options.console = true;
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+
+    let outcome = connection_test(&pipeline).await;
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let detail = outcome["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("1 table(s) match") && detail.contains(&format!("slot {slot}: ready")),
+        "{detail}"
+    );
+
+    // A mapped column renamed under the source (no change has flowed since, so the stream
+    // has not met it yet): the test names the table and the column.
+    client
+        .batch_execute("ALTER TABLE stock RENAME COLUMN actual_qty TO qty")
+        .await
+        .expect("rename");
+    let outcome = connection_test(&pipeline).await;
+    assert_eq!(outcome["ok"], false, "{outcome}");
+    let detail = outcome["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("public.stock") && detail.contains("actual_qty"),
+        "{detail}"
+    );
+}

@@ -153,7 +153,35 @@ fn every_rule_names_its_path_and_reason() {
         (
             &[(&["extra"], Some("1"))],
             &[
-                "extra: unknown section; expected one of app_id, http, kafka, registry, topics, sources, processors, sinks",
+                "extra: unknown section; expected one of app_id, http, kafka, registry, topics, sources, processors, sinks, console",
+            ],
+        ),
+        (
+            &[(&["console", "tokens"], Some("[]"))],
+            &["console.tokens: must list at least one token"],
+        ),
+        (
+            &[
+                (
+                    &["console", "tokens"],
+                    Some(
+                        "[{token: {env: A}, role: viewer, name: ops}, {token: {env: B}, role: operator, name: ops}]",
+                    ),
+                ),
+                (&["console", "session"], Some("10s")),
+            ],
+            &[
+                "console.tokens[1].name: ops is named twice; each token needs its own name",
+                "console.session: must be between 1m and 7days",
+            ],
+        ),
+        (
+            &[(
+                &["console", "tokens"],
+                Some("[{token: inline, role: admin, name: x}]"),
+            )],
+            &[
+                "console.tokens[0].token: must be { env: VARIABLE } or { file: PATH } (secrets are never written inline)",
             ],
         ),
         (&[(&["app_id"], None)], &["app_id: is required"]),

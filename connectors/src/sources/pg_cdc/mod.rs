@@ -28,6 +28,7 @@ mod change;
 mod config;
 mod control;
 mod decode;
+mod operator;
 mod snapshot;
 mod stream;
 
@@ -179,9 +180,12 @@ impl Component for PgCdcConfig {
         // One replica streams from the slot; the others stand by.
         let lease = context.lease(&self.state_database)?;
         let ready = source.readiness();
+        let source = Arc::new(source);
+        let control = Arc::new(operator::CdcControl(source.clone()));
         Ok(Running::new(ready.clone(), move |shutdown| async move {
             Ok(lease.run(&ready, shutdown, |stop| source.run(stop)).await?)
-        }))
+        })
+        .control(control))
     }
 }
 
