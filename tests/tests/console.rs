@@ -314,6 +314,29 @@ async fn a_viewer_reads_but_cannot_act_and_the_connector_api_enforces_the_roles(
     assert_eq!(answer.status(), 200);
     let outcome: Value = answer.json().await.expect("json");
     assert_eq!(outcome["ok"], true, "{outcome}");
+    // A component with no test of its own checks the brokers and its database.
+    let answer = client
+        .post(format!("{}/api/connectors/shop/test", pipeline.url))
+        .bearer_auth(CONSOLE_TOKENS[0].1)
+        .send()
+        .await
+        .expect("test");
+    let outcome: Value = answer.json().await.expect("json");
+    assert_eq!(
+        outcome,
+        json!({"ok": true, "detail": "the brokers and its database answer"})
+    );
+    let answer = client
+        .post(format!("{}/api/connectors/shop/sync", pipeline.url))
+        .bearer_auth(CONSOLE_TOKENS[0].1)
+        .send()
+        .await
+        .expect("sync");
+    assert_eq!(
+        answer.status(),
+        404,
+        "the storefront API has nothing to sync"
+    );
     let answer = client
         .post(format!("{}/api/connectors/nope/sync", pipeline.url))
         .bearer_auth(CONSOLE_TOKENS[0].1)

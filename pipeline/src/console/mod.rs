@@ -12,6 +12,7 @@ mod api;
 pub use api::ConnectorApi;
 mod assets;
 pub mod auth;
+pub mod basic;
 pub mod config;
 mod connectors;
 mod flow;

@@ -154,6 +154,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let mut router = axum::Router::new();
     let mut apis = Vec::new();
     let mut controls: HashMap<String, Arc<dyn Control>> = HashMap::new();
+    let mut stores: HashMap<String, Probe> = HashMap::new();
     for (id, component) in topology.components() {
         let context = Context::new(
             id,
@@ -178,6 +179,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         if let Some(ready) = running.readiness {
             readiness.push((id.clone(), ready));
         }
+        if let Some(probe) = &running.probe {
+            stores.insert(id.clone(), probe.clone());
+        }
         probes.extend(running.probe);
         if let Some(control) = running.control {
             controls.insert(id.clone(), control);
@@ -197,7 +201,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         let auth = console::auth::Auth::new(config, topology.http.tls.is_some())?;
         let live = console::live::Live::default();
         tokio::spawn(live.clone().run(metrics.clone()));
-        let nodes = console_nodes(&topology, &readiness, controls);
+        let nodes = console_nodes(&topology, &readiness, controls, stores);
         let topics = topology.topics.keys().cloned().collect();
         router = router.merge(console::routes(auth, live, nodes, topics));
         apis.push(console::ConnectorApi::openapi());
@@ -257,11 +261,13 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
 }
 
 /// The console's view of every source, processor and sink: its ports, settings (redacted),
-/// readiness (a processor's is its chain's) and controls.
+/// readiness (a processor's is its chain's) and controls (its own, or the basic ones over
+/// the brokers and its store's probe in `stores`).
 fn console_nodes(
     topology: &Topology,
     readiness: &[(String, Readiness)],
     mut controls: HashMap<String, Arc<dyn Control>>,
+    mut stores: HashMap<String, Probe>,
 ) -> Vec<console::Node> {
     let settings = |section: &str, id: &str| {
         topology
@@ -290,7 +296,14 @@ fn console_nodes(
                 outputs: component.outputs().into_iter().map(|p| p.topic).collect(),
                 settings: settings(&format!("{}s", section.name()), id),
                 readiness: ready(id),
-                control: controls.remove(id),
+                control: Some(controls.remove(id).unwrap_or_else(|| {
+                    let written = topology.settings.get(&format!("{}s.{id}", section.name()));
+                    Arc::new(console::basic::BasicControl {
+                        target: console::basic::BasicControl::target_of(written),
+                        probe: stores.remove(id),
+                        kafka: topology.kafka.clone(),
+                    })
+                })),
             });
         }
     }
