@@ -115,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let app = erpstream_pipeline::processors::inventory::snapshot::Views {
         live: inventory.view(),
         copy: None,
+        expiry: std::time::Duration::from_secs(1800),
     }
     .router(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

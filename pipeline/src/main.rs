@@ -237,6 +237,9 @@ struct DlqFilter {
     /// Only records this component dead-lettered.
     #[arg(long)]
     source: Option<String>,
+    /// Only this record (an ID as `dlq list` shows it); repeat for several.
+    #[arg(long = "id")]
+    ids: Vec<String>,
 }
 
 impl DlqFilter {
@@ -246,6 +249,7 @@ impl DlqFilter {
             error_type: self.error_type,
             key: self.key,
             source: self.source,
+            ids: self.ids.into_iter().collect(),
             all,
         }
     }

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A headless Chromium under its own chromedriver, ended when dropped.
+/// A headless Chromium under its own chromedriver. A test ends it with [`Browser::close`]
+/// (chromedriver then closes its Chromium); dropping it kills chromedriver, which a
+/// failing test relies on.
 struct Browser {
     client: Client,
     driver: Child,
@@ -266,6 +268,7 @@ async fn an_operator_sees_every_component_ready_and_syncs_a_polled_source_from_t
             s.contains("ERPNext accepted the credentials")
         })
         .await;
+    browser.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -386,4 +389,318 @@ async fn a_viewer_reads_but_cannot_act_and_the_connector_api_enforces_the_roles(
         .expect("a request without the CSRF token");
     assert_eq!(forged, json!(403));
     browser.screenshot("connectors-viewer").await;
+    browser.close().await;
+}
+
+impl Browser {
+    /// Opens `path` of `pipeline`'s console.
+    async fn open(&self, pipeline: &Pipeline, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", pipeline.url))
+            .await
+            .unwrap_or_else(|err| panic!("open {path}: {err}"));
+    }
+
+    /// Clicks the element at `css`.
+    async fn click(&self, css: &str) {
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("no {css}: {err}"))
+            .click()
+            .await
+            .unwrap_or_else(|err| panic!("click {css}: {err}"));
+    }
+
+    /// Logs out with the page's button.
+    async fn log_out(&self) {
+        self.click("form[action='/console/logout'] button").await;
+        self.wait_source("the login page", |s| s.contains("Operator token"))
+            .await;
+    }
+
+    /// Ends the WebDriver session, so that chromedriver closes its Chromium.
+    async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+/// Rows of the table `#id` in `source` (its `<tr data-...>` rows).
+fn rows(source: &str, table: &str) -> usize {
+    let Some(start) = source.find(&format!("id=\"{table}\"")) else {
+        return 0;
+    };
+    let rest = &source[start..];
+    let end = rest.find("</table>").unwrap_or(rest.len());
+    rest[..end].matches("<tr data-").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storefront_outage_is_dead_lettered_and_redriven_once_from_the_page_and_a_viewer_cannot()
+{
+    let storefront = Storefront::start().await;
+    let mut options = TopologyOptions::new(&storefront.url);
+    options.console = true;
+    options.max_attempts = 3;
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+    let browser = Browser::start().await;
+    browser.log_in(&pipeline, CONSOLE_TOKENS[0].1).await;
+
+    browser.open(&pipeline, "/console/dead-letters").await;
+    browser
+        .wait_source("the empty state", |s| s.contains("No dead letters waiting"))
+        .await;
+
+    // The storefront answers 503: both figures are dead-lettered after their 3 attempts.
+    storefront.fail_with(503);
+    let skus = [unique("DL-A-"), unique("DL-B-")];
+    for (sku, quantity) in skus.iter().zip([7, 5]) {
+        let body = inventory_body(sku, DEFAULT_LOCATION, quantity, &rfc3339_now(0));
+        let (status, _, _) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
+        assert_eq!(status, 202);
+    }
+    let path = "/console/dead-letters?topic=inventory.available";
+    let until = Instant::now() + LONG;
+    let listed = loop {
+        browser.open(&pipeline, path).await;
+        let source = browser.source().await;
+        if skus.iter().all(|sku| source.contains(sku.as_str())) {
+            break source;
+        }
+        assert!(Instant::now() < until, "not listed after 60 s:\n{source}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(rows(&listed, "dead-letters"), 2, "{listed}");
+    assert!(listed.contains("retries_exhausted") && listed.contains("503"));
+    assert_no_secret("Dead letters", &listed);
+    browser.screenshot("dead-letters").await;
+
+    // A record opened: decoded, with its headers and error.
+    browser.click("#dead-letters tbody tr a").await;
+    let record = browser
+        .wait_source("the dead letter", |s| s.contains("Why it is here"))
+        .await;
+    assert!(record.contains("erpstream.error") && record.contains("\"sku\""));
+    assert_no_secret("a dead letter", &record);
+    browser.screenshot("dead-letter").await;
+
+    // Both selected; the preview sends nothing.
+    browser.open(&pipeline, path).await;
+    for sku in &skus {
+        let id = listed
+            .split("<tr data-id=\"")
+            .skip(1)
+            .find(|row| row.contains(sku.as_str()))
+            .and_then(|row| row.split('"').next())
+            .expect("the row's id")
+            .to_string();
+        browser
+            .click(&format!("input[type=checkbox][value='{id}']"))
+            .await;
+    }
+    browser.click("button[hx-post$='dry_run=true']").await;
+    let preview = browser
+        .wait_source("the preview", |s| s.contains("id=\"redrive-outcome\""))
+        .await;
+    assert_eq!(preview.matches("would deliver").count(), 2, "{preview}");
+    browser.screenshot("dead-letters-preview").await;
+    storefront.fail_with(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(skus.iter().all(|sku| storefront.stock_of(sku).is_empty()));
+
+    // The storefront is back: redriven from the page, each arrives once.
+    browser
+        .click("#redrive button:not([hx-post*='dry_run'])")
+        .await;
+    let done = browser
+        .wait_source("the redrive", |s| s.contains("Redrive done"))
+        .await;
+    assert_eq!(done.matches("published again as").count(), 2, "{done}");
+    for (sku, quantity) in skus.iter().zip([7, 5]) {
+        let delivered = wait_for("the redriven figure delivered", LONG, || {
+            let stock = storefront.stock_of(sku);
+            (!stock.is_empty()).then_some(stock)
+        })
+        .await;
+        assert_eq!(delivered[0]["new_quantity"], quantity);
+    }
+    browser.open(&pipeline, path).await;
+    let after = browser.source().await;
+    assert!(after.contains("No dead letters waiting"), "{after}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for sku in &skus {
+        assert_eq!(storefront.stock_of(sku).len(), 1, "{sku} delivered once");
+    }
+
+    // A viewer sees the records but no control, and a redrive made by hand is refused.
+    browser.log_out().await;
+    browser.log_in(&pipeline, CONSOLE_TOKENS[1].1).await;
+    browser
+        .open(
+            &pipeline,
+            "/console/dead-letters?topic=inventory.available&state=all",
+        )
+        .await;
+    let seen = browser
+        .wait_source("the redriven records", |s| s.contains("redriven"))
+        .await;
+    assert!(skus.iter().all(|sku| seen.contains(sku.as_str())));
+    assert!(!seen.contains("type=\"checkbox\"") && !seen.contains("Redrive selected"));
+    let refused = browser
+        .client
+        .execute(
+            r#"const csrf = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token'];
+               const answer = await fetch('/console/dead-letters/redrive',
+                   {method: 'POST', headers: {'X-CSRF-Token': csrf,
+                    'Content-Type': 'application/x-www-form-urlencoded'},
+                    body: 'id=' + encodeURIComponent(arguments[0])});
+               return answer.status;"#,
+            vec![json!(format!(
+                "{}.dlq/0/0",
+                pipeline.topic("inventory.available")
+            ))],
+        )
+        .await
+        .expect("a hand-made redrive");
+    assert_eq!(refused, json!(403));
+    browser.screenshot("dead-letters-viewer").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_and_stock_shows_it()
+{
+    let storefront = Storefront::start().await;
+    let mut options = TopologyOptions::new(&storefront.url);
+    options.console = true;
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+
+    let (good, planted) = (unique("RC-A-"), unique("RC-B-"));
+    for sku in [&good, &planted] {
+        let body = inventory_body(sku, DEFAULT_LOCATION, 10, &rfc3339_now(-60_000));
+        assert_eq!(pipeline.post_webhook(&body, Some(ERP_SECRET)).await.0, 202);
+    }
+    let order = unique("RC-ORDER-");
+    let (status, _, reply) = pipeline
+        .post_api(
+            "/api/sales/orders",
+            &json!({
+                "transaction_id": order,
+                "transaction_date": rfc3339_now(0),
+                "customer_details": {"name": "Jane Doe", "tax_id": "GSTIN12345"},
+                "line_items": [{"sku": good, "quantity": 2, "unit_price": 10.0}]
+            }),
+            Some(API_TOKEN),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status} {reply}");
+
+    let browser = Browser::start().await;
+    browser.log_in(&pipeline, CONSOLE_TOKENS[0].1).await;
+
+    // Stock: the figure, the hold with its order, the event that set on_hand.
+    let until = Instant::now() + LONG;
+    let stock = loop {
+        browser
+            .open(&pipeline, &format!("/console/stock?sku={good}"))
+            .await;
+        let source = browser.source().await;
+        if source.contains(&order) {
+            break source;
+        }
+        assert!(Instant::now() < until, "no hold after 60 s:\n{source}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        stock.contains("id=\"available\">8<"),
+        "10 on hand, 2 held: {stock}"
+    );
+    assert_eq!(rows(&stock, "holds"), 1);
+    assert!(stock.contains(&format!("{}/", pipeline.topic("inventory.change"))));
+    browser.screenshot("stock").await;
+    browser.click("#locations a[href^='/console/record']").await;
+    let event = browser
+        .wait_source("the event that set on_hand", |s| {
+            s.contains("<h2>Value</h2>")
+        })
+        .await;
+    assert!(
+        event.contains(&good) && event.contains("new_quantity"),
+        "{event}"
+    );
+
+    // The ERP's picture says 99 where erpstream holds 10: exactly that difference.
+    let dir = std::env::temp_dir().join(unique("console-reconcile-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let picture = dir.join("bins.csv");
+    std::fs::write(
+        &picture,
+        format!(
+            "sku,location,qty\n{good},{DEFAULT_LOCATION},10\n{planted},{DEFAULT_LOCATION},99\n"
+        ),
+    )
+    .expect("write picture");
+    browser.open(&pipeline, "/console/reconciliation").await;
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Css("input[type=file]"))
+        .await
+        .expect("the file field")
+        .send_keys(picture.to_str().expect("path"))
+        .await
+        .expect("choose the file");
+    browser.click("form[enctype] button[type=submit]").await;
+    let report = browser
+        .wait_source("the report", |s| s.contains("id=\"counts\""))
+        .await;
+    assert_eq!(rows(&report, "differences"), 1, "{report}");
+    assert!(report.contains(&format!("data-sku=\"{planted}\"")));
+    assert!(
+        report.contains("1 matching, 0 missing, 0 extra, 1 differing"),
+        "{report}"
+    );
+    browser.screenshot("reconciliation-report").await;
+
+    // A repair asks first, then publishes the picture's figure.
+    browser.click("a[href$='/repair']").await;
+    browser
+        .wait_source("the confirmation", |s| s.contains("id=\"confirm-repair\""))
+        .await;
+    browser.screenshot("reconciliation-confirm").await;
+    browser.click("#confirm-repair button[type=submit]").await;
+    let repaired = browser
+        .wait_source("the repaired report", |s| {
+            s.contains("correcting events published")
+        })
+        .await;
+    assert!(repaired.contains("1 correcting events"), "{repaired}");
+    wait_for("the repaired figure delivered", LONG, || {
+        storefront
+            .stock_of(&planted)
+            .iter()
+            .any(|d| d["new_quantity"] == 99)
+            .then_some(())
+    })
+    .await;
+    browser
+        .open(&pipeline, &format!("/console/stock?sku={planted}"))
+        .await;
+    let fixed = browser.source().await;
+    assert!(fixed.contains("id=\"available\">99<"), "{fixed}");
+
+    // The report is kept, with its repair, in the list.
+    browser.open(&pipeline, "/console/reconciliation").await;
+    let list = browser
+        .wait_source("the kept reports", |s| s.contains("id=\"reports\""))
+        .await;
+    assert!(
+        list.contains("bins.csv") && list.contains("1 events by ops"),
+        "{list}"
+    );
+    browser.screenshot("reconciliation").await;
+    browser.close().await;
 }

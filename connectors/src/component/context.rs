@@ -71,6 +71,14 @@ pub trait SnapshotService: Send + Sync {
     fn router(&self, auth: Arc<ApiAuth>) -> axum::Router;
     /// The OpenAPI document of those routes.
     fn api(&self) -> utoipa::openapi::OpenApi;
+    /// One sku's whole state for people (the operator console's *Stock*): its `partition`
+    /// and, per location, the figures, the ERP time and input offset of the figure that set
+    /// `on_hand`, and the open holds with when they were taken and expire; `None` when no
+    /// state read here holds the sku.
+    fn sku(&self, sku: &str) -> Option<serde_json::Value>;
+    /// The whole `?detail=true` snapshot body, as the route serves it (the console's
+    /// reconciliation compares against it); `Err` names the partitions still being read.
+    fn detail(&self) -> Result<Vec<u8>, String>;
 }
 
 /// What a component is built with.

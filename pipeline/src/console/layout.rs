@@ -10,6 +10,9 @@ use super::auth::Operator;
 const PAGES: &[(&str, &str)] = &[
     ("/console/flow", "Flow"),
     ("/console/connectors", "Connectors"),
+    ("/console/stock", "Stock"),
+    ("/console/dead-letters", "Dead letters"),
+    ("/console/reconciliation", "Reconciliation"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -18,7 +21,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config"
-                content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
+                content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0,"responseHandling":[{"code":"204","swap":false},{"code":"[2345]..","swap":true}]}"#;
             title { (title) " · erpstream console" }
             link rel="stylesheet" href=(href("pico.min.css"));
             link rel="stylesheet" href=(href("console.css"));

@@ -15,10 +15,14 @@ pub mod auth;
 pub mod basic;
 pub mod config;
 mod connectors;
+mod dead_letters;
 mod flow;
 mod layout;
 pub mod live;
+mod reconciliation;
+mod records;
 pub mod redact;
+mod stock;
 
 use std::sync::Arc;
 
@@ -28,7 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::{Cookie, SameSite};
-use erpstream_connectors::component::{Control, Readiness};
+use erpstream_connectors::component::{Control, Readiness, SnapshotService};
 use maud::html;
 use serde::Deserialize;
 
@@ -36,6 +40,8 @@ pub use config::ConsoleConfig;
 
 use auth::{Auth, LOGIN_COOKIE, Operator, SESSION_COOKIE};
 use live::Live;
+
+use crate::tools::Tools;
 
 /// Where a node sits in the topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,21 +87,23 @@ pub struct Node {
 
 /// Everything the console's handlers share.
 pub struct Console {
-    auth: Auth,
-    live: Live,
-    nodes: Vec<Node>,
+    /// Who may log in.
+    pub auth: Auth,
+    /// This process's live figures.
+    pub live: Live,
+    /// Every source, processor and sink.
+    pub nodes: Vec<Node>,
     /// Declared logical topics.
-    topics: Vec<String>,
+    pub topics: Vec<String>,
+    /// The data team's tools on this topology (dead letters, records, reconciliation).
+    pub tools: Arc<Tools>,
+    /// The inventory processor's state, when the topology keeps one.
+    pub stock: Option<Arc<dyn SnapshotService>>,
 }
 
-/// The console's and the connector API's routes, and the task that keeps the live figures.
-pub fn routes(auth: Auth, live: Live, nodes: Vec<Node>, topics: Vec<String>) -> Router {
-    let console = Arc::new(Console {
-        auth,
-        live,
-        nodes,
-        topics,
-    });
+/// The console's and the connector API's routes.
+pub fn routes(console: Console) -> Router {
+    let console = Arc::new(console);
     Router::new()
         .route("/console", get(|| async { Redirect::to("/console/flow") }))
         .route("/console/login", get(login_page).post(login))
@@ -105,6 +113,22 @@ pub fn routes(auth: Auth, live: Live, nodes: Vec<Node>, topics: Vec<String>) -> 
         .route("/console/connectors", get(connectors::page))
         .route("/console/connectors/{id}/test", post(connectors::test))
         .route("/console/connectors/{id}/sync", post(connectors::sync))
+        .route("/console/dead-letters", get(dead_letters::page))
+        .route("/console/dead-letters/record", get(dead_letters::record))
+        .route("/console/dead-letters/redrive", post(dead_letters::redrive))
+        .route(
+            "/console/reconciliation",
+            get(reconciliation::page).post(reconciliation::run).layer(
+                axum::extract::DefaultBodyLimit::max(reconciliation::MAX_UPLOAD),
+            ),
+        )
+        .route("/console/reconciliation/{id}", get(reconciliation::report))
+        .route(
+            "/console/reconciliation/{id}/repair",
+            get(reconciliation::confirm).post(reconciliation::repair),
+        )
+        .route("/console/stock", get(stock::page))
+        .route("/console/record", get(records::page))
         .route("/console/assets/{name}", get(assets::serve))
         .merge(api::routes())
         .with_state(console)
@@ -178,30 +202,39 @@ impl Console {
 
 /// Why a console request was refused, as a page (or an htmx fragment).
 pub enum Refusal {
-    /// Not logged in: to the login page.
-    Login(String),
+    /// Not logged in: to the login page (`htmx`: the request refreshes a fragment).
+    Login {
+        /// The page to come back to.
+        next: String,
+        /// Whether htmx asked (`HX-Request`).
+        htmx: bool,
+    },
     /// Logged in, but the role may not do this.
     Forbidden(&'static str),
     /// The request is not from this console's pages (CSRF token or origin wrong).
     Forged,
     /// No such thing.
     NotFound(String),
+    /// The request is not one that can be carried out (says why).
+    Invalid(String),
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Refusal::Login(next) => {
+            Refusal::Login { next, htmx } => {
                 let target = format!("/console/login?next={}", urlencoding(&next));
-                // htmx follows a redirect inside the fragment; HX-Redirect loads the page.
-                (
-                    StatusCode::SEE_OTHER,
-                    [
-                        (header::LOCATION, target.clone()),
-                        (header::HeaderName::from_static("hx-redirect"), target),
-                    ],
-                )
-                    .into_response()
+                if htmx {
+                    // A redirect would be followed by the browser inside the fragment and put
+                    // the login page there; HX-Redirect makes htmx load it as the page.
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::HeaderName::from_static("hx-redirect"), target)],
+                    )
+                        .into_response()
+                } else {
+                    Redirect::to(&target).into_response()
+                }
             }
             Refusal::Forbidden(what) => (
                 StatusCode::FORBIDDEN,
@@ -221,6 +254,11 @@ impl IntoResponse for Refusal {
                 html! { p.error-box role="alert" { (what) } },
             )
                 .into_response(),
+            Refusal::Invalid(why) => (
+                StatusCode::BAD_REQUEST,
+                html! { p.error-box role="alert" { (why) } },
+            )
+                .into_response(),
         }
     }
 }
@@ -237,11 +275,17 @@ fn urlencoding(text: &str) -> String {
         .collect()
 }
 
+/// Whether htmx made the request (it refreshes a fragment, not the page).
+fn from_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
+}
+
 /// A page request: the operator, or the way to the login page.
 fn viewer(console: &Console, headers: &HeaderMap, path: &str) -> Result<Operator, Refusal> {
-    console
-        .operator(headers)
-        .ok_or_else(|| Refusal::Login(path.to_string()))
+    console.operator(headers).ok_or_else(|| Refusal::Login {
+        next: path.to_string(),
+        htmx: from_htmx(headers),
+    })
 }
 
 /// An action: a logged-in operator whose role may act, from this console's pages (CSRF
@@ -252,9 +296,7 @@ fn actor(
     form_csrf: Option<&str>,
     what: &'static str,
 ) -> Result<Operator, Refusal> {
-    let operator = console
-        .operator(headers)
-        .ok_or_else(|| Refusal::Login("/console".into()))?;
+    let operator = viewer(console, headers, "/console/flow")?;
     let presented = headers
         .get(auth::CSRF_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -202,8 +202,22 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         let live = console::live::Live::default();
         tokio::spawn(live.clone().run(metrics.clone()));
         let nodes = console_nodes(&topology, &readiness, controls, stores);
-        let topics = topology.topics.keys().cloned().collect();
-        router = router.merge(console::routes(auth, live, nodes, topics));
+        let tools = crate::tools::Tools {
+            topology: topology.clone(),
+            kafka: kafka.clone(),
+            codec: codec.clone(),
+        };
+        router = router.merge(console::routes(console::Console {
+            auth,
+            live,
+            nodes,
+            topics: topology.topics.keys().cloned().collect(),
+            tools: Arc::new(tools),
+            stock: snapshots
+                .iter()
+                .min_by_key(|(id, _)| *id)
+                .map(|(_, stock)| stock.clone()),
+        }));
         apis.push(console::ConnectorApi::openapi());
     }
     let router = router.merge(http::operations(

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::{
     Doing, From, Progress, ToolError, Tools, TopicReader, Until, json_record, newest_offsets,
-    resend, rfc3339,
+    record_at, resend, rfc3339,
 };
 
 /// Header naming the DLQ record a redriven record came from.
@@ -43,6 +43,8 @@ pub struct Filter {
     pub key: Option<String>,
     /// Only records this component dead-lettered.
     pub source: Option<String>,
+    /// Only these records (ids as [`Entry::id`]); empty: every one.
+    pub ids: HashSet<String>,
     /// Include records already redriven or superseded.
     pub all: bool,
 }
@@ -115,19 +117,7 @@ pub async fn list(tools: &Tools, filter: &Filter) -> Result<Vec<Entry>, ToolErro
 /// One record by id, with its decoded value and every header.
 pub async fn show(tools: &Tools, id: &str) -> Result<Value, ToolError> {
     let (topic, partition, offset) = parse_id(id)?;
-    let mut reader = TopicReader::open(
-        &tools.kafka,
-        &topic,
-        From::Offsets(HashMap::from([(partition, offset)])),
-        Until::End,
-    )
-    .await?;
-    let mut skipped = 0;
-    let message = reader
-        .next(&mut skipped)
-        .await?
-        .filter(|m| m.partition() == partition && m.offset() == offset)
-        .ok_or_else(|| ToolError::usage(format!("{id}: no such record")))?;
+    let message = record_at(&tools.kafka, &topic, partition, offset).await?;
     let ledger = read_ledger(tools).await?;
     let entry = entry(message.clone(), &ledger, erpstream_schemas::now_millis());
     let mut shown = serde_json::to_value(&entry)?;
@@ -148,6 +138,9 @@ pub struct RedriveSummary {
     pub source_rows: u64,
     /// Where each redriven record went: DLQ id → `topic/partition/offset`.
     pub to: BTreeMap<String, String>,
+    /// What became (or, dry, would become) of each matched record: DLQ id → `redriven`,
+    /// `superseded` or `source row`.
+    pub outcomes: BTreeMap<String, String>,
     /// Only reported what it would do.
     pub dry_run: bool,
 }
@@ -224,14 +217,21 @@ pub async fn redrive(
         progress.step();
         let (Some(topic), Some(message)) = (&entry.original_topic, &entry.message) else {
             summary.source_rows += 1;
+            summary
+                .outcomes
+                .insert(entry.id.clone(), "source row".into());
             continue;
         };
         if superseded.contains(&entry.id) {
             summary.superseded += 1;
+            summary
+                .outcomes
+                .insert(entry.id.clone(), "superseded".into());
             marks.push((entry.id.clone(), mark("superseded", None)));
             continue;
         }
         summary.redriven += 1;
+        summary.outcomes.insert(entry.id.clone(), "redriven".into());
         if dry_run {
             continue;
         }
@@ -387,9 +387,11 @@ fn matches(entry: &Entry, filter: &Filter) -> bool {
             .as_ref()
             .is_none_or(|k| entry.key.as_ref() == Some(k))
         && filter.source.as_ref().is_none_or(|s| &entry.source == s)
+        && (filter.ids.is_empty() || filter.ids.contains(&entry.id))
 }
 
-fn parse_id(id: &str) -> Result<(String, i32, i64), ToolError> {
+/// `<topic>/<partition>/<offset>` taken apart.
+pub fn parse_id(id: &str) -> Result<(String, i32, i64), ToolError> {
     let mut parts = id.rsplitn(3, '/');
     let (Some(offset), Some(partition), Some(topic)) = (parts.next(), parts.next(), parts.next())
     else {

@@ -20,7 +20,7 @@ pub mod tail;
 mod time;
 
 pub use error::{Doing, ToolError};
-pub use read::{From, TopicReader, Until, newest_offsets};
+pub use read::{From, TopicReader, Until, newest_offsets, record_at};
 pub use report::{Progress, Records, json_record};
 pub use time::{parse_time, rfc3339};
 

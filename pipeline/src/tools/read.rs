@@ -46,6 +46,33 @@ pub enum Until {
     Follow,
 }
 
+/// The record at `offset` of `topic`'s `partition`, or a usage error naming `what` when
+/// the partition holds no record there (compacted away, expired, or not written yet).
+pub async fn record_at(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<OwnedMessage, ToolError> {
+    let mut reader = TopicReader::open(
+        kafka,
+        topic,
+        From::Offsets(HashMap::from([(partition, offset)])),
+        Until::End,
+    )
+    .await?;
+    let mut skipped = 0;
+    reader
+        .next(&mut skipped)
+        .await?
+        .filter(|m| m.partition() == partition && m.offset() == offset)
+        .ok_or_else(|| {
+            ToolError::usage(format!(
+                "{topic}/{partition}/{offset}: no such record (compacted away, expired or not written)"
+            ))
+        })
+}
+
 /// One partition's part of the read: offsets `start..end`.
 #[derive(Debug, Clone, Copy)]
 struct Span {

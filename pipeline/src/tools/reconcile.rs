@@ -87,7 +87,7 @@ pub struct ReconcileOptions {
 type Key = (String, String);
 
 /// The last event that set a figure in erpstream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastEvent {
     /// Topic.
     pub topic: String,
@@ -100,7 +100,7 @@ pub struct LastEvent {
 }
 
 /// One difference.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Difference {
     /// Sku.
     pub sku: String,
@@ -122,7 +122,7 @@ pub struct Difference {
 }
 
 /// Counts of one comparison.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Counts {
     /// Keys in the picture.
     pub external: u64,
@@ -139,7 +139,7 @@ pub struct Counts {
 }
 
 /// One comparison's result.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Diff {
     /// Counts.
     pub counts: Counts,
@@ -159,14 +159,14 @@ impl Diff {
 }
 
 /// The report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The picture compared against.
     pub against: String,
     /// When it was taken (RFC 3339).
     pub as_of: String,
     /// `location` or `sku`.
-    pub level: &'static str,
+    pub level: String,
     /// erpstream's materialized state.
     pub state: Diff,
     /// The planning database, when asked for.
@@ -201,14 +201,7 @@ pub struct Picture {
 /// Runs a reconciliation.
 pub async fn run(tools: &Tools, options: ReconcileOptions) -> Result<Report, ToolError> {
     let progress = Progress::new(None, "reading the external picture");
-    let (bytes, fetched_at) = load(&options.against, &options.headers).await?;
-    let as_of = match options.as_of {
-        Some(at) => at,
-        None => fetched_at,
-    };
-    let mut picture = parse_picture(&bytes, &options.against)
-        .map_err(|reason| ToolError::data(&options.against, reason))?;
-    drop(bytes);
+    let (picture, fetched_at) = load(&options.against, &options.headers).await?;
     let state_source = match &options.state {
         Some(state) => state.clone(),
         None => {
@@ -224,7 +217,35 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> Result<Report, Too
         headers.push(format!("Authorization: Bearer {token}"));
     }
     progress.phase("reading erpstream's state");
-    let (state_bytes, _) = load(&state_source, &headers).await?;
+    let (state, _) = load(&state_source, &headers).await?;
+    compare(
+        tools,
+        options,
+        picture,
+        fetched_at,
+        &state_source,
+        state,
+        progress,
+    )
+    .await
+}
+
+/// Reconciles a picture already read (`picture`, taken at `fetched_at` unless the options
+/// say when) with erpstream's state already read (`state`: a `?detail=true` snapshot body
+/// from `state_source`), as [`run`] does after reading both; the console's
+/// *Reconciliation* hands over an uploaded file and the state it holds.
+pub async fn compare(
+    tools: &Tools,
+    options: ReconcileOptions,
+    picture: Vec<u8>,
+    fetched_at: i64,
+    state_source: &str,
+    state_bytes: Vec<u8>,
+    progress: Progress,
+) -> Result<Report, ToolError> {
+    let as_of = options.as_of.unwrap_or(fetched_at);
+    let mut picture = parse_picture(&picture, &options.against)
+        .map_err(|reason| ToolError::data(&options.against, reason))?;
     let state_error =
         |reason| ToolError::data(format!("erpstream's state from {state_source}"), reason);
     let events_topic = tools.topic(&options.events_topic);
@@ -265,7 +286,7 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> Result<Report, Too
     Ok(Report {
         against: options.against,
         as_of: rfc3339(as_of),
-        level: if picture.per_sku { "sku" } else { "location" },
+        level: if picture.per_sku { "sku" } else { "location" }.into(),
         state,
         planning,
         storefront,
@@ -275,7 +296,7 @@ pub async fn run(tools: &Tools, options: ReconcileOptions) -> Result<Report, Too
 }
 
 /// A file's or URL's bytes and the time they stand for.
-async fn load(source: &str, headers: &[String]) -> Result<(Vec<u8>, i64), ToolError> {
+pub async fn load(source: &str, headers: &[String]) -> Result<(Vec<u8>, i64), ToolError> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let fetched_at = erpstream_schemas::now_millis();
         let mut request = reqwest::Client::new().get(source);
@@ -683,7 +704,9 @@ async fn compare_planning(picture: &mut Picture, url: &str) -> Result<Diff, Tool
 }
 
 /// Publishes one correcting `inventory.change` per difference; returns how many.
-async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> Result<u64, ToolError> {
+/// Publishes the absolute `inventory.change` events that correct `diff` (the picture's
+/// figure, 0 for `extra`), stamped `as_of`, and returns how many (see the module docs).
+pub async fn repair(tools: &Tools, diff: &Diff, as_of: i64) -> Result<u64, ToolError> {
     let topic = tools.kafka.topic("inventory.change");
     tools
         .codec

@@ -192,6 +192,7 @@ impl ProcessorConfig for InventoryConfig {
         let snapshot: Arc<dyn SnapshotService> = Arc::new(snapshot::Views {
             live: processor.view(),
             copy: copy.as_ref().map(copy::ReadCopy::view),
+            expiry: self.reservations.expiry,
         });
         Built {
             processor: Box::new(processor),

@@ -104,6 +104,8 @@ pub struct Views {
     pub live: InventoryView,
     /// The read copy, if the processor keeps one.
     pub copy: Option<InventoryView>,
+    /// How long a hold lasts (`reservations.expiry`), for the expiry shown with each.
+    pub expiry: std::time::Duration,
 }
 
 impl Views {
@@ -161,6 +163,60 @@ impl SnapshotService for Views {
     fn api(&self) -> utoipa::openapi::OpenApi {
         Api::openapi()
     }
+
+    fn sku(&self, sku: &str) -> Option<serde_json::Value> {
+        let found = |view: &InventoryView| {
+            view.read().iter().find_map(|(partition, skus)| {
+                skus.get(sku).map(|state| (*partition, (**state).clone()))
+            })
+        };
+        let (partition, state) =
+            found(&self.live).or_else(|| self.copy.as_ref().and_then(found))?;
+        let mut json = serde_json::json!({
+            "sku": sku,
+            "partition": partition,
+            "version": state.version,
+            "available": decimal_text(state.available(None)),
+            "locations": state.locations,
+        });
+        // Each open hold with its expiry; ended ones are bookkeeping, not for people.
+        let expiry = self.expiry.as_millis() as i64;
+        if let Some(locations) = json["locations"].as_object_mut() {
+            for location in locations.values_mut() {
+                if let Some(location) = location.as_object_mut() {
+                    location.remove("ended");
+                    for hold in location
+                        .get_mut("holds")
+                        .and_then(serde_json::Value::as_object_mut)
+                        .into_iter()
+                        .flat_map(|holds| holds.values_mut())
+                    {
+                        let held_at = hold["held_at"].as_i64().unwrap_or_default();
+                        hold["expires_at"] = (held_at + expiry).into();
+                    }
+                }
+            }
+        }
+        Some(json)
+    }
+
+    fn detail(&self) -> Result<Vec<u8>, String> {
+        let partitions = self.plan().map_err(|missing| {
+            format!("the state of partition(s) {missing:?} is still being read; retry shortly")
+        })?;
+        let mut cursor = Cursor::new(
+            partitions,
+            SnapshotQuery {
+                location: None,
+                detail: true,
+            },
+        );
+        let mut body = Vec::new();
+        while let Some(chunk) = cursor.next_chunk() {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
 }
 
 /// Every sku's available-to-sell from the materialized state, streamed (1M skus in well
@@ -206,15 +262,7 @@ async fn handle(
                 .respond_later(StatusCode::SERVICE_UNAVAILABLE, 1);
         }
     };
-    let cursor = Cursor {
-        partitions,
-        index: 0,
-        after: None,
-        started: false,
-        finished: false,
-        written: 0,
-        query,
-    };
+    let cursor = Cursor::new(partitions, query);
     let stream = futures::stream::unfold(cursor, |mut cursor| async move {
         let chunk = cursor.next_chunk()?;
         Some((Ok::<Bytes, Infallible>(chunk), cursor))
@@ -240,6 +288,18 @@ struct Cursor {
 }
 
 impl Cursor {
+    fn new(partitions: Vec<(i32, InventoryView)>, query: SnapshotQuery) -> Self {
+        Self {
+            partitions,
+            index: 0,
+            after: None,
+            started: false,
+            finished: false,
+            written: 0,
+            query,
+        }
+    }
+
     /// The next piece of the body, or `None` after the closing bracket.
     fn next_chunk(&mut self) -> Option<Bytes> {
         if self.finished {
