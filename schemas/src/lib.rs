@@ -24,3 +24,11 @@ pub use trace::Traceparent;
 pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// An epoch-ms time as RFC 3339 in UTC with milliseconds (`2026-12-08T10:15:00.000Z`); a
+/// time outside chrono's range reads as the epoch.
+pub fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

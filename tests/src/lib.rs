@@ -1415,6 +1415,66 @@ impl Pipeline {
             response.json::<Value>().await.unwrap_or(Value::Null),
         )
     }
+
+    /// A console page's status and HTML, as a browser logged in with `token` gets it: the
+    /// login form's nonce cookie, the login, then the page with the session cookie.
+    pub async fn console_page(&self, token: &str, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let cookie = |response: &reqwest::Response, name: &str| {
+            response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|c| c.starts_with(&format!("{name}=")))
+                .and_then(|c| c.split(';').next())
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no {name} cookie"))
+        };
+        let form = client
+            .get(format!("{}/console/login", self.url))
+            .send()
+            .await
+            .expect("login page");
+        let nonce_cookie = cookie(&form, "erpstream_console_login");
+        let nonce = nonce_cookie.split_once('=').expect("nonce").1.to_string();
+        let login = client
+            .post(format!("{}/console/login", self.url))
+            .header("cookie", &nonce_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "token={}&nonce={}&next={}",
+                percent(token),
+                percent(&nonce),
+                percent(path)
+            ))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 303, "the console login failed");
+        let session = cookie(&login, "erpstream_console");
+        let page = client
+            .get(format!("{}{path}", self.url))
+            .header("cookie", session)
+            .send()
+            .await
+            .expect("console page");
+        let status = page.status().as_u16();
+        (status, page.text().await.expect("html"))
+    }
+}
+
+/// `text` percent-encoded for a form body.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for Pipeline {

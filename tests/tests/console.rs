@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use erpstream_e2e::erp::Erp;
 use erpstream_e2e::erpnext::FakeErp;
 use erpstream_e2e::*;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -268,6 +269,42 @@ async fn an_operator_sees_every_component_ready_and_syncs_a_polled_source_from_t
             s.contains("ERPNext accepted the credentials")
         })
         .await;
+
+    // The mapping tester: a page of two Bins, one of them with a quantity that is no number.
+    browser.open(&pipeline, "/console/mapping").await;
+    let sample = json!({"data": [
+        {"item_code": "MAP-1", "warehouse": "WH-1", "actual_qty": 7.5, "modified": "2026-12-01 10:00:00"},
+        {"item_code": "MAP-2", "warehouse": "WH-1", "actual_qty": "lots", "modified": "2026-12-01 10:00:00"}
+    ]});
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Css("textarea[name=sample]"))
+        .await
+        .expect("the sample field")
+        .send_keys(&sample.to_string())
+        .await
+        .expect("paste the sample");
+    browser.click("#mapping-tester button[type=submit]").await;
+    let mapped = browser
+        .wait_source("the mapped sample", |s| {
+            s.contains("id=\"mapping-outcome\"")
+        })
+        .await;
+    assert!(
+        mapped.contains("2 record(s): 1 map, 1 would be dead-lettered"),
+        "{mapped}"
+    );
+    assert!(
+        mapped.contains("MAP-1") && mapped.contains("WH-1"),
+        "{mapped}"
+    );
+    assert!(
+        mapped.contains("new_quantity") && mapped.contains("lots"),
+        "{mapped}"
+    );
+    assert_no_secret("Mapping tester", &mapped);
+    browser.screenshot("mapping-tester").await;
     browser.close().await;
 }
 
@@ -573,8 +610,10 @@ async fn a_storefront_outage_is_dead_lettered_and_redriven_once_from_the_page_an
 async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_and_stock_shows_it()
 {
     let storefront = Storefront::start().await;
+    let erp = Erp::start().await;
     let mut options = TopologyOptions::new(&storefront.url);
     options.console = true;
+    options.erp = Some((erp.url.clone(), "generic"));
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
 
@@ -621,6 +660,31 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
     assert_eq!(rows(&stock, "holds"), 1);
     assert!(stock.contains(&format!("{}/", pipeline.topic("inventory.change"))));
     browser.screenshot("stock").await;
+
+    // Sync history: the order, its sales.order record, and that the ERP has it.
+    let history = loop {
+        browser
+            .open(&pipeline, &format!("/console/history?key={order}"))
+            .await;
+        let source = browser.source().await;
+        if source.contains("written back") {
+            break source;
+        }
+        assert!(
+            Instant::now() < until,
+            "the order not written back after 60 s:\n{source}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(rows(&history, "history"), 1, "{history}");
+    assert!(
+        history.contains(&format!("{}/0/", pipeline.topic("sales.order"))),
+        "{history}"
+    );
+    browser.screenshot("sync-history").await;
+    browser
+        .open(&pipeline, &format!("/console/stock?sku={good}"))
+        .await;
     browser.click("#locations a[href^='/console/record']").await;
     let event = browser
         .wait_source("the event that set on_hand", |s| {

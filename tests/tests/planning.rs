@@ -623,7 +623,8 @@ const DEMAND: &str = r#"{
 
 #[tokio::test]
 async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
-    let (_broker, options) = TopologyOptions::own_broker();
+    let (_broker, mut options) = TopologyOptions::own_broker();
+    options.console = true;
     let (url, db) = planning_database().await;
     let erp = erp::Erp::start().await;
     let mut pipeline = Pipeline::custom(&options, &api_body(&url, &erp.url));
@@ -641,6 +642,16 @@ async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
     let (status, first, _) = post(&format!("{base}/inventory/sync"), admin, INVENTORY).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["results"][0]["status"], "accepted", "{first}");
+    // Each accepted item says where its event is.
+    let item = &first["results"][0];
+    assert!(
+        item["topic"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("inventory.change"))
+            && item["partition"].is_i64()
+            && item["offset"].is_i64(),
+        "{first}"
+    );
     wait_row(&db, "SELECT count(*) FROM planning.products WHERE sku = 'FG-1001' AND name = 'Widget A' AND lead_time_days = 14", Duration::from_secs(20)).await;
     let coordinator = Some(PLANNING_TOKENS[1].1);
     let (status, answer, _) =
@@ -739,6 +750,18 @@ async fn the_guides_sync_requests_land_in_the_planning_tables_once() {
     let (status, again, replayed) = post(&format!("{base}/demand-actuals/sync"), admin, nul).await;
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again, answer);
+
+    // The console's sync history: the requests by key, with the records they published.
+    let (status, page) = pipeline
+        .console_page(CONSOLE_TOKENS[1].1, "/console/history?key=kin-inv-001")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("inventory sync") && page.contains("accepted: 1 of 1 accepted"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("{}/", pipeline.topic("inventory.change"))));
+    assert!(!page.contains("Could not read"), "{page}");
     pipeline.terminate();
 }
 

@@ -73,4 +73,21 @@ pub trait Control: Send + Sync {
     fn sync(&self) -> Option<BoxFuture<'static, Outcome>> {
         None
     }
+
+    /// The mappings of source records to events it runs, by name (a `rest_poll` resource, a
+    /// `pg_cdc` table): what the console's mapping tester offers.
+    fn mappings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// `sample` (JSON) through mapping `name` with the source's own code: per record, the
+    /// event it would publish (as JSON) or the field and reason it would be dead-lettered
+    /// for. `None`: no such mapping; `Err`: the sample is not something the mapping reads.
+    fn try_mapping(&self, name: &str, sample: &[u8]) -> Option<Result<Vec<Tried>, String>> {
+        let _ = (name, sample);
+        None
+    }
 }
+
+/// One record of a mapping tester's sample: its event as JSON, or why it does not map.
+pub type Tried = Result<serde_json::Value, crate::sources::mapping::RowError>;

@@ -34,6 +34,7 @@
 
 mod context;
 mod control;
+mod history;
 mod lease;
 mod readiness;
 
@@ -46,7 +47,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use context::{Context, Names, Resolved, SnapshotService};
-pub use control::{Control, Outcome, Standing};
+pub use control::{Control, Outcome, Standing, Tried};
+pub use history::{Exchange, History};
 pub use lease::{Lease, LeaseError};
 pub use readiness::Readiness;
 
@@ -250,6 +252,8 @@ pub struct Running {
     pub probe: Option<Probe>,
     /// What operators may ask it (the console, `/api/connectors`).
     pub control: Option<Arc<dyn Control>>,
+    /// What it has exchanged, for sources that take requests (the console's *Sync history*).
+    pub history: Option<Arc<dyn History>>,
 }
 
 impl Running {
@@ -293,6 +297,12 @@ impl Running {
     /// A component operators may ask `control`.
     pub fn control(mut self, control: Arc<dyn Control>) -> Self {
         self.control = Some(control);
+        self
+    }
+
+    /// A component that keeps `history` of what it exchanged.
+    pub fn history(mut self, history: Arc<dyn History>) -> Self {
+        self.history = Some(history);
         self
     }
 

@@ -10,9 +10,11 @@ use super::auth::Operator;
 const PAGES: &[(&str, &str)] = &[
     ("/console/flow", "Flow"),
     ("/console/connectors", "Connectors"),
+    ("/console/mapping", "Mapping tester"),
     ("/console/stock", "Stock"),
     ("/console/dead-letters", "Dead letters"),
     ("/console/reconciliation", "Reconciliation"),
+    ("/console/history", "Sync history"),
 ];
 
 fn head(title: &str) -> Markup {

@@ -17,8 +17,10 @@ pub mod config;
 mod connectors;
 mod dead_letters;
 mod flow;
+mod history;
 mod layout;
 pub mod live;
+mod mapping;
 mod reconciliation;
 mod records;
 pub mod redact;
@@ -32,7 +34,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::{Cookie, SameSite};
-use erpstream_connectors::component::{Control, Readiness, SnapshotService};
+use erpstream_connectors::component::{Control, History, Readiness, SnapshotService};
 use maud::html;
 use serde::Deserialize;
 
@@ -83,6 +85,8 @@ pub struct Node {
     pub readiness: Option<Readiness>,
     /// Its controls, if it has any.
     pub control: Option<Arc<dyn Control>>,
+    /// What it exchanged, for sources that take requests.
+    pub history: Option<Arc<dyn History>>,
 }
 
 /// Everything the console's handlers share.
@@ -128,6 +132,8 @@ pub fn routes(console: Console) -> Router {
             get(reconciliation::confirm).post(reconciliation::repair),
         )
         .route("/console/stock", get(stock::page))
+        .route("/console/history", get(history::page))
+        .route("/console/mapping", get(mapping::page).post(mapping::try_it))
         .route("/console/record", get(records::page))
         .route("/console/assets/{name}", get(assets::serve))
         .merge(api::routes())
@@ -288,13 +294,13 @@ fn viewer(console: &Console, headers: &HeaderMap, path: &str) -> Result<Operator
     })
 }
 
-/// An action: a logged-in operator whose role may act, from this console's pages (CSRF
-/// token in the header or form field `csrf`, and a matching `Origin` when there is one).
-fn actor(
+/// A request that reads through a form of this console's pages (any role): a logged-in
+/// operator, with the CSRF token in the header or form field `csrf` and a matching
+/// `Origin` when there is one.
+fn reader(
     console: &Console,
     headers: &HeaderMap,
     form_csrf: Option<&str>,
-    what: &'static str,
 ) -> Result<Operator, Refusal> {
     let operator = viewer(console, headers, "/console/flow")?;
     let presented = headers
@@ -305,6 +311,17 @@ fn actor(
     if !auth::csrf_matches(&operator, presented) || !same_origin(headers) {
         return Err(Refusal::Forged);
     }
+    Ok(operator)
+}
+
+/// An action: as [`reader`], by an operator whose role may act.
+fn actor(
+    console: &Console,
+    headers: &HeaderMap,
+    form_csrf: Option<&str>,
+    what: &'static str,
+) -> Result<Operator, Refusal> {
+    let operator = reader(console, headers, form_csrf)?;
     if !operator.role.may_act() {
         return Err(Refusal::Forbidden(what));
     }

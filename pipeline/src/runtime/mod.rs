@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use erpstream_connectors::admission::Admission;
-use erpstream_connectors::component::{Context, Control, Names, Probe, Readiness, SnapshotService};
+use erpstream_connectors::component::{
+    Context, Control, History, Names, Probe, Readiness, SnapshotService,
+};
 use erpstream_connectors::kafka::{self, Changelog, KafkaConfig, Publisher, TopicSpec};
 use erpstream_schemas::{Codec, CodecError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -155,6 +157,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
     let mut apis = Vec::new();
     let mut controls: HashMap<String, Arc<dyn Control>> = HashMap::new();
     let mut stores: HashMap<String, Probe> = HashMap::new();
+    let mut histories: HashMap<String, Arc<dyn History>> = HashMap::new();
     for (id, component) in topology.components() {
         let context = Context::new(
             id,
@@ -186,6 +189,9 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         if let Some(control) = running.control {
             controls.insert(id.clone(), control);
         }
+        if let Some(history) = running.history {
+            histories.insert(id.clone(), history);
+        }
         if let Some(task) = running.task {
             let kind = component.kind().name();
             let span = tracing::info_span!("component", component_kind = kind,
@@ -201,7 +207,7 @@ pub async fn run(topology: Topology, metrics: PrometheusHandle) -> Result<(), Ru
         let auth = console::auth::Auth::new(config, topology.http.tls.is_some())?;
         let live = console::live::Live::default();
         tokio::spawn(live.clone().run(metrics.clone()));
-        let nodes = console_nodes(&topology, &readiness, controls, stores);
+        let nodes = console_nodes(&topology, &readiness, controls, stores, histories);
         let tools = crate::tools::Tools {
             topology: topology.clone(),
             kafka: kafka.clone(),
@@ -282,6 +288,7 @@ fn console_nodes(
     readiness: &[(String, Readiness)],
     mut controls: HashMap<String, Arc<dyn Control>>,
     mut stores: HashMap<String, Probe>,
+    mut histories: HashMap<String, Arc<dyn History>>,
 ) -> Vec<console::Node> {
     let settings = |section: &str, id: &str| {
         topology
@@ -318,6 +325,7 @@ fn console_nodes(
                         kafka: topology.kafka.clone(),
                     })
                 })),
+                history: histories.remove(id),
             });
         }
     }
@@ -331,6 +339,7 @@ fn console_nodes(
             settings: settings("processors", id),
             readiness: ready(id),
             control: None,
+            history: None,
         });
     }
     nodes.sort_by_key(|n| match n.section {

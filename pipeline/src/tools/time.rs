@@ -1,5 +1,7 @@
 //! Times on the command line.
 
+pub use erpstream_schemas::rfc3339;
+
 use super::ToolError;
 
 /// Parses a point in time into epoch milliseconds: RFC 3339 (`2026-11-27T10:00:00Z`), a date
@@ -38,14 +40,6 @@ fn parse_at(text: &str, now: i64) -> Result<i64, ToolError> {
              epoch milliseconds, `now`, or a duration ago (90m, 2h)"
         ))),
     }
-}
-
-/// Epoch milliseconds as RFC 3339 with milliseconds (`2026-11-27T10:00:00.000Z`); empty
-/// when out of range.
-pub fn rfc3339(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

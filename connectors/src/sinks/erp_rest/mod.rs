@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use erpstream_schemas::{
     Codec, EventKind, Holds, InventoryAdjustment, OrderStatus, Reservation, ReservationAction,
-    SalesOrder, Traceparent, now_millis,
+    SalesOrder, Traceparent, now_millis, rfc3339,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
@@ -508,12 +508,6 @@ impl ErpRestSink {
             .json(&erpnext_body(order, &self.config.erpnext));
         self.send(request).await
     }
-}
-
-fn rfc3339(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 use erpstream_schemas::decimal::json_number as number;

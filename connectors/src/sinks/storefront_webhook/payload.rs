@@ -2,7 +2,7 @@
 //! JSON numbers with their exact decimal digits.
 
 use erpstream_schemas::decimal::json_number as number;
-use erpstream_schemas::{CatalogUpdate, InventoryAvailable, LocationStock};
+use erpstream_schemas::{CatalogUpdate, InventoryAvailable, LocationStock, rfc3339};
 use serde_json::{Value, json};
 
 /// What the storefront learns when available-to-sell changes: §4.2 with
@@ -53,10 +53,4 @@ pub fn catalog(record: &CatalogUpdate) -> bytes::Bytes {
         }
     });
     bytes::Bytes::from(body.to_string())
-}
-
-fn rfc3339(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

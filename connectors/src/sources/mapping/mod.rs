@@ -90,6 +90,17 @@ impl Mapped {
         }
     }
 
+    /// The event as JSON (its Avro fields by name), for people.
+    pub fn to_json(&self) -> Value {
+        let json = match self {
+            Mapped::InventoryChange(e) => serde_json::to_value(e),
+            Mapped::CatalogUpdate(e) => serde_json::to_value(e),
+            Mapped::SalesOrder(e) => serde_json::to_value(e),
+            Mapped::DemandActual(e) => serde_json::to_value(e),
+        };
+        json.unwrap_or_else(|e| Value::String(e.to_string()))
+    }
+
     /// Confluent wire-format bytes for `topic`.
     pub async fn encode(&self, codec: &Codec, topic: &str) -> Result<Vec<u8>, CodecError> {
         match self {
@@ -99,6 +110,40 @@ impl Mapped {
             Mapped::DemandActual(e) => codec.encode(topic, e).await,
         }
     }
+}
+
+/// One row given as JSON (column → value) through `mapping`, as a table with exactly these
+/// columns would be mapped: values in their text form (strings as they are, numbers in
+/// their exact JSON form, `true`/`false`, objects and arrays as JSON, `null` as NULL), every
+/// column part of the identity. The operator console's mapping tester for `pg_cdc`; the
+/// envelope is left empty (`occurred_at` 0 unless the mapping names a column).
+pub fn map_json_row(
+    mapping: &Mapping,
+    kind: EventKind,
+    row: &Map<String, Value>,
+    noun: &'static str,
+) -> Result<Mapped, RowError> {
+    let columns: Vec<Column> = row
+        .keys()
+        .map(|name| Column {
+            name: name.clone(),
+            key: true,
+        })
+        .collect();
+    let bound = Bound::new(mapping, kind, &columns, noun)?;
+    let texts: Vec<Option<Cow<str>>> = row
+        .values()
+        .map(|value| match value {
+            Value::Null => None,
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            other => Some(Cow::Owned(other.to_string())),
+        })
+        .collect();
+    let cells: Vec<Cell> = texts
+        .iter()
+        .map(|t| t.as_deref().map_or(Cell::Null, Cell::Text))
+        .collect();
+    bound.event(&cells, None, &Envelope::TESTER)
 }
 
 /// The event fields the source fills in for one row.
@@ -124,6 +169,17 @@ pub struct RowError {
     pub field: String,
     /// What is wrong.
     pub reason: String,
+}
+
+impl Envelope<'static> {
+    /// The empty envelope a mapping tester maps with: no key, no source, time 0.
+    pub const TESTER: Envelope<'static> = Envelope {
+        idempotency_key: "",
+        source: "",
+        source_system: "",
+        occurred_at: 0,
+        ingested_at: 0,
+    };
 }
 
 impl RowError {

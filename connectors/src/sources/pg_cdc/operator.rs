@@ -1,18 +1,58 @@
 //! The operators' controls of a `pg_cdc` source: its target, and a connection test that
 //! checks what the source needs at start — the server, every captured table against its
-//! mapping, the slot and its lag — on a connection of its own, changing nothing.
+//! mapping, the slot and its lag — on a connection of its own, changing nothing — and the
+//! mapping tester over its tables (a row given as JSON, mapped as a captured row would be).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use super::{PgCdcSource, control};
-use crate::component::{Control, Outcome, Standing};
+use crate::component::{Control, Outcome, Standing, Tried};
+use crate::sources::mapping::map_json_row;
 
 /// The controls, sharing the running source.
 pub struct CdcControl(pub(super) Arc<PgCdcSource>);
 
 impl Control for CdcControl {
+    fn mappings(&self) -> Vec<String> {
+        self.0.tables.iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn try_mapping(&self, name: &str, sample: &[u8]) -> Option<Result<Vec<Tried>, String>> {
+        let table = self.0.tables.iter().find(|t| t.name == name)?;
+        let rows = match serde_json::from_slice::<serde_json::Value>(sample) {
+            Ok(serde_json::Value::Object(row)) => vec![row],
+            Ok(serde_json::Value::Array(rows)) => {
+                match rows
+                    .into_iter()
+                    .map(|row| match row {
+                        serde_json::Value::Object(row) => Some(row),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(rows) => rows,
+                    None => {
+                        return Some(Err(
+                            "every item of the array must be a row (an object of columns)".into(),
+                        ));
+                    }
+                }
+            }
+            Ok(_) => {
+                return Some(Err(
+                    "a row is an object of columns (or give an array of rows)".into(),
+                ));
+            }
+            Err(err) => return Some(Err(format!("the sample is not JSON: {err}"))),
+        };
+        Some(Ok(rows
+            .iter()
+            .map(|row| map_json_row(&table.mapping, table.kind, row, "column").map(|e| e.to_json()))
+            .collect()))
+    }
+
     fn standing(&self) -> Standing {
         let source = &self.0;
         let tables: Vec<&str> = source.tables.iter().map(|t| t.name.as_str()).collect();

@@ -15,6 +15,7 @@
 //!   [`publish`].
 
 mod config;
+mod history;
 pub mod payload;
 pub mod publish;
 mod routes;
@@ -37,7 +38,7 @@ pub use config::{PlanningApiConfig, PublishConfig, TokenConfig};
 use payload::{Endpoint, Item, ItemResult, ItemStatus, SyncResponse, SyncStatus, SyncSummary};
 
 use crate::component::{Component, Context, Port, Route, Running};
-use crate::kafka::{PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
+use crate::kafka::{Ack, PendingAck, PublishError, Publisher, RawRecord, TRACEPARENT_HEADER};
 use crate::metrics as m;
 use crate::planning;
 use crate::postgres::{PgError, PgTarget};
@@ -162,12 +163,16 @@ impl Component for PlanningApiConfig {
         Ok(Running::default()
             .routes(api.clone().router(&context.admission, &context.id))
             .api(routes::api())
+            .history(Arc::new(history::PlanningHistory(api.clone())))
             .probe(move || {
                 let api = probe.clone();
                 async move { api.store_reachable().await }
             }))
     }
 }
+
+/// An accepted item's event id and where the broker stored it.
+type Published = (String, Ack);
 
 /// The running API.
 pub struct PlanningApi {
@@ -395,24 +400,32 @@ impl PlanningApi {
             .clone()
             .or_else(|| meta.batch_id.clone())
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let mut accepted: Vec<(usize, String, String)> = Vec::new();
+        // (index, sku, the event id and where it was published; none in a dry run)
+        let mut accepted: Vec<(usize, String, Option<Published>)> = Vec::new();
         if !meta.dry_run {
             let now = now_millis();
             let mut pending: Vec<PendingAck> = Vec::new();
+            let mut events = Vec::new();
             for (index, item) in &valid {
                 let key = format!("sync:{}:{run}:{index}", endpoint.name());
                 let record = self
                     .record(item, &key, &meta.source_system, now, &trace)
                     .await?;
-                accepted.push((*index, item.sku().to_string(), record.0));
+                events.push((*index, item.sku().to_string(), record.0));
                 pending.push(self.publisher.enqueue(record.1).await?);
             }
-            futures::future::try_join_all(pending).await?;
+            let acks = futures::future::try_join_all(pending).await?;
+            accepted.extend(
+                events
+                    .into_iter()
+                    .zip(acks)
+                    .map(|((index, sku, event_id), ack)| (index, sku, Some((event_id, ack)))),
+            );
         } else {
             accepted.extend(
                 valid
                     .iter()
-                    .map(|(index, item)| (*index, item.sku().to_string(), String::new())),
+                    .map(|(index, item)| (*index, item.sku().to_string(), None)),
             );
         }
         let accepted_skus: Vec<String> = if meta.dry_run {
@@ -422,18 +435,27 @@ impl PlanningApi {
         };
         let mut results: Vec<ItemResult> = accepted
             .into_iter()
-            .map(|(index, sku, event_id)| ItemResult {
-                index,
-                sku: Some(sku),
-                status: ItemStatus::Accepted,
-                event_id: (!event_id.is_empty()).then_some(event_id),
-                errors: None,
+            .map(|(index, sku, published)| {
+                let (event_id, record) = published.unzip();
+                ItemResult {
+                    index,
+                    sku: Some(sku),
+                    status: ItemStatus::Accepted,
+                    event_id,
+                    topic: record.as_ref().map(|ack| ack.topic.clone()),
+                    partition: record.as_ref().map(|ack| ack.partition),
+                    offset: record.as_ref().map(|ack| ack.offset),
+                    errors: None,
+                }
             })
             .chain(results.into_iter().map(|(index, sku, errors)| ItemResult {
                 index,
                 sku,
                 status: ItemStatus::Rejected,
                 event_id: None,
+                topic: None,
+                partition: None,
+                offset: None,
                 errors: Some(errors),
             }))
             .collect();

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::Api;
-use crate::component::{Control, Outcome, Readiness, Standing};
+use crate::component::{Control, Outcome, Readiness, Standing, Tried};
 
 /// How long "sync now" waits for the poll it asked for.
 const SYNC_WAIT: Duration = Duration::from_secs(60);
@@ -40,6 +40,8 @@ pub struct PollControl {
     pub(super) target: String,
     pub(super) peer: &'static str,
     pub(super) first_collection: String,
+    pub(super) preset: super::Preset,
+    pub(super) resources: Vec<super::Resource>,
 }
 
 impl PollControl {
@@ -112,5 +114,23 @@ impl Control for PollControl {
                 )),
             }
         }))
+    }
+
+    fn mappings(&self) -> Vec<String> {
+        self.resources.iter().map(|r| r.name.clone()).collect()
+    }
+
+    fn try_mapping(&self, name: &str, sample: &[u8]) -> Option<Result<Vec<Tried>, String>> {
+        let resource = self.resources.iter().find(|r| r.name == name)?.clone();
+        Some(
+            super::map_sample(self.preset, resource, sample)
+                .map(|records| {
+                    records
+                        .into_iter()
+                        .map(|r| r.map(|e| e.to_json()))
+                        .collect()
+                })
+                .map_err(|err| err.to_string()),
+        )
     }
 }

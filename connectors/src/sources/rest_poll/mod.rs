@@ -243,6 +243,8 @@ impl RestPollSource {
             target: crate::postgres::redacted(&self.config.url),
             peer: self.config.preset.peer(),
             first_collection: self.first_collection().to_string(),
+            preset: self.config.preset,
+            resources: self.resources.clone(),
         })
     }
 
@@ -867,25 +869,60 @@ pub fn map_page(
         resource: poller.resource.name.clone(),
         reason: format!("the page is not {expected}"),
     })?;
-    let envelope = Envelope {
-        idempotency_key: "",
-        source: "",
-        source_system: "",
-        occurred_at: 0,
-        ingested_at: 0,
+    Ok(poller.map_rows(&page.rows))
+}
+
+/// A sample pasted into the operator console's mapping tester: a page body of `preset`
+/// (as [`map_page`]), a JSON array of records, or one record, each mapped as a poll would.
+pub fn map_sample(
+    preset: Preset,
+    resource: Resource,
+    sample: &[u8],
+) -> Result<Vec<Result<Mapped, RowError>>, PollError> {
+    let poller = Poller::new(preset, resource)?;
+    let unreadable = |reason: String| PollError::Resource {
+        resource: poller.resource.name.clone(),
+        reason,
     };
-    Ok(page
-        .rows
-        .iter()
-        .map(|row| {
-            let texts = poller.texts(row);
-            let cells: Vec<Cell> = texts
-                .iter()
-                .map(|t| t.as_deref().map_or(Cell::Null, Cell::Text))
-                .collect();
-            poller.bound.event(&cells, None, &envelope)
-        })
-        .collect())
+    if let Ok(page) = Page::read(preset, sample, u32::MAX) {
+        return Ok(poller.map_rows(&page.rows));
+    }
+    let rows = match serde_json::from_slice::<Value>(sample) {
+        Err(err) => return Err(unreadable(format!("the sample is not JSON: {err}"))),
+        Ok(Value::Object(record)) => vec![record],
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(record) => Ok(record),
+                _ => Err(unreadable(format!(
+                    "item {i} of the array is not an object"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Ok(_) => {
+            return Err(unreadable(
+                "the sample is neither a page, an array of records nor a record".into(),
+            ));
+        }
+    };
+    Ok(poller.map_rows(&rows))
+}
+
+impl Poller {
+    /// Each record through the mapping, with the tester's empty envelope.
+    fn map_rows(&self, rows: &[Map<String, Value>]) -> Vec<Result<Mapped, RowError>> {
+        rows.iter()
+            .map(|row| {
+                let texts = self.texts(row);
+                let cells: Vec<Cell> = texts
+                    .iter()
+                    .map(|t| t.as_deref().map_or(Cell::Null, Cell::Text))
+                    .collect();
+                self.bound.event(&cells, None, &Envelope::TESTER)
+            })
+            .collect()
+    }
 }
 
 /// A field of a record (`a.b` descends into objects) as text: strings as they are, numbers in

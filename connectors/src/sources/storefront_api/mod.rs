@@ -36,7 +36,7 @@ use erpstream_schemas::{
     AdjustmentLine, EventKind, InventoryAdjustment, LineItem, OrderStatus, Reservation,
     ReservationAction, SalesOrder, Traceparent, now_millis,
 };
-use futures::future::try_join_all;
+use futures::future::{BoxFuture, try_join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -48,7 +48,7 @@ pub use config::StorefrontApiConfig;
 use payload::Invalid;
 use store::{Answer, RequestStore};
 
-use crate::component::{Component, Context, Graph, Port, Route, Running};
+use crate::component::{Component, Context, Exchange, Graph, History, Port, Route, Running};
 use crate::kafka::{KafkaConfig, PublishError, Publisher};
 use crate::metrics as m;
 use crate::postgres::PgError;
@@ -72,7 +72,7 @@ pub struct StorefrontApiSource {
     id: String,
     config: StorefrontApiConfig,
     auth: Arc<ApiAuth>,
-    store: RequestStore,
+    store: Arc<RequestStore>,
     publisher: Publisher,
     orders_topic: String,
     adjustments_topic: String,
@@ -213,10 +213,14 @@ impl Component for StorefrontApiConfig {
             routes = routes.merge(snapshot.router(source.auth()));
             api.merge(snapshot.api());
         }
-        Ok(Running::default().routes(routes).api(api).probe(move || {
-            let source = source.clone();
-            async move { source.store_reachable().await }
-        }))
+        Ok(Running::default()
+            .routes(routes)
+            .api(api)
+            .history(source.clone())
+            .probe(move || {
+                let source = source.clone();
+                async move { source.store_reachable().await }
+            }))
     }
 }
 
@@ -236,7 +240,7 @@ impl StorefrontApiSource {
         Ok(Self {
             id: id.to_string(),
             auth: Arc::new(ApiAuth::new(tokens)),
-            store: RequestStore::new(&config.database)?,
+            store: Arc::new(RequestStore::new(&config.database)?),
             orders_topic: kafka.topic(&config.orders_topic),
             adjustments_topic: kafka.topic(&config.adjustments_topic),
             reservations_topic: kafka.topic(&config.reservations_topic),
@@ -480,6 +484,65 @@ impl StorefrontApiSource {
     /// Whether the request store answers (for readiness).
     pub async fn store_reachable(&self) -> bool {
         self.store.reachable().await
+    }
+}
+
+impl History for StorefrontApiSource {
+    /// Orders and adjustments as answered: accepted ones with their document record and
+    /// the stock they hold, refused ones (a 4xx stored for their key) with the reason.
+    fn exchanges(
+        &self,
+        filter: &str,
+        limit: i64,
+    ) -> BoxFuture<'static, Result<Vec<Exchange>, String>> {
+        let (store, id, filter) = (self.store.clone(), self.id.clone(), filter.to_string());
+        Box::pin(async move {
+            let rows = store
+                .recent(&id, &filter, limit)
+                .await
+                .map_err(|e| format!("the request store: {e}"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(kind, key, status, response, at)| {
+                    let accepted = serde_json::from_value::<DocumentAccepted>(response.clone());
+                    match accepted {
+                        Ok(doc) => Exchange {
+                            at: erpstream_schemas::rfc3339(at),
+                            kind,
+                            key,
+                            actor: None,
+                            outcome: "accepted".into(),
+                            ok: true,
+                            records: vec![format!(
+                                "{}/{}/{}",
+                                doc.topic, doc.partition, doc.offset
+                            )],
+                            holds: doc
+                                .reserved
+                                .into_iter()
+                                .map(|h| (h.sku, h.location_code))
+                                .collect(),
+                        },
+                        Err(_) => Exchange {
+                            at: erpstream_schemas::rfc3339(at),
+                            kind,
+                            key,
+                            actor: None,
+                            outcome: format!(
+                                "refused ({status}): {}",
+                                response["reason"]
+                                    .as_str()
+                                    .or(response["error"].as_str())
+                                    .unwrap_or("see the stored answer")
+                            ),
+                            ok: false,
+                            records: Vec::new(),
+                            holds: Vec::new(),
+                        },
+                    }
+                })
+                .collect())
+        })
     }
 }
 

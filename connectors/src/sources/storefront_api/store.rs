@@ -114,6 +114,39 @@ impl RequestStore {
             .unwrap_or_else(|| answer.clone()))
     }
 
+    /// At most `limit` answers of `source` whose key contains `filter`, newest first:
+    /// (kind, key, status, response, answered at in epoch ms).
+    pub async fn recent(
+        &self,
+        source: &str,
+        filter: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String, u16, Value, i64)>, PgError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT kind, key, status, response,
+                        (extract(epoch FROM created_at) * 1000)::bigint
+                 FROM erpstream.api_requests
+                 WHERE source = $1 AND strpos(key, $2) > 0
+                 ORDER BY created_at DESC LIMIT $3",
+                &[&source, &filter, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    row.get(1),
+                    row.get::<_, i32>(2) as u16,
+                    row.get(3),
+                    row.get(4),
+                )
+            })
+            .collect())
+    }
+
     /// Whether the database answers.
     pub async fn reachable(&self) -> bool {
         match self.client().await {
