@@ -67,10 +67,10 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
-    /// Logs in with `token` from the login page `pipeline` redirects to.
-    async fn log_in(&self, pipeline: &Pipeline, token: &str) {
+    /// Logs in with `token` from the login page the console at `url` redirects to.
+    async fn log_in(&self, url: &str, token: &str) {
         self.client
-            .goto(&format!("{}/console", pipeline.url))
+            .goto(&format!("{url}/console"))
             .await
             .expect("open the console");
         let field = self
@@ -187,7 +187,7 @@ async fn an_operator_sees_every_component_ready_and_syncs_a_polled_source_from_t
     assert_no_secret("the login page", &login);
     browser.screenshot("login").await;
 
-    browser.log_in(&pipeline, CONSOLE_TOKENS[0].1).await;
+    browser.log_in(&pipeline.url, CONSOLE_TOKENS[0].1).await;
     let flow = browser
         .wait_source("every component ready on the Flow page", |s| {
             [
@@ -390,7 +390,7 @@ async fn a_viewer_reads_but_cannot_act_and_the_connector_api_enforces_the_roles(
     // The console: the viewer sees the cards without the controls, and an action made by
     // hand with the viewer's session is refused.
     let browser = Browser::start().await;
-    browser.log_in(&pipeline, CONSOLE_TOKENS[1].1).await;
+    browser.log_in(&pipeline.url, CONSOLE_TOKENS[1].1).await;
     browser
         .client
         .goto(&format!("{}/console/connectors", pipeline.url))
@@ -450,6 +450,17 @@ impl Browser {
             .unwrap_or_else(|err| panic!("click {css}: {err}"));
     }
 
+    /// Scrolls the element at `css` into view (for the screenshot).
+    async fn scroll_to(&self, css: &str) {
+        self.client
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'end'});",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap_or_else(|err| panic!("scroll to {css}: {err}"));
+    }
+
     /// Logs out with the page's button.
     async fn log_out(&self) {
         self.click("form[action='/console/logout'] button").await;
@@ -483,7 +494,7 @@ async fn a_storefront_outage_is_dead_lettered_and_redriven_once_from_the_page_an
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
     let browser = Browser::start().await;
-    browser.log_in(&pipeline, CONSOLE_TOKENS[0].1).await;
+    browser.log_in(&pipeline.url, CONSOLE_TOKENS[0].1).await;
 
     browser.open(&pipeline, "/console/dead-letters").await;
     browser
@@ -542,6 +553,7 @@ async fn a_storefront_outage_is_dead_lettered_and_redriven_once_from_the_page_an
         .wait_source("the preview", |s| s.contains("id=\"redrive-outcome\""))
         .await;
     assert_eq!(preview.matches("would deliver").count(), 2, "{preview}");
+    browser.scroll_to("#redrive-outcome").await;
     browser.screenshot("dead-letters-preview").await;
     storefront.fail_with(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -573,7 +585,7 @@ async fn a_storefront_outage_is_dead_lettered_and_redriven_once_from_the_page_an
 
     // A viewer sees the records but no control, and a redrive made by hand is refused.
     browser.log_out().await;
-    browser.log_in(&pipeline, CONSOLE_TOKENS[1].1).await;
+    browser.log_in(&pipeline.url, CONSOLE_TOKENS[1].1).await;
     browser
         .open(
             &pipeline,
@@ -638,7 +650,7 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
     assert!((200..300).contains(&status), "{status} {reply}");
 
     let browser = Browser::start().await;
-    browser.log_in(&pipeline, CONSOLE_TOKENS[0].1).await;
+    browser.log_in(&pipeline.url, CONSOLE_TOKENS[0].1).await;
 
     // Stock: the figure, the hold with its order, the event that set on_hand.
     let until = Instant::now() + LONG;
@@ -767,4 +779,318 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
     );
     browser.screenshot("reconciliation").await;
     browser.close().await;
+}
+
+/// The default `topology.yaml` as `demo.sh` runs it, on this test's own ports, app id, topic
+/// prefix and replication slot.
+struct DefaultTopology {
+    pipeline: Child,
+    url: String,
+    env: Vec<(&'static str, String)>,
+    slot: String,
+    /// Where the demo's storefront and ERP listen.
+    demo_storefront: String,
+    demo_erp: String,
+}
+
+impl DefaultTopology {
+    async fn start() -> Self {
+        let stack = Stack::from_env();
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+        let (listen, storefront, erp) = (free_port(), free_port(), free_port());
+        let run = unique("console-default-").replace('-', "_");
+        let env = vec![
+            ("ERPSTREAM_LISTEN", format!("127.0.0.1:{listen}")),
+            ("ERPSTREAM_APP_ID", run.clone()),
+            ("ERPSTREAM_TOPIC_PREFIX", format!("{run}.")),
+            ("ERPSTREAM_INSTANCE_ID", run.clone()),
+            ("ERP_CDC_SLOT", run.clone()),
+            ("ERPSTREAM_BROKERS", stack.brokers),
+            ("ERPSTREAM_REGISTRY_URL", stack.registry),
+            ("ERPSTREAM_DATABASE_URL", stack.database),
+            (
+                "ERP_DATABASE_URL",
+                var(
+                    "ERP_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:55432/erp",
+                ),
+            ),
+            (
+                "PLANNING_DATABASE_URL",
+                var(
+                    "PLANNING_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:55432/planning",
+                ),
+            ),
+            (
+                "STOREFRONT_WEBHOOK_URL",
+                format!("http://127.0.0.1:{storefront}/storefront"),
+            ),
+            ("ERP_API_URL", format!("http://127.0.0.1:{erp}")),
+            ("ERP_WEBHOOK_SECRET", "default-erp-secret".into()),
+            (
+                "STOREFRONT_WEBHOOK_SECRET",
+                "default-storefront-secret".into(),
+            ),
+            ("STOREFRONT_API_TOKEN", "default-api-token".into()),
+            ("PLANNING_ADMIN_TOKEN", "default-planning-admin".into()),
+            (
+                "PLANNING_COORDINATOR_TOKEN",
+                "default-planning-coordinator".into(),
+            ),
+            ("ERP_API_TOKEN", "default-erp-token".into()),
+            ("CONSOLE_OPERATOR_TOKEN", "default-console-operator".into()),
+            ("CONSOLE_VIEWER_TOKEN", "default-console-viewer".into()),
+        ];
+        let topology = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../topology.yaml");
+        let log = std::env::temp_dir().join(format!("{run}.log"));
+        let pipeline = Command::new(binary())
+            .args(["run", "--topology"])
+            .arg(&topology)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the pipeline");
+        let url = format!("http://127.0.0.1:{listen}");
+        let until = Instant::now() + Duration::from_secs(120);
+        let client = reqwest::Client::new();
+        loop {
+            let ready = client.get(format!("{url}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the default topology is not ready after 120 s; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Self {
+            pipeline,
+            url,
+            env,
+            slot: run,
+            demo_storefront: format!("127.0.0.1:{storefront}"),
+            demo_erp: format!("127.0.0.1:{erp}"),
+        }
+    }
+
+    fn value(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .expect("set")
+    }
+
+    /// `erpstream demo` against it: `events` webhooks at `rate` per second, and a few orders.
+    fn demo(&self, events: u32, rate: u32) -> Child {
+        Command::new(binary())
+            .args([
+                "demo",
+                "--target",
+                &self.url,
+                "--listen",
+                &self.demo_storefront,
+            ])
+            .args(["--erp-listen", &self.demo_erp, "--orders", "5"])
+            .args(["--events", &events.to_string(), "--rate", &rate.to_string()])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the demo")
+    }
+}
+
+impl Drop for DefaultTopology {
+    fn drop(&mut self) {
+        let _ = self.pipeline.kill();
+        let _ = self.pipeline.wait();
+        // Its replication slot would keep WAL for ever.
+        let url = self.value("ERP_DATABASE_URL").to_string();
+        let slot = self.slot.clone();
+        let _ = Command::new(
+            PathBuf::from(std::env::var("ERPSTREAM_PG_BIN").unwrap_or("/usr/lib/postgresql/15/bin".into()))
+                .join("psql"),
+        )
+        .args([&url, "-qAtc"])
+        .arg(format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'; DROP PUBLICATION IF EXISTS {slot}"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    }
+}
+
+/// `data-<what>` of the Flow table's row of `component`, as a number.
+fn figure(source: &str, component: &str, what: &str) -> f64 {
+    source
+        .split(&format!("<tr data-component=\"{component}\" "))
+        .nth(1)
+        .and_then(|row| row.split(&format!("data-{what}=\"")).nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_topology_is_ready_on_flow_with_live_rates_while_the_demo_runs() {
+    let default = DefaultTopology::start().await;
+    let mut demo = default.demo(3_000, 100);
+    let browser = Browser::start().await;
+    browser
+        .log_in(&default.url, default.value("CONSOLE_OPERATOR_TOKEN"))
+        .await;
+    let components = [
+        "erp",
+        "storefront_api",
+        "erp_db",
+        "planning_api",
+        "dedupe",
+        "inventory",
+        "planning",
+        "storefront",
+        "erp_writeback",
+    ];
+    // Rates are differences of 2 s samples: every component ready and the load flowing
+    // through the webhook source into the storefront sink.
+    let flow = browser
+        .wait_source("every component ready with live rates", |s| {
+            components
+                .iter()
+                .all(|id| s.contains(&format!("<tr data-component=\"{id}\" ")))
+                && !s.contains("not ready")
+                && figure(s, "erp", "in") > 0.0
+                && figure(s, "storefront", "out") > 0.0
+        })
+        .await;
+    assert!(flow.contains("<svg"), "the picture is drawn");
+    for secret in default
+        .env
+        .iter()
+        .filter(|(k, _)| k.ends_with("SECRET") || k.ends_with("TOKEN"))
+    {
+        assert!(!flow.contains(secret.1.as_str()), "Flow shows {}", secret.0);
+    }
+    browser.screenshot("flow-default-topology").await;
+
+    // On a tablet (820 px wide, portrait) every page fits its width: wide tables scroll
+    // inside their own box, the page itself never sideways.
+    browser
+        .client
+        .set_window_size(820, 1180)
+        .await
+        .expect("tablet size");
+    for (path, name) in [
+        ("/console/flow", "flow"),
+        ("/console/connectors", "connectors"),
+        ("/console/mapping", "mapping"),
+        ("/console/stock", "stock"),
+        ("/console/dead-letters", "dead-letters"),
+        ("/console/reconciliation", "reconciliation"),
+        ("/console/history", "history"),
+    ] {
+        browser
+            .client
+            .goto(&format!("{}{path}", default.url))
+            .await
+            .expect("open");
+        browser
+            .client
+            .wait()
+            .for_element(Locator::Css("main h1"))
+            .await
+            .expect("the page");
+        let overflow = browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("measure");
+        if overflow.as_i64().is_none_or(|o| o > 0) {
+            let culprits = browser
+                .client
+                .execute(
+                    "return [...document.querySelectorAll('body *')]
+                        .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+                        .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' +
+                            Math.round(e.getBoundingClientRect().right));",
+                    vec![],
+                )
+                .await
+                .expect("find what overflows");
+            panic!("{path} is {overflow} px wider than a tablet: {culprits}");
+        }
+        browser.screenshot(&format!("tablet-{name}")).await;
+    }
+    browser.close().await;
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_say_what_is_down_when_a_database_or_the_broker_is() {
+    let (broker, mut options) = TopologyOptions::own_broker();
+    let (database, client) = planning_database().await;
+    drop(client);
+    options.database = database.clone();
+    options.console = true;
+    let mut pipeline = Pipeline::configure(&options);
+    pipeline.start().await;
+    let viewer = CONSOLE_TOKENS[1].1;
+
+    // Empty states first.
+    let (status, page) = pipeline.console_page(viewer, "/console/history").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Nothing exchanged yet"), "{page}");
+    let (_, page) = pipeline
+        .console_page(viewer, "/console/stock?sku=NOWHERE-1")
+        .await;
+    assert!(page.contains("id=\"not-found\""), "{page}");
+
+    // The storefront API's request store refuses connections: the history says so.
+    let name = database.rsplit('/').next().expect("name").to_string();
+    let admin = pg(&Stack::from_env().database).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .expect("close the database");
+    let (status, page) = pipeline.console_page(viewer, "/console/history").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Could not read the history") && page.contains("shop: the request store"),
+        "{page}"
+    );
+
+    // The broker is gone: the pages that read topics say so instead of hanging.
+    drop(broker);
+    let started = Instant::now();
+    let (status, page) = pipeline.console_page(viewer, "/console/dead-letters").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Could not read the dead-letter topics"),
+        "{page}"
+    );
+    assert!(
+        started.elapsed() < LONG,
+        "answered in {:?}",
+        started.elapsed()
+    );
+    let (_, page) = pipeline
+        .console_page(viewer, "/console/reconciliation")
+        .await;
+    assert!(page.contains("Could not read the kept reports"), "{page}");
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .expect("reopen the database");
 }

@@ -92,7 +92,8 @@ fn live_view(console: &Console) -> Markup {
 
 fn row(node: &Node, figures: &Figures) -> Markup {
     html! {
-        tr data-component=(node.id) {
+        tr data-component=(node.id) data-in=(format!("{:.2}", figures.received_per_s))
+            data-out=(format!("{:.2}", figures.sent_per_s)) {
             th scope="row" { (node.id) }
             td { (node.section.name()) " " code { (node.type_name) } }
             td {
