@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use erpstream_connectors::component::{Control, Outcome, Standing};
 use erpstream_connectors::sources::http::{ErrorBody, SecuritySchemes, unauthorized};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
@@ -206,17 +207,10 @@ async fn test(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let operator = match acting(&console, &headers) {
-        Ok(operator) => operator,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let control = match connector(&console, &id) {
-        Ok(control) => control,
-        Err(refusal) => return *refusal,
-    };
-    let outcome = control.test().await;
-    tracing::info!(operator = %operator.name, component = %id, ok = outcome.ok, "connection tested through the API");
-    Json(outcome).into_response()
+    act(&console, &id, &headers, "connection tested", |control| {
+        Some(control.test())
+    })
+    .await
 }
 
 /// Fetches now (a `rest_poll` poll) or takes a new snapshot (`pg_cdc`), instead of waiting.
@@ -235,18 +229,33 @@ async fn sync(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let operator = match acting(&console, &headers) {
+    act(&console, &id, &headers, "sync triggered", |control| {
+        control.sync()
+    })
+    .await
+}
+
+/// An operator's action on connector `id` through the API: `action` gives its future (none:
+/// the connector has no such action, 404); the outcome is logged as `done` and answered.
+async fn act(
+    console: &Console,
+    id: &str,
+    headers: &HeaderMap,
+    done: &'static str,
+    action: impl FnOnce(&dyn Control) -> Option<BoxFuture<'static, Outcome>>,
+) -> Response {
+    let operator = match acting(console, headers) {
         Ok(operator) => operator,
         Err(refusal) => return refusal.into_response(),
     };
-    let sync = match connector(&console, &id) {
-        Ok(control) => control.sync(),
+    let running = match connector(console, id) {
+        Ok(control) => action(control.as_ref()),
         Err(refusal) => return *refusal,
     };
-    let Some(sync) = sync else {
-        return unknown(&id, "has nothing to sync (only polled and CDC sources do)");
+    let Some(running) = running else {
+        return unknown(id, "has nothing to sync (only polled and CDC sources do)");
     };
-    let outcome = sync.await;
-    tracing::info!(operator = %operator.name, component = %id, ok = outcome.ok, "sync triggered through the API");
+    let outcome = running.await;
+    tracing::info!(operator = %operator.name, component = %id, ok = outcome.ok, "{done} through the API");
     Json(outcome).into_response()
 }

@@ -1,6 +1,7 @@
 //! Live figures per component for the console, read from this process's own metrics: every
 //! [`EVERY`] the Prometheus text is rendered and parsed, and rates are the difference with
-//! the previous reading. Counters are per process, so the figures are this replica's.
+//! the previous reading. Counters are per process, so the figures are this replica's. While
+//! no page has asked for figures for [`IDLE`], nothing is read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,9 @@ use prometheus_parse::{Scrape, Value};
 
 /// How often the metrics are read.
 pub const EVERY: Duration = Duration::from_secs(2);
+
+/// How long after a page last asked for figures they are still read.
+pub const IDLE: Duration = Duration::from_secs(60);
 
 /// The 5 s end-to-end budget, in seconds.
 pub const BUDGET_SECONDS: f64 = 5.0;
@@ -58,11 +62,15 @@ pub struct Live {
     figures: Arc<RwLock<HashMap<String, Figures>>>,
     /// When the figures were last computed.
     at: Arc<RwLock<Option<chrono::DateTime<chrono::Utc>>>>,
+    /// When a page last asked for figures.
+    asked: Arc<RwLock<Option<Instant>>>,
 }
 
 impl Live {
-    /// The figures of component `id` (zeros before the first reading).
+    /// The figures of component `id` (zeros before the first reading, and for the first
+    /// [`EVERY`] after figures were not asked for a while).
     pub fn of(&self, id: &str) -> Figures {
+        *self.asked.write().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.figures
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -82,6 +90,12 @@ impl Live {
         let mut ticker = tokio::time::interval(EVERY);
         loop {
             ticker.tick().await;
+            let asked = *self.asked.read().unwrap_or_else(|p| p.into_inner());
+            if asked.is_none_or(|at| at.elapsed() > IDLE) {
+                // Nobody looks: no reading, and the next rates start afresh.
+                previous = Reading::default();
+                continue;
+            }
             let text = metrics.render();
             let (reading, figures) = read(&text, &previous);
             *self.figures.write().unwrap_or_else(|p| p.into_inner()) = figures;

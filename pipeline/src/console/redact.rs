@@ -55,21 +55,14 @@ fn redact(value: &mut Value, key: Option<&str>) {
     }
 }
 
-/// `text` with the password of a URL in it (`scheme://user:password@host`) and of a
-/// `password=` connection parameter hidden.
-pub fn url_without_password(text: &str) -> String {
-    let mut out = text.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = &out[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':')
-        {
-            let start = scheme_end + 3 + colon + 1;
-            let end = scheme_end + 3 + at;
-            out.replace_range(start..end, HIDDEN);
-        }
-    }
+/// `text` with the password of a URL (`scheme://user:password@host`, hidden as the rest
+/// of erpstream hides it, [`erpstream_connectors::postgres::redacted`]) and of a `password=`
+/// connection parameter hidden.
+fn url_without_password(text: &str) -> String {
+    let mut out = match reqwest::Url::parse(text) {
+        Ok(url) if url.password().is_some() => erpstream_connectors::postgres::redacted(text),
+        _ => text.to_string(),
+    };
     for marker in ["password=", "PASSWORD="] {
         while let Some(at) = out.find(marker) {
             let start = at + marker.len();
@@ -107,7 +100,7 @@ nested: [{ password: hunter2 }]
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
         }
         assert!(
-            shown.contains("postgres://erp:••••••@db.example:5432/erp"),
+            shown.contains("postgres://erp:***@db.example:5432/erp"),
             "{shown}"
         );
         assert!(shown.contains("https://user@erp.example/api"), "{shown}");

@@ -213,6 +213,8 @@ pub struct PgCdcSource {
     publisher: Publisher,
     replication: ReplicationConfig,
     ready: Readiness,
+    /// Held while an operator's re-snapshot runs (one at a time).
+    resnapshot: tokio::sync::Mutex<()>,
 }
 
 impl PgCdcSource {
@@ -263,6 +265,7 @@ impl PgCdcSource {
             publisher,
             replication,
             ready: Readiness::not_yet("connecting to the source database"),
+            resnapshot: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -416,10 +419,60 @@ impl PgCdcSource {
         // Stream changes commit after the slot's consistent point, which came after this
         // moment, so snapshot rows never look newer than the changes that follow them.
         let occurred_at = now_millis() - 1_000;
+        let total = self
+            .read_tables(&reader, bound, occurred_at, None, shutdown)
+            .await?;
+        reader.finish().await?;
+        Ok(total)
+    }
+
+    /// An operator's re-snapshot: every captured table read again, in a repeatable-read
+    /// transaction of its own while the stream goes on, and published like a snapshot.
+    /// Rows are stamped just before the transaction began (the database's clock), so a
+    /// change committed after the read is newer and wins downstream, and their idempotency
+    /// keys name this run, so dedupe lets them through. Rows deleted before the read are
+    /// not in it: a stale figure for them downstream is for `reconcile` to find. Returns
+    /// the rows and tables read; one re-snapshot runs at a time.
+    pub async fn resnapshot(&self) -> Result<(i64, usize), CdcError> {
+        let Ok(_running) = self.resnapshot.try_lock() else {
+            return Err(CdcError::Refused("a re-snapshot is running already".into()));
+        };
+        let source = control::connect(&self.config.database, "source database").await?;
+        let bound = self.bind_all(&source).await?;
+        let (reader, started) =
+            snapshot::SnapshotReader::begin_now(&self.config.database, self.config.snapshot_chunk)
+                .await?;
+        let run = uuid::Uuid::now_v7().to_string();
+        let (_, never) = watch::channel(false);
+        tracing::info!(run = %run, "re-snapshot started");
+        let rows = self
+            .read_tables(&reader, &bound, started - 1, Some(&run), &never)
+            .await?;
+        reader.finish().await?;
+        tracing::info!(run = %run, rows, "re-snapshot complete");
+        Ok((rows, bound.len()))
+    }
+
+    /// Publishes every row of every table through `reader`, stamped `occurred_at`, and
+    /// waits for the acknowledgements; returns the row count. A re-snapshot's `run` goes
+    /// into the idempotency keys.
+    async fn read_tables(
+        &self,
+        reader: &snapshot::SnapshotReader,
+        bound: &[(Arc<Table>, TableShape, Bound)],
+        occurred_at: i64,
+        run: Option<&str>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<i64, CdcError> {
+        let position = if run.is_some() {
+            "re-snapshot"
+        } else {
+            "snapshot"
+        };
         let mut total = 0i64;
         for (table, shape, bound) in bound {
             let count = reader.open(&table.name, shape).await?;
-            tracing::info!(table = %table.name, rows = count, "snapshot started");
+            tracing::info!(table = %table.name, rows = count, "{position} started");
             let mut done = 0u64;
             let mut pending: Vec<PendingAck> = Vec::new();
             let started = Instant::now();
@@ -437,7 +490,10 @@ impl PgCdcSource {
                         .map(|i| row.get(i).map_or(Cell::Null, Cell::Text))
                         .collect();
                     let identity = bound.identity(&cells);
-                    let key = format!("pg:{}:{identity}:x{xmin}", table.name);
+                    let key = match run {
+                        None => format!("pg:{}:{identity}:x{xmin}", table.name),
+                        Some(run) => format!("pg:{}:{identity}:x{xmin}:r{run}", table.name),
+                    };
                     let envelope = self.envelope(&key, occurred_at);
                     let change = match bound.event(&cells, None, &envelope) {
                         Ok(event) => Change::Event(Box::new(event)),
@@ -446,7 +502,7 @@ impl PgCdcSource {
                             row: decode::row_json(&cells),
                         },
                     };
-                    if let Some(ack) = self.publish(table, change, &identity, "snapshot").await? {
+                    if let Some(ack) = self.publish(table, change, &identity, position).await? {
                         pending.push(ack);
                     }
                 }
@@ -458,13 +514,12 @@ impl PgCdcSource {
                 }
                 tracing::info!(table = %table.name, rows = done, of = count,
                     rows_per_second = (done as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64,
-                    "snapshot progress");
+                    "{position} progress");
             }
             self.acknowledged(pending.drain(..)).await?;
-            tracing::info!(table = %table.name, rows = done, seconds = started.elapsed().as_secs_f64(), "snapshot of table complete");
+            tracing::info!(table = %table.name, rows = done, seconds = started.elapsed().as_secs_f64(), "{position} of table complete");
             total += done as i64;
         }
-        reader.finish().await?;
         Ok(total)
     }
 

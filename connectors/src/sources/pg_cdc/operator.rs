@@ -15,6 +15,23 @@ use crate::sources::mapping::map_json_row;
 pub struct CdcControl(pub(super) Arc<PgCdcSource>);
 
 impl Control for CdcControl {
+    fn sync_action(&self) -> Option<&'static str> {
+        Some("Re-snapshot")
+    }
+
+    fn sync(&self) -> Option<BoxFuture<'static, Outcome>> {
+        let source = self.0.clone();
+        Some(Box::pin(async move {
+            match source.resnapshot().await {
+                Ok((rows, tables)) => Outcome::ok(format!(
+                    "read {rows} row(s) of {tables} table(s) again and published them, stamped \
+                     as of the read, so changes committed since still win"
+                )),
+                Err(err) => Outcome::failed(format!("the re-snapshot failed: {err}")),
+            }
+        }))
+    }
+
     fn mappings(&self) -> Vec<String> {
         self.0.tables.iter().map(|t| t.name.clone()).collect()
     }

@@ -2,6 +2,8 @@
 //! transaction that imports the snapshot, so every row committed before the slot's
 //! consistent point is read and every later change comes from the stream — nothing missed,
 //! nothing twice. Rows come in primary-key order, `chunk` at a time, through a cursor.
+//! An operator's re-snapshot reads the tables again in a transaction of its own while the
+//! stream goes on ([`SnapshotReader::begin_now`]).
 
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
@@ -29,6 +31,28 @@ impl SnapshotReader {
             ))
             .await?;
         Ok(Self { client, chunk })
+    }
+
+    /// Opens a connection and a repeatable-read transaction of its own, for a re-snapshot
+    /// while the stream goes on. Returns it with the transaction's start time (epoch ms, on
+    /// the database's clock, the clock of the commit times streamed changes carry): its
+    /// snapshot is taken after that moment, so every change it does not see committed later.
+    pub async fn begin_now(url: &str, chunk: u32) -> Result<(Self, i64), CdcError> {
+        let client = connect(url, "re-snapshot").await?;
+        client
+            .batch_execute(
+                "SET datestyle = ISO; SET timezone = 'UTC';
+                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            )
+            .await?;
+        let started: i64 = client
+            .query_one(
+                "SELECT (extract(epoch FROM transaction_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok((Self { client, chunk }, started))
     }
 
     /// Opens a cursor over `table` and returns its row count. Rows come back as

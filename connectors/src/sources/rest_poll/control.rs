@@ -65,14 +65,7 @@ impl Control for PollControl {
                 }
                 .into(),
             ),
-            position: (!progress.cursors.is_empty()).then(|| {
-                progress
-                    .cursors
-                    .iter()
-                    .map(|(resource, cursor)| format!("{resource}: {cursor}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }),
+            position: (!progress.cursors.is_empty()).then(|| super::describe(&progress.cursors)),
         }
     }
 

@@ -55,13 +55,14 @@ use crate::validation::Problem;
 pub const TYPE: &str = "rest_poll";
 
 /// Cursors as one line: `resource: cursor, ...`.
-fn describe(cursors: &BTreeMap<String, String>) -> String {
+pub(crate) fn describe(cursors: &BTreeMap<String, String>) -> String {
     cursors
         .iter()
         .map(|(resource, cursor)| format!("{resource}: {cursor}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
+
 /// Records read, by `component_id`, `resource` and `outcome` (`published`, `unchanged`,
 /// `deleted`, `dead_lettered`).
 pub const RECORDS: &str = "erpstream_rest_poll_records_total";
