@@ -746,8 +746,17 @@ async fn connection_test(pipeline: &Pipeline) -> serde_json::Value {
     answer.json().await.expect("an outcome")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wrong() {
+/// A cluster of its own with three stock rows, and a pipeline capturing them on a new slot
+/// with the console on (its operator token may test and sync `db`).
+struct Captured {
+    _cluster: PgCluster,
+    _storefront: Storefront,
+    client: Client,
+    pipeline: Pipeline,
+    slot: String,
+}
+
+async fn captured() -> Captured {
     let cluster = PgCluster::start("logical");
     let url = cluster.url("postgres");
     let client = pg(&url).await;
@@ -759,8 +768,22 @@ async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wro
     options.console = true;
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
+    Captured {
+        _cluster: cluster,
+        _storefront: storefront,
+        client,
+        pipeline,
+        slot,
+    }
+}
 
-    let outcome = connection_test(&pipeline).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wrong() {
+    // Bound whole: the cluster and the storefront must live as long as the test.
+    let captured = captured().await;
+    let (client, pipeline, slot) = (&captured.client, &captured.pipeline, &captured.slot);
+
+    let outcome = connection_test(pipeline).await;
     assert_eq!(outcome["ok"], true, "{outcome}");
     let detail = outcome["detail"].as_str().expect("detail");
     assert!(
@@ -774,7 +797,7 @@ async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wro
         .batch_execute("ALTER TABLE stock RENAME COLUMN actual_qty TO qty")
         .await
         .expect("rename");
-    let outcome = connection_test(&pipeline).await;
+    let outcome = connection_test(pipeline).await;
     assert_eq!(outcome["ok"], false, "{outcome}");
     let detail = outcome["detail"].as_str().expect("detail");
     assert!(
@@ -785,17 +808,8 @@ async fn the_connection_test_checks_server_tables_and_slot_and_names_what_is_wro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_re_snapshot_reads_every_row_again_while_the_stream_goes_on() {
-    let cluster = PgCluster::start("logical");
-    let url = cluster.url("postgres");
-    let client = pg(&url).await;
-    stock_table(&client, 3).await;
-    let storefront = Storefront::start().await;
-    let mut options = TopologyOptions::new(&storefront.url);
-    let slot = unique("slot_").to_lowercase().replace('-', "_");
-    options.extra_sources = cdc_source(&url, &slot);
-    options.console = true;
-    let mut pipeline = Pipeline::configure(&options);
-    pipeline.start().await;
+    let captured = captured().await;
+    let (client, pipeline) = (&captured.client, &captured.pipeline);
     client
         .execute(
             "UPDATE stock SET actual_qty = 5 WHERE item_code = 'SKU-0'",
@@ -804,7 +818,7 @@ async fn a_re_snapshot_reads_every_row_again_while_the_stream_goes_on() {
         .await
         .expect("update");
     let until = Instant::now() + Duration::from_secs(60);
-    while changes(&pipeline, "inventory.change").await.len() < 4 {
+    while changes(pipeline, "inventory.change").await.len() < 4 {
         assert!(Instant::now() < until, "no snapshot and update after 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -827,7 +841,7 @@ async fn a_re_snapshot_reads_every_row_again_while_the_stream_goes_on() {
     );
     // Acknowledged before the answer: every row is on the topic again, with a key of this
     // run (dedupe lets it through), carrying the table as it is now.
-    let all = changes(&pipeline, "inventory.change").await;
+    let all = changes(pipeline, "inventory.change").await;
     assert_eq!(all.len(), 7, "{all:?}");
     let mut again: Vec<(String, String)> = all
         .iter()
