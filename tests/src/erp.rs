@@ -52,6 +52,10 @@ impl Erp {
                 "/api/resource/{doctype}",
                 axum::routing::get(erpnext_list).post(erpnext_create),
             )
+            .route(
+                "/api/method/frappe.auth.get_logged_user",
+                axum::routing::get(erpnext_user),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -171,6 +175,20 @@ async fn generic(
             StatusCode::OK,
             axum::Json(json!({"status": "already exists", "external_reference_id": reference})),
         )
+    }
+}
+
+/// ERPNext's "who am I": the API user of a valid token.
+async fn erpnext_user(
+    State(state): State<Arc<ErpState>>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<Value>) {
+    match state.gate("/api/method/frappe.auth.get_logged_user", &headers, "token") {
+        Some(status) => (status, axum::Json(json!({"exc": "refused"}))),
+        None => (
+            StatusCode::OK,
+            axum::Json(json!({"message": "erp-writer@example.com"})),
+        ),
     }
 }
 

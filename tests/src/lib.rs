@@ -1416,6 +1416,20 @@ impl Pipeline {
         )
     }
 
+    /// `POST /api/connectors/{id}/{action}` (`test` or `sync`) with the console's operator
+    /// token: the outcome (`{ok, detail}`), after asserting a 200.
+    pub async fn connector(&self, id: &str, action: &str) -> Value {
+        let answer = self
+            .client
+            .post(format!("{}/api/connectors/{id}/{action}", self.url))
+            .bearer_auth(CONSOLE_TOKENS[0].1)
+            .send()
+            .await
+            .expect("connector API");
+        assert_eq!(answer.status(), 200, "{id}/{action}");
+        answer.json().await.expect("an outcome")
+    }
+
     /// A console page's status and HTML, as a browser logged in with `token` gets it: the
     /// login form's nonce cookie, the login, then the page with the session cookie.
     pub async fn console_page(&self, token: &str, path: &str) -> (u16, String) {

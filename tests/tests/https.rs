@@ -175,8 +175,12 @@ async fn the_storefront_sink_checks_the_storefront_certificate_against_its_ca_fi
 
     let mut options = TopologyOptions::new(&https);
     options.storefront_ca = Some(ca.cert.clone());
+    options.console = true;
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
+    // The console's connection test asks the storefront with the sink's own client.
+    let outcome = pipeline.connector("storefront", "test").await;
+    assert_eq!(outcome["ok"], true, "{outcome}");
     let body = inventory_body("SF-TLS-1", "WH", 9, &rfc3339_now(0));
     let (status, _, reply) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     assert_eq!(status, 202, "{reply}");
@@ -193,6 +197,14 @@ async fn the_storefront_sink_checks_the_storefront_certificate_against_its_ca_fi
     options.max_attempts = 3;
     let mut pipeline = Pipeline::configure(&options);
     pipeline.start().await;
+    let outcome = pipeline.connector("storefront", "test").await;
+    assert_eq!(outcome["ok"], false, "{outcome}");
+    assert!(
+        outcome["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("UnknownIssuer")),
+        "{outcome}"
+    );
     let body = inventory_body("SF-TLS-2", "WH", 2, &rfc3339_now(0));
     let (status, _, reply) = pipeline.post_webhook(&body, Some(ERP_SECRET)).await;
     assert_eq!(status, 202, "{reply}");

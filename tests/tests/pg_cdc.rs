@@ -735,15 +735,7 @@ async fn databases_that_cannot_stream_are_refused_with_the_reason() {
 
 /// `POST /api/connectors/db/test` with the console's operator token: the outcome.
 async fn connection_test(pipeline: &Pipeline) -> serde_json::Value {
-    let answer = pipeline
-        .client
-        .post(format!("{}/api/connectors/db/test", pipeline.url))
-        .bearer_auth(CONSOLE_TOKENS[0].1)
-        .send()
-        .await
-        .expect("connection test");
-    assert_eq!(answer.status(), 200);
-    answer.json().await.expect("an outcome")
+    pipeline.connector("db", "test").await
 }
 
 /// A cluster of its own with three stock rows, and a pipeline capturing them on a new slot
@@ -823,15 +815,7 @@ async fn a_re_snapshot_reads_every_row_again_while_the_stream_goes_on() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let answer = pipeline
-        .client
-        .post(format!("{}/api/connectors/db/sync", pipeline.url))
-        .bearer_auth(CONSOLE_TOKENS[0].1)
-        .send()
-        .await
-        .expect("re-snapshot");
-    assert_eq!(answer.status(), 200);
-    let outcome: serde_json::Value = answer.json().await.expect("an outcome");
+    let outcome = pipeline.connector("db", "sync").await;
     assert_eq!(outcome["ok"], true, "{outcome}");
     assert!(
         outcome["detail"]

@@ -99,7 +99,11 @@ async fn concurrent_orders_never_oversell_and_the_erp_confirmation_releases_them
     let mut options = TopologyOptions::new(&storefront.url);
     options.erp = Some((erp.url.clone(), "generic"));
     options.max_attempts = 10_000;
+    options.console = true;
     let pipeline = started(options).await;
+    // The generic preset's connection test: the ERP answers and does not refuse the token.
+    let outcome = pipeline.connector("erp_out", "test").await;
+    assert_eq!(outcome["ok"], true, "{outcome}");
     let sku = unique("KIT-");
     erp_stock(&pipeline, &sku, 5).await;
     wait_for("storefront told 5", LONG, || {
@@ -469,7 +473,14 @@ async fn erpnext_preset_creates_one_sales_order_per_transaction() {
     let erp = Erp::start().await;
     let mut options = TopologyOptions::new(&storefront.url);
     options.erp = Some((erp.url.clone(), "erpnext"));
+    options.console = true;
     let pipeline = started(options).await;
+    // The console's connection test asks ERPNext who the token is, writing nothing.
+    let outcome = pipeline.connector("erp_out", "test").await;
+    assert_eq!(
+        outcome,
+        json!({"ok": true, "detail": "ERPNext accepted the credentials as erp-writer@example.com"})
+    );
     let id = unique("WEB-");
     let (status, _, _) = pipeline
         .post_api(

@@ -14,6 +14,34 @@ use crate::metrics as m;
 /// A group consumer whose context follows its assignment.
 pub type GroupConsumer = StreamConsumer<TrackingContext>;
 
+/// Where a group consumer stands on each partition assigned to it, for people:
+/// `topic: p0@120, p1@98` per topic (the offset of the next record it reads), or that it
+/// holds no partition (another replica does, or the group is rebalancing).
+pub fn positions<C: ConsumerContext>(consumer: &StreamConsumer<C>) -> String {
+    let Ok(list) = consumer.position() else {
+        return "unknown (the consumer did not say)".into();
+    };
+    let mut by_topic: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for element in list.elements() {
+        let at = match element.offset() {
+            rdkafka::Offset::Offset(offset) => offset.to_string(),
+            _ => "start".into(),
+        };
+        by_topic
+            .entry(element.topic().to_string())
+            .or_default()
+            .push(format!("p{}@{at}", element.partition()));
+    }
+    if by_topic.is_empty() {
+        return "no partition assigned here".into();
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, parts)| format!("{topic}: {}", parts.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Follows a group consumer's assignment: remembers partitions taken away by a rebalance
 /// (so state kept for them is dropped, and restored afresh if they come back) and keeps the
 /// component's [`Readiness`] true to it.

@@ -30,7 +30,7 @@ pub use changelog::{Changelog, Entry, Followed};
 pub use config::KafkaConfig;
 pub use consumer::{
     GroupConsumer, TrackingContext, commit_stored, group_consumer, list_offsets, next_batch,
-    subscribe,
+    positions, subscribe,
 };
 pub use dead_letter::{DeadLetter, ERROR_TYPE_HEADER, Failure};
 pub use headers::{header, header_text, headers_of, trace_of};

@@ -19,6 +19,7 @@
 //!   stock figure after that moment includes the sale and ends the hold.
 
 mod config;
+mod control;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -101,9 +102,16 @@ impl Component for ErpRestConfig {
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
         let sink = ErpRestSink::build(self.clone(), &context)?;
+        let control = std::sync::Arc::new(control::ErpRestControl {
+            client: sink.client.clone(),
+            base: sink.base.clone(),
+            token: sink.token.clone(),
+            preset: self.preset,
+        });
         Ok(Running::new(sink.readiness(), move |shutdown| async move {
             Ok(sink.run(shutdown).await?)
-        }))
+        })
+        .control(control))
     }
 }
 

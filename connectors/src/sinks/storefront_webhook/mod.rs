@@ -21,6 +21,7 @@
 //!   `webhook-id`, so the storefront can recognise it.
 
 mod config;
+mod control;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -320,9 +321,15 @@ impl Component for StorefrontWebhookConfig {
 
     async fn build(&self, context: Context) -> Result<Running, crate::Error> {
         let sink = StorefrontWebhookSink::build(self.clone(), &context)?;
+        let control = Arc::new(control::StorefrontControl {
+            service: sink.service.clone(),
+            consumer: sink.consumer.clone(),
+            target: crate::postgres::redacted(&self.url),
+        });
         Ok(Running::new(sink.readiness(), move |shutdown| async move {
             Ok(sink.run(shutdown).await?)
-        }))
+        })
+        .control(control))
     }
 
     fn shadow(&self) -> Option<Shadow> {

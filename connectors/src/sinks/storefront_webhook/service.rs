@@ -40,6 +40,16 @@ impl DeliveryService {
         })
     }
 
+    /// Whether the storefront answers at the URL: a `HEAD` (nothing delivered) with this
+    /// client, so its certificate is checked as deliveries' are; the status, or why not.
+    pub async fn probe(&self) -> Result<reqwest::StatusCode, String> {
+        match self.client.head(&self.url).send().await {
+            Ok(answer) => Ok(answer.status()),
+            Err(err) if err.is_timeout() => Err("the request timed out".into()),
+            Err(err) => Err(crate::retry::error_chain(&err)),
+        }
+    }
+
     /// One signed POST of `body`. `webhook_id` is equal for every attempt and every repeat
     /// of the same state, so the storefront can drop repeats on its side too.
     pub async fn send(
