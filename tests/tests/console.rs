@@ -670,6 +670,7 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
         "10 on hand, 2 held: {stock}"
     );
     assert_eq!(rows(&stock, "holds"), 1);
+    assert_no_secret("Stock", &stock);
     assert!(stock.contains(&format!("{}/", pipeline.topic("inventory.change"))));
     browser.screenshot("stock").await;
 
@@ -689,6 +690,7 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(rows(&history, "history"), 1, "{history}");
+    assert_no_secret("Sync history", &history);
     assert!(
         history.contains(&format!("{}/0/", pipeline.topic("sales.order"))),
         "{history}"
@@ -707,6 +709,8 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
         event.contains(&good) && event.contains("new_quantity"),
         "{event}"
     );
+    assert_no_secret("Record", &event);
+    browser.screenshot("record").await;
 
     // The ERP's picture says 99 where erpstream holds 10: exactly that difference.
     let dir = std::env::temp_dir().join(unique("console-reconcile-"));
@@ -734,6 +738,7 @@ async fn a_planted_difference_is_reconciled_from_an_uploaded_file_and_repaired_a
         .wait_source("the report", |s| s.contains("id=\"counts\""))
         .await;
     assert_eq!(rows(&report, "differences"), 1, "{report}");
+    assert_no_secret("Reconciliation report", &report);
     assert!(report.contains(&format!("data-sku=\"{planted}\"")));
     assert!(
         report.contains("1 matching, 0 missing, 0 extra, 1 differing"),

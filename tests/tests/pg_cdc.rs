@@ -815,6 +815,30 @@ async fn a_re_snapshot_reads_every_row_again_while_the_stream_goes_on() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Its card: where the stream stands, and when it last published.
+    let status: serde_json::Value = pipeline
+        .client
+        .get(format!("{}/api/connectors/status", pipeline.url))
+        .bearer_auth(CONSOLE_TOKENS[1].1)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let db = status["connectors"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "db"))
+        .expect("db's card");
+    assert!(
+        db["standing"]["position"]
+            .as_str()
+            .is_some_and(|p| p.contains("confirmed up to LSN")),
+        "{db}"
+    );
+    assert_eq!(db["sync"], "Re-snapshot", "{db}");
+    assert!(db["standing"]["last_success"].is_string(), "{db}");
+
     let outcome = pipeline.connector("db", "sync").await;
     assert_eq!(outcome["ok"], true, "{outcome}");
     assert!(

@@ -215,6 +215,17 @@ pub struct PgCdcSource {
     ready: Readiness,
     /// Held while an operator's re-snapshot runs (one at a time).
     resnapshot: tokio::sync::Mutex<()>,
+    /// Where the stream stands, for operators.
+    progress: std::sync::Mutex<Progress>,
+}
+
+/// Where a `pg_cdc` stream stands (the console's connector card).
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    /// The last LSN confirmed to the server (everything before it is on the broker).
+    confirmed: Option<String>,
+    /// When changes were last published and acknowledged (epoch ms).
+    last_published: Option<i64>,
 }
 
 impl PgCdcSource {
@@ -266,6 +277,7 @@ impl PgCdcSource {
             replication,
             ready: Readiness::not_yet("connecting to the source database"),
             resnapshot: tokio::sync::Mutex::new(()),
+            progress: std::sync::Mutex::default(),
         })
     }
 

@@ -73,13 +73,22 @@ impl Control for CdcControl {
     fn standing(&self) -> Standing {
         let source = &self.0;
         let tables: Vec<&str> = source.tables.iter().map(|t| t.name.as_str()).collect();
+        let progress = source
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Standing {
             target: Some(format!(
                 "{} ({})",
                 crate::postgres::redacted(&source.config.database),
                 tables.join(", ")
             )),
-            position: Some(format!("slot {}", source.config.slot)),
+            position: Some(match &progress.confirmed {
+                Some(lsn) => format!("slot {}, confirmed up to LSN {lsn}", source.config.slot),
+                None => format!("slot {}, not streaming yet", source.config.slot),
+            }),
+            last_success: progress.last_published.map(erpstream_schemas::rfc3339),
             ..Standing::default()
         }
     }

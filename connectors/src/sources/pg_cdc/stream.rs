@@ -28,6 +28,7 @@ impl PgCdcSource {
                     let done = done?;
                     pending_records -= done.records;
                     client.update_applied_lsn(done.end_lsn);
+                    self.confirmed(done.end_lsn, done.records > 0);
                     if let Some(commit_ms) = done.commit_ms {
                         let seconds = (now_millis() - commit_ms).max(0) as f64 / 1000.0;
                         metrics::histogram!(COMMIT_TO_ACK, m::COMPONENT_ID => self.id.clone()).record(seconds);
@@ -105,6 +106,7 @@ impl PgCdcSource {
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     if txn.is_none() && inflight.is_empty() && pending_records == 0 {
                         client.update_applied_lsn(wal_end);
+                        self.confirmed(wal_end, false);
                     }
                 }
                 ReplicationEvent::XLogData { data, .. } => {
@@ -158,4 +160,15 @@ pub(super) struct Done {
     end_lsn: Lsn,
     records: usize,
     commit_ms: Option<i64>,
+}
+
+impl PgCdcSource {
+    /// Remembers `lsn` as confirmed, and now as the last publication if it `published`.
+    fn confirmed(&self, lsn: Lsn, published: bool) {
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        progress.confirmed = Some(lsn.to_string());
+        if published {
+            progress.last_published = Some(now_millis());
+        }
+    }
 }
