@@ -63,8 +63,8 @@ fn card(console: &Console, node: &Node, may_act: bool) -> Markup {
                         _ => span.status-ok { "ready" },
                     }
                 }
-                dt { "Last success" }
-                dd { (standing.last_success.as_deref().unwrap_or("not yet")) }
+                // Only components that keep it say; the others' activity is in the rates.
+                @if let Some(success) = &standing.last_success { dt { "Last success" } dd { (success) } }
                 @if let Some(error) = &standing.last_error { dt { "Last error" } dd.status-bad { (error) } }
                 @if let Some(circuit) = &standing.circuit { dt { "Circuit" } dd { (circuit) } }
                 @if let Some(position) = &standing.position { dt { "Position" } dd { code { (position) } } }

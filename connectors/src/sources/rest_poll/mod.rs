@@ -313,7 +313,7 @@ impl RestPollSource {
                     let cursors = self.cursors(&pollers);
                     {
                         let mut progress = self.progress();
-                        progress.last_success = Some(chrono::Utc::now().to_rfc3339());
+                        progress.last_success = Some(erpstream_schemas::rfc3339(now_millis()));
                         progress.last_error = None;
                         progress.circuit_open = false;
                         progress.cursors = cursors.clone();
