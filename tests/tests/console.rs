@@ -387,6 +387,16 @@ async fn a_viewer_reads_but_cannot_act_and_the_connector_api_enforces_the_roles(
     let refusal: Value = answer.json().await.expect("json");
     assert_eq!(refusal["field"], "id", "{refusal}");
 
+    // The record view shows this pipeline's topics only, not whatever else the cluster has.
+    let (status, page) = pipeline
+        .console_page(
+            CONSOLE_TOKENS[1].1,
+            "/console/record?at=__consumer_offsets/0/0",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("is not a topic of this pipeline"), "{page}");
+
     // The console: the viewer sees the cards without the controls, and an action made by
     // hand with the viewer's session is refused.
     let browser = Browser::start().await;

@@ -1,5 +1,6 @@
 //! One record of a topic, decoded (`/console/record?at=<topic>/<partition>/<offset>`): what
-//! *Stock*, *Reconciliation* and *Dead letters* link to for "the event that set it".
+//! *Stock*, *Reconciliation*, *Sync history* and *Dead letters* link to for "the event that
+//! set it". Only the topology's topics and their dead letters are shown.
 
 use std::sync::Arc;
 
@@ -48,6 +49,16 @@ pub async fn page(
 async fn read(console: &Console, at: &str) -> Result<Value, ToolError> {
     let (topic, partition, offset) = dlq::parse_id(at)?;
     let tools = &console.tools;
+    // This pipeline's topics and their dead letters only, whatever else its credentials
+    // may read on the cluster.
+    let logical = tools.logical(&topic);
+    let declared = |name: &str| console.topics.iter().any(|t| t == name);
+    let unprefixed = topic == logical && !tools.kafka.topic_prefix.is_empty();
+    if unprefixed || !(declared(logical) || logical.strip_suffix(".dlq").is_some_and(declared)) {
+        return Err(ToolError::usage(format!(
+            "{topic} is not a topic of this pipeline (nor one's dead letters)"
+        )));
+    }
     let message = tools::record_at(&tools.kafka, &topic, partition, offset).await?;
     Ok(tools::json_record(&tools.codec, &message, true).await)
 }
